@@ -1,0 +1,296 @@
+"""Hidden Chow-Liu Trees: a latent variable with K states per observed variable, arranged on a tree.
+
+As a probabilistic circuit, every latent state is a sum node over the states of its children's
+latents (weights: the transition matrix), and every observed variable is a leaf distribution per
+state. Evaluation is compiled by tree level: all of a level's messages are computed together, one
+batched matrix product per level, in log space with per-row rescaling so float32 does not
+underflow. The same code runs on CPU and CUDA.
+
+``LatentTreeCircuit`` holds the tree, root prior and transitions and works on leaf
+log-likelihoods of shape [N, D, K]; subclasses choose the leaf distributions (``HCLT``:
+categoricals over 0..V-1; the CompressAI integrations: discretized continuous leaves).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .structure import Tree, chow_liu_tree, pairwise_mutual_information
+
+__all__ = ["LatentTreeCircuit", "HCLT", "check_symbols"]
+
+
+def _logmatmulexp(a: Tensor, w: Tensor) -> Tensor:
+    """``log(exp(a) @ w)`` batched: a [B, N, K] log values, w [B, K, M] non-negative weights."""
+    m = a.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return torch.log(torch.bmm((a - m).exp(), w)) + m
+
+
+def check_symbols(x: Tensor, num_vars: int, num_cats: int, name: str = "x") -> Tensor:
+    """Validate integer data [N, D] with symbols in 0..num_cats-1; return it as int64."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != num_vars:
+        raise ValueError(f"{name} must have shape [N, {num_vars}], got {tuple(x.shape)}")
+    if x.numel():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= num_cats:
+            raise ValueError(
+                f"{name} has symbols out of range: min {lo}, max {hi}, allowed 0..{num_cats - 1}"
+            )
+    return x.long()
+
+
+class LatentTreeCircuit(nn.Module):
+    """Root prior and transition matrices of a latent tree, evaluated by level.
+
+    Parameters are unnormalized logits (so Adam can train them directly); every query uses their
+    log-softmax. ``transition_logits[i]`` is indexed [parent state, child state]; the root's row
+    is unused.
+    """
+
+    def __init__(self, tree: Tree, num_latents: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if num_latents < 1:
+            raise ValueError(f"num_latents must be >= 1, got {num_latents}")
+        self.tree = tree
+        self.num_latents = int(num_latents)
+        d, k = tree.num_vars, self.num_latents
+        self.root_logits = nn.Parameter(torch.zeros(k, dtype=dtype))
+        self.transition_logits = nn.Parameter(torch.zeros(d, k, k, dtype=dtype))
+        parent = torch.as_tensor(np.asarray(tree.parent), dtype=torch.long)
+        self.register_buffer("parent", parent, persistent=False)
+        levels = tree.levels()
+        for lvl, idx in enumerate(levels):
+            self.register_buffer(f"_level{lvl}", torch.as_tensor(idx, dtype=torch.long), persistent=False)
+            if lvl:
+                pos = {int(n): j for j, n in enumerate(levels[lvl - 1])}
+                local = [pos[int(tree.parent[n])] for n in idx]
+                self.register_buffer(f"_plocal{lvl}", torch.as_tensor(local, dtype=torch.long), persistent=False)
+        self.num_levels = len(levels)
+        self.level_sizes = [len(idx) for idx in levels]
+        self.register_buffer("level_order", torch.as_tensor(np.concatenate(levels), dtype=torch.long), persistent=False)
+
+    # -- structure ---------------------------------------------------------------------------
+    @property
+    def num_vars(self) -> int:
+        return self.tree.num_vars
+
+    def _level(self, lvl: int) -> Tensor:
+        return getattr(self, f"_level{lvl}")
+
+    def _parent_local(self, lvl: int) -> Tensor:
+        return getattr(self, f"_plocal{lvl}")
+
+    # -- parameters --------------------------------------------------------------------------
+    def log_root(self) -> Tensor:
+        return torch.log_softmax(self.root_logits, -1)
+
+    def log_transitions(self) -> Tensor:
+        return torch.log_softmax(self.transition_logits, -1)
+
+    # -- passes ------------------------------------------------------------------------------
+    def upward(
+        self, leaf: Tensor, log_root: Tensor | None = None, log_trans: Tensor | None = None,
+        keep: bool = False,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Inside pass on leaf log-likelihoods ``leaf`` [N, D, K].
+
+        Returns log p [N] and, with ``keep``, per level the inside values m (leaf plus children's
+        messages) and the messages lambda sent to the parent level (both [N, n_level, K]).
+        """
+        log_root = self.log_root() if log_root is None else log_root
+        log_trans = self.log_transitions() if log_trans is None else log_trans
+        # One gather into level order, then contiguous per-level slices (cheap backward).
+        sizes = self.level_sizes
+        leaves = leaf.index_select(1, self.level_order).split(sizes, 1)
+        trans = log_trans.exp().index_select(0, self.level_order).split(sizes, 0)
+        n = leaf.shape[0]
+        insides: list[Tensor] = [None] * self.num_levels  # type: ignore[list-item]
+        lams: list[Tensor] = [None] * self.num_levels  # type: ignore[list-item]
+        child_sum = None
+        for lvl in range(self.num_levels - 1, -1, -1):
+            m = leaves[lvl]
+            if child_sum is not None:
+                m = m + child_sum
+            if keep:
+                insides[lvl] = m
+            if lvl == 0:
+                return torch.logsumexp(m[:, 0] + log_root, -1), insides, lams
+            # lambda(z_parent) = log sum_z T[z_parent, z] exp(m(z))
+            lam = _logmatmulexp(m.transpose(0, 1), trans[lvl].transpose(1, 2)).transpose(0, 1)
+            if keep:
+                lams[lvl] = lam
+            child_sum = leaf.new_zeros(n, sizes[lvl - 1], self.num_latents).index_add(
+                1, self._parent_local(lvl), lam
+            )
+        raise AssertionError("unreachable")
+
+    def downward(self, insides: list[Tensor], lams: list[Tensor]) -> Tensor:
+        """Outside pass: log p(evidence outside the subtree of i, z_i) for every node, [N, D, K]."""
+        log_root, trans = self.log_root(), self.log_transitions().exp()
+        n = insides[0].shape[0]
+        out = insides[0].new_empty(n, self.num_vars, self.num_latents)
+        prev_out = log_root.expand(n, 1, -1)
+        out[:, self._level(0)] = prev_out
+        for lvl in range(1, self.num_levels):
+            idx, pl = self._level(lvl), self._parent_local(lvl)
+            full = (prev_out + insides[lvl - 1])[:, pl]  # parent's everything, per child
+            excl = full - lams[lvl]  # remove this child's own message
+            prev_out = _logmatmulexp(excl.transpose(0, 1), trans[idx]).transpose(0, 1)
+            out[:, idx] = prev_out
+        return out
+
+    def posterior_context(self, leaf: Tensor) -> Tensor:
+        """log p(X_i's latent z_i, evidence on all variables but X_i), for every i: [N, D, K].
+
+        Combine with a leaf distribution over X_i's values to get p(X_i | everything else).
+        """
+        _, insides, lams = self.upward(leaf, keep=True)
+        out = self.downward(insides, lams)
+        ctx = torch.empty_like(out)
+        for lvl in range(self.num_levels):
+            idx = self._level(lvl)
+            ctx[:, idx] = out[:, idx] + insides[lvl] - leaf[:, idx]
+        return ctx
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Ancestral sample of all latent states, [n, D]."""
+        dev = self.root_logits.device
+        z = torch.empty(n, self.num_vars, dtype=torch.long, device=dev)
+        root = self._level(0)
+        z[:, root] = torch.multinomial(self.log_root().exp().expand(n, -1), 1, generator=generator)
+        trans = self.log_transitions().exp()
+        for lvl in range(1, self.num_levels):
+            idx = self._level(lvl)
+            par = self.parent[idx]
+            rows = trans[idx[None, :], z[:, par]]  # [n, m, K]
+            flat = torch.multinomial(rows.reshape(-1, self.num_latents), 1, generator=generator)
+            z[:, idx] = flat.view(n, len(idx))
+        return z
+
+
+class HCLT(LatentTreeCircuit):
+    """Hidden Chow-Liu Tree with categorical leaves over the symbols 0..num_cats-1."""
+
+    def __init__(
+        self, tree: Tree, num_cats: int, num_latents: int, dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__(tree, num_latents, dtype)
+        if num_cats < 2:
+            raise ValueError(f"num_cats must be >= 2, got {num_cats}")
+        self.num_cats = int(num_cats)
+        self.emission_logits = nn.Parameter(
+            torch.zeros(tree.num_vars, num_latents, num_cats, dtype=dtype)
+        )
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_data(
+        cls, x: Tensor, num_cats: int, num_latents: int, *, num_bins: int = 16,
+        max_samples: int = 20000, dtype: torch.dtype = torch.float32, seed: int = 0,
+    ) -> "HCLT":
+        """Learn the Chow-Liu tree of ``x`` [N, D] and initialize parameters around the data."""
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError("x must be a tensor of shape [N, D]")
+        x = check_symbols(x, x.shape[1], num_cats)
+        if x.shape[0] == 0:
+            raise ValueError("x has no rows to learn a structure from")
+        mi = pairwise_mutual_information(x, num_cats, num_bins=num_bins, max_samples=max_samples, seed=seed)
+        pc = cls(chow_liu_tree(mi), num_cats, num_latents, dtype=dtype)
+        pc.init_params(x, seed=seed)
+        return pc
+
+    @torch.no_grad()
+    def init_params(self, x: Tensor | None = None, seed: int = 0, noise: float = 0.5) -> None:
+        """Random parameters; emissions start near each variable's smoothed histogram in ``x``."""
+        g = torch.Generator().manual_seed(seed)
+        d, k, v = self.num_vars, self.num_latents, self.num_cats
+        dt = self.root_logits.dtype
+
+        def dirichlet_like(*shape: int) -> Tensor:
+            return torch.rand(*shape, generator=g, dtype=torch.float64) * noise + 1.0
+
+        self.root_logits.copy_(dirichlet_like(k).log().to(dt))
+        self.transition_logits.copy_(dirichlet_like(d, k, k).log().to(dt))
+        if x is None:
+            hist = torch.full((d, v), 1.0 / v, dtype=torch.float64)
+        else:
+            x = check_symbols(x, d, v).cpu()
+            hist = torch.zeros(d, v, dtype=torch.float64)
+            hist.scatter_add_(1, x.T, torch.ones(x.T.shape, dtype=torch.float64))
+            hist = (hist + 1.0) / (hist.sum(1, keepdim=True) + v)
+        # Each state: a random-exponent tilt of the histogram, so states differ from the start.
+        mix = torch.rand(d, k, v, generator=g, dtype=torch.float64)
+        self.emission_logits.copy_((hist.log()[:, None, :] + noise * 4 * mix).to(dt))
+
+    # -- leaves ------------------------------------------------------------------------------
+    def log_emissions(self) -> Tensor:
+        return torch.log_softmax(self.emission_logits, -1)
+
+    def leaf_log_probs(
+        self, x: Tensor, missing: Tensor | None = None, log_emit: Tensor | None = None
+    ) -> Tensor:
+        """Per-state leaf log-likelihoods [N, D, K]; a missing variable contributes log 1 = 0."""
+        log_emit = self.log_emissions() if log_emit is None else log_emit
+        d = self.num_vars
+        # [D, V, K] indexed by (variable, its value) -> [N, D, K]
+        leaf = log_emit.transpose(1, 2)[torch.arange(d, device=x.device), x]
+        if missing is not None:
+            leaf = leaf.masked_fill(missing[..., None], 0.0)
+        return leaf
+
+    def _prep(self, x: Tensor, missing: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        x = check_symbols(x, self.num_vars, self.num_cats).to(self.root_logits.device)
+        if missing is not None:
+            if not isinstance(missing, Tensor) or missing.dtype != torch.bool:
+                raise TypeError("missing must be a bool tensor of shape [N, D] or [D]")
+            if missing.shape not in (x.shape, x.shape[1:]):
+                raise ValueError(f"missing must have shape {tuple(x.shape)} or [{x.shape[1]}], got {tuple(missing.shape)}")
+            missing = missing.to(x.device).expand_as(x)
+            x = x.masked_fill(missing, 0)
+        return x, missing
+
+    # -- queries -----------------------------------------------------------------------------
+    def log_prob(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
+        """log p(x) in nats, [N]; with a ``missing`` mask, the marginal of the observed values."""
+        x, missing = self._prep(x, missing)
+        return self.upward(self.leaf_log_probs(x, missing))[0]
+
+    def forward(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
+        return self.log_prob(x, missing)
+
+    def conditionals(self, x: Tensor, missing: Tensor | None = None, chunk: int = 256) -> Tensor:
+        """log p(X_i = v | observed values of every other variable), for all i and v: [N, D, V].
+
+        Values of ``x`` at the variable itself are ignored; ``missing`` marks further variables
+        to marginalize out. One inside and one outside pass serve all D variables.
+        """
+        x, missing = self._prep(x, missing)
+        log_emit = self.log_emissions()
+        outs = []
+        for s in range(0, len(x), chunk):
+            ms = None if missing is None else missing[s : s + chunk]
+            ctx = self.posterior_context(self.leaf_log_probs(x[s : s + chunk], ms, log_emit))  # [n, D, K]
+            joint = _logmatmulexp(ctx.transpose(0, 1), log_emit.exp()).transpose(0, 1)  # [n, D, V]
+            outs.append(joint - torch.logsumexp(joint, -1, keepdim=True))
+        return torch.cat(outs) if outs else x.new_empty(0, self.num_vars, self.num_cats, dtype=log_emit.dtype)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` independent samples, LongTensor [n, D]."""
+        z = self.sample_latents(n, generator)
+        emit = self.log_emissions().exp()
+        probs = emit[torch.arange(self.num_vars, device=z.device)[None, :], z]  # [n, D, V]
+        return torch.multinomial(probs.reshape(-1, self.num_cats), 1, generator=generator).view(n, self.num_vars)
+
+    def extra_repr(self) -> str:
+        return (f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, "
+                f"height={self.tree.height}")

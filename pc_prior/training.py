@@ -1,0 +1,160 @@
+"""Training HCLTs: mini-batch and full-batch EM, and gradient training with Adam.
+
+EM's expected counts are the gradients of the batch log-likelihood with respect to the
+log-parameters (a circuit is multilinear in its parameters, so theta * dlogp/dtheta is the
+expected flow through theta); autograd computes all of them in one backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .hclt import HCLT, check_symbols
+
+__all__ = ["fit_em", "fit_adam", "em_step_counts", "bits_per_dim"]
+
+LN2 = math.log(2.0)
+
+
+def bits_per_dim(pc: HCLT, x: Tensor, batch_size: int = 1024) -> float:
+    """Average negative log-likelihood of ``x`` in bits per variable."""
+    x = check_symbols(x, pc.num_vars, pc.num_cats)
+    total = 0.0
+    with torch.no_grad():
+        for b in x.split(batch_size):
+            total -= float(pc.log_prob(b.to(pc.root_logits.device)).sum())
+    return total / (len(x) * pc.num_vars * LN2)
+
+
+def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
+    """Expected sufficient statistics (root, transitions, emissions) on a batch, and its log-likelihood."""
+    params = [p.detach().requires_grad_(True) for p in (pc.log_root(), pc.log_transitions(), pc.log_emissions())]
+    lr, lt, le = params
+    ll = pc.upward(pc.leaf_log_probs(x, log_emit=le), log_root=lr, log_trans=lt)[0].sum()
+    counts = torch.autograd.grad(ll, params)
+    return [c.detach() for c in counts], float(ll.detach())
+
+
+def _normalize(counts: Tensor, pseudocount: float) -> Tensor:
+    c = counts + pseudocount / counts.shape[-1]
+    return c / c.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def _apply(pc: HCLT, counts: list[Tensor], step_size: float, pseudocount: float) -> None:
+    for logits, cur, cnt in zip(
+        (pc.root_logits, pc.transition_logits, pc.emission_logits),
+        (pc.log_root(), pc.log_transitions(), pc.log_emissions()),
+        counts,
+    ):
+        new = (1.0 - step_size) * cur.exp() + step_size * _normalize(cnt, pseudocount)
+        logits.copy_(new.clamp_min(torch.finfo(new.dtype).tiny).log())
+
+
+def _batches(x: Tensor, batch_size: int, g: torch.Generator, shuffle: bool) -> Iterator[Tensor]:
+    idx = torch.randperm(len(x), generator=g) if shuffle else torch.arange(len(x))
+    for s in range(0, len(x), batch_size):
+        yield x[idx[s : s + batch_size]]
+
+
+def _schedule(start: float, end: float, total: int) -> Callable[[int], float]:
+    """Linear step-size schedule from ``start`` to ``end`` over ``total`` updates."""
+    return lambda t: start + (end - start) * min(t / max(total - 1, 1), 1.0)
+
+
+def fit_em(
+    pc: HCLT,
+    x_train: Tensor,
+    epochs: int = 10,
+    batch_size: int = 512,
+    step_size: float | tuple[float, float] = (0.1, 0.01),
+    pseudocount: float = 0.1,
+    full_batch_epochs: int = 0,
+    x_valid: Tensor | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Mini-batch EM for ``epochs`` epochs, then ``full_batch_epochs`` epochs of full-batch EM.
+
+    ``step_size`` is a constant or a (start, end) pair annealed linearly over all mini-batch
+    updates. Returns one record per epoch with train (and valid) bits per dimension.
+    """
+    x_train = check_symbols(x_train, pc.num_vars, pc.num_cats)
+    if len(x_train) == 0:
+        raise ValueError("x_train is empty")
+    dev = pc.root_logits.device
+    g = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
+    sched = _schedule(*step_size, epochs * steps_per_epoch) if isinstance(step_size, tuple) else (lambda t: step_size)
+    history: list[dict] = []
+    t = 0
+    denom = pc.num_vars * LN2
+    total_epochs = epochs + full_batch_epochs
+    bar = tqdm(total=total_epochs * steps_per_epoch, desc="EM", disable=not progress, unit="batch")
+    for epoch in range(total_epochs):
+        full = epoch >= epochs
+        acc: list[Tensor] | None = None
+        nll, seen = 0.0, 0
+        for xb in _batches(x_train, batch_size, g, shuffle=not full):
+            counts, ll = em_step_counts(pc, xb.to(dev))
+            nll -= ll
+            seen += len(xb)
+            if full:
+                acc = counts if acc is None else [a + c for a, c in zip(acc, counts)]
+            else:
+                _apply(pc, counts, sched(t), pseudocount)
+                t += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}", mode="full" if full else "mini")
+        if full and acc is not None:
+            _apply(pc, acc, 1.0, pseudocount)
+        rec = {"epoch": epoch + 1, "mode": "full" if full else "mini", "train_bpd": nll / seen / denom}
+        if x_valid is not None:
+            rec["valid_bpd"] = bits_per_dim(pc, x_valid, batch_size)
+        history.append(rec)
+        if callback is not None:
+            callback(epoch, rec)
+    bar.close()
+    return history
+
+
+def fit_adam(
+    pc: HCLT,
+    x_train: Tensor,
+    epochs: int = 10,
+    batch_size: int = 512,
+    lr: float = 0.05,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Gradient training: Adam on the logits, minimizing negative log-likelihood."""
+    x_train = check_symbols(x_train, pc.num_vars, pc.num_cats)
+    if len(x_train) == 0:
+        raise ValueError("x_train is empty")
+    dev = pc.root_logits.device
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(pc.parameters(), lr=lr)
+    denom = pc.num_vars * LN2
+    history = []
+    steps = math.ceil(len(x_train) / batch_size)
+    bar = tqdm(total=epochs * steps, desc="Adam", disable=not progress, unit="batch")
+    for epoch in range(epochs):
+        nll, seen = 0.0, 0
+        for xb in _batches(x_train, batch_size, g, shuffle=True):
+            loss = -pc.log_prob(xb.to(dev)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            nll += float(loss) * len(xb)
+            seen += len(xb)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}")
+        history.append({"epoch": epoch + 1, "train_bpd": nll / seen / denom})
+    bar.close()
+    return history
