@@ -1,19 +1,28 @@
 """The ``pc-prior`` command line: one entry point, one sub-command module per area.
 
-Each module in ``COMMANDS`` exposes ``register(subparsers)``, which adds its sub-command(s) and
-sets ``func`` (taking the parsed ``argparse.Namespace``, returning an exit code) as the default.
-Modules are imported only to build the parser, so a command's heavy imports stay inside it.
+Every ``pc_prior.<area>.cli`` module (and ``pc_prior.lossless``) exposes ``register(subparsers)``,
+which adds its sub-command(s) and sets ``func`` (taking the parsed ``argparse.Namespace``,
+returning an exit code) as the default. Keep heavy imports inside the command functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
-COMMANDS = [
-    "pc_prior.lossless_cli",
-]
+def command_modules() -> list[str]:
+    """``pc_prior.lossless`` plus every ``pc_prior.<sub-package>.cli`` that exists, sorted."""
+    import pkgutil
+
+    from . import __path__ as pkg_path
+
+    mods = ["pc_prior.lossless"]
+    for info in sorted(pkgutil.iter_modules(pkg_path), key=lambda m: m.name):
+        if info.ispkg and importlib.util.find_spec(f"pc_prior.{info.name}.cli") is not None:
+            mods.append(f"pc_prior.{info.name}.cli")
+    return mods
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pc-prior", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pc-prior {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in command_modules():
         importlib.import_module(name).register(sub)
     return parser
 

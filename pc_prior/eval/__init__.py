@@ -1,0 +1,1 @@
+"""Evaluation harness: real coded rates, distortion, speed, BD-rates and plots."""

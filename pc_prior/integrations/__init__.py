@@ -1,0 +1,1 @@
+"""CompressAI entropy models backed by probabilistic circuits."""
