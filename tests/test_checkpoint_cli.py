@@ -1,0 +1,112 @@
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from pc_prior import CheckpointError, decode, encode, load, save
+from pc_prior.cli import main
+from pc_prior.data import load_idx, load_mnist
+from conftest import random_hclt
+
+
+def test_save_load_round_trip(tmp_path):
+    pc = random_hclt(dtype=torch.float32)
+    x = torch.randint(0, 3, (40, 6), generator=torch.Generator().manual_seed(0))
+    data = encode(pc, x)
+    save(pc, tmp_path / "m.pt", note="hello")
+    pc2 = load(tmp_path / "m.pt")
+    assert pc2.metadata["note"] == "hello"
+    assert torch.equal(pc2.log_prob(x), pc.log_prob(x))
+    assert torch.equal(decode(pc2, data), x)  # streams made before saving decode after loading
+    assert encode(pc2, x) == data
+
+
+def test_load_rejects_other_files_and_versions(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a pc-prior"):
+        load(tmp_path / "other.pt")
+    save(random_hclt(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    state["version"] = 99
+    torch.save(state, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        load(tmp_path / "future.pt")
+
+
+def _write_idx(path, arr):
+    arr = np.asarray(arr, dtype=np.uint8)
+    head = bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">I", s) for s in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + arr.tobytes())
+
+
+@pytest.fixture
+def tiny_idx(tmp_path):
+    """An MNIST-format dataset of 4x4 images with structure (a bright blob that moves)."""
+    g = np.random.default_rng(0)
+
+    def images(n):
+        out = np.zeros((n, 4, 4), dtype=np.uint8)
+        r, c = g.integers(0, 3, n), g.integers(0, 3, n)
+        out[np.arange(n), r, c] = 255
+        out[np.arange(n), r + 1, c + 1] = g.integers(100, 256, n)
+        return out
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _write_idx(root / "train-images-idx3-ubyte.gz", images(300))
+    _write_idx(root / "t10k-images-idx3-ubyte.gz", images(50))
+    return root
+
+
+def test_idx_loader_and_errors(tiny_idx, tmp_path):
+    x = load_mnist(tiny_idx, "test")
+    assert x.shape == (50, 16) and x.dtype == torch.long
+    assert load_idx(tiny_idx / "t10k-images-idx3-ubyte.gz").shape == (50, 4, 4)
+    with pytest.raises(FileNotFoundError, match="--data"):
+        load_mnist(tmp_path / "nowhere", "train")
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04"))
+    with pytest.raises(ValueError, match="magic"):
+        load_idx(tmp_path / "bad.gz")
+    raw = gzip.decompress((tiny_idx / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (tmp_path / "short.gz").write_bytes(gzip.compress(raw[:-5]))
+    with pytest.raises(ValueError, match="expected"):
+        load_idx(tmp_path / "short.gz")
+
+
+def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
+    ckpt = tmp_path / "hclt.pt"
+    assert main(["lossless", "fit", "--data", str(tiny_idx), "--out", str(ckpt), "--latents", "4",
+                 "--epochs", "2", "--full-batch-epochs", "1", "--batch-size", "100", "--valid", "20"]) == 0
+    fit_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fit_line["checkpoint"] == str(ckpt) and ckpt.is_file()
+
+    assert main(["lossless", "bench", "--data", str(tiny_idx), "--model", str(ckpt)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("bpd_theoretical", "bpd_coded", "encode_seconds", "decode_seconds", "num_images"):
+        assert key in res
+    assert res["num_images"] == 50 and res["round_trip_exact"]
+    assert res["bpd_theoretical"] <= res["bpd_coded"] < res["bpd_theoretical"] + 0.5
+
+    arr = load_mnist(tiny_idx, "test").numpy().astype(np.uint8).reshape(50, 4, 4)
+    np.save(tmp_path / "in.npy", arr)
+    assert main(["lossless", "compress", "--model", str(ckpt), str(tmp_path / "in.npy"), str(tmp_path / "c.bin")]) == 0
+    assert main(["lossless", "decompress", "--model", str(ckpt), str(tmp_path / "c.bin"), str(tmp_path / "out.npy")]) == 0
+    out = np.load(tmp_path / "out.npy")
+    assert out.dtype == arr.dtype and np.array_equal(out, arr)
+
+    # clear one-line errors, non-zero exit
+    (tmp_path / "c.bin").write_bytes((tmp_path / "c.bin").read_bytes()[:-3])
+    assert main(["lossless", "decompress", "--model", str(ckpt), str(tmp_path / "c.bin"), str(tmp_path / "o.npy")]) == 1
+    assert "truncated" in capsys.readouterr().err
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 5), dtype=np.uint8))
+    assert main(["lossless", "compress", "--model", str(ckpt), str(tmp_path / "wrong.npy"), str(tmp_path / "w.bin")]) == 1
+    assert "expects 16" in capsys.readouterr().err
