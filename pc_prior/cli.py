@@ -28,7 +28,9 @@ def command_modules() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="pc-prior", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pc-prior", description="Probabilistic circuits as entropy models for learned image compression."
+    )
     parser.add_argument("--version", action="version", version=f"pc-prior {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in command_modules():
