@@ -1,1 +1,11 @@
-"""Lightning modules, data modules and training commands."""
+"""Lightning modules, data modules and training commands (``pc-prior fit``, ``pc-prior train-codec``)."""
+
+from .callbacks import InterruptCheckpoint
+from .codec import CodecModule, export_codec, lambda_for_quality, load_codec
+from .data import ImageFolderDataModule, MNISTDataModule
+from .prior import EMOptimizer, PriorModule
+
+__all__ = [
+    "PriorModule", "EMOptimizer", "CodecModule", "export_codec", "load_codec", "lambda_for_quality",
+    "ImageFolderDataModule", "MNISTDataModule", "InterruptCheckpoint",
+]

@@ -1,0 +1,230 @@
+"""``CodecModule``: train a CompressAI image codec from scratch with Lightning, and export it.
+
+Follows CompressAI's ``examples/train.py``: loss ``λ·255²·MSE + bpp``, a main Adam on every
+parameter except the entropy bottlenecks' ``quantiles``, an auxiliary Adam on those, gradient
+clipping on the main parameters. The main and auxiliary losses touch disjoint parameters, so one
+backward of their sum gives both optimizers exactly their gradients (and lets DDP reduce them in
+one pass). Manual optimization; the auxiliary optimizer steps without counting, so
+``trainer.global_step`` counts batches. The loss and optimizer helpers are module-level
+functions so an RD fine-tuning module (codec + PC prior) can reuse them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from compressai.losses import RateDistortionLoss
+from torch import Tensor, nn
+
+__all__ = [
+    "ZOO_MSE_LAMBDAS", "CodecModule", "build_codec", "export_codec", "load_codec",
+    "split_parameters", "rd_metrics", "pad_to_multiple", "lambda_for_quality",
+]
+
+# λ of CompressAI's zoo models trained for MSE, by quality 1..8 (CompressAI docs, "Training";
+# the same list is compressai.models.vbr's ``lmbda``).
+ZOO_MSE_LAMBDAS: dict[int, float] = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+
+
+def lambda_for_quality(quality: int) -> float:
+    """CompressAI's zoo λ (MSE) for ``quality`` 1..8."""
+    if quality not in ZOO_MSE_LAMBDAS:
+        raise ValueError(f"quality must be one of {sorted(ZOO_MSE_LAMBDAS)}, got {quality}")
+    return ZOO_MSE_LAMBDAS[quality]
+
+
+def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh (untrained) codec: a zoo architecture (``image_models[arch](quality=...)``), or a
+    ``compressai.models`` class by name built with ``net_kwargs`` (e.g. ``FactorizedPrior``, N=8, M=12)."""
+    import compressai.models
+    from compressai.zoo import image_models
+
+    if net_kwargs:
+        cls = getattr(compressai.models, arch, None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"net_kwargs given, so arch must be a compressai.models class name; got {arch!r}")
+        return cls(**net_kwargs)
+    if arch in image_models:
+        return image_models[arch](quality=quality, pretrained=False)
+    cls = getattr(compressai.models, arch, None)
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return cls()
+    raise ValueError(f"unknown arch {arch!r}; zoo architectures: {', '.join(sorted(image_models))}")
+
+
+def split_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(main, aux) trainable parameters: aux are those whose name ends in ``.quantiles``."""
+    main, aux = [], []
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            (aux if name.endswith(".quantiles") else main).append(p)
+    return main, aux
+
+
+def rd_metrics(out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | None = None) -> dict[str, Tensor]:
+    """``loss``, ``bpp``, ``mse`` and ``psnr`` of a codec's forward output on ``x`` in [0, 1].
+
+    ``num_pixels`` (default N·H·W of ``x``) lets padded inputs be rated per original pixel.
+    """
+    n, _, h, w = x.shape
+    pixels = num_pixels if num_pixels is not None else n * h * w
+    bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * pixels)
+    mse = F.mse_loss(out["x_hat"], x)
+    psnr = 10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10))
+    return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse, "psnr": psnr}
+
+
+def pad_to_multiple(x: Tensor, multiple: int = 64) -> Tensor:
+    """Zero-pad [N, C, H, W] on the right/bottom to multiples of ``multiple`` (as CompressAI's eval)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbda: float, **extra: Any) -> Path:
+    """Write ``{"arch", "quality", "lmbda", "state_dict", ...}`` (the ``shared/models`` format) after
+    ``update(force=True)`` on a CPU copy, so the entropy coder tables are in the state dict."""
+    net = copy.deepcopy(net).cpu().eval()
+    net.update(force=True)
+    state = {"arch": arch, "quality": quality, "lmbda": lmbda, **extra,
+             "state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a file written by ``export_codec`` (or a ``shared/models`` checkpoint) into an eval-mode codec."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"codec file not found: {path}")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ck, dict) or not {"arch", "quality", "state_dict"} <= ck.keys():
+        raise ValueError(f"{path} is not a codec file (needs arch, quality and state_dict)")
+    net = build_codec(ck["arch"], ck["quality"], ck.get("net_kwargs"))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
+    return net.to(map_location).eval()
+
+
+class CodecModule(pl.LightningModule):
+    """Train a CompressAI codec from scratch for rate-distortion; logs loss, bpp, PSNR and aux loss.
+
+    Args:
+        arch: a ``compressai.zoo.image_models`` name, or a ``compressai.models`` class name with ``net_kwargs``.
+        quality: zoo quality (picks the architecture's size and, by default, λ).
+        lmbda: RD trade-off; ``None`` takes CompressAI's zoo λ for ``quality``.
+        net_kwargs: constructor arguments for a ``compressai.models`` class (e.g. ``{"N": 8, "M": 12}``).
+        lr, aux_lr: main and auxiliary Adam learning rates.
+        clip_max_norm: gradient-norm clipping of the main parameters (0 turns it off).
+        lr_decay_at: fraction of the planned steps after which the main LR is multiplied by
+            ``lr_decay_factor`` (needs ``max_steps`` or ``max_epochs``; ``None`` keeps it constant).
+        pad_multiple: validation images are zero-padded to this multiple and rated per original pixel.
+        export_path: where ``on_fit_end`` writes the codec (default ``<log_dir>/codec.pt``; ``""``: none).
+    """
+
+    def __init__(
+        self,
+        arch: str = "bmshj2018-factorized",
+        quality: int = 3,
+        lmbda: float | None = None,
+        net_kwargs: dict[str, Any] | None = None,
+        lr: float = 1e-4,
+        aux_lr: float = 1e-3,
+        clip_max_norm: float = 1.0,
+        lr_decay_at: float | None = 0.85,
+        lr_decay_factor: float = 0.1,
+        pad_multiple: int = 64,
+        export_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if lmbda is None:
+            lmbda = lambda_for_quality(quality)
+        if lmbda <= 0:
+            raise ValueError(f"lmbda must be > 0, got {lmbda}")
+        self.save_hyperparameters()
+        self.net = build_codec(arch, quality, net_kwargs)
+        self.automatic_optimization = False
+        self.rd_loss = RateDistortionLoss(lmbda=lmbda)  # CompressAI's own loss, used for training
+
+    @property
+    def lmbda(self) -> float:
+        return float(self.hparams.lmbda)
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        return self.net(x)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        main, aux = split_parameters(self.net)
+        opt = torch.optim.Adam(main, lr=hp.lr)
+        aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
+        total = self.trainer.estimated_stepping_batches if self.trainer is not None else math.inf
+        decay_step = int(hp.lr_decay_at * total) if hp.lr_decay_at is not None and math.isfinite(total) else None
+        factor = hp.lr_decay_factor
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: factor if decay_step is not None and step >= decay_step else 1.0)
+        return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
+
+    def rd_step(self, x: Tensor) -> dict[str, Tensor]:
+        """One optimization step on ``x``; returns the detached metrics (reusable by RD fine-tuning)."""
+        opt, aux_opt = self.optimizers()
+        out = self.net(x)
+        losses = self.rd_loss(out, x)
+        aux_loss = self.net.aux_loss()
+        opt.zero_grad()
+        aux_opt.zero_grad()
+        self.manual_backward(losses["loss"] + aux_loss)
+        if self.hparams.clip_max_norm > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip_max_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        aux_opt.optimizer.step()  # raw step: global_step counts batches, not optimizer calls
+        self.lr_schedulers().step()
+        mse = losses["mse_loss"].detach()
+        return {"loss": losses["loss"].detach(), "bpp": losses["bpp_loss"].detach(), "mse": mse,
+                "psnr": 10 * torch.log10(1.0 / mse.clamp_min(1e-10)), "aux_loss": aux_loss.detach()}
+
+    def on_fit_start(self) -> None:
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            raise ValueError("CodecModule supports precision 32 or bf16-mixed (16-mixed's scaler needs every step counted)")
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        m = self.rd_step(x)
+        self.log_dict({f"train_{k}": v for k, v in m.items()}, prog_bar=False, batch_size=len(x))
+        self.log_dict({"bpp": m["bpp"], "psnr": m["psnr"]}, prog_bar=True, logger=False, batch_size=len(x))
+        self.log("lr", self.optimizers()[0].param_groups[0]["lr"], batch_size=len(x))
+        return m["loss"]
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        n, _, h, w = x.shape
+        out = self.net(pad_to_multiple(x, self.hparams.pad_multiple))
+        out["x_hat"] = out["x_hat"][..., :h, :w].clamp(0, 1)
+        m = rd_metrics(out, x, self.lmbda, num_pixels=n * h * w)
+        self.log_dict({f"val_{k}": v for k, v in m.items()}, prog_bar=True, batch_size=n, sync_dist=True)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the codec in the ``shared/models`` format (see :func:`export_codec`)."""
+        hp = self.hparams
+        extra = {"steps": int(self.global_step)}
+        if hp.net_kwargs:
+            extra["net_kwargs"] = dict(hp.net_kwargs)
+        return export_codec(self.net, path, hp.arch, hp.quality, self.lmbda, **extra)
+
+    def on_fit_end(self) -> None:
+        target = self.hparams.export_path
+        if target == "" or not self.trainer.is_global_zero:
+            return
+        if target is None:
+            target = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "codec.pt"
+        self.export(target)
