@@ -151,6 +151,7 @@ class CodecModule(pl.LightningModule):
         if lmbda <= 0:
             raise ValueError(f"lmbda must be > 0, got {lmbda}")
         self.save_hyperparameters()
+        self.hparams.lmbda = float(lmbda)  # resolved value (LightningCLI may record the given None)
         self.net = build_codec(arch, quality, net_kwargs)
         self.automatic_optimization = False
         self.rd_loss = RateDistortionLoss(lmbda=lmbda)  # CompressAI's own loss, used for training
