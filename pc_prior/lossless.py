@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     fit = g.add_parser("fit", help="learn an HCLT on the training split and save it")
     _data_args(fit)
-    fit.add_argument("--out", default="runs/lossless/hclt.pt", help="checkpoint path (default: %(default)s)")
+    fit.add_argument("--out", default="runs/lossless/hclt.pt",
+                     help="checkpoint path, rewritten after every epoch (default: %(default)s)")
     fit.add_argument("--latents", type=int, default=32, help="latent states per variable (default: %(default)s)")
     fit.add_argument("--epochs", type=int, default=20, help="mini-batch EM epochs (default: %(default)s)")
     fit.add_argument("--full-batch-epochs", type=int, default=2, help="full-batch EM epochs after (default: %(default)s)")
@@ -80,14 +81,19 @@ def _fit(args: argparse.Namespace) -> int:
     t_struct = time.perf_counter() - t0
     pc.to(args.device)
     print(f"structure: {pc.num_vars} variables, tree height {pc.tree.height}, {t_struct:.1f}s", flush=True)
+    run_args = {k: v for k, v in vars(args).items() if k != "func"}
+    history: list[dict] = []
+
+    def checkpoint(epoch: int, rec: dict) -> None:  # after every epoch, so an interrupted fit keeps its progress
+        history.append(rec)
+        save(pc, args.out, history=history, train_seconds=time.perf_counter() - t0,
+             structure_seconds=t_struct, num_train=len(x), args=run_args)
+
     t0 = time.perf_counter()
     hist = fit_em(pc, x, epochs=args.epochs, batch_size=args.batch_size, step_size=tuple(args.step_size),
                   pseudocount=args.pseudocount, full_batch_epochs=args.full_batch_epochs, x_valid=xv,
-                  seed=args.seed)
+                  seed=args.seed, callback=checkpoint)
     t_train = time.perf_counter() - t0
-    meta = {"history": hist, "train_seconds": t_train, "structure_seconds": t_struct,
-            "num_train": len(x), "args": {k: v for k, v in vars(args).items() if k != "func"}}
-    save(pc, args.out, **meta)
     line = {"checkpoint": str(args.out), "train_seconds": round(t_train, 1),
             "seconds_per_epoch": round(t_train / max(len(hist), 1), 2), "final_train_bpd": hist[-1]["train_bpd"]}
     if xv is not None:
