@@ -1,0 +1,132 @@
+"""``pc-prior eval``, ``pc-prior compare`` and ``pc-prior report-lossless``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="rate-distortion of codecs on an image folder (real bitstreams), CompressAI JSON",
+                       description="Compress and decompress every image of --data with each MODEL; write means "
+                                   "and per-image rows as CompressAI results JSON.")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="a codec file (shared/models format, CompressAI checkpoint or state dict with --arch, "
+                        "pc-prior codec) or a zoo name with quality, e.g. bmshj2018-factorized:q2 (needs network)")
+    p.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--arch", default=None, help="architecture of plain state-dict checkpoints (zoo name)")
+    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="zoo weights' training metric")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--output", "-o", default=None, help="write the results JSON here (default: print only)")
+    p.add_argument("--name", default=None, help="curve name in the JSON (default: from the first model)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--entropy-coder", default=None, help="CompressAI entropy coder (default: CompressAI's default)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", help="rate savings per quality, BD-rates and an RD plot of two eval JSON files")
+    c.add_argument("baseline", help="baseline results JSON (CompressAI format)")
+    c.add_argument("candidate", help="candidate results JSON")
+    c.add_argument("--plot", default=None, help="RD plot PNG (default: <candidate>-vs-<baseline>.png beside candidate)")
+    c.add_argument("--no-plot", action="store_true")
+    c.add_argument("--method", default="akima", choices=["akima", "pchip", "cubic"],
+                   help="BD interpolation (default: %(default)s)")
+    c.add_argument("--json", default=None, help="also write the comparison as JSON here")
+    c.set_defaults(func=_compare)
+
+    r = sub.add_parser("report-lossless", help="bpd table of 'pc-prior lossless bench' JSON files beside references")
+    r.add_argument("results", nargs="+", help="JSON files written by 'pc-prior lossless bench --out'")
+    r.add_argument("--dataset", default="mnist", help="which reference numbers to show (default: %(default)s)")
+    r.add_argument("--label", action="append", default=None, help="row label per file (repeat, in order)")
+    r.add_argument("--reference", action="append", default=[], metavar="NAME=BPD", help="extra reference row")
+    r.add_argument("--output", "-o", default=None, help="also write the Markdown table here")
+    r.set_defaults(func=_report_lossless)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import load_model
+    from .rd import collect_images, evaluate_model, results_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = collect_images(args.data)  # fail on a bad folder before loading any model
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError("--limit must be at least 1")
+        images = images[: args.limit]
+    if args.entropy_coder:
+        import compressai
+
+        if args.entropy_coder not in compressai.available_entropy_coders():
+            raise ValueError(f"unknown entropy coder {args.entropy_coder!r}; available: "
+                             f"{', '.join(compressai.available_entropy_coders())}")
+        compressai.set_entropy_coder(args.entropy_coder)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available")
+    loaded = [load_model(m, arch=args.arch, device=args.device, metric=args.metric) for m in args.models]
+    runs = []
+    for lm in loaded:
+        res = evaluate_model(lm.net, images, progress=not args.no_progress, desc=lm.name)
+        runs.append({"model": lm.name, "quality": lm.quality, **res})
+        m = res["mean"]
+        print(f"{lm.name}: bpp {m['bpp']:.4f} (estimated {m['bpp_estimated']:.4f}), PSNR-RGB {m['psnr-rgb']:.3f} dB, "
+              f"MS-SSIM {m['ms-ssim-rgb']:.4f}, enc {1000 * m['encoding_time']:.1f} ms, "
+              f"dec {1000 * m['decoding_time']:.1f} ms ({len(images)} images)", file=sys.stderr)
+    import compressai
+
+    name = args.name or (loaded[0].arch if loaded[0].arch else loaded[0].name)
+    out = results_json(runs, name=name, description=f"Inference ({compressai.get_entropy_coder()})",
+                       extra={"dataset": str(args.data), "num_images": len(images), "device": args.device,
+                              "sources": [lm.source for lm in loaded]})
+    text = json.dumps(out, indent=2)
+    if args.output:
+        path = Path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare, format_comparison, plot_rd
+
+    res = compare(args.baseline, args.candidate, method=args.method)
+    base, cand = res.pop("_curves")
+    print(format_comparison(res))
+    if not args.no_plot:
+        plot = Path(args.plot) if args.plot else Path(args.candidate).with_name(
+            f"{Path(args.candidate).stem}-vs-{Path(args.baseline).stem}.png")
+        plot_rd(base, cand, plot, title=f"{cand.name} vs {base.name}")
+        print(f"\nRD plot: {plot}")
+        res["plot"] = str(plot)
+    if args.json:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
+        Path(args.json).write_text(json.dumps(clean, indent=2) + "\n")
+    return 0
+
+
+def _report_lossless(args: argparse.Namespace) -> int:
+    from .lossless_report import lossless_table
+
+    refs = []
+    for spec in args.reference:
+        name, sep, val = spec.rpartition("=")
+        try:
+            refs.append((name, float(val)))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ValueError(f"--reference expects NAME=BPD, got {spec!r}")
+    table = lossless_table(args.results, dataset=args.dataset, labels=args.label, extra_references=refs)
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0

@@ -1,0 +1,188 @@
+"""pc_prior.eval: real bit counting, CompressAI JSON schema, model loading errors, loader registry."""
+
+import json
+import math
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pc_prior.cli import main
+from pc_prior.eval import models as eval_models
+from pc_prior.eval.models import LoadedModel, ModelLoadError, load_model, register_model_loader, unregister_model_loader
+from pc_prior.eval.rd import collect_images, count_bytes, evaluate_image, evaluate_model, read_image
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    from compressai.models import FactorizedPrior
+
+    torch.manual_seed(0)
+    net = FactorizedPrior(N=8, M=12)
+    net.update(force=True)
+    return net.eval()
+
+
+def _skimage(name: str, h: int, w: int) -> np.ndarray:
+    from skimage import data
+
+    img = getattr(data, name)()
+    return np.ascontiguousarray(img[:h, :w, :3])
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    Image.fromarray(_skimage("astronaut", 150, 170)).save(d / "a.png")  # not multiples of 64: padding
+    (d / "sub").mkdir()
+    Image.fromarray(_skimage("chelsea", 192, 192)).save(d / "sub" / "b.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_net, tmp_path_factory):
+    p = tmp_path_factory.mktemp("ck") / "tiny.pth"
+    torch.save({"epoch": 3, "state_dict": tiny_net.state_dict()}, p)  # CompressAI training-checkpoint layout
+    return p
+
+
+def test_count_bytes_nested():
+    assert count_bytes([[b"ab", b"c"], [[b"defg"], []], (b"",)]) == 7
+    with pytest.raises(TypeError, match="nested lists of bytes"):
+        count_bytes([["abc"]])
+
+
+def test_counted_bits_are_all_string_bytes(tiny_net, image_dir):
+    from compressai.ops import compute_padding
+
+    x = read_image(image_dir / "a.png")
+    assert x.shape == (3, 150, 170)
+    row = evaluate_image(tiny_net, x)
+    pad, _ = compute_padding(150, 170, min_div=64)
+    with torch.no_grad():
+        enc = tiny_net.compress(F.pad(x[None], pad))
+    nbytes = sum(len(s) for group in enc["strings"] for s in group)
+    assert nbytes > 0
+    assert row["bits"] == 8 * nbytes
+    assert row["bpp"] == pytest.approx(8 * nbytes / (150 * 170))
+    # the forward's likelihoods estimate the same rate (coder overhead is small, a few bytes)
+    assert row["bpp_estimated"] == pytest.approx(row["bpp"], rel=0.1)
+    assert math.isfinite(row["psnr-rgb"]) and 0 < row["psnr-rgb"] < 60
+    assert math.isnan(row["ms-ssim-rgb"])  # MS-SSIM needs sides > 160
+    assert row["encoding_time"] > 0 and row["decoding_time"] > 0
+
+
+def test_evaluate_model_means_and_rows(tiny_net, image_dir):
+    files = collect_images(image_dir)
+    assert [f.name for f in files] == ["a.png", "b.png"]
+    res = evaluate_model(tiny_net, files, progress=False)
+    assert [r["image"] for r in res["images"]] == ["a.png", "b.png"]
+    for k in ("bpp", "psnr-rgb", "bits", "encoding_time"):
+        assert res["mean"][k] == pytest.approx(sum(r[k] for r in res["images"]) / 2)
+    assert 0 < res["images"][1]["ms-ssim-rgb"] <= 1  # 192x192: MS-SSIM defined
+
+
+def test_eval_cli_json_read_by_compressai_plot(tiny_ckpt, image_dir, tmp_path, capsys):
+    from compressai.utils.plot.__main__ import main as plot_main
+    from compressai.utils.plot.__main__ import parse_json_file
+
+    torch.manual_seed(1)
+    from compressai.models import FactorizedPrior
+
+    other = FactorizedPrior(N=8, M=12)
+    other.update(force=True)
+    ck2 = tmp_path / "plain.pth"
+    torch.save(other.state_dict(), ck2)  # plain state dict
+    out = tmp_path / "res" / "tiny.json"
+    rc = main(["eval", str(tiny_ckpt), str(ck2), "--arch", "bmshj2018-factorized", "--data", str(image_dir),
+               "--output", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    res = data["results"]
+    assert data["name"] == "bmshj2018-factorized" and data["description"].startswith("Inference (")
+    assert res["model"] == ["tiny", "plain"] and len(res["bpp"]) == 2
+    assert data["num_images"] == 2 and set(data["per_image"]) == {"tiny", "plain"}
+    rows = data["per_image"]["tiny"]
+    assert res["bits"][0] == pytest.approx(sum(r["bits"] for r in rows) / 2)
+
+    parsed = parse_json_file(out, "psnr")
+    assert parsed["xs"] == res["bpp"] and list(parsed["ys"]) == res["psnr-rgb"]
+    png = tmp_path / "plot.png"
+    plot_main(["-f", str(out), "-o", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _err(argv, capsys) -> str:
+    assert main(argv) == 1
+    return capsys.readouterr().err
+
+
+def test_eval_errors(tmp_path, tiny_ckpt, image_dir, capsys):
+    assert "data folder not found" in _err(["eval", str(tiny_ckpt), "--data", str(tmp_path / "nope")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "no images" in _err(["eval", str(tiny_ckpt), "--data", str(tmp_path / "empty")], capsys)
+    err = _err(["eval", "no-such-codec:q3", "--data", str(image_dir)], capsys)
+    assert "unknown model 'no-such-codec:q3'" in err
+    assert "model file not found" in _err(["eval", str(tmp_path / "x.pt"), "--data", str(image_dir)], capsys)
+    assert "--arch" in _err(["eval", str(tiny_ckpt), "--data", str(image_dir)], capsys)
+    err = _err(["eval", str(tiny_ckpt), "--arch", "nope", "--data", str(image_dir)], capsys)
+    assert "unknown architecture 'nope'" in err
+
+
+def test_zoo_offline_is_a_clear_error(monkeypatch, image_dir, capsys):
+    import compressai.zoo.image as zoo_image
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(zoo_image, "load_state_dict_from_url", offline)
+    with pytest.raises(ModelLoadError, match="network access.*local checkpoint"):
+        load_model("bmshj2018-factorized:q2")
+    err = _err(["eval", "bmshj2018-factorized:q2", "--data", str(image_dir)], capsys)
+    assert "could not get pretrained weights for bmshj2018-factorized:q2" in err
+
+
+def test_hclt_checkpoint_is_not_a_codec(tmp_path):
+    from pc_prior import save
+
+    from conftest import random_hclt
+
+    p = tmp_path / "hclt.pt"
+    save(random_hclt(), p)
+    with pytest.raises(ModelLoadError, match="HCLT .*lossless"):
+        load_model(p)
+    torch.save({"format": "pc-prior/unknown-codec", "x": torch.zeros(1)}, tmp_path / "u.pt")
+    with pytest.raises(ModelLoadError, match="no model loader for it is registered"):
+        load_model(tmp_path / "u.pt")
+
+
+def test_registered_loader_is_used(tiny_net, tmp_path, image_dir):
+    p = tmp_path / "pc_codec.pt"
+    torch.save({"format": "pc-prior/test-codec", "state_dict": tiny_net.state_dict()}, p)
+    seen = []
+
+    def is_mine(path, obj):
+        return isinstance(obj, dict) and obj.get("format") == "pc-prior/test-codec"
+
+    def load_mine(path, obj, device):
+        from compressai.models import FactorizedPrior
+
+        seen.append(path)
+        return LoadedModel(FactorizedPrior.from_state_dict(obj["state_dict"]), name="pc", quality=7)
+
+    register_model_loader(is_mine, load_mine)
+    try:
+        assert (is_mine, load_mine) in eval_models.registered_model_loaders()
+        lm = load_model(p)
+        assert seen == [p] and lm.name == "pc" and lm.quality == 7 and not lm.net.training
+        x = read_image(image_dir / "sub" / "b.png")
+        assert evaluate_image(lm.net, x)["bits"] == evaluate_image(tiny_net, x)["bits"]
+    finally:
+        unregister_model_loader(load_mine)
+    assert (is_mine, load_mine) not in eval_models.registered_model_loaders()
+    with pytest.raises(ModelLoadError, match="no model loader"):
+        load_model(p)
