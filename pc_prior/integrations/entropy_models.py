@@ -1,0 +1,404 @@
+"""``PCEntropyBottleneck``: a drop-in for CompressAI's ``EntropyBottleneck`` backed by an HCLT.
+
+What is modelled. A latent ``y`` [B, C, H, W] is rounded around per-channel medians (as
+CompressAI does), giving integer symbols. The circuit models the *joint* of the C channels at one
+spatial position (D = C variables); all positions of all images are i.i.d. items of that joint,
+so coding is one loop over the C variables, batched over every position of every image.
+
+Alphabets. Each channel has a contiguous alphabet ``lo_c .. lo_c + n_c - 1`` learned from data;
+the circuit's categorical leaves have ``V = max(n_c) + 1`` symbols, the last being ESCAPE. A
+symbol outside its channel's alphabet is coded as ESCAPE by the circuit, followed by an exact
+Elias-gamma style bypass code of its value (side, bit length, raw bits), so nothing is clipped.
+
+Determinism. Compression uses only the integer tables in registered buffers (``_pc_root``,
+``_pc_trans``, ``_pc_emit``, ``_pc_parent``, plus ``_offset``/``_cdf_length`` for the alphabets),
+written by ``update()`` like CompressAI's CDF tables, and ``pc_prior.coding``'s exact integer
+conditionals; a saved and reloaded state dict therefore decodes bit-exactly on any device.
+
+Rate in ``forward``. The joint log-probability of a position is spread evenly over its C
+channels (likelihood_c = p(position)^(1/C)), so ``-sum(log2 likelihoods)`` is exactly the
+model's code length, which is all CompressAI's rate term uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import zlib
+from typing import Any
+
+import constriction
+import numpy as np
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from torch import Tensor
+
+from ..coding import BitstreamError, CodingTables, IncrementalConditionals, coding_tables
+from ..hclt import HCLT
+from ..structure import Tree
+from ..training import fit_em
+
+__all__ = ["PCEntropyBottleneck", "MAGIC", "FORMAT_VERSION"]
+
+MAGIC = b"PCEB"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sB8sIII")  # magic, version, fingerprint, H, W, crc32(payload)
+MAX_SYMBOL = 2**31 - 1  # |symbol| bound of the bypass code (bit length <= 33)
+_LEN_ALPHABET = 34
+LN2 = math.log(2.0)
+
+
+# -- bypass (escape) code -----------------------------------------------------------------------
+def _bit_lengths(v: np.ndarray) -> np.ndarray:
+    """floor(log2(v)) for int64 v >= 1, exactly (no float log)."""
+    return (v[:, None] >= (np.int64(1) << np.arange(1, _LEN_ALPHABET, dtype=np.int64))).sum(1)
+
+
+def _escape_split(rel: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Side (1 above the alphabet, 0 below) and magnitude e >= 0 of out-of-alphabet symbols."""
+    above = rel >= n
+    return above.astype(np.int32), np.where(above, rel - n, -1 - rel)
+
+
+def _encode_escapes(enc: Any, rel: np.ndarray, n: np.ndarray) -> None:
+    side, e = _escape_split(rel, n)
+    v = e + 1
+    nbits = _bit_lengths(v)
+    r = v - (np.int64(1) << nbits)
+    enc.encode(side, constriction.stream.model.Uniform(2))
+    enc.encode(nbits.astype(np.int32), constriction.stream.model.Uniform(_LEN_ALPHABET))
+    for shift in (0, 16):
+        b = np.clip(nbits - shift, 0, 16)
+        sel = b > 0
+        if sel.any():
+            chunk = (r[sel] >> shift) & ((np.int64(1) << b[sel]) - 1)
+            enc.encode(chunk.astype(np.int32), constriction.stream.model.Uniform(),
+                       (np.int64(1) << b[sel]).astype(np.int32))
+
+
+def _decode_escapes(dec: Any, n: np.ndarray) -> np.ndarray:
+    m = len(n)
+    side = dec.decode(constriction.stream.model.Uniform(2), m).astype(np.int64)
+    nbits = dec.decode(constriction.stream.model.Uniform(_LEN_ALPHABET), m).astype(np.int64)
+    r = np.zeros(m, dtype=np.int64)
+    for shift in (0, 16):
+        b = np.clip(nbits - shift, 0, 16)
+        sel = b > 0
+        if sel.any():
+            chunk = dec.decode(constriction.stream.model.Uniform(), (np.int64(1) << b[sel]).astype(np.int32))
+            r[sel] |= chunk.astype(np.int64) << shift
+    e = (np.int64(1) << nbits) + r - 1
+    return np.where(side == 1, n + e, -1 - e)
+
+
+def _escape_bits(rel: Tensor, n: Tensor) -> Tensor:
+    """Bypass code length in bits of out-of-alphabet symbols (same layout as ``_encode_escapes``)."""
+    e = torch.where(rel >= n, rel - n, -1 - rel)
+    nbits = torch.floor(torch.log2((e + 1).double()))
+    return 1.0 + math.log2(_LEN_ALPHABET) + nbits
+
+
+def _categorical() -> Any:
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def _probabilities(w: Tensor) -> np.ndarray:
+    return (w / w.sum(-1, keepdim=True)).cpu().numpy()
+
+
+class PCEntropyBottleneck(EntropyBottleneck):
+    """Entropy bottleneck whose prior is a hidden Chow-Liu tree over the channels at a position.
+
+    Same interface as ``EntropyBottleneck`` (``forward``, ``compress``, ``decompress``,
+    ``update``, ``loss``), so CompressAI models use it unchanged. Fit it with ``fit`` (or
+    ``pc_prior.integrations.fit_prior``), then ``update()`` (``fit`` does) before coding.
+    ``quantization`` selects the training-mode rounding: ``"noise"`` (uniform noise on the
+    output, CompressAI's default) or ``"ste"`` (straight-through rounding).
+    """
+
+    def __init__(self, channels: int, *args: Any, quantization: str = "noise", **kwargs: Any) -> None:
+        super().__init__(channels, *args, **kwargs)
+        if quantization not in ("noise", "ste"):
+            raise ValueError(f'quantization must be "noise" or "ste", got {quantization!r}')
+        self.quantization = quantization
+        # The circuit replaces the factorized density; only ``quantiles`` (medians) is kept.
+        del self.matrices, self.biases, self.factors
+        self.pc: HCLT | None = None
+        self.register_buffer("_pc_parent", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("_pc_root", torch.zeros(0, dtype=torch.int32))
+        self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
+        self.register_buffer("_pc_emit", torch.zeros(0, 0, 0, dtype=torch.int32))
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.pc is not None
+
+    @property
+    def num_symbols(self) -> int:
+        """V: the circuit's leaf alphabet size (largest channel alphabet + ESCAPE)."""
+        if self.pc is None:
+            raise RuntimeError("PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)")
+        return self.pc.num_cats
+
+    def _medians(self) -> Tensor:
+        return self.quantiles[:, 0, 1].detach()
+
+    def _require_fitted(self) -> HCLT:
+        if self.pc is None:
+            raise RuntimeError("PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)")
+        return self.pc
+
+    def _require_tables(self) -> CodingTables:
+        if self._pc_root.numel() == 0 or self._offset.numel() == 0:
+            raise RuntimeError("PCEntropyBottleneck has no coding tables: call update() (or model.update()) first")
+        return CodingTables(
+            self._pc_parent.cpu().numpy(), self._pc_root.double(), self._pc_trans.double(), self._pc_emit.double()
+        )
+
+    def _fingerprint(self, tables: CodingTables) -> bytes:
+        h = hashlib.sha256(tables.fingerprint)
+        for t in (self._offset.to(torch.int32), self._cdf_length.to(torch.int32), self._medians().float()):
+            h.update(t.cpu().contiguous().numpy().tobytes())
+        return h.digest()[:8]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # noqa: ANN001
+        """Resize the circuit's buffers and rebuild the circuit to the shapes being loaded."""
+        for name in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit", "_offset", "_cdf_length", "_quantized_cdf"):
+            key = prefix + name
+            if key in state_dict:
+                buf = getattr(self, name)
+                setattr(self, name, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
+        if prefix + "pc.emission_logits" in state_dict:
+            parent = state_dict[prefix + "_pc_parent"]
+            d, k, v = state_dict[prefix + "pc.emission_logits"].shape
+            if len(parent) != d:
+                error_msgs.append(f"{prefix}_pc_parent has {len(parent)} entries, the circuit has {d} variables")
+            else:
+                dt = state_dict[prefix + "pc.emission_logits"].dtype
+                self.pc = HCLT(Tree(tuple(int(p) for p in parent)), v, k, dtype=dt).to(self.quantiles.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # -- fitting --------------------------------------------------------------------------------
+    def symbols(self, y: Tensor) -> Tensor:
+        """Integer symbols round(y - median) [B, C, H, W] (int64), checked finite and in range."""
+        if y.dim() != 4 or y.shape[1] != self.channels:
+            raise ValueError(f"expected a latent of shape [B, {self.channels}, H, W], got {tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            raise ValueError("latent contains NaN or infinite values")
+        s = torch.round(y.detach() - self._medians().view(1, -1, 1, 1))
+        if s.numel() and float(s.abs().max()) > MAX_SYMBOL:
+            raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
+        return s.long()
+
+    def _indices(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Leaf indices (ESCAPE = V-1), alphabet-relative values and the escape mask; s [..., C]."""
+        lo, n = self._offset.long(), self._cdf_length.long()
+        rel = s - lo
+        esc = (rel < 0) | (rel >= n)
+        return torch.where(esc, torch.full_like(rel, self.num_symbols - 1), rel), rel, esc
+
+    def fit(
+        self, values: Tensor, num_latents: int = 16, *, tail: float = 1e-4, max_alphabet: int = 64,
+        max_items: int | None = 60000, epochs: int = 4, batch_size: int = 1024, full_batch_epochs: int = 1,
+        step_size: float | tuple[float, float] = (0.1, 0.01), pseudocount: float = 0.1, seed: int = 0,
+        progress: bool = True,
+    ) -> list[dict]:
+        """Learn alphabets, structure and parameters from latent values [N, C] (one row per position).
+
+        Alphabets cover the [tail, 1 - tail] quantiles of each channel's symbols (at most
+        ``max_alphabet`` symbols); everything else is escaped. ``max_items`` random positions are
+        used for structure learning and EM (None: all). Ends with ``update(force=True)``.
+        """
+        if values.dim() != 2 or values.shape[1] != self.channels:
+            raise ValueError(f"values must have shape [N, {self.channels}], got {tuple(values.shape)}")
+        if len(values) == 0:
+            raise ValueError("values is empty: no latent positions to fit on")
+        dev = self.quantiles.device
+        s = self.symbols(values.to(dev).T[None, :, :, None])[0, :, :, 0].T  # [N, C]
+        g = torch.Generator().manual_seed(seed)
+        if max_items is not None and len(s) > max_items:
+            s = s[torch.randperm(len(s), generator=g)[:max_items].to(dev)]
+        srt = s.sort(0).values  # per-channel order statistics (torch.quantile caps input size)
+        lo = srt[int(math.floor(tail * (len(s) - 1)))]
+        hi = srt[int(math.ceil((1.0 - tail) * (len(s) - 1)))]
+        width = hi - lo + 1
+        over = width > max_alphabet  # keep the central max_alphabet symbols around the median 0
+        lo = torch.where(over, torch.clamp(lo, min=-(max_alphabet // 2)), lo)
+        lo = torch.where(over, torch.minimum(lo, hi - max_alphabet + 1), lo)
+        n = torch.minimum(hi - lo + 1, torch.full_like(hi, max_alphabet))
+        self._offset = lo.to(torch.int32)
+        self._cdf_length = n.to(torch.int32)
+        self._quantized_cdf = torch.zeros(self.channels, 0, dtype=torch.int32, device=dev)
+        v = int(n.max()) + 1
+        self.pc = None  # num_symbols comes from the new circuit below
+        rel = s - lo
+        esc = (rel < 0) | (rel >= n)
+        idx = torch.where(esc, torch.full_like(rel, v - 1), rel)
+        pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
+        hist = fit_em(pc, idx, epochs=epochs, batch_size=batch_size, full_batch_epochs=full_batch_epochs,
+                      step_size=step_size, pseudocount=pseudocount, seed=seed, progress=progress)
+        self.pc = pc
+        self.update(force=True)
+        return hist
+
+    # -- CompressAI interface -------------------------------------------------------------------
+    def update(self, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Write the circuit's integer coding tables into the buffers; False if present and not forced."""
+        if self._pc_root.numel() > 0 and not force:
+            return False
+        pc = self._require_fitted()
+        t = coding_tables(pc)
+        dev = self.quantiles.device
+        self._pc_parent = torch.as_tensor(np.asarray(t.parent), dtype=torch.long, device=dev)
+        self._pc_root = t.root.to(dev, torch.int32)
+        self._pc_trans = t.trans.to(dev, torch.int32)
+        self._pc_emit = t.emit.to(dev, torch.int32)
+        with torch.no_grad():  # quantiles describe the coded support, as in CompressAI
+            m = self._medians()
+            self.quantiles[:, 0, 0] = m + self._offset.to(m.dtype) - 0.5
+            self.quantiles[:, 0, 2] = m + (self._offset + self._cdf_length).to(m.dtype) - 0.5
+        return True
+
+    def loss(self) -> Tensor:
+        """Aux loss: L1 distance of the outer quantiles from the alphabet's edges (0 once in sync).
+
+        The circuit needs no auxiliary training; the loss keeps ``quantiles`` (which CompressAI
+        aux optimizers train) describing the directly coded support. Medians are left alone.
+        """
+        if self._offset.numel() == 0:
+            return (self.quantiles[:, 0, [0, 2]] - self.quantiles[:, 0, [0, 2]].detach()).abs().sum()
+        m = self._medians()
+        target = torch.stack([m + self._offset - 0.5, m + self._offset + self._cdf_length - 0.5], -1)
+        return (self.quantiles[:, 0, [0, 2]] - target).abs().sum()
+
+    def log_likelihood(self, s: Tensor) -> Tensor:
+        """Code length model: log p of each position's symbols s [B, C, H, W] in nats, [B, H, W]."""
+        pc = self._require_fitted()
+        b, c, h, w = s.shape
+        rows = s.permute(0, 2, 3, 1).reshape(-1, c)
+        idx, rel, esc = self._indices(rows)
+        logp = pc.log_prob(idx)
+        bits = torch.where(esc, _escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
+        return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
+
+    def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+        """(x_hat, likelihoods [B, C, H, W]); the product over channels is p(position)."""
+        if training is None:
+            training = self.training
+        med = self._medians().view(1, -1, 1, 1).to(x.dtype)
+        rounded = torch.round(x - med) + med
+        if not training:
+            out = rounded
+        elif self.quantization == "noise":
+            out = x + torch.empty_like(x).uniform_(-0.5, 0.5)
+        else:
+            out = x + (rounded - x).detach()
+        logp = self.log_likelihood(self.symbols(out))
+        lik = torch.exp(logp / self.channels)[:, None].expand(-1, self.channels, -1, -1)
+        return out, lik.to(x.dtype)
+
+    def compress(self, x: Tensor) -> list[bytes]:
+        """One bitstream per batch item for the latent x [B, C, H, W]."""
+        tables = self._require_tables()
+        s = self.symbols(x)
+        b, c, h, w = s.shape
+        if h * w == 0:
+            raise ValueError(f"cannot code an empty latent of spatial size {h}x{w}")
+        p = h * w
+        idx, rel, esc = self._indices(s.permute(0, 2, 3, 1).reshape(-1, c))
+        dev = tables.root.device
+        inc = IncrementalConditionals(tables, b * p, dev)
+        idx_np, rel_np, esc_np = idx.cpu().numpy().astype(np.int32), rel.cpu().numpy(), esc.cpu().numpy()
+        n_np = self._cdf_length.cpu().numpy().astype(np.int64)
+        encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
+        family = _categorical()
+        for i in inc.order:
+            probs = _probabilities(inc.weights())
+            for j, enc in enumerate(encs):
+                sl = slice(j * p, (j + 1) * p)
+                enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
+                e = esc_np[sl, i]
+                if e.any():
+                    _encode_escapes(enc, rel_np[sl, i][e], np.full(int(e.sum()), n_np[i]))
+            inc.observe(idx[:, i])
+        fp = self._fingerprint(tables)
+        out = []
+        for enc in encs:
+            payload = enc.get_compressed().astype("<u4").tobytes()
+            out.append(_HEADER.pack(MAGIC, FORMAT_VERSION, fp, h, w, zlib.crc32(payload)) + payload)
+        return out
+
+    def _read(self, data: Any, fp: bytes, size: tuple[int, int]) -> np.ndarray:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"each string must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < _HEADER.size:
+            raise BitstreamError(f"bitstream truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
+        magic, version, sfp, h, w, crc = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise BitstreamError("not a PCEntropyBottleneck bitstream (bad magic bytes)")
+        if version != FORMAT_VERSION:
+            raise BitstreamError(f"bitstream format version {version}, this pc-prior reads version {FORMAT_VERSION}")
+        if sfp != fp:
+            raise BitstreamError("bitstream was made by another model or another fit (fingerprint mismatch)")
+        if (h, w) != size:
+            raise BitstreamError(f"bitstream holds a {h}x{w} latent, decompress was asked for {size[0]}x{size[1]}")
+        payload = data[_HEADER.size:]
+        if len(payload) % 4:
+            raise BitstreamError("bitstream truncated or padded: payload is not a whole number of 32-bit words")
+        if zlib.crc32(payload) != crc:
+            raise BitstreamError("bitstream corrupted or truncated: payload checksum mismatch")
+        return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+
+    def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
+        """Decode ``compress``'s strings into the dequantized latent [B, C, H, W] (float32)."""
+        if not isinstance(strings, (list, tuple)):
+            raise TypeError(f"strings must be a list of bytes, got {type(strings).__name__}")
+        size = tuple(int(v) for v in size)
+        if len(size) != 2:
+            raise ValueError(f"size must be the latent's (H, W), got {size}")
+        tables = self._require_tables()
+        fp = self._fingerprint(tables)
+        words = [self._read(d, fp, size) for d in strings]  # type: ignore[arg-type]
+        b, c, (h, w) = len(strings), self.channels, size
+        p = h * w
+        dev = tables.root.device
+        v = tables.emit.shape[-1]
+        n_np = self._cdf_length.cpu().numpy().astype(np.int64)
+        rel = torch.empty(b * p, c, dtype=torch.long)
+        decs = [constriction.stream.queue.RangeDecoder(wd) for wd in words]
+        family = _categorical()
+        inc = IncrementalConditionals(tables, b * p, dev)
+        try:
+            for i in inc.order:
+                probs = _probabilities(inc.weights())
+                col = np.empty(b * p, dtype=np.int64)
+                val = np.empty(b * p, dtype=np.int64)
+                for j, dec in enumerate(decs):
+                    sl = slice(j * p, (j + 1) * p)
+                    col[sl] = dec.decode(family, probs[sl])
+                    val[sl] = col[sl]
+                    e = col[sl] == v - 1
+                    if ((col[sl] >= n_np[i]) & ~e).any():
+                        raise BitstreamError(f"bitstream decodes to a symbol outside channel {i}'s alphabet")
+                    if e.any():
+                        val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), n_np[i]))
+                rel[:, i] = torch.from_numpy(val)
+                inc.observe(torch.from_numpy(col))
+        except BitstreamError:
+            raise
+        except Exception as err:  # the range decoder rejects impossible data
+            raise BitstreamError(f"bitstream could not be decoded: {err}") from err
+        for dec in decs:
+            if dec.maybe_exhausted() is False:
+                raise BitstreamError("bitstream has trailing data beyond what the model decodes")
+        s = rel.to(self._offset.device) + self._offset.long()
+        # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
+        # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
+        out = torch.empty(b, c, h, w, dtype=torch.float32, device=self._offset.device)
+        out.copy_(s.view(b, h, w, c).permute(0, 3, 1, 2))
+        return out.add_(self._medians().float().view(1, -1, 1, 1))

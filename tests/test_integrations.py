@@ -1,0 +1,251 @@
+"""PCEntropyBottleneck inside CompressAI models: API contract, exact round trips, escapes, errors."""
+
+import math
+
+import pytest
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
+
+from pc_prior import BitstreamError
+from pc_prior.integrations import PCEntropyBottleneck, collect_latents, fit_prior, swap_entropy_model
+
+from conftest import shared_path
+
+
+def _spread(model: torch.nn.Module, gain: float) -> None:
+    """Scale the analysis transform's output so a random-init model has multi-symbol latents."""
+    conv = model.h_a[-1] if hasattr(model, "h_a") else model.g_a[-1]
+    with torch.no_grad():
+        conv.weight.mul_(gain)
+        conv.bias.mul_(gain)
+
+
+def _images(n: int, h: int = 64, w: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, 3, h, w, generator=g) for _ in range(n)]
+
+
+def _fitted(cls=FactorizedPrior, seed: int = 0, gain: float = 40.0, **fit_kwargs):
+    torch.manual_seed(seed)
+    model = cls(N=8, M=12).eval()
+    _spread(model, gain)
+    kw = dict(num_latents=4, epochs=2, progress=False, seed=seed) | fit_kwargs
+    fit_prior(model, _images(3, seed=seed), **kw)
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fact():
+    return _fitted()
+
+
+def _latent(model, x):
+    with torch.no_grad():
+        return model.g_a(x)
+
+
+def test_swap_keeps_compressai_contract(fact):
+    eb = fact.entropy_bottleneck
+    assert isinstance(eb, EntropyBottleneck) and isinstance(eb, PCEntropyBottleneck)
+    assert not hasattr(eb, "matrices")  # the factorized density is gone, the circuit replaces it
+    assert fact.update() is False and fact.update(force=True) is True
+    aux = fact.aux_loss()
+    assert aux.requires_grad and float(aux.detach()) == pytest.approx(0.0, abs=1e-4)
+    with torch.no_grad():
+        eb.quantiles[:, 0, 0] -= 1.0
+    aux = fact.aux_loss()
+    assert float(aux) == pytest.approx(eb.channels, rel=1e-4)
+    aux.backward()
+    assert eb.quantiles.grad is not None and eb.quantiles.grad[:, 0, 1].abs().sum() == 0  # medians untouched
+    fact.update(force=True)
+    assert eb.num_symbols >= 3 and (eb._cdf_length > 1).any()  # the test latents are not trivial
+
+
+def test_swap_keeps_medians_and_rejects_non_bottlenecks():
+    torch.manual_seed(0)
+    model = FactorizedPrior(N=8, M=12)
+    with torch.no_grad():
+        model.entropy_bottleneck.quantiles[:, 0, 1] = torch.linspace(-2, 2, 12)
+    new = swap_entropy_model(model)
+    assert model.entropy_bottleneck is new and torch.equal(new._medians(), torch.linspace(-2, 2, 12))
+    with pytest.raises(TypeError, match="expected an EntropyBottleneck"):
+        swap_entropy_model(model, name="g_a")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        new(torch.randn(1, 12, 2, 2))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        new.update()
+    with pytest.raises(RuntimeError, match="no coding tables"):
+        new.compress(torch.randn(1, 12, 2, 2))
+
+
+def test_model_round_trip_matches_eval_forward(fact):
+    x = _images(2, 48, 80, seed=5)
+    x = torch.cat(x)
+    with torch.no_grad():
+        ref = fact(x)["x_hat"].clamp(0, 1)
+        enc = fact.compress(x)
+        dec = fact.decompress(enc["strings"], enc["shape"])["x_hat"]
+    assert len(enc["strings"][0]) == 2 and all(isinstance(s, bytes) for s in enc["strings"][0])
+    assert torch.equal(dec, ref)
+
+
+def test_symbols_round_trip_exactly_and_rate_matches_model(fact):
+    eb = fact.entropy_bottleneck
+    y = _latent(fact, torch.cat(_images(3, 64, 96, seed=7)))
+    y_hat, lik = eb(y, training=False)
+    strings = eb.compress(y)
+    out = eb.decompress(strings, y.shape[-2:])
+    assert torch.equal(out, y_hat) and torch.equal(eb.symbols(out), eb.symbols(y))
+    # the product of the per-channel likelihoods is the position's probability
+    logp = eb.log_likelihood(eb.symbols(y))
+    assert torch.allclose(lik.log().sum(1), logp, atol=1e-3)
+    model_bits = float(-logp.sum() / math.log(2))
+    coded_bits = 8 * sum(len(s) - 25 for s in strings)  # minus the 25-byte headers
+    assert model_bits - 1 <= coded_bits <= model_bits * 1.02 + 32 * len(strings)
+
+
+def test_escapes_round_trip_exactly(fact):
+    eb = fact.entropy_bottleneck
+    y = _latent(fact, torch.cat(_images(2, 32, 32, seed=3)))
+    y[0, 0, 0, 0] = 1e6
+    y[0, 1, 1, 0] = -12345.4
+    y[1, 2, 0, 1] = 2.0**31 - 100
+    y[1, 3, :, :] = -(2.0**30)  # a whole channel escaped
+    y[1, 4, 1, 1] = eb._medians()[4] + eb._offset[4] + eb._cdf_length[4]  # just above the alphabet
+    y[1, 5, 1, 1] = eb._medians()[5] + eb._offset[5] - 1  # just below
+    out = eb.decompress(eb.compress(y), y.shape[-2:])
+    assert torch.equal(eb.symbols(out), eb.symbols(y))
+    assert torch.equal(out, eb(y, training=False)[0])
+    assert float(out[0, 0, 0, 0]) == pytest.approx(1e6, abs=1)
+    with pytest.raises(ValueError, match="exceed"):
+        eb.compress(torch.full_like(y, 1e12))
+    with pytest.raises(ValueError, match="NaN"):
+        eb.compress(torch.full_like(y, float("nan")))
+
+
+def test_single_image_and_1x1_latent(fact):
+    eb = fact.entropy_bottleneck
+    x = _images(1, 16, 16, seed=9)[0]  # 16x16 image -> 1x1 latent
+    with torch.no_grad():
+        enc = fact.compress(x)
+        assert tuple(enc["shape"]) == (1, 1)
+        dec = fact.decompress(enc["strings"], enc["shape"])["x_hat"]
+        assert torch.equal(dec, fact(x)["x_hat"].clamp(0, 1))
+    y = torch.randn(1, 12, 1, 1) * 5
+    assert torch.equal(eb.decompress(eb.compress(y), (1, 1)), eb(y, training=False)[0])
+    y = torch.randn(1, 12, 3, 7) * 5  # odd, non-square latent
+    assert torch.equal(eb.decompress(eb.compress(y), (3, 7)), eb(y, training=False)[0])
+    with pytest.raises(ValueError, match="empty latent"):
+        eb.compress(torch.zeros(1, 12, 0, 3))
+    with pytest.raises(ValueError, match="shape"):
+        eb.compress(torch.zeros(1, 5, 2, 2))
+
+
+def test_state_dict_round_trip_decodes_bit_exactly(fact):
+    x = torch.cat(_images(2, 32, 48, seed=11))
+    enc = fact.compress(x)
+    sd = fact.state_dict()
+    assert any(k.startswith("entropy_bottleneck._pc_emit") for k in sd)
+    torch.manual_seed(123)
+    fresh = FactorizedPrior(N=8, M=12)
+    swap_entropy_model(fresh)
+    fresh.load_state_dict(sd)
+    fresh.eval()
+    assert fresh.update() is False  # the tables came with the state dict
+    with torch.no_grad():
+        a = fresh.decompress(enc["strings"], enc["shape"])["x_hat"]
+        b = fact.decompress(enc["strings"], enc["shape"])["x_hat"]
+    assert torch.equal(a, b)
+    assert fresh.compress(x)["strings"] == enc["strings"]
+    # the loaded circuit is the same model too
+    y = _latent(fact, x)
+    s = fact.entropy_bottleneck.symbols(y)
+    assert torch.equal(fresh.entropy_bottleneck.log_likelihood(s), fact.entropy_bottleneck.log_likelihood(s))
+
+
+def test_bitstream_errors(fact):
+    eb = fact.entropy_bottleneck
+    y = _latent(fact, torch.cat(_images(1, 64, 64, seed=13)))
+    (s,) = eb.compress(y)
+    size = y.shape[-2:]
+    other = _fitted(seed=1).entropy_bottleneck
+    with pytest.raises(BitstreamError, match="another model"):
+        other.decompress([s], size)
+    with pytest.raises(BitstreamError, match="truncated"):
+        eb.decompress([s[:10]], size)
+    with pytest.raises(BitstreamError, match="truncated|checksum"):
+        eb.decompress([s[:-4]], size)
+    with pytest.raises(BitstreamError, match="whole number"):
+        eb.decompress([s[:-1]], size)
+    bad = bytearray(s)
+    bad[-3] ^= 0x40
+    with pytest.raises(BitstreamError, match="corrupted"):
+        eb.decompress([bytes(bad)], size)
+    with pytest.raises(BitstreamError, match="magic"):
+        eb.decompress([b"XXXX" + s[4:]], size)
+    with pytest.raises(BitstreamError, match="asked for"):
+        eb.decompress([s], (size[0], size[1] + 1))
+    with pytest.raises(TypeError, match="bytes"):
+        eb.decompress(["abc"], size)
+    with pytest.raises(TypeError, match="list"):
+        eb.decompress(s, size)
+    assert torch.equal(eb.decompress([s], size), eb(y, training=False)[0])  # the original still decodes
+
+
+def test_training_modes_give_gradients_to_the_circuit(fact):
+    eb = fact.entropy_bottleneck
+    y = _latent(fact, torch.cat(_images(1, 32, 32, seed=2))).requires_grad_(True)
+    eb.train()
+    try:
+        out, lik = eb(y)
+        assert not torch.equal(out, eb(y, training=False)[0])  # noise, not rounding
+        (-lik.log().sum()).backward()
+        assert eb.pc.emission_logits.grad is not None and eb.pc.emission_logits.grad.abs().sum() > 0
+        eb.quantization = "ste"
+        out, _ = eb(y)
+        assert torch.equal(out, eb(y, training=False)[0])
+        out.sum().backward()
+        assert torch.allclose(y.grad, torch.ones_like(y))  # straight through
+    finally:
+        eb.quantization = "noise"
+        eb.eval()
+        eb.zero_grad()
+    with pytest.raises(ValueError, match="quantization"):
+        PCEntropyBottleneck(4, quantization="round")
+
+
+@pytest.mark.parametrize("cls", [ScaleHyperprior, MeanScaleHyperprior])
+def test_hyperprior_models_round_trip(cls):
+    model = _fitted(cls, gain=20.0)
+    assert isinstance(model.entropy_bottleneck, PCEntropyBottleneck)
+    x = torch.cat(_images(2, 64, 64, seed=4))
+    with torch.no_grad():
+        ref = model(x)
+        enc = model.compress(x)
+        dec = model.decompress(enc["strings"], enc["shape"])["x_hat"]
+    assert torch.equal(dec, ref["x_hat"].clamp(0, 1))
+    assert torch.isfinite(ref["likelihoods"]["z"]).all() and float(model.aux_loss()) < 1e-3
+    z = collect_latents(model, [x])
+    assert z.shape == (2 * 1 * 1, 8)  # 64x64 image -> 1x1 hyper-latent, N=8 channels
+
+
+def test_shared_factorized_codec_round_trip_on_kodak_crop():
+    import compressai
+
+    from pc_prior.integrations import load_image
+
+    path = shared_path("models", "bmshj2018-factorized-q1.pt")
+    img = shared_path("data", "kodak", "kodim01.png")
+    ck = torch.load(path, map_location="cpu")
+    net = compressai.zoo.image_models[ck["arch"]](quality=ck["quality"])
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
+    net.eval()
+    x = load_image(img)[:, :, 100:228, 200:328]
+    fit_prior(net, [x], num_latents=4, epochs=1, progress=False)
+    with torch.no_grad():
+        ref = net(x)["x_hat"].clamp(0, 1)
+        enc = net.compress(x)
+        dec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
+    assert torch.equal(dec, ref)
