@@ -186,3 +186,17 @@ def test_registered_loader_is_used(tiny_net, tmp_path, image_dir):
     assert (is_mine, load_mine) not in eval_models.registered_model_loaders()
     with pytest.raises(ModelLoadError, match="no model loader"):
         load_model(p)
+
+
+def test_bench_codec_speed_measures_the_same_rate(tiny_net, image_dir):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_codec_speed", Path(__file__).resolve().parents[1] / "bench" / "bench_codec_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = read_image(image_dir / "sub" / "b.png")
+    r = mod.bench_model(tiny_net, [x], torch.device("cpu"), runs=2, warmup=0)
+    assert r["encode_ms"] > 0 and r["decode_ms"] > 0
+    assert r["bpp"] == pytest.approx(evaluate_image(tiny_net, x)["bpp"])
