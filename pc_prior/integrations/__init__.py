@@ -1,9 +1,12 @@
 """CompressAI entropy models backed by probabilistic circuits."""
 
-from .api import collect_latents, fit_prior, list_images, load_image, pad_to_multiple, swap_entropy_model
+from .api import (
+    collect_latents, crop_to_multiple, fit_prior, list_images, load_codec, load_image, pad_to_multiple,
+    save_codec, swap_entropy_model,
+)
 from .entropy_models import PCEntropyBottleneck
 
 __all__ = [
-    "PCEntropyBottleneck", "swap_entropy_model", "fit_prior", "collect_latents", "list_images",
-    "load_image", "pad_to_multiple",
+    "PCEntropyBottleneck", "swap_entropy_model", "fit_prior", "collect_latents", "load_codec", "save_codec",
+    "list_images", "load_image", "pad_to_multiple", "crop_to_multiple",
 ]

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .entropy_models import PCEntropyBottleneck
 
-__all__ = ["swap_entropy_model", "collect_latents", "fit_prior", "load_image", "pad_to_multiple", "list_images"]
+__all__ = ["swap_entropy_model", "collect_latents", "fit_prior", "load_image", "pad_to_multiple", "crop_to_multiple", "list_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 
@@ -90,6 +90,14 @@ def load_image(path: str | Path) -> Tensor:
     return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
 
 
+def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Crop [B, C, H, W] at the bottom and right to multiples of ``multiple`` (no padding content)."""
+    h, w = x.shape[-2:]
+    if h < multiple or w < multiple:
+        return pad_to_multiple(x, multiple)
+    return x[..., : h - h % multiple, : w - w % multiple]
+
+
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Zero-pad [B, C, H, W] on the right and bottom to multiples of ``multiple``."""
     h, w = x.shape[-2:]
@@ -104,13 +112,14 @@ def fit_prior(
     name: str = "entropy_bottleneck",
     num_latents: int = 16,
     multiple: int = 64,
+    max_images: int | None = None,
     progress: bool = True,
     **fit_kwargs,
 ) -> list[dict]:
     """Freeze ``model``, collect the latents at ``model.<name>`` and fit its circuit.
 
-    ``images`` is a folder (every image, padded to ``multiple``) or a sequence of [1, 3, H, W]
-    tensors. Swaps in a ``PCEntropyBottleneck`` first if the model still has a plain one.
+    ``images`` is a folder (every image, cropped to multiples of ``multiple``, so the circuit
+    sees no padding) or a sequence of [1, 3, H, W] tensors. Swaps in a ``PCEntropyBottleneck`` first if the model still has a plain one.
     Remaining keyword arguments go to ``PCEntropyBottleneck.fit`` (``max_items``, ``epochs``,
     ``tail``, ...). Returns the EM history.
     """
@@ -120,8 +129,8 @@ def fit_prior(
         p.requires_grad_(False)
     dev = next(model.parameters()).device
     if isinstance(images, (str, Path)):
-        files = list_images(images)
-        seq: Iterable[Tensor] = (pad_to_multiple(load_image(f), multiple).to(dev) for f in files)
+        files = list_images(images)[:max_images]
+        seq: Iterable[Tensor] = (crop_to_multiple(load_image(f), multiple).to(dev) for f in files)
         total = len(files)
     else:
         seq, total = (x.to(dev) for x in images), len(images)
@@ -132,3 +141,31 @@ def fit_prior(
         p.requires_grad_(True)
     with torch.enable_grad():
         return bottleneck.fit(values.to(dev), num_latents, progress=progress, **fit_kwargs)
+
+
+def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A CompressAI zoo codec from a checkpoint dict (``arch``, ``quality``, ``state_dict``), in eval mode.
+
+    Checkpoints written by ``save_codec`` list their swapped modules under ``pc_modules``; those
+    are swapped in before loading, so the circuit and its coding tables come back bit-exactly.
+    Floating tensors stored in half precision are cast to float32.
+    """
+    import compressai
+
+    ck = torch.load(path, map_location=map_location)
+    for key in ("arch", "quality", "state_dict"):
+        if key not in ck:
+            raise ValueError(f"{path} is not a codec checkpoint: no {key!r} entry")
+    net = compressai.zoo.image_models[ck["arch"]](quality=ck["quality"])
+    for name in ck.get("pc_modules", []):
+        swap_entropy_model(net, name)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
+    return net.to(map_location).eval()
+
+
+def save_codec(model: nn.Module, path: str | Path, arch: str, quality: int, **extra) -> None:
+    """Save a (swapped) CompressAI codec in the format ``load_codec`` reads."""
+    pc_modules = [n for n, m in model.named_modules() if isinstance(m, PCEntropyBottleneck)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"arch": arch, "quality": quality, "pc_modules": pc_modules,
+                "state_dict": model.state_dict(), **extra}, path)

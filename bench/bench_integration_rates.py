@@ -1,0 +1,128 @@
+"""Coded Kodak bpp of frozen CompressAI codecs: their own EntropyBottleneck vs PCEntropyBottleneck.
+
+For each quality: load the shared base codec, code Kodak with its own entropy bottleneck (real
+bytes from ``compress()``), then swap in a PCEntropyBottleneck fitted on BSDS500 latents only
+(codec frozen), code Kodak again, check that ``decompress`` reproduces the eval-mode forward
+reconstruction exactly (and hence the baseline's reconstruction), and report both rates.
+
+    python bench/bench_integration_rates.py --qualities 1 2 3 4 --json bench_integration_rates.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def load_codec(path: Path) -> torch.nn.Module:
+    import compressai
+
+    ck = torch.load(path, map_location="cpu")
+    net = compressai.zoo.image_models[ck["arch"]](quality=ck["quality"])
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
+    return net.eval()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(-10 * torch.log10(((a - b) ** 2).mean()))
+
+
+@torch.no_grad()
+def code_kodak(net: torch.nn.Module, images: list[torch.Tensor], check_forward: bool) -> dict:
+    """Real bitstreams for every image: bpp, PSNR and the reconstructions."""
+    from pc_prior.integrations import pad_to_multiple
+
+    bits, pixels, ps, recs, t_enc, t_dec = 0, 0, [], [], 0.0, 0.0
+    for x in images:
+        h, w = x.shape[-2:]
+        xp = pad_to_multiple(x, 64)
+        t = time.perf_counter()
+        enc = net.compress(xp)
+        t_enc += time.perf_counter() - t
+        t = time.perf_counter()
+        rec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
+        t_dec += time.perf_counter() - t
+        if check_forward:
+            ref = net(xp)["x_hat"].clamp(0, 1)
+            if not torch.equal(rec, ref):
+                raise AssertionError("decompress does not reproduce the eval-mode forward reconstruction")
+        rec = rec[..., :h, :w]
+        bits += 8 * sum(len(s) for group in enc["strings"] for s in group)
+        pixels += h * w
+        ps.append(psnr(rec, x))
+        recs.append(rec)
+    return {"bpp": bits / pixels, "psnr": sum(ps) / len(ps), "recs": recs,
+            "enc_s": t_enc / len(images), "dec_s": t_dec / len(images)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--qualities", type=int, nargs="+", default=[2])
+    ap.add_argument("--arch", default="bmshj2018-factorized")
+    ap.add_argument("--models", type=Path, default=SHARED / "models")
+    ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500")
+    ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
+    ap.add_argument("--num-latents", type=int, default=16)
+    ap.add_argument("--max-items", type=int, default=60000, help="positions subsampled for the fit")
+    ap.add_argument("--max-images", type=int, default=None, help="training images used (default: all)")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--full-batch-epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--step-size", type=float, nargs=2, default=(0.5, 0.02))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from pc_prior.integrations import fit_prior, list_images, load_image
+
+    kodak = [load_image(f) for f in list_images(args.kodak)]
+    rows = []
+    for q in args.qualities:
+        path = args.models / f"{args.arch}-q{q}.pt"
+        net = load_codec(path)
+        net.update(force=True)
+        base = code_kodak(net, kodak, check_forward=False)
+        t = time.perf_counter()
+        hist = fit_prior(
+            net, args.train, num_latents=args.num_latents, multiple=16, max_images=args.max_images,
+            max_items=args.max_items, epochs=args.epochs, full_batch_epochs=args.full_batch_epochs,
+            batch_size=args.batch_size, step_size=tuple(args.step_size), progress=not args.no_progress,
+        )
+        fit_s = time.perf_counter() - t
+        pc = code_kodak(net, kodak, check_forward=True)
+        same = all(torch.equal(a, b) for a, b in zip(base["recs"], pc["recs"]))
+        eb = net.entropy_bottleneck
+        row = {
+            "model": path.stem, "quality": q, "base_bpp": base["bpp"], "pc_bpp": pc["bpp"],
+            "saving_pct": 100 * (1 - pc["bpp"] / base["bpp"]), "base_psnr": base["psnr"], "pc_psnr": pc["psnr"],
+            "same_reconstruction": same, "num_latents": args.num_latents, "num_symbols": eb.num_symbols,
+            "fit_s": fit_s, "train_bpd": hist[-1]["train_bpd"], "base_enc_s": base["enc_s"],
+            "base_dec_s": base["dec_s"], "pc_enc_s": pc["enc_s"], "pc_dec_s": pc["dec_s"],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| codec | base bpp | PC bpp | saving | PSNR (both) | same recon | fit s | PC enc/dec s/img |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['base_bpp']:.4f} | {r['pc_bpp']:.4f} | {r['saving_pct']:.1f}% | "
+              f"{r['pc_psnr']:.3f} | {r['same_reconstruction']} | {r['fit_s']:.0f} | "
+              f"{r['pc_enc_s']:.2f}/{r['pc_dec_s']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
+                                                  for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    return 0 if all(r["same_reconstruction"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
