@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-batch-epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--step-size", type=float, nargs=2, default=(0.5, 0.02))
+    ap.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-progress", action="store_true")
@@ -95,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         base = code_kodak(net, kodak, check_forward=False)
         t = time.perf_counter()
         hist = fit_prior(
-            net, args.train, num_latents=args.num_latents, multiple=16, max_images=args.max_images,
+            net, args.train, num_latents=args.num_latents, multiple=getattr(net, "downsampling_factor", 64), max_images=args.max_images,
             max_items=args.max_items, epochs=args.epochs, full_batch_epochs=args.full_batch_epochs,
-            batch_size=args.batch_size, step_size=tuple(args.step_size), progress=not args.no_progress,
+            batch_size=args.batch_size, step_size=tuple(args.step_size), structure=args.structure,
+            progress=not args.no_progress,
         )
         fit_s = time.perf_counter() - t
         pc = code_kodak(net, kodak, check_forward=True)
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "model": path.stem, "quality": q, "base_bpp": base["bpp"], "pc_bpp": pc["bpp"],
             "saving_pct": 100 * (1 - pc["bpp"] / base["bpp"]), "base_psnr": base["psnr"], "pc_psnr": pc["psnr"],
-            "same_reconstruction": same, "num_latents": args.num_latents, "num_symbols": eb.num_symbols,
+            "same_reconstruction": same, "num_latents": args.num_latents, "structure": args.structure,
+            "num_symbols": eb.num_symbols,
             "fit_s": fit_s, "train_bpd": hist[-1]["train_bpd"], "base_enc_s": base["enc_s"],
             "base_dec_s": base["dec_s"], "pc_enc_s": pc["enc_s"], "pc_dec_s": pc["dec_s"],
         }

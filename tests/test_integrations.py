@@ -283,3 +283,21 @@ def test_save_load_codec_and_cli(tmp_path, capsys):
     assert rep["exact_round_trip"] and rep["images"] == 2 and rep["bpp"] > 0
     assert main(["prior", "fit", "--codec", str(ck), "--images", str(tmp_path / "none"), "--out", str(out)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_star_structure_and_fit_argument_errors():
+    model = _fitted(structure="star")
+    eb = model.entropy_bottleneck
+    parent = eb._pc_parent
+    hub = int((parent < 0).nonzero())
+    assert ((parent == hub) | (parent < 0)).all()  # every channel hangs off the hub
+    y = _latent(model, torch.cat(_images(2, 32, 48, seed=21)))
+    assert torch.equal(eb.decompress(eb.compress(y), y.shape[-2:]), eb(y, training=False)[0])
+    with pytest.raises(ValueError, match="structure"):
+        eb.fit(torch.randn(10, 12), structure="dag")
+    with pytest.raises(ValueError, match=r"shape \[N, 12\]"):
+        eb.fit(torch.randn(10, 5))
+    with pytest.raises(ValueError, match="empty"):
+        eb.fit(torch.randn(0, 12))
+    with pytest.raises(ValueError, match="no images"):
+        collect_latents(model, [])

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--full-batch-epochs", type=int, default=2)
     fit.add_argument("--batch-size", type=int, default=256)
     fit.add_argument("--step-size", type=float, nargs=2, default=(0.5, 0.02), metavar=("START", "END"))
+    fit.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu",
+                     help="circuit structure over the channels (default: %(default)s)")
     fit.add_argument("--multiple", type=int, default=16, help="crop training images to multiples of this")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument("--seed", type=int, default=0)
@@ -45,7 +47,8 @@ def _fit(args: argparse.Namespace) -> int:
     net = load_codec(args.codec)
     hist = fit_prior(net, args.images, num_latents=args.latents, multiple=args.multiple, max_images=args.max_images,
                      max_items=args.max_items, epochs=args.epochs, full_batch_epochs=args.full_batch_epochs,
-                     batch_size=args.batch_size, step_size=tuple(args.step_size), seed=args.seed)
+                     batch_size=args.batch_size, step_size=tuple(args.step_size), structure=args.structure,
+                     seed=args.seed)
     save_codec(net, args.out, ck["arch"], ck["quality"], fit_history=hist)
     print(json.dumps({"out": args.out, "train_bpd": hist[-1]["train_bpd"]}))
     return 0

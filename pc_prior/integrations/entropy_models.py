@@ -204,15 +204,19 @@ class PCEntropyBottleneck(EntropyBottleneck):
     def fit(
         self, values: Tensor, num_latents: int = 16, *, tail: float = 1e-4, max_alphabet: int = 64,
         max_items: int | None = 60000, epochs: int = 4, batch_size: int = 1024, full_batch_epochs: int = 1,
-        step_size: float | tuple[float, float] = (0.1, 0.01), pseudocount: float = 0.1, seed: int = 0,
-        progress: bool = True,
+        step_size: float | tuple[float, float] = (0.1, 0.01), pseudocount: float = 0.1,
+        structure: str = "chow-liu", seed: int = 0, progress: bool = True,
     ) -> list[dict]:
         """Learn alphabets, structure and parameters from latent values [N, C] (one row per position).
 
         Alphabets cover the [tail, 1 - tail] quantiles of each channel's symbols (at most
         ``max_alphabet`` symbols); everything else is escaped. ``max_items`` random positions are
-        used for structure learning and EM (None: all). Ends with ``update(force=True)``.
+        used for structure learning and EM (None: all). ``structure``: ``"chow-liu"`` (learned
+        tree) or ``"star"`` (every channel a child of the highest-variance one: a generalized
+        mixture of K factorized models). Ends with ``update(force=True)``.
         """
+        if structure not in ("chow-liu", "star"):
+            raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
         if values.dim() != 2 or values.shape[1] != self.channels:
             raise ValueError(f"values must have shape [N, {self.channels}], got {tuple(values.shape)}")
         if len(values) == 0:
@@ -238,7 +242,13 @@ class PCEntropyBottleneck(EntropyBottleneck):
         rel = s - lo
         esc = (rel < 0) | (rel >= n)
         idx = torch.where(esc, torch.full_like(rel, v - 1), rel)
-        pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
+        if structure == "star":
+            hub = int(idx.double().var(0).argmax()) if len(idx) > 1 else 0
+            pc = HCLT(Tree(tuple(-1 if i == hub else hub for i in range(self.channels))), v, num_latents)
+            pc.init_params(idx.cpu(), seed=seed)
+            pc = pc.to(dev)
+        else:
+            pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
         hist = fit_em(pc, idx, epochs=epochs, batch_size=batch_size, full_batch_epochs=full_batch_epochs,
                       step_size=step_size, pseudocount=pseudocount, seed=seed, progress=progress)
         self.pc = pc
