@@ -38,6 +38,7 @@ from ..coding import BitstreamError, CodingTables, IncrementalConditionals, codi
 from ..hclt import HCLT
 from ..structure import Tree
 from ..training import fit_em
+from .leaves import DiscretizedLogisticTree
 
 __all__ = ["PCEntropyBottleneck", "MAGIC", "FORMAT_VERSION"]
 
@@ -124,7 +125,7 @@ class PCEntropyBottleneck(EntropyBottleneck):
         self.quantization = quantization
         # The circuit replaces the factorized density; only ``quantiles`` (medians) is kept.
         del self.matrices, self.biases, self.factors
-        self.pc: HCLT | None = None
+        self.pc: HCLT | DiscretizedLogisticTree | None = None
         self.register_buffer("_pc_parent", torch.zeros(0, dtype=torch.long))
         self.register_buffer("_pc_root", torch.zeros(0, dtype=torch.int32))
         self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
@@ -145,7 +146,7 @@ class PCEntropyBottleneck(EntropyBottleneck):
     def _medians(self) -> Tensor:
         return self.quantiles[:, 0, 1].detach()
 
-    def _require_fitted(self) -> HCLT:
+    def _require_fitted(self) -> HCLT | DiscretizedLogisticTree:
         if self.pc is None:
             raise RuntimeError("PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)")
         return self.pc
@@ -171,14 +172,16 @@ class PCEntropyBottleneck(EntropyBottleneck):
             if key in state_dict:
                 buf = getattr(self, name)
                 setattr(self, name, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
-        if prefix + "pc.emission_logits" in state_dict:
+        for key, cls in (("pc.emission_logits", HCLT), ("pc.loc", DiscretizedLogisticTree)):
+            if prefix + key not in state_dict or prefix + "_pc_emit" not in state_dict:
+                continue
             parent = state_dict[prefix + "_pc_parent"]
-            d, k, v = state_dict[prefix + "pc.emission_logits"].shape
+            d, k, v = state_dict[prefix + "_pc_emit"].shape
+            dt = state_dict[prefix + "pc.transition_logits"].dtype
             if len(parent) != d:
                 error_msgs.append(f"{prefix}_pc_parent has {len(parent)} entries, the circuit has {d} variables")
             else:
-                dt = state_dict[prefix + "pc.emission_logits"].dtype
-                self.pc = HCLT(Tree(tuple(int(p) for p in parent)), v, k, dtype=dt).to(self.quantiles.device)
+                self.pc = cls(Tree(tuple(int(p) for p in parent)), v, k, dtype=dt).to(self.quantiles.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -205,7 +208,8 @@ class PCEntropyBottleneck(EntropyBottleneck):
         self, values: Tensor, num_latents: int = 16, *, tail: float = 1e-4, max_alphabet: int = 64,
         max_items: int | None = 60000, epochs: int = 4, batch_size: int = 1024, full_batch_epochs: int = 1,
         step_size: float | tuple[float, float] = (0.1, 0.01), pseudocount: float = 0.1,
-        structure: str = "chow-liu", seed: int = 0, progress: bool = True,
+        structure: str = "chow-liu", leaves: str = "categorical", finetune_steps: int = 300,
+        lr: float = 0.01, seed: int = 0, progress: bool = True,
     ) -> list[dict]:
         """Learn alphabets, structure and parameters from latent values [N, C] (one row per position).
 
@@ -213,8 +217,13 @@ class PCEntropyBottleneck(EntropyBottleneck):
         ``max_alphabet`` symbols); everything else is escaped. ``max_items`` random positions are
         used for structure learning and EM (None: all). ``structure``: ``"chow-liu"`` (learned
         tree) or ``"star"`` (every channel a child of the highest-variance one: a generalized
-        mixture of K factorized models). Ends with ``update(force=True)``.
+        mixture of K factorized models). ``leaves="logistic"`` then converts the categorical
+        leaves to discretized logistics (``DiscretizedLogisticTree``) and refines the whole
+        circuit by Adam on noisy values for ``finetune_steps`` steps; use it for joint
+        fine-tuning with the codec. Ends with ``update(force=True)``.
         """
+        if leaves not in ("categorical", "logistic"):
+            raise ValueError(f'leaves must be "categorical" or "logistic", got {leaves!r}')
         if structure not in ("chow-liu", "star"):
             raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
         if values.dim() != 2 or values.shape[1] != self.channels:
@@ -251,6 +260,18 @@ class PCEntropyBottleneck(EntropyBottleneck):
             pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
         hist = fit_em(pc, idx, epochs=epochs, batch_size=batch_size, full_batch_epochs=full_batch_epochs,
                       step_size=step_size, pseudocount=pseudocount, seed=seed, progress=progress)
+        if leaves == "logistic":
+            pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
+            u = values.to(dev) - self._medians()
+            opt = torch.optim.Adam(pc.parameters(), lr=lr)
+            for step in range(finetune_steps):
+                rows = u[torch.randint(len(u), (batch_size,), generator=g).to(dev)]
+                rows = rows + (torch.rand(rows.shape, generator=g, dtype=rows.dtype) - 0.5).to(dev)
+                loss = -pc.log_prob_values(rows).mean() / (self.channels * LN2)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            hist.append({"epoch": len(hist) + 1, "mode": "adam-logistic", "train_bpd": float(loss)})
         self.pc = pc
         self.update(force=True)
         return hist
@@ -291,7 +312,8 @@ class PCEntropyBottleneck(EntropyBottleneck):
         b, c, h, w = s.shape
         rows = s.permute(0, 2, 3, 1).reshape(-1, c)
         idx, rel, esc = self._indices(rows)
-        logp = pc.log_prob(idx)
+        leaf = pc.log_emissions().transpose(1, 2)[torch.arange(c, device=idx.device), idx]  # [N, C, K]
+        logp = pc.upward(leaf)[0]
         bits = torch.where(esc, _escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
 
@@ -307,7 +329,12 @@ class PCEntropyBottleneck(EntropyBottleneck):
             out = x + torch.empty_like(x).uniform_(-0.5, 0.5)
         else:
             out = x + (rounded - x).detach()
-        logp = self.log_likelihood(self.symbols(out))
+        if training and isinstance(self.pc, DiscretizedLogisticTree):  # smooth in x: the rate trains g_a
+            b, c, h, w = out.shape
+            u = (out - med).permute(0, 2, 3, 1).reshape(-1, c)
+            logp = self.pc.log_prob_values(u).view(b, h, w)
+        else:
+            logp = self.log_likelihood(self.symbols(out))
         lik = torch.exp(logp / self.channels)[:, None].expand(-1, self.channels, -1, -1)
         return out, lik.to(x.dtype)
 
