@@ -5,7 +5,10 @@ bytes from ``compress()``), then swap in a PCEntropyBottleneck fitted on BSDS500
 (codec frozen), code Kodak again, check that ``decompress`` reproduces the eval-mode forward
 reconstruction exactly (and hence the baseline's reconstruction), and report both rates.
 
-    python bench/bench_integration_rates.py --qualities 1 2 3 4 --json bench_integration_rates.json
+    python bench/bench_integration_rates.py --qualities 2 1 3 4 --structure star --json rates.json
+
+Measured (K=16, star, 60k positions, 6+2 EM epochs; 1 CPU thread, shared): savings 14.8% (q1),
+15.1% (q2), 16.5% (q3), 16.8% (q4); chow-liu gave 15.0% on q2, K=32 gave 14.4% on q1.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-batch-epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--step-size", type=float, nargs=2, default=(0.5, 0.02))
-    ap.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu")
+    ap.add_argument("--structure", choices=["chow-liu", "star"], default="star")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-progress", action="store_true")
