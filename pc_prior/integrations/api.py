@@ -98,8 +98,8 @@ def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return x[..., : h - h % multiple, : w - w % multiple]
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Zero-pad [B, C, H, W] on the right and bottom to multiples of ``multiple``."""
+def pad_to_multiple(x: Tensor, multiple: int = 64) -> Tensor:
+    """Zero-pad [B, C, H, W] on the right and bottom to multiples of ``multiple`` (as CompressAI's eval)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     return torch.nn.functional.pad(x, (0, pw, 0, ph)) if ph or pw else x

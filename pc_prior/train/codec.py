@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from compressai.losses import RateDistortionLoss
 from torch import Tensor, nn
 
+from ..integrations.api import pad_to_multiple
+
 __all__ = [
     "ZOO_MSE_LAMBDAS", "CodecModule", "build_codec", "export_codec", "load_codec",
     "split_parameters", "rd_metrics", "pad_to_multiple", "lambda_for_quality",
@@ -78,13 +80,6 @@ def rd_metrics(out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | N
     mse = F.mse_loss(out["x_hat"], x)
     psnr = 10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10))
     return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse, "psnr": psnr}
-
-
-def pad_to_multiple(x: Tensor, multiple: int = 64) -> Tensor:
-    """Zero-pad [N, C, H, W] on the right/bottom to multiples of ``multiple`` (as CompressAI's eval)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
 def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbda: float, **extra: Any) -> Path:
