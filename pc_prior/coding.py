@@ -260,12 +260,18 @@ def read_header(data: bytes) -> dict:
         raise BitstreamError(f"bitstream format version {version}, this pc-prior reads version {FORMAT_VERSION}")
     if kind != KIND_HCLT:
         raise BitstreamError(f"bitstream kind {kind} is not lossless HCLT data")
-    payload = data[_HEADER.size :]
+    payload = verified_payload(data, _HEADER.size, crc)
+    return {"fingerprint": fp, "num_items": n, "num_vars": d, "num_cats": v, "payload": payload}
+
+
+def verified_payload(data: bytes, header_size: int, crc: int) -> bytes:
+    """The range coder's payload after a header: whole 32-bit words whose CRC32 is ``crc``."""
+    payload = data[header_size:]
     if len(payload) % 4:
         raise BitstreamError("bitstream truncated or padded: payload is not a whole number of 32-bit words")
     if zlib.crc32(payload) != crc:
         raise BitstreamError("bitstream corrupted or truncated: payload checksum mismatch")
-    return {"fingerprint": fp, "num_items": n, "num_vars": d, "num_cats": v, "payload": payload}
+    return payload
 
 
 def decode(pc: HCLT, data: bytes) -> Tensor:

@@ -35,7 +35,7 @@ def swap_entropy_model(model: nn.Module, name: str = "entropy_bottleneck", **kwa
 
 
 class _Stop(Exception):
-    pass
+    """Raised by the bottleneck pre-hook to end a forward pass once its input is captured."""
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from ..coding import BitstreamError, CodingTables, IncrementalConditionals, coding_tables
+from ..coding import BitstreamError, CodingTables, IncrementalConditionals, coding_tables, verified_payload
 from ..hclt import HCLT
 from ..structure import Tree
 from ..training import fit_em
@@ -384,11 +384,7 @@ class PCEntropyBottleneck(EntropyBottleneck):
             raise BitstreamError("bitstream was made by another model or another fit (fingerprint mismatch)")
         if (h, w) != size:
             raise BitstreamError(f"bitstream holds a {h}x{w} latent, decompress was asked for {size[0]}x{size[1]}")
-        payload = data[_HEADER.size:]
-        if len(payload) % 4:
-            raise BitstreamError("bitstream truncated or padded: payload is not a whole number of 32-bit words")
-        if zlib.crc32(payload) != crc:
-            raise BitstreamError("bitstream corrupted or truncated: payload checksum mismatch")
+        payload = verified_payload(data, _HEADER.size, crc)
         return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
 
     def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
