@@ -1,4 +1,4 @@
-"""``pc-prior eval``, ``pc-prior compare`` and ``pc-prior report-lossless``."""
+"""``pc-prior demo``, ``pc-prior eval``, ``pc-prior compare`` and ``pc-prior report-lossless``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,37 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="fit a PC prior into a codec on a few photos, code other photos: table and plot",
+                       description="Fit a probabilistic-circuit entropy model into a frozen base codec on training "
+                                   "photos, then compress and decompress disjoint test photos with the base codec "
+                                   "and with the PC codec (real bitstreams, identical reconstructions). Default: "
+                                   "the shipped codec and scikit-image's photos, no downloads. Writes table.txt, "
+                                   "demo.png, demo.json, base.json, pc.json and pc-codec.pt under --out.")
+    d.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    d.add_argument("--data", default=None, help="folder of test images, e.g. Kodak (default: scikit-image's "
+                                                 "astronaut, coffee, chelsea)")
+    d.add_argument("--train-data", default=None, help="folder of training images, e.g. BSDS500 (default: seven "
+                                                       "other scikit-image photos)")
+    d.add_argument("--codec", default=None, help="base codec: a codec file or zoo name as for 'pc-prior eval' "
+                                                  "(default: the shipped bmshj2018-factorized q2)")
+    d.add_argument("--arch", default=None, help="architecture of a plain state-dict --codec (zoo name)")
+    d.add_argument("--latents", type=int, default=16, help="latent states K of the circuit (default: %(default)s)")
+    d.add_argument("--structure", choices=["star", "chow-liu"], default="star",
+                   help="circuit structure over the channels (default: %(default)s)")
+    d.add_argument("--epochs", type=int, default=6, help="mini-batch EM epochs (default: %(default)s)")
+    d.add_argument("--max-items", type=int, default=60000, help="latent positions used to fit (default: %(default)s)")
+    aug = d.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
+                     help="add mirrored and downscaled copies of the training images (default: when they give "
+                          "fewer than --max-items positions)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false")
+    d.add_argument("--limit", type=int, default=None, help="code only the first N test images")
+    d.add_argument("--max-train-images", type=int, default=None, help="fit on only the first N training images")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.set_defaults(func=_demo)
+
     p = sub.add_parser("eval", help="rate-distortion of codecs on an image folder (real bitstreams), CompressAI JSON",
                        description="Compress and decompress every image of --data with each MODEL; write means "
                                    "and per-image rows as CompressAI results JSON.")
@@ -45,6 +76,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--reference", action="append", default=[], metavar="NAME=BPD", help="extra reference row")
     r.add_argument("--output", "-o", default=None, help="also write the Markdown table here")
     r.set_defaults(func=_report_lossless)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import run_demo
+
+    if args.threads:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    res = run_demo(args.out, data=args.data, train_data=args.train_data, codec=args.codec, arch=args.arch,
+                   latents=args.latents, structure=args.structure, epochs=args.epochs, max_items=args.max_items,
+                   augment=args.augment, limit=args.limit, max_train_images=args.max_train_images, seed=args.seed,
+                   progress=not args.no_progress)
+    return 0 if res["reconstructions_identical"] else 1
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -135,7 +135,16 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
         if a not in zoo:
             raise ModelLoadError(f"{path}: unknown architecture {a!r}; known: {', '.join(sorted(zoo))}")
         net = zoo[a](quality=q, **(obj.get("net_kwargs") or {}))
-        net.load_state_dict(_float_state(obj["state_dict"]))
+        try:
+            net.load_state_dict(_float_state(obj["state_dict"]))
+        except RuntimeError as e:  # not the zoo's channel counts for this quality: infer them from the weights
+            if a not in archs:
+                raise ModelLoadError(f"{path}: its state dict does not fit {a} at quality {q}: {e}") from e
+            try:
+                net = archs[a].from_state_dict(_float_state(obj["state_dict"]))
+            except Exception as e2:
+                raise ModelLoadError(f"{path}: its state dict does not fit architecture {a}: {e2}") from e2
+            net.update(force=True)
         info = {k: obj[k] for k in ("lmbda", "steps", "kodak") if k in obj}
         return LoadedModel(net.to(device).eval(), name=path.stem, arch=a, quality=q, source=str(path), info=info)
     state = obj
