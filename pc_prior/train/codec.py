@@ -5,8 +5,9 @@ parameter except the entropy bottlenecks' ``quantiles``, an auxiliary Adam on th
 clipping on the main parameters. The main and auxiliary losses touch disjoint parameters, so one
 backward of their sum gives both optimizers exactly their gradients (and lets DDP reduce them in
 one pass). Manual optimization; the auxiliary optimizer steps without counting, so
-``trainer.global_step`` counts batches. The loss and optimizer helpers are module-level
-functions so an RD fine-tuning module (codec + PC prior) can reuse them.
+``trainer.global_step`` counts batches. The optimizers, schedule, step, logging, validation and
+export hook live in :class:`RDTrainingModule`, which :class:`CodecModule` (codec from scratch) and
+``pc_prior.train.rd.RDModule`` (codec + PC prior fine-tuned jointly) share.
 """
 
 from __future__ import annotations
@@ -25,20 +26,26 @@ from torch import Tensor, nn
 from ..integrations.api import pad_to_multiple
 
 __all__ = [
-    "ZOO_MSE_LAMBDAS", "CodecModule", "build_codec", "export_codec", "load_codec",
+    "ZOO_MSE_LAMBDAS", "ZOO_MSSSIM_LAMBDAS", "RDTrainingModule", "CodecModule", "build_codec", "export_codec", "load_codec",
     "split_parameters", "rd_metrics", "pad_to_multiple", "lambda_for_quality",
 ]
 
 # λ of CompressAI's zoo models trained for MSE, by quality 1..8 (CompressAI docs, "Training";
 # the same list is compressai.models.vbr's ``lmbda``).
 ZOO_MSE_LAMBDAS: dict[int, float] = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+# λ of the zoo models trained for MS-SSIM (loss λ·(1 − MS-SSIM) + bpp), same source.
+ZOO_MSSSIM_LAMBDAS: dict[int, float] = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37, 8: 220.0}
+METRICS = ("mse", "ms-ssim")
 
 
-def lambda_for_quality(quality: int) -> float:
-    """CompressAI's zoo λ (MSE) for ``quality`` 1..8."""
-    if quality not in ZOO_MSE_LAMBDAS:
-        raise ValueError(f"quality must be one of {sorted(ZOO_MSE_LAMBDAS)}, got {quality}")
-    return ZOO_MSE_LAMBDAS[quality]
+def lambda_for_quality(quality: int, metric: str = "mse") -> float:
+    """CompressAI's zoo λ for ``quality`` 1..8 and ``metric`` (``"mse"`` or ``"ms-ssim"``)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    table = ZOO_MSE_LAMBDAS if metric == "mse" else ZOO_MSSSIM_LAMBDAS
+    if quality not in table:
+        raise ValueError(f"quality must be one of {sorted(table)}, got {quality}")
+    return table[quality]
 
 
 def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -69,8 +76,10 @@ def split_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parame
     return main, aux
 
 
-def rd_metrics(out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | None = None) -> dict[str, Tensor]:
-    """``loss``, ``bpp``, ``mse`` and ``psnr`` of a codec's forward output on ``x`` in [0, 1].
+def rd_metrics(out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | None = None,
+               metric: str = "mse") -> dict[str, Tensor]:
+    """``loss``, ``bpp``, ``mse`` and ``psnr`` (plus ``ms_ssim`` for that metric) of a codec's forward
+    output on ``x`` in [0, 1]; ``loss`` is ``λ·255²·MSE + bpp`` or ``λ·(1 − MS-SSIM) + bpp``.
 
     ``num_pixels`` (default N·H·W of ``x``) lets padded inputs be rated per original pixel.
     """
@@ -79,7 +88,14 @@ def rd_metrics(out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | N
     bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * pixels)
     mse = F.mse_loss(out["x_hat"], x)
     psnr = 10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10))
-    return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse, "psnr": psnr}
+    if metric == "mse":
+        return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse, "psnr": psnr}
+    if metric != "ms-ssim":
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    from pytorch_msssim import ms_ssim
+
+    msssim = ms_ssim(out["x_hat"], x, data_range=1.0)
+    return {"loss": lmbda * (1 - msssim) + bpp, "bpp": bpp, "mse": mse, "psnr": psnr, "ms_ssim": msssim}
 
 
 def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbda: float, **extra: Any) -> Path:
@@ -97,8 +113,10 @@ def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbd
     return path
 
 
-def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a file written by ``export_codec`` (or a ``shared/models`` checkpoint) into an eval-mode codec."""
+def read_codec_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(codec in train mode on CPU, the file's dict) for a codec file: the ``shared/models`` format,
+    an :func:`export_codec` file or a ``save_codec`` file (its ``pc_modules`` are swapped to
+    ``PCEntropyBottleneck`` before loading). ``net_kwargs`` select a ``compressai.models`` class."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"codec file not found: {path}")
@@ -106,11 +124,172 @@ def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     if not isinstance(ck, dict) or not {"arch", "quality", "state_dict"} <= ck.keys():
         raise ValueError(f"{path} is not a codec file (needs arch, quality and state_dict)")
     net = build_codec(ck["arch"], ck["quality"], ck.get("net_kwargs"))
+    if ck.get("pc_modules"):
+        from ..integrations import swap_entropy_model
+
+        for name in ck["pc_modules"]:
+            swap_entropy_model(net, name)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
-    return net.to(map_location).eval()
+    return net, ck
 
 
-class CodecModule(pl.LightningModule):
+def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a codec file (see :func:`read_codec_file`) into an eval-mode codec."""
+    return read_codec_file(path)[0].to(map_location).eval()
+
+
+def _resize_coder_buffers(module: nn.Module, state_dict: dict[str, Tensor], prefix: str = "") -> None:
+    """Give entropy coder buffers (``_quantized_cdf``, ``_offset``, ``_cdf_length``, ``scale_table``)
+    the shapes they have in ``state_dict``, which ``update()`` may have changed, so a Lightning
+    checkpoint loads (CompressAI's own ``load_state_dict`` does this only at the model's top level)."""
+    for name, buf in list(module.named_buffers()):
+        key = prefix + name
+        owner_name, _, leaf = name.rpartition(".")
+        if leaf in {"_quantized_cdf", "_offset", "_cdf_length", "scale_table"} and key in state_dict \
+                and state_dict[key].shape != buf.shape:
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner.register_buffer(leaf, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
+
+
+class RDTrainingModule(pl.LightningModule):
+    """Rate-distortion training of ``self.net`` (a CompressAI codec) shared by the codec modules.
+
+    Subclasses call ``save_hyperparameters()`` with at least ``lr``, ``aux_lr``, ``clip_max_norm``,
+    ``lr_decay_at``, ``lr_decay_factor``, ``pad_multiple``, ``export_path`` and a resolved ``lmbda``
+    (and optionally ``metric``, ``coded_val_batches``), set ``self.net``, call :meth:`_init_rd` and
+    implement :meth:`export`. Hooks: :meth:`param_groups` (main optimizer groups) and
+    :meth:`extra_loss` (added to the loss; e.g. auxiliary entropy models on detached latents).
+
+    Optimizers: a main Adam on every trainable parameter of the module whose name does not end in
+    ``.quantiles``, an auxiliary Adam on those. Schedule: the main LR is multiplied by
+    ``lr_decay_factor`` after ``lr_decay_at`` of the planned steps.
+    """
+
+    net: nn.Module
+
+    def _init_rd(self) -> None:
+        self.automatic_optimization = False
+        self.rd_loss = RateDistortionLoss(lmbda=self.lmbda, metric=self.metric)  # CompressAI's own loss
+
+    @property
+    def lmbda(self) -> float:
+        return float(self.hparams.lmbda)
+
+    @property
+    def metric(self) -> str:
+        return str(self.hparams.get("metric", "mse"))
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        return self.net(x)
+
+    def param_groups(self, main: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """Parameter groups of the main optimizer (default: one group at ``lr``)."""
+        return [{"params": main}]
+
+    def extra_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """Called inside :meth:`rd_step` after the forward pass; (loss term, metrics to log) or None."""
+        return None
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        main, aux = split_parameters(self)
+        opt = torch.optim.Adam(self.param_groups(main), lr=hp.lr)
+        aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
+        total = self.trainer.estimated_stepping_batches if self.trainer is not None else math.inf
+        decay_step = int(hp.lr_decay_at * total) if hp.lr_decay_at is not None and math.isfinite(total) else None
+        factor = hp.lr_decay_factor
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: factor if decay_step is not None and step >= decay_step else 1.0)
+        return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
+
+    def aux_loss(self) -> Tensor:
+        """Sum of the ``loss()`` of every entropy bottleneck in the module (CompressAI's aux loss)."""
+        from compressai.entropy_models import EntropyBottleneck
+
+        terms = [m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck)]
+        return torch.stack(terms).sum() if terms else torch.zeros((), device=self.device)
+
+    def rd_step(self, x: Tensor) -> dict[str, Tensor]:
+        """One optimization step on ``x``; returns the detached metrics."""
+        opt, aux_opt = self.optimizers()
+        out = self.net(x)
+        losses = self.rd_loss(out, x)
+        loss = losses["loss"]
+        extra = self.extra_loss(x)
+        logs: dict[str, Tensor] = {}
+        if extra is not None:
+            loss = loss + extra[0]
+            logs = extra[1]
+        aux_loss = self.aux_loss()
+        opt.zero_grad()
+        aux_opt.zero_grad()
+        self.manual_backward(loss + aux_loss)
+        if self.hparams.clip_max_norm > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip_max_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        aux_opt.optimizer.step()  # raw step: global_step counts batches, not optimizer calls
+        self.lr_schedulers().step()
+        mse = losses["mse_loss"].detach() if "mse_loss" in losses else F.mse_loss(out["x_hat"].detach(), x)
+        m = {"loss": losses["loss"].detach(), "bpp": losses["bpp_loss"].detach(), "mse": mse,
+             "psnr": 10 * torch.log10(1.0 / mse.clamp_min(1e-10)), "aux_loss": aux_loss.detach(), **logs}
+        if "ms_ssim_loss" in losses:
+            m["ms_ssim"] = losses["ms_ssim_loss"].detach()
+        return m
+
+    def on_fit_start(self) -> None:
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            raise ValueError(f"{type(self).__name__} supports precision 32 or bf16-mixed "
+                             "(16-mixed's scaler needs every step counted)")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _resize_coder_buffers(self, checkpoint.get("state_dict", {}))
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        m = self.rd_step(x)
+        self.log_dict({f"train_{k}": v for k, v in m.items()}, prog_bar=False, batch_size=len(x))
+        self.log_dict({"bpp": m["bpp"], "psnr": m["psnr"]}, prog_bar=True, logger=False, batch_size=len(x))
+        self.log("lr", self.optimizers()[0].param_groups[0]["lr"], batch_size=len(x))
+        return m["loss"]
+
+    def _coded_val(self, batch_idx: int) -> bool:
+        limit = self.hparams.get("coded_val_batches", 0)
+        return limit is None or batch_idx < limit
+
+    def on_validation_epoch_start(self) -> None:
+        if self.hparams.get("coded_val_batches", 0) != 0:
+            with torch.no_grad():
+                self.net.update(force=True)  # parameters moved since the tables were built
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        n, _, h, w = x.shape
+        xp = pad_to_multiple(x, self.hparams.pad_multiple)
+        out = self.net(xp)
+        out["x_hat"] = out["x_hat"][..., :h, :w].clamp(0, 1)
+        m = rd_metrics(out, x, self.lmbda, num_pixels=n * h * w, metric=self.metric)
+        self.log_dict({f"val_{k}": v for k, v in m.items()}, prog_bar=True, batch_size=n, sync_dist=True)
+        if self._coded_val(batch_idx):  # real bitstreams
+            enc = self.net.compress(xp)
+            nbytes = sum(len(s) for group in enc["strings"] for s in group)
+            self.log("val_bpp_coded", torch.tensor(8.0 * nbytes / (n * h * w), device=self.device),
+                     prog_bar=True, batch_size=n, sync_dist=True)
+            self.log("val_bpp_est_coded", m["bpp"], batch_size=n, sync_dist=True)  # same images' estimate
+
+    def export(self, path: str | Path) -> Path:
+        raise NotImplementedError
+
+    def on_fit_end(self) -> None:
+        target = self.hparams.export_path
+        if target == "" or not self.trainer.is_global_zero:
+            return
+        if target is None:
+            target = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "codec.pt"
+        self.export(target)
+
+
+class CodecModule(RDTrainingModule):
     """Train a CompressAI codec from scratch for rate-distortion; logs loss, bpp, PSNR and aux loss.
 
     Args:
@@ -148,66 +327,7 @@ class CodecModule(pl.LightningModule):
         self.save_hyperparameters()
         self.hparams.lmbda = float(lmbda)  # resolved value (LightningCLI may record the given None)
         self.net = build_codec(arch, quality, net_kwargs)
-        self.automatic_optimization = False
-        self.rd_loss = RateDistortionLoss(lmbda=lmbda)  # CompressAI's own loss, used for training
-
-    @property
-    def lmbda(self) -> float:
-        return float(self.hparams.lmbda)
-
-    def forward(self, x: Tensor) -> dict[str, Any]:
-        return self.net(x)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        main, aux = split_parameters(self.net)
-        opt = torch.optim.Adam(main, lr=hp.lr)
-        aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
-        total = self.trainer.estimated_stepping_batches if self.trainer is not None else math.inf
-        decay_step = int(hp.lr_decay_at * total) if hp.lr_decay_at is not None and math.isfinite(total) else None
-        factor = hp.lr_decay_factor
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: factor if decay_step is not None and step >= decay_step else 1.0)
-        return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
-
-    def rd_step(self, x: Tensor) -> dict[str, Tensor]:
-        """One optimization step on ``x``; returns the detached metrics (reusable by RD fine-tuning)."""
-        opt, aux_opt = self.optimizers()
-        out = self.net(x)
-        losses = self.rd_loss(out, x)
-        aux_loss = self.net.aux_loss()
-        opt.zero_grad()
-        aux_opt.zero_grad()
-        self.manual_backward(losses["loss"] + aux_loss)
-        if self.hparams.clip_max_norm > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip_max_norm, gradient_clip_algorithm="norm")
-        opt.step()
-        aux_opt.optimizer.step()  # raw step: global_step counts batches, not optimizer calls
-        self.lr_schedulers().step()
-        mse = losses["mse_loss"].detach()
-        return {"loss": losses["loss"].detach(), "bpp": losses["bpp_loss"].detach(), "mse": mse,
-                "psnr": 10 * torch.log10(1.0 / mse.clamp_min(1e-10)), "aux_loss": aux_loss.detach()}
-
-    def on_fit_start(self) -> None:
-        precision = str(self.trainer.precision)
-        if precision.startswith("16"):
-            raise ValueError("CodecModule supports precision 32 or bf16-mixed (16-mixed's scaler needs every step counted)")
-
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        m = self.rd_step(x)
-        self.log_dict({f"train_{k}": v for k, v in m.items()}, prog_bar=False, batch_size=len(x))
-        self.log_dict({"bpp": m["bpp"], "psnr": m["psnr"]}, prog_bar=True, logger=False, batch_size=len(x))
-        self.log("lr", self.optimizers()[0].param_groups[0]["lr"], batch_size=len(x))
-        return m["loss"]
-
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        n, _, h, w = x.shape
-        out = self.net(pad_to_multiple(x, self.hparams.pad_multiple))
-        out["x_hat"] = out["x_hat"][..., :h, :w].clamp(0, 1)
-        m = rd_metrics(out, x, self.lmbda, num_pixels=n * h * w)
-        self.log_dict({f"val_{k}": v for k, v in m.items()}, prog_bar=True, batch_size=n, sync_dist=True)
+        self._init_rd()
 
     def export(self, path: str | Path) -> Path:
         """Write the codec in the ``shared/models`` format (see :func:`export_codec`)."""
@@ -216,11 +336,3 @@ class CodecModule(pl.LightningModule):
         if hp.net_kwargs:
             extra["net_kwargs"] = dict(hp.net_kwargs)
         return export_codec(self.net, path, hp.arch, hp.quality, self.lmbda, **extra)
-
-    def on_fit_end(self) -> None:
-        target = self.hparams.export_path
-        if target == "" or not self.trainer.is_global_zero:
-            return
-        if target is None:
-            target = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "codec.pt"
-        self.export(target)
