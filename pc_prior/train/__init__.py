@@ -4,8 +4,9 @@ from .callbacks import InterruptCheckpoint
 from .codec import CodecModule, export_codec, lambda_for_quality, load_codec
 from .data import ImageFolderDataModule, MNISTDataModule
 from .prior import EMOptimizer, PriorModule
+from .rd import RDModule
 
 __all__ = [
-    "PriorModule", "EMOptimizer", "CodecModule", "export_codec", "load_codec", "lambda_for_quality",
+    "PriorModule", "EMOptimizer", "CodecModule", "RDModule", "export_codec", "load_codec", "lambda_for_quality",
     "ImageFolderDataModule", "MNISTDataModule", "InterruptCheckpoint",
 ]

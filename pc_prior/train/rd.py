@@ -1,0 +1,316 @@
+"""``RDModule``: fine-tune a CompressAI codec and its PC entropy model jointly for rate-distortion.
+
+Start: a codec file (``shared/models`` format, a ``CodecModule`` export, a ``pc-prior prior fit``
+output that already holds a ``PCEntropyBottleneck``, or an ``RDModule`` export), a CompressAI
+training checkpoint or state dict (with ``arch``), a zoo name ``ARCH:qN`` (pretrained weights,
+downloaded; offline this fails with :class:`pc_prior.eval.models.ModelLoadError` naming the fix),
+or nothing (``arch``/``quality``/``net_kwargs``, random weights).
+
+Prior. If the bottleneck is still CompressAI's factorized ``EntropyBottleneck``, it is swapped for
+a ``PCEntropyBottleneck`` and the circuit is fitted (``fit_prior``) on the latents of up to
+``prior_images`` training crops (at most ``prior_max_items`` positions) in ``setup``, before the
+optimizers exist; a resumed run skips this, the checkpoint holds the circuit. With
+``leaves="logistic"`` (default) the circuit's leaves are discretized logistics, so the training
+rate is smooth in the latent and trains the analysis transform too; an already fitted categorical
+circuit is converted. The circuit's parameters are logits (log-softmax at every use) and
+log-scales (clamped), so any gradient step leaves a valid distribution; the integer coding tables
+are a function of them and are rebuilt (``update(force=True)``) before every validation that codes
+and on export. The alphabets (and medians) fixed by the first fit stay; latents that drift outside
+are coded exactly through the escape path, only at a higher cost.
+
+Loss, as CompressAI's ``examples/train.py``: ``λ·255²·MSE + bpp`` or ``λ·(1 − MS-SSIM) + bpp``;
+main Adam (codec at ``lr``, the circuit at ``prior_lr``), auxiliary Adam on the ``.quantiles``,
+gradient clipping, step LR decay (see :class:`~pc_prior.train.codec.RDTrainingModule`).
+
+Plain bottleneck. With ``keep_plain_bottleneck`` the codec's original factorized bottleneck (a
+fresh one when the start already had a circuit) is kept beside it and trained on the *detached*
+latents (its rate only moves its own density), so the fine-tuned transforms can also be exported
+as an ordinary CompressAI codec, and ``val_bpp_plain`` compares the two entropy models on the same
+latents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from torch import Tensor, nn
+
+from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
+from ..integrations.leaves import DiscretizedLogisticTree
+from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality, read_codec_file
+
+__all__ = ["RDModule", "load_start_codec"]
+
+
+def load_start_codec(codec: str | None, arch: str, quality: int,
+                     net_kwargs: dict[str, Any] | None = None, metric: str = "mse") -> tuple[nn.Module, dict[str, Any]]:
+    """The codec to start from (train mode, CPU) and what is known about it (``arch``, ``quality``, ``lmbda``...).
+
+    ``codec``: a codec file with ``arch``/``quality``/``state_dict`` (see
+    :func:`~pc_prior.train.codec.read_codec_file`), any other checkpoint ``pc-prior eval`` reads
+    (a CompressAI training checkpoint or state dict, of architecture ``arch``), a zoo spec
+    ``ARCH:qN`` (pretrained, needs the network), or ``None`` for a fresh ``build_codec(arch, quality, net_kwargs)``.
+    """
+    if codec is None:
+        return build_codec(arch, quality, net_kwargs).train(), {"arch": arch, "quality": quality,
+                                                                "net_kwargs": net_kwargs, "source": "random init"}
+    path = Path(codec).expanduser()
+    if path.is_file():
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(ck, dict) and {"arch", "quality", "state_dict"} <= ck.keys():
+            net, ck = read_codec_file(path)
+            meta = {k: ck[k] for k in ("arch", "quality", "lmbda", "metric", "net_kwargs") if k in ck}
+            return net.train(), {**meta, "source": str(path)}
+    from ..eval.models import load_model  # zoo specs, CompressAI checkpoints; its errors name the fix
+
+    loaded = load_model(codec, arch=arch if path.is_file() else None, metric=metric)
+    return loaded.net.cpu().train(), {"arch": loaded.arch or arch, "quality": loaded.quality or quality,
+                                      "source": loaded.source}
+
+
+class RDModule(RDTrainingModule):
+    """Joint rate-distortion fine-tuning of a CompressAI codec and a PC entropy model.
+
+    Args:
+        codec: what to start from (see :func:`load_start_codec`); ``None``: random ``arch``/``quality``/``net_kwargs``.
+        arch, quality, net_kwargs: the architecture when ``codec`` does not say (random init,
+            plain state dicts); ``quality`` also picks the default λ.
+        metric: ``"mse"`` (loss ``λ·255²·MSE + bpp``) or ``"ms-ssim"`` (``λ·(1 − MS-SSIM) + bpp``).
+        lmbda: ``None``: the codec file's λ (same metric), else CompressAI's zoo λ for ``quality``.
+        bottleneck: attribute name of the entropy bottleneck to replace by a circuit.
+        num_latents, structure, leaves: the circuit (see ``PCEntropyBottleneck.fit``).
+        prior_images: folder of images for the initial fit; ``None``: the datamodule's training set
+            (its random crops, drawn with ``seed``, identical on every DDP rank).
+        prior_max_images, prior_max_items, prior_epochs, prior_finetune_steps: bounds of the initial fit.
+        lr, prior_lr, aux_lr: Adam learning rates of the codec, the circuit (and plain
+            bottleneck density; ``None``: ``lr``), and the quantiles.
+        clip_max_norm, lr_decay_at, lr_decay_factor, pad_multiple: as in ``CodecModule``.
+        coded_val_batches: validation batches really compressed (``val_bpp_coded``; ``None``: all, 0: none).
+        keep_plain_bottleneck: train a factorized bottleneck beside the circuit on detached latents.
+        export_path: codec file written at the end of fitting (default ``<log_dir>/codec.pt``; ``""``: none);
+            read by ``pc_prior.integrations.load_codec`` / ``pc_prior.train.load_codec``.
+        plain_export_path: plain CompressAI state dict of the codec with the plain bottleneck
+            (default ``<export stem>-plain-state-dict.pt`` next to it; ``""``: none).
+        seed: seed of the initial fit's data and EM.
+    """
+
+    def __init__(
+        self,
+        codec: str | None = None,
+        arch: str = "bmshj2018-factorized",
+        quality: int = 3,
+        net_kwargs: dict[str, Any] | None = None,
+        metric: str = "mse",
+        lmbda: float | None = None,
+        bottleneck: str = "entropy_bottleneck",
+        num_latents: int = 16,
+        structure: str = "chow-liu",
+        leaves: str = "logistic",
+        prior_images: str | None = None,
+        prior_max_images: int = 200,
+        prior_max_items: int | None = 60000,
+        prior_epochs: int = 4,
+        prior_finetune_steps: int = 300,
+        lr: float = 1e-5,
+        prior_lr: float | None = 1e-3,
+        aux_lr: float = 1e-3,
+        clip_max_norm: float = 1.0,
+        lr_decay_at: float | None = 0.85,
+        lr_decay_factor: float = 0.1,
+        pad_multiple: int = 64,
+        coded_val_batches: int | None = None,
+        keep_plain_bottleneck: bool = True,
+        export_path: str | None = None,
+        plain_export_path: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if leaves not in ("logistic", "categorical"):
+            raise ValueError(f'leaves must be "logistic" or "categorical", got {leaves!r}')
+        net, meta = load_start_codec(codec, arch, quality, net_kwargs, metric)
+        if lmbda is None:
+            same_metric = meta.get("metric", "mse") == metric
+            lmbda = meta["lmbda"] if meta.get("lmbda") and same_metric else lambda_for_quality(int(meta["quality"]), metric)
+        if lmbda <= 0:
+            raise ValueError(f"lmbda must be > 0, got {lmbda}")
+        self.save_hyperparameters()
+        self.hparams.lmbda = float(lmbda)  # resolved (LightningCLI may record the given None)
+        self.codec_info = {k: v for k, v in meta.items() if v is not None}
+        old = getattr(net, bottleneck, None)
+        if not isinstance(old, EntropyBottleneck):
+            raise TypeError(f"the codec's {bottleneck!r} is {type(old).__name__}, not an EntropyBottleneck")
+        for p in net.parameters():
+            p.requires_grad_(True)
+        if isinstance(old, PCEntropyBottleneck):
+            plain = EntropyBottleneck(old.channels) if keep_plain_bottleneck else None
+        else:
+            plain = old if keep_plain_bottleneck else None
+            swap_entropy_model(net, bottleneck)
+        self.net = net
+        self.plain_bottleneck = plain
+        self._init_rd()
+
+    # -- the circuit ----------------------------------------------------------------------------
+    @property
+    def pc_bottleneck(self) -> PCEntropyBottleneck:
+        return getattr(self.net, self.hparams.bottleneck)
+
+    def _prior_images(self) -> list[Tensor]:
+        """Batches of training images for the initial fit, the same on every rank (seeded)."""
+        hp = self.hparams
+        if hp.prior_images is not None:
+            from ..integrations import crop_to_multiple, list_images, load_image
+
+            files = list_images(hp.prior_images)[: hp.prior_max_images]
+            return [crop_to_multiple(load_image(f), hp.pad_multiple) for f in files]
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dataset = getattr(dm, "train_set", None)
+        if dataset is None and dm is not None:
+            dataset = dm.train_dataloader().dataset
+        if dataset is None:
+            raise ValueError("RDModule needs prior_images (a folder) or a datamodule with a training set "
+                             "to fit the circuit on")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hp.seed)
+            idx = torch.randperm(len(dataset))[: hp.prior_max_images].tolist()
+            items = [dataset[i] for i in idx]
+        items = [x[0] if isinstance(x, (tuple, list)) else x for x in items]
+        return [torch.stack(items[i:i + 8]) for i in range(0, len(items), 8)]
+
+    def fit_prior(self, images: list[Tensor] | None = None) -> list[dict]:
+        """Fit the circuit on the current codec's latents (``images``: default :meth:`_prior_images`)."""
+        hp = self.hparams
+        images = self._prior_images() if images is None else images
+        hist = fit_prior(self.net, images, name=hp.bottleneck, num_latents=hp.num_latents, structure=hp.structure,
+                         leaves=hp.leaves, max_items=hp.prior_max_items, epochs=hp.prior_epochs,
+                         finetune_steps=hp.prior_finetune_steps, seed=hp.seed, progress=False)
+        for p in self.net.parameters():  # fit_prior froze the codec
+            p.requires_grad_(True)
+        return hist
+
+    def _convert_leaves(self) -> None:
+        eb = self.pc_bottleneck
+        if self.hparams.leaves == "logistic" and not isinstance(eb.pc, DiscretizedLogisticTree):
+            eb.pc = DiscretizedLogisticTree.from_hclt(eb.pc, eb._offset.long(), eb._cdf_length.long())
+            with torch.no_grad():
+                eb.update(force=True)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.trainer.ckpt_path is not None:
+            return  # resuming: the checkpoint holds the circuit
+        eb = self.pc_bottleneck
+        if not eb.fitted:
+            self.net.to(self.trainer.strategy.root_device)
+            self.fit_history = self.fit_prior()
+        else:
+            self._convert_leaves()
+
+    # -- training -------------------------------------------------------------------------------
+    def param_groups(self, main: list[nn.Parameter]) -> list[dict[str, Any]]:
+        prior_lr = self.hparams.prior_lr
+        if prior_lr is None:
+            return [{"params": main}]
+        density = {id(p) for p in self.pc_bottleneck.parameters()}
+        if self.plain_bottleneck is not None:
+            density |= {id(p) for p in self.plain_bottleneck.parameters()}
+        codec = [p for p in main if id(p) not in density]
+        prior = [p for p in main if id(p) in density]
+        return [{"params": codec}, {"params": prior, "lr": prior_lr}]
+
+    def configure_optimizers(self):
+        if not self.pc_bottleneck.fitted:
+            raise RuntimeError("the PC bottleneck is not fitted: RDModule fits it in setup('fit') "
+                               "(or call fit_prior(images) first)")
+        return super().configure_optimizers()
+
+    @contextlib.contextmanager
+    def capture_latent(self) -> Iterator[list[Tensor]]:
+        """Within the block, the inputs of every PC bottleneck forward are appended to the yielded list."""
+        seen: list[Tensor] = []
+        handle = self.pc_bottleneck.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+    def rd_step(self, x: Tensor) -> dict[str, Tensor]:
+        with self.capture_latent() as self._seen:
+            try:
+                return super().rd_step(x)
+            finally:
+                self._seen = []
+
+    def extra_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """Rate of the plain bottleneck on the detached latent: trains only its own density."""
+        if self.plain_bottleneck is None or not getattr(self, "_seen", None):
+            return None
+        bpp = self._plain_bpp(self._seen[-1].detach(), x)
+        return bpp, {"bpp_plain": bpp.detach()}
+
+    def _plain_bpp(self, y: Tensor, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        _, lik = self.plain_bottleneck(y)
+        return torch.log(lik).sum() / (-math.log(2) * n * h * w)
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        if self.plain_bottleneck is not None:
+            with torch.no_grad():
+                self.plain_bottleneck.update(force=True)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        with self.capture_latent() as seen:
+            super().validation_step(batch, batch_idx)
+        if self.plain_bottleneck is not None and seen:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self.log("val_bpp_plain", self._plain_bpp(seen[0], x), batch_size=len(x), sync_dist=True)
+
+    # -- export ---------------------------------------------------------------------------------
+    def _file_meta(self) -> tuple[str, int, dict[str, Any]]:
+        info = self.codec_info
+        extra: dict[str, Any] = {"lmbda": self.lmbda, "metric": self.metric, "steps": int(self.global_step),
+                                 "start": info.get("source")}
+        if info.get("net_kwargs"):
+            extra["net_kwargs"] = dict(info["net_kwargs"])
+        return info.get("arch", self.hparams.arch), int(info.get("quality", self.hparams.quality)), extra
+
+    def export(self, path: str | Path) -> Path:
+        """Write the codec with its circuit (``save_codec`` format, coding tables up to date) to ``path``,
+        and the plain CompressAI state dict beside it (see ``plain_export_path``)."""
+        path = Path(path)
+        net = copy.deepcopy(self.net).cpu().eval()
+        with torch.no_grad():
+            net.update(force=True)
+        arch, quality, extra = self._file_meta()
+        save_codec(net, path, arch, quality, **extra)
+        plain_target = self.hparams.plain_export_path
+        if self.plain_bottleneck is not None and plain_target != "":
+            if plain_target is None:
+                plain_target = path.with_name(path.stem + "-plain-state-dict.pt")
+            self.export_plain(plain_target)
+        return path
+
+    def plain_codec(self) -> nn.Module:
+        """A CPU copy of the codec with the plain factorized bottleneck in place of the circuit, tables updated."""
+        if self.plain_bottleneck is None:
+            raise RuntimeError("keep_plain_bottleneck is off: there is no plain bottleneck")
+        net = copy.deepcopy(self.net).cpu().eval()
+        setattr(net, self.hparams.bottleneck, copy.deepcopy(self.plain_bottleneck).cpu().eval())
+        with torch.no_grad():
+            net.update(force=True)
+        return net
+
+    def export_plain(self, path: str | Path) -> Path:
+        """Save the plain codec's state dict (what ``compressai`` models load, e.g. ``FactorizedPrior.from_state_dict``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.plain_codec().state_dict(), path)
+        return path
