@@ -133,11 +133,26 @@ class IncrementalConditionals:
 
     Call ``weights()`` for the next variable's integer weights [N, V], then ``observe(values)``
     with that variable's values; ``order`` lists the variables in coding order.
+
+    Per-item leaves: with emission tables of shape [D, S, K, V] (S tables per variable),
+    ``groups`` [N, D] picks table ``groups[n, i]`` for item n's variable i (conditional entropy
+    models, whose leaves depend on side information). The arithmetic stays exact: each weight is
+    a sum of K products of integers below 2**22 and 2**22 + 1, as with shared tables.
     """
 
-    def __init__(self, tables: CodingTables, n: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, tables: CodingTables, n: int, device: torch.device | str = "cpu",
+                 groups: Tensor | None = None) -> None:
         self.t = tables.to(device)
         self.n = n
+        if (tables.emit.dim() == 4) != (groups is not None):
+            raise ValueError("groups [N, D] are needed exactly when the emission tables are [D, S, K, V]")
+        if groups is not None:
+            if tuple(groups.shape) != (n, tables.emit.shape[0]):
+                raise ValueError(f"groups must have shape [{n}, {tables.emit.shape[0]}], got {tuple(groups.shape)}")
+            groups = groups.to(self.t.emit.device).long()
+            if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= tables.emit.shape[1]):
+                raise ValueError(f"groups must lie in 0..{tables.emit.shape[1] - 1}")
+        self.groups = groups
         parent = np.asarray(tables.parent)
         d = len(parent)
         roots = np.flatnonzero(parent < 0)
@@ -174,13 +189,21 @@ class IncrementalConditionals:
             ctx = _renorm(self._out[p] * self._inside[p])
             out = _renorm(ctx @ self.t.trans[i])
         self._pending = out
-        return out @ self.t.emit[i]
+        if self.groups is None:
+            return out @ self.t.emit[i]
+        emit = self.t.emit[i][self.groups[:, i]]  # [N, K, V]
+        return torch.bmm(out.expand(self.n, -1)[:, None, :], emit)[:, 0]
 
     def observe(self, values: Tensor) -> None:
         """Record the values [N] of the variable whose weights were just returned."""
         i = int(self.order[self.step])
         self._out[i] = self._pending
-        self._inside[i] = _renorm(self.t.emit[i].T[values.to(self.t.emit.device).long()])
+        values = values.to(self.t.emit.device).long()
+        if self.groups is None:
+            leaf = self.t.emit[i].T[values]
+        else:
+            leaf = self.t.emit[i][self.groups[:, i], :, values]  # [N, K]
+        self._inside[i] = _renorm(leaf)
         # close every subtree that ends here, deepest first, passing its message to its parent
         s = i
         while s >= 0 and self.last[s] == self.step and self.parent[s] >= 0:

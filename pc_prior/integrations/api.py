@@ -1,4 +1,4 @@
-"""Swapping a CompressAI model's entropy bottleneck for a circuit, and fitting it on images."""
+"""Swapping a CompressAI model's entropy models for circuits, and fitting them on images."""
 
 from __future__ import annotations
 
@@ -7,30 +7,56 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from compressai.entropy_models import EntropyBottleneck
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
 
-__all__ = ["swap_entropy_model", "collect_latents", "fit_prior", "load_image", "pad_to_multiple", "crop_to_multiple", "list_images"]
+__all__ = [
+    "swap_entropy_model", "collect_latents", "collect_conditional_inputs", "fit_prior", "load_image",
+    "pad_to_multiple", "crop_to_multiple", "list_images",
+]
+
+PC_MODULES = (PCEntropyBottleneck, PCConditional)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 
 
-def swap_entropy_model(model: nn.Module, name: str = "entropy_bottleneck", **kwargs) -> PCEntropyBottleneck:
-    """Replace ``model.<name>`` (an ``EntropyBottleneck``) by an unfitted ``PCEntropyBottleneck``.
+def _parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    head, _, attr = name.rpartition(".")
+    return (model.get_submodule(head) if head else model), attr
 
-    The new module keeps the old one's channels, device and ``quantiles`` (hence its medians, so
-    rounding, and thus the reconstruction, stay the same). Returns the new module.
+
+def swap_entropy_model(model: nn.Module, name: str | Sequence[str] = "entropy_bottleneck", **kwargs):
+    """Replace entropy models of ``model`` by unfitted circuit-backed ones; returns the new module(s).
+
+    ``name`` is a (dotted) module name or a sequence of them, e.g.
+    ``("entropy_bottleneck", "gaussian_conditional")`` for a hyperprior codec. An
+    ``EntropyBottleneck`` becomes a ``PCEntropyBottleneck`` keeping its channels, device and
+    ``quantiles`` (hence its medians, so rounding, and thus the reconstruction, stay the same;
+    ``kwargs`` go to it). A ``GaussianConditional`` becomes a ``PCConditional`` keeping its scale
+    table and scale bound (so ``build_indexes`` and the symbols stay the same). A sequence of names
+    returns a tuple of the new modules.
     """
-    old = getattr(model, name, None)
-    if not isinstance(old, EntropyBottleneck):
-        raise TypeError(f"model.{name} is {type(old).__name__}, expected an EntropyBottleneck to replace")
-    new = PCEntropyBottleneck(old.channels, **kwargs).to(old.quantiles.device)
-    with torch.no_grad():
-        new.quantiles.copy_(old.quantiles.detach())
-    setattr(model, name, new)
+    if not isinstance(name, str):
+        return tuple(swap_entropy_model(model, n, **kwargs) for n in name)
+    parent, attr = _parent_and_attr(model, name)
+    old = getattr(parent, attr, None)
+    if isinstance(old, EntropyBottleneck):
+        new = PCEntropyBottleneck(old.channels, **kwargs).to(old.quantiles.device)
+        with torch.no_grad():
+            new.quantiles.copy_(old.quantiles.detach())
+    elif isinstance(old, GaussianConditional) and type(old) in (GaussianConditional, PCConditional):
+        dev = old.scale_bound.device
+        new = PCConditional(None, scale_bound=float(old.scale_bound), tail_mass=old.tail_mass).to(dev)
+        new.lower_bound_scale = old.lower_bound_scale
+        new.scale_table = old.scale_table.detach().clone()
+    else:
+        raise TypeError(f"model.{name} is {type(old).__name__}, expected an EntropyBottleneck or a "
+                        "GaussianConditional to replace")
+    setattr(parent, attr, new)
     return new
 
 
@@ -38,36 +64,106 @@ class _Stop(Exception):
     """Raised by the bottleneck pre-hook to end a forward pass once its input is captured."""
 
 
+def _passthrough(module: nn.Module):
+    """Forward of a circuit-backed module that only quantizes (eval mode), for latent collection."""
+    if isinstance(module, PCEntropyBottleneck):
+        def forward(x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
+            med = module._medians().view(1, -1, 1, 1).to(x.dtype)
+            return torch.round(x - med) + med, torch.ones_like(x)
+    else:
+        def forward(inputs: Tensor, scales: Tensor, means: Tensor | None = None,
+                    training: bool | None = None) -> tuple[Tensor, Tensor]:
+            return module.quantize(inputs, "dequantize", means), torch.ones_like(inputs)
+    return forward
+
+
+def _rows(t: Tensor) -> Tensor:
+    return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1]).cpu()
+
+
 @torch.no_grad()
+def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -> dict[str, object]:
+    """One eval-mode forward per image, stopped once every named module has seen its input.
+
+    Bottlenecks give their input rows [N, C]; conditionals give (symbols int32, scale indexes
+    int16) rows [N, C], exactly what their coder would see. Circuit-backed modules only quantize
+    meanwhile, so unfitted ones do not stop the pass.
+    """
+    got: dict[str, list] = {n: [] for n in names}
+    seen: set[str] = set()
+    handles, saved = [], []
+
+    def make_hook(n: str, module: nn.Module):
+        def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if isinstance(module, GaussianConditional):
+                y = args[0]
+                scales = args[1] if len(args) > 1 else kwargs["scales"]
+                means = args[2] if len(args) > 2 else kwargs.get("means")
+                sym = module.quantize(y, "symbols", means)
+                got[n].append((_rows(sym).to(torch.int32), _rows(module.build_indexes(scales)).to(torch.int16)))
+            else:
+                got[n].append(_rows(args[0]))
+            seen.add(n)
+            if len(seen) == len(names):
+                raise _Stop
+        return hook
+
+    for n in names:
+        module = model.get_submodule(n)
+        if isinstance(module, PCConditional) and module.scale_table.numel() == 0:
+            module._scale_table_or_default()
+        elif isinstance(module, GaussianConditional) and module.scale_table.numel() == 0:
+            raise RuntimeError(f"model.{n} has no scale table: call model.update() first")
+        handles.append(module.register_forward_pre_hook(make_hook(n, module), with_kwargs=True))
+    for _, module in model.named_modules():
+        if isinstance(module, PC_MODULES):
+            saved.append((module, module.__dict__.get("forward")))
+            module.forward = _passthrough(module)
+    was_training = model.training
+    model.eval()
+    try:
+        for x in images:
+            seen.clear()
+            try:
+                model(x)
+            except _Stop:
+                pass
+            if len(seen) != len(names):
+                missing = sorted(set(names) - seen)
+                raise RuntimeError(f"the model's forward did not reach {', '.join(missing)}")
+    finally:
+        for h in handles:
+            h.remove()
+        for module, fwd in saved:
+            if fwd is None:
+                del module.forward
+            else:
+                module.forward = fwd
+        model.train(was_training)
+    if not all(got.values()):
+        raise ValueError("no images given to collect latents from")
+    out: dict[str, object] = {}
+    for n, parts in got.items():
+        if isinstance(parts[0], tuple):
+            out[n] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        else:
+            out[n] = torch.cat(parts)
+    return out
+
+
 def collect_latents(model: nn.Module, images: Iterable[Tensor], name: str = "entropy_bottleneck") -> Tensor:
     """The values entering ``model.<name>`` for each image, as rows [N positions, C].
 
     Runs the model's own ``forward`` in eval mode and stops it at the bottleneck (a pre-hook),
     so this works for any CompressAI model whatever transforms lead to the bottleneck.
     """
-    module = getattr(model, name)
-    rows: list[Tensor] = []
+    return _collect(model, images, [name])[name]  # type: ignore[return-value]
 
-    def hook(_mod: nn.Module, args: tuple) -> None:
-        y = args[0]
-        rows.append(y.detach().permute(0, 2, 3, 1).reshape(-1, y.shape[1]).cpu())
-        raise _Stop
 
-    handle = module.register_forward_pre_hook(hook)
-    was_training = model.training
-    model.eval()
-    try:
-        for x in images:
-            try:
-                model(x)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if not rows:
-        raise ValueError("no images given to collect latents from")
-    return torch.cat(rows)
+def collect_conditional_inputs(model: nn.Module, images: Iterable[Tensor],
+                               name: str = "gaussian_conditional") -> tuple[Tensor, Tensor]:
+    """Symbols ``round(y - means)`` (int32) and scale indexes (int16) at ``model.<name>``, rows [N, C]."""
+    return _collect(model, images, [name])[name]  # type: ignore[return-value]
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -109,22 +205,31 @@ def fit_prior(
     model: nn.Module,
     images: str | Path | Sequence[Tensor],
     *,
-    name: str = "entropy_bottleneck",
+    name: str | Sequence[str] = "entropy_bottleneck",
     num_latents: int = 16,
     multiple: int = 64,
     max_images: int | None = None,
     progress: bool = True,
+    conditional: dict | None = None,
     **fit_kwargs,
-) -> list[dict]:
-    """Freeze ``model``, collect the latents at ``model.<name>`` and fit its circuit.
+) -> list[dict] | dict[str, list[dict]]:
+    """Freeze ``model``, collect the latents at its entropy model(s) and fit the circuit(s).
 
     ``images`` is a folder (every image, cropped to multiples of ``multiple``, so the circuit
-    sees no padding) or a sequence of [1, 3, H, W] tensors. Swaps in a ``PCEntropyBottleneck`` first if the model still has a plain one.
-    Remaining keyword arguments go to ``PCEntropyBottleneck.fit`` (``max_items``, ``epochs``,
-    ``tail``, ...). Returns the EM history.
+    sees no padding) or a sequence of [1, 3, H, W] tensors. ``name`` is one module name or several,
+    e.g. ``("entropy_bottleneck", "gaussian_conditional")`` for a hyperprior codec; plain modules
+    are swapped for circuit-backed ones first. All named modules' inputs are collected in one pass.
+    Bottlenecks are fitted with ``num_latents`` and the remaining keyword arguments
+    (``PCEntropyBottleneck.fit``: ``max_items``, ``epochs``, ``tail``, ...); conditionals with
+    the ``conditional`` dict (``PCConditional.fit``: ``num_latents``, ``steps``, ``structure``,
+    ...). Returns the history, or a dict of histories by name when ``name`` is a sequence.
     """
-    if not isinstance(getattr(model, name, None), PCEntropyBottleneck):
-        swap_entropy_model(model, name)
+    names = [name] if isinstance(name, str) else list(name)
+    if not names:
+        raise ValueError("name must name at least one entropy model")
+    for n in names:
+        if not isinstance(model.get_submodule(n), PC_MODULES):
+            swap_entropy_model(model, n)
     for p in model.parameters():
         p.requires_grad_(False)
     dev = next(model.parameters()).device
@@ -135,12 +240,20 @@ def fit_prior(
     else:
         seq, total = (x.to(dev) for x in images), len(images)
     seq = tqdm(seq, total=total, desc="latents", unit="img", disable=not progress)
-    values = collect_latents(model, seq, name)
-    bottleneck: PCEntropyBottleneck = getattr(model, name)
-    for p in bottleneck.parameters():  # the circuit is what gets trained
-        p.requires_grad_(True)
-    with torch.enable_grad():
-        return bottleneck.fit(values.to(dev), num_latents, progress=progress, **fit_kwargs)
+    data = _collect(model, seq, names)
+    hists: dict[str, list[dict]] = {}
+    for n in names:
+        module = model.get_submodule(n)
+        for p in module.parameters():  # the circuit is what gets trained
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            if isinstance(module, PCConditional):
+                sym, idx = data[n]  # type: ignore[misc]
+                kw = {"progress": progress} | (conditional or {})
+                hists[n] = module.fit(sym, idx, **kw)
+            else:
+                hists[n] = module.fit(data[n].to(dev), num_latents, progress=progress, **fit_kwargs)  # type: ignore[union-attr]
+    return hists[name] if isinstance(name, str) else hists
 
 
 def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -157,15 +270,15 @@ def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn
         if key not in ck:
             raise ValueError(f"{path} is not a codec checkpoint: no {key!r} entry")
     net = compressai.zoo.image_models[ck["arch"]](quality=ck["quality"])
-    for name in ck.get("pc_modules", []):
-        swap_entropy_model(net, name)
+    if ck.get("pc_modules"):
+        swap_entropy_model(net, ck["pc_modules"])
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
     return net.to(map_location).eval()
 
 
 def save_codec(model: nn.Module, path: str | Path, arch: str, quality: int, **extra) -> None:
     """Save a (swapped) CompressAI codec in the format ``load_codec`` reads."""
-    pc_modules = [n for n, m in model.named_modules() if isinstance(m, PCEntropyBottleneck)]
+    pc_modules = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"arch": arch, "quality": quality, "pc_modules": pc_modules,
                 "state_dict": model.state_dict(), **extra}, path)

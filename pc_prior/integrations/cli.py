@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prior", help="PC entropy models inside CompressAI codecs (fit on a frozen codec, evaluate)")
     g = p.add_subparsers(dest="prior_command", metavar="ACTION", required=True)
 
-    fit = g.add_parser("fit", help="swap a codec's entropy bottleneck for a circuit fitted on an image folder")
+    fit = g.add_parser("fit", help="swap a codec's entropy bottleneck (and with --conditional its Gaussian "
+                                    "conditional) for circuits fitted on an image folder")
     fit.add_argument("--codec", required=True, help="codec checkpoint (dict with arch, quality, state_dict)")
     fit.add_argument("--images", required=True, help="training image folder (e.g. BSDS500)")
     fit.add_argument("--out", required=True, help="where to save the swapped codec")
@@ -23,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--step-size", type=float, nargs=2, default=(0.5, 0.02), metavar=("START", "END"))
     fit.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu",
                      help="circuit structure over the channels (default: %(default)s)")
+    fit.add_argument("--conditional", action="store_true",
+                     help="also swap the hyperprior's gaussian_conditional for a PCConditional")
+    fit.add_argument("--cond-latents", type=int, default=8, help="PCConditional states per channel (default: %(default)s)")
+    fit.add_argument("--cond-steps", type=int, default=1500, help="PCConditional Adam steps (default: %(default)s)")
+    fit.add_argument("--cond-max-items", type=int, default=60000, help="PCConditional positions used")
+    fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default="chow-liu")
     fit.add_argument("--multiple", type=int, default=16, help="crop training images to multiples of this")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument("--seed", type=int, default=0)
@@ -45,12 +52,21 @@ def _fit(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     ck = torch.load(args.codec, map_location="cpu")
     net = load_codec(args.codec)
-    hist = fit_prior(net, args.images, num_latents=args.latents, multiple=args.multiple, max_images=args.max_images,
-                     max_items=args.max_items, epochs=args.epochs, full_batch_epochs=args.full_batch_epochs,
-                     batch_size=args.batch_size, step_size=tuple(args.step_size), structure=args.structure,
-                     seed=args.seed)
+    names = ("entropy_bottleneck", "gaussian_conditional") if args.conditional else "entropy_bottleneck"
+    cond = {"num_latents": args.cond_latents, "steps": args.cond_steps, "max_items": args.cond_max_items,
+            "structure": args.cond_structure, "seed": args.seed}
+    hist = fit_prior(net, args.images, name=names, num_latents=args.latents, multiple=args.multiple,
+                     max_images=args.max_images, max_items=args.max_items, epochs=args.epochs,
+                     full_batch_epochs=args.full_batch_epochs, batch_size=args.batch_size,
+                     step_size=tuple(args.step_size), structure=args.structure, seed=args.seed, conditional=cond)
     save_codec(net, args.out, ck["arch"], ck["quality"], fit_history=hist)
-    print(json.dumps({"out": args.out, "train_bpd": hist[-1]["train_bpd"]}))
+    report = {"out": args.out}
+    if args.conditional:
+        report["train_bpd"] = hist["entropy_bottleneck"][-1]["train_bpd"]
+        report["conditional"] = hist["gaussian_conditional"][-1]
+    else:
+        report["train_bpd"] = hist[-1]["train_bpd"]
+    print(json.dumps(report))
     return 0
 
 

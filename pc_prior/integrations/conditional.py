@@ -1,0 +1,496 @@
+"""``PCConditional``: a drop-in for CompressAI's ``GaussianConditional`` backed by a latent tree.
+
+What is modelled. The hyperprior's conditional codes symbols ``u = round(y - means)`` given a
+scale index ``s = build_indexes(scales)`` per element (the same integer index CompressAI's own
+coder uses). ``GaussianConditional`` treats the M channels at a position as independent given
+their scales. Here the M channels at one position are the variables of a latent tree (Chow-Liu
+structure over standardized symbols, or a star), K states per channel, shared over positions:
+leaf (c, k) given scale index s is a discretized Gaussian with mean ``σ_s·m[c,k]`` and scale
+``exp(a[c,k])·σ_s^(1+b[c,k])`` (``σ_s = scale_table[s]``). K=1 with m=a=b=0 *is* the
+GaussianConditional; with K>1 the latent states capture what the hyper-decoder misses: shared
+over- or under-dispersion of the channels at a position, sign and magnitude co-occurrence, and
+per-channel miscalibration of the predicted scales.
+
+Coding. All positions of all images are coded in parallel (no raster order): one loop over the
+M channels in the tree's preorder, batched over every position, with the exact integer messages
+of ``pc_prior.coding.IncrementalConditionals`` and per-item emission tables (table ``s`` of
+channel c for an element with scale index s). ``update()`` writes the integer tables into
+registered buffers: ``_pc_emit`` [M, S, K, V] over the symbols ``-R..R`` plus ESCAPE; a symbol
+outside ``-R..R`` is coded as ESCAPE followed by the bottleneck's exact bypass code, so nothing
+is ever clipped. Strings carry a header (magic, version, model fingerprint, latent size, CRC32).
+
+Rate in ``forward``. Eval mode: the joint log-probability of a position's symbols under the
+coded model (escapes included) is spread evenly over its channels, so ``-sum(log2 likelihoods)``
+is the model's code length up to the tables' 22-bit quantization. Training mode: the same circuit
+on the continuous (lower-bounded) scales and noisy values, differentiable in y, scales and means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import zlib
+from typing import Any
+
+import constriction
+import numpy as np
+import torch
+from compressai.entropy_models import GaussianConditional
+from compressai.models.base import get_scale_table
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..coding import (
+    BitstreamError, CodingTables, IncrementalConditionals, quantize_probs, verified_payload,
+)
+from ..hclt import LatentTreeCircuit
+from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
+from .entropy_models import MAX_SYMBOL, _decode_escapes, _encode_escapes, _escape_bits
+
+__all__ = ["PCConditional", "ScaleConditionedTree", "MAGIC", "FORMAT_VERSION"]
+
+MAGIC = b"PCGC"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sB8sIII")  # magic, version, fingerprint, H, W, crc32(payload)
+LIKELIHOOD_BOUND = 1e-9
+LN2 = math.log(2.0)
+
+
+def _std_cdf(x: Tensor) -> Tensor:
+    return 0.5 * torch.erfc(-(2**-0.5) * x)
+
+
+class ScaleConditionedTree(LatentTreeCircuit):
+    """Latent tree over D channels whose leaves are discretized Gaussians scaled by side information.
+
+    ``leaf_log_probs(u, sigma)``: u [N, D] values (integers, or noisy in training), sigma [N, D]
+    positive scales; leaf (d, k) is N(σ·loc[d,k], (exp(log_scale[d,k])·σ^(1+scale_power[d,k]))²)
+    integrated over [u - 1/2, u + 1/2].
+    """
+
+    def __init__(self, tree: Tree, num_latents: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(tree, num_latents, dtype)
+        d, k = tree.num_vars, self.num_latents
+        self.loc = nn.Parameter(torch.zeros(d, k, dtype=dtype))
+        self.log_scale = nn.Parameter(torch.zeros(d, k, dtype=dtype))
+        self.scale_power = nn.Parameter(torch.zeros(d, k, dtype=dtype))
+
+    @torch.no_grad()
+    def init_params(self, spread: float = 0.6, coupling: float = 2.0, seed: int = 0) -> None:
+        """Start next to the Gaussian conditional: state k scales it by exp(spread·(k/(K-1) - 1/2)).
+
+        Transitions favour equal states (logit ``coupling`` on the diagonal), so the initial model
+        is a position-level mixture of scale multipliers, the dependence most worth capturing.
+        """
+        g = torch.Generator().manual_seed(seed)
+        d, k = self.num_vars, self.num_latents
+        dt = self.root_logits.dtype
+        steps = torch.linspace(-0.5, 0.5, k, dtype=torch.float64) if k > 1 else torch.zeros(1, dtype=torch.float64)
+        self.loc.zero_()
+        self.scale_power.zero_()
+        self.log_scale.copy_((spread * steps).expand(d, k).to(dt))
+        self.root_logits.zero_()
+        noise = 0.1 * torch.randn(d, k, k, generator=g, dtype=torch.float64)
+        self.transition_logits.copy_((coupling * torch.eye(k, dtype=torch.float64) + noise).to(dt))
+
+    def _loc_scale(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        sig = sigma[..., None].to(self.loc.dtype)
+        scale = torch.exp(self.log_scale + torch.log(sig) * (1.0 + self.scale_power))
+        return sig * self.loc, scale
+
+    def leaf_log_probs(self, u: Tensor, sigma: Tensor) -> Tensor:
+        """Leaf log-likelihoods [N, D, K] of values u [N, D] at scales sigma [N, D]."""
+        mu, scale = self._loc_scale(sigma)
+        v = (u[..., None].to(mu.dtype) - mu).abs()  # symmetric: evaluate in the lower tail
+        mass = _std_cdf((0.5 - v) / scale) - _std_cdf((-0.5 - v) / scale)
+        return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
+
+    def escape_log_probs(self, radius: int, sigma: Tensor) -> Tensor:
+        """log P(|u| > radius) per leaf, [N, D, K]."""
+        mu, scale = self._loc_scale(sigma)
+        mass = _std_cdf((-radius - 0.5 - mu) / scale) + _std_cdf((-radius - 0.5 + mu) / scale)
+        return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
+
+    def log_prob(self, u: Tensor, sigma: Tensor) -> Tensor:
+        return self.upward(self.leaf_log_probs(u, sigma))[0]
+
+    @torch.no_grad()
+    def emission_probs(self, radius: int, scale_table: Tensor) -> Tensor:
+        """Leaf pmfs [D, S, K, V] over -radius..radius then ESCAPE, float64, one table per scale."""
+        s = scale_table.double().to(self.loc.device)
+        d, n_s = self.num_vars, len(s)
+        loc, log_scale, power = (p.detach().double() for p in (self.loc, self.log_scale, self.scale_power))
+        mu = s[None, :, None] * loc[:, None, :]  # [D, S, K]
+        scale = torch.exp(log_scale[:, None, :] + torch.log(s)[None, :, None] * (1.0 + power[:, None, :]))
+        vals = torch.arange(-radius, radius + 1, dtype=torch.float64, device=s.device)
+        v = (vals - mu[..., None]).abs()  # [D, S, K, 2R+1]
+        sc = scale[..., None]
+        body = _std_cdf((0.5 - v) / sc) - _std_cdf((-0.5 - v) / sc)
+        esc = _std_cdf((-radius - 0.5 - mu) / scale) + _std_cdf((-radius - 0.5 + mu) / scale)
+        out = torch.cat([body, esc[..., None]], -1).clamp_min(0.0)
+        assert out.shape == (d, n_s, self.num_latents, 2 * radius + 2)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"num_vars={self.num_vars}, num_latents={self.num_latents}, height={self.tree.height}"
+
+
+class PCConditional(GaussianConditional):
+    """Gaussian conditional whose channels at a position are joined by a latent tree.
+
+    Same interface as ``GaussianConditional`` (``forward``, ``build_indexes``, ``compress``,
+    ``decompress``, ``update_scale_table``), so ``ScaleHyperprior``/``MeanScaleHyperprior`` use
+    it unchanged. Fit with ``fit`` (or ``pc_prior.integrations.fit_prior``); ``fit`` ends with
+    ``update()``. Strings are one ``bytes`` per batch item, as CompressAI's.
+    """
+
+    def __init__(self, scale_table: Any = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(scale_table, *args, **kwargs)
+        self.pc: ScaleConditionedTree | None = None
+        self.register_buffer("_pc_parent", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("_pc_root", torch.zeros(0, dtype=torch.int32))
+        self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
+        self.register_buffer("_pc_emit", torch.zeros(0, 0, 0, 0, dtype=torch.int32))
+        self._tables_cache: tuple | None = None
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.pc is not None
+
+    @property
+    def channels(self) -> int:
+        return self._require_fitted().num_vars
+
+    @property
+    def radius(self) -> int:
+        """R: symbols -R..R are coded by the circuit, the rest escape to the bypass code."""
+        if self._offset.numel() == 0:
+            raise RuntimeError("PCConditional has no coding tables: call update() (or model.update()) first")
+        return -int(self._offset[0])
+
+    def _require_fitted(self) -> ScaleConditionedTree:
+        if self.pc is None:
+            raise RuntimeError("PCConditional is not fitted: call fit_prior(model, ...) or .fit(symbols, indexes)")
+        return self.pc
+
+    def _require_tables(self) -> tuple[CodingTables, bytes]:
+        if self._pc_root.numel() == 0 or self._offset.numel() == 0:
+            raise RuntimeError("PCConditional has no coding tables: call update() (or model.update()) first")
+        key = tuple((b.data_ptr(), b._version) for b in (self._pc_parent, self._pc_root, self._pc_trans,
+                                                         self._pc_emit, self._offset, self.scale_table))
+        if self._tables_cache is None or self._tables_cache[0] != key:
+            tables = CodingTables(self._pc_parent.cpu().numpy(), self._pc_root.double(), self._pc_trans.double(),
+                                  self._pc_emit.double())
+            h = hashlib.sha256(tables.fingerprint)
+            for t in (self._offset.to(torch.int32), self.scale_table.float()):
+                h.update(t.cpu().contiguous().numpy().tobytes())
+            self._tables_cache = (key, tables, h.digest()[:8])
+        return self._tables_cache[1], self._tables_cache[2]
+
+    def _scale_table_or_default(self) -> Tensor:
+        if self.scale_table.numel() == 0:
+            self.scale_table = get_scale_table().to(self.scale_table.device)
+        return self.scale_table
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # noqa: ANN001
+        """Resize the buffers and rebuild the circuit to the shapes being loaded."""
+        for name in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit", "_offset", "_cdf_length",
+                     "_quantized_cdf", "scale_table"):
+            key = prefix + name
+            if key in state_dict:
+                buf = getattr(self, name)
+                setattr(self, name, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
+        if prefix + "pc.loc" in state_dict:
+            loc = state_dict[prefix + "pc.loc"]
+            parent = state_dict.get(prefix + "_pc_parent")
+            if parent is None or len(parent) != loc.shape[0]:
+                error_msgs.append(f"{prefix}_pc_parent does not match the circuit's {loc.shape[0]} channels")
+            else:
+                self.pc = ScaleConditionedTree(Tree(tuple(int(p) for p in parent)), loc.shape[1],
+                                               dtype=loc.dtype).to(self.scale_bound.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # -- symbols --------------------------------------------------------------------------------
+    def _check(self, inputs: Tensor, indexes: Tensor | None = None) -> None:
+        c = self.channels
+        if inputs.dim() != 4 or inputs.shape[1] != c:
+            raise ValueError(f"expected a latent of shape [B, {c}, H, W], got {tuple(inputs.shape)}")
+        if indexes is not None:
+            if tuple(indexes.shape) != tuple(inputs.shape):
+                raise ValueError(f"indexes have shape {tuple(indexes.shape)}, the latent {tuple(inputs.shape)}")
+            if indexes.dtype.is_floating_point:
+                raise TypeError(f"indexes must be integers (from build_indexes), got {indexes.dtype}")
+            if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(self.scale_table)):
+                raise ValueError(f"indexes must lie in 0..{len(self.scale_table) - 1}")
+
+    def _symbols(self, inputs: Tensor, means: Tensor | None) -> Tensor:
+        if not torch.isfinite(inputs).all() or (means is not None and not torch.isfinite(means).all()):
+            raise ValueError("latent contains NaN or infinite values")
+        s = inputs.detach().clone()  # quantize(..., "symbols") without its int32 cast, which wraps
+        if means is not None:
+            s -= means.detach()
+        s = torch.round(s)
+        if s.numel() and float(s.abs().max()) > MAX_SYMBOL:
+            raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
+        return s.long()
+
+    @staticmethod
+    def _rows(t: Tensor) -> Tensor:
+        """[B, C, H, W] -> [B*H*W, C] (items = positions, variables = channels)."""
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+    def log_likelihood(self, symbols: Tensor, indexes: Tensor) -> Tensor:
+        """Code-length model: log p (nats) of each position's integer symbols, [B, H, W].
+
+        Uses the index-quantized scales the coder uses; escaped symbols count the circuit's
+        ESCAPE probability plus their bypass code length.
+        """
+        pc = self._require_fitted()
+        b, c, h, w = symbols.shape
+        u, s = self._rows(symbols), self._rows(indexes).long()
+        sigma = self._scale_table_or_default()[s]
+        r = self.radius if self._offset.numel() else None
+        leaf = pc.leaf_log_probs(u, sigma)
+        bits = torch.zeros(len(u), dtype=torch.float64, device=u.device)
+        if r is not None:
+            esc = u.abs() > r
+            if esc.any():
+                leaf = torch.where(esc[..., None], pc.escape_log_probs(r, sigma), leaf)
+                bits = torch.where(esc, _escape_bits(u + r, torch.full_like(u, 2 * r + 1)), 0.0).sum(-1)
+        logp = pc.upward(leaf)[0]
+        return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
+
+    # -- fitting --------------------------------------------------------------------------------
+    def fit(
+        self, symbols: Tensor, indexes: Tensor, num_latents: int = 8, *, structure: str = "chow-liu",
+        max_items: int | None = 60000, steps: int = 1500, batch_size: int = 2048, lr: float = 0.03,
+        holdout: float = 0.1, tail: float = 1e-5, max_radius: int = 64, seed: int = 0, progress: bool = True,
+    ) -> list[dict]:
+        """Learn the structure, alphabet radius and leaves from rows of symbols and scale indexes [N, C].
+
+        ``symbols`` are ``round(y - means)`` and ``indexes`` ``build_indexes(scales)`` of the frozen
+        codec, one row per latent position. ``max_items`` random positions are used (None: all),
+        ``holdout`` of them to report held-out bits. Adam for ``steps`` steps on mini-batches of
+        ``batch_size`` positions (learning rate decayed linearly to 10%). The radius R covers the
+        ``1 - tail`` quantile of |symbol| (at least 4, at most ``max_radius``). Ends with ``update()``.
+        Returns the history (held-out bits per position of the baseline and the circuit).
+        """
+        if structure not in ("chow-liu", "star"):
+            raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
+        if symbols.dim() != 2 or tuple(indexes.shape) != tuple(symbols.shape):
+            raise ValueError(f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
+                             f"and {tuple(indexes.shape)}")
+        if len(symbols) == 0:
+            raise ValueError("no latent positions to fit on")
+        if num_latents < 1:
+            raise ValueError(f"num_latents must be >= 1, got {num_latents}")
+        dev = self.scale_bound.device
+        table = self._scale_table_or_default()
+        g = torch.Generator().manual_seed(seed)
+        u, s = symbols.long(), indexes.long()
+        if int(s.min()) < 0 or int(s.max()) >= len(table):
+            raise ValueError(f"indexes must lie in 0..{len(table) - 1}")
+        if max_items is not None and len(u) > max_items:
+            keep = torch.randperm(len(u), generator=g)[:max_items]
+            u, s = u[keep], s[keep]
+        perm = torch.randperm(len(u), generator=g)
+        n_hold = int(len(u) * holdout) if len(u) >= 20 else 0
+        hold, train = perm[:n_hold], perm[n_hold:]
+        c = u.shape[1]
+        mag = u.abs().flatten().sort().values
+        radius = int(mag[min(len(mag) - 1, int(math.ceil((1.0 - tail) * (len(mag) - 1))))]) + 1
+        radius = max(4, min(max_radius, radius))
+        sigma = table.to(dev)[s.to(dev)].float()
+        u = u.to(dev).float()
+        if structure == "star" or c == 1:
+            z = (u / sigma).double()
+            hub = int(z.var(0).argmax()) if len(z) > 1 else 0
+            tree = Tree(tuple(-1 if i == hub else hub for i in range(c)))
+        else:  # Chow-Liu tree on standardized symbols binned into 8 classes
+            z = torch.clamp(torch.round(u.cpu() / sigma.cpu() * 2.0), -4, 3).long() + 4
+            tree = chow_liu_tree(pairwise_mutual_information(z, 8, num_bins=8, seed=seed))
+        pc = ScaleConditionedTree(tree, num_latents).to(dev)
+        pc.init_params(seed=seed)
+        hist: list[dict] = []
+
+        def held_out_bits() -> dict:
+            if n_hold == 0:
+                return {}
+            with torch.no_grad():
+                ut, st = u[hold.to(dev)], sigma[hold.to(dev)]
+                mass = _std_cdf((0.5 - ut.abs()) / st) - _std_cdf((-0.5 - ut.abs()) / st)
+                base = -torch.log(mass.clamp_min(LIKELIHOOD_BOUND)).sum(-1).mean() / LN2
+                circ = -torch.cat([pc.log_prob(ut[i:i + 4096], st[i:i + 4096])
+                                   for i in range(0, len(ut), 4096)]).mean() / LN2
+            return {"holdout_base_bits": float(base), "holdout_pc_bits": float(circ)}
+
+        hist.append({"step": 0, **held_out_bits()})
+        opt = torch.optim.Adam(pc.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - 0.9 * t / max(1, steps))
+        bar = tqdm(range(steps), desc="PCConditional", unit="step", disable=not progress)
+        train_dev = train.to(dev)
+        loss = torch.zeros(())
+        for step in bar:
+            rows = train_dev[torch.randint(len(train), (min(batch_size, len(train)),), generator=g).to(dev)]
+            loss = -pc.log_prob(u[rows], sigma[rows]).mean() / LN2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 50 == 0:
+                bar.set_postfix(bits=f"{float(loss.detach()):.2f}")
+        hist.append({"step": steps, "train_bits": float(loss.detach()), **held_out_bits()})
+        self.pc = pc
+        self._offset = torch.tensor([-radius], dtype=torch.int32, device=dev)
+        self._cdf_length = torch.tensor([2 * radius + 1], dtype=torch.int32, device=dev)
+        self.update()
+        return hist
+
+    # -- CompressAI interface -------------------------------------------------------------------
+    def update(self) -> None:  # type: ignore[override]
+        """Write the circuit's integer coding tables (for the current scale table) into the buffers."""
+        pc = self._require_fitted()
+        if self._offset.numel() == 0:
+            raise RuntimeError("PCConditional has no alphabet radius: fit it first")
+        r = self.radius
+        table = self._scale_table_or_default()
+        dev = self.scale_bound.device
+        with torch.no_grad():
+            self._pc_parent = torch.as_tensor(np.asarray(pc.tree.parent), dtype=torch.long, device=dev)
+            self._pc_root = quantize_probs(pc.log_root().exp()).to(dev, torch.int32)
+            self._pc_trans = quantize_probs(pc.log_transitions().exp()).to(dev, torch.int32)
+            self._pc_emit = quantize_probs(pc.emission_probs(r, table)).to(dev, torch.int32)
+        self._cdf_length = torch.tensor([2 * r + 1], dtype=torch.int32, device=dev)
+        self._quantized_cdf = torch.zeros(0, 0, dtype=torch.int32, device=dev)
+
+    def update_scale_table(self, scale_table: Any, force: bool = False) -> bool:
+        """CompressionModel.update() entry point: rebuild the tables if absent or forced."""
+        if self._pc_root.numel() > 0 and not force:
+            return False
+        self.scale_table = self._prepare_scale_table(scale_table).to(self.scale_bound.device)
+        self.update()
+        return True
+
+    def forward(self, inputs: Tensor, scales: Tensor, means: Tensor | None = None,
+                training: bool | None = None) -> tuple[Tensor, Tensor]:
+        """(y_hat, likelihoods [B, C, H, W]); the product over channels is p(position's symbols)."""
+        if training is None:
+            training = self.training
+        outputs = self.quantize(inputs, "noise" if training else "dequantize", means)
+        pc = self._require_fitted()
+        self._check(inputs)
+        b, c, h, w = inputs.shape
+        values = outputs - means if means is not None else outputs
+        if training:
+            sigma = self._rows(self.lower_bound_scale(scales))
+            logp = pc.log_prob(self._rows(values), sigma).view(b, h, w)
+        else:
+            logp = self.log_likelihood(torch.round(values.detach()).long(), self.build_indexes(scales))
+        lik = torch.exp(logp / c)[:, None].expand(-1, c, -1, -1)
+        return outputs, lik.to(inputs.dtype)
+
+    def compress(self, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> list[bytes]:
+        """One string per batch item for the latent [B, C, H, W] given scale ``indexes`` (and means)."""
+        tables, fp = self._require_tables()
+        self._check(inputs, indexes)
+        b, c, h, w = inputs.shape
+        if h * w == 0:
+            raise ValueError(f"cannot code an empty latent of spatial size {h}x{w}")
+        r = self.radius
+        v = 2 * r + 2
+        u = self._rows(self._symbols(inputs, means)).cpu()
+        groups = self._rows(indexes).cpu()
+        rel = u + r
+        esc = (rel < 0) | (rel > 2 * r)
+        idx = torch.where(esc, torch.full_like(rel, v - 1), rel)
+        p = h * w
+        inc = IncrementalConditionals(tables.to("cpu"), b * p, "cpu", groups=groups)
+        idx_np, rel_np, esc_np = idx.numpy().astype(np.int32), rel.numpy(), esc.numpy()
+        encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
+        family = constriction.stream.model.Categorical(perfect=False)
+        for i in inc.order:
+            w_ = inc.weights()
+            probs = (w_ / w_.sum(-1, keepdim=True)).numpy()
+            for j, enc in enumerate(encs):
+                sl = slice(j * p, (j + 1) * p)
+                enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
+                e = esc_np[sl, i]
+                if e.any():
+                    _encode_escapes(enc, rel_np[sl, i][e], np.full(int(e.sum()), 2 * r + 1))
+            inc.observe(idx[:, i])
+        out = []
+        for enc in encs:
+            payload = enc.get_compressed().astype("<u4").tobytes()
+            out.append(_HEADER.pack(MAGIC, FORMAT_VERSION, fp, h, w, zlib.crc32(payload)) + payload)
+        return out
+
+    @staticmethod
+    def _read(data: Any, fp: bytes, size: tuple[int, int]) -> np.ndarray:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"each string must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < _HEADER.size:
+            raise BitstreamError(f"bitstream truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
+        magic, version, sfp, h, w, crc = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise BitstreamError("not a PCConditional bitstream (bad magic bytes)")
+        if version != FORMAT_VERSION:
+            raise BitstreamError(f"bitstream format version {version}, this pc-prior reads version {FORMAT_VERSION}")
+        if sfp != fp:
+            raise BitstreamError("bitstream was made by another model or another fit (fingerprint mismatch)")
+        if (h, w) != size:
+            raise BitstreamError(f"bitstream holds a {h}x{w} latent, decompress was asked for {size[0]}x{size[1]}")
+        payload = verified_payload(data, _HEADER.size, crc)
+        return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+
+    def decompress(self, strings: list[bytes], indexes: Tensor, dtype: torch.dtype = torch.float,
+                   means: Tensor | None = None) -> Tensor:
+        """Decode ``compress``'s strings given the same ``indexes`` (and means) into y_hat [B, C, H, W]."""
+        if not isinstance(strings, (list, tuple)):
+            raise TypeError(f"strings must be a list of bytes, got {type(strings).__name__}")
+        tables, fp = self._require_tables()
+        if indexes.dim() != 4:
+            raise ValueError(f"indexes must have shape [B, C, H, W], got {tuple(indexes.shape)}")
+        self._check(indexes, indexes)
+        b, c, h, w = indexes.shape
+        if len(strings) != b:
+            raise ValueError(f"{len(strings)} strings for a batch of {b} index maps")
+        words = [self._read(d, fp, (h, w)) for d in strings]
+        r = self.radius
+        v = 2 * r + 2
+        p = h * w
+        groups = self._rows(indexes).cpu()
+        rel = torch.empty(b * p, c, dtype=torch.long)
+        decs = [constriction.stream.queue.RangeDecoder(wd) for wd in words]
+        family = constriction.stream.model.Categorical(perfect=False)
+        inc = IncrementalConditionals(tables.to("cpu"), b * p, "cpu", groups=groups)
+        try:
+            for i in inc.order:
+                w_ = inc.weights()
+                probs = (w_ / w_.sum(-1, keepdim=True)).numpy()
+                col = np.empty(b * p, dtype=np.int64)
+                val = np.empty(b * p, dtype=np.int64)
+                for j, dec in enumerate(decs):
+                    sl = slice(j * p, (j + 1) * p)
+                    col[sl] = dec.decode(family, probs[sl])
+                    val[sl] = col[sl]
+                    e = col[sl] == v - 1
+                    if e.any():
+                        val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), 2 * r + 1))
+                rel[:, i] = torch.from_numpy(val)
+                inc.observe(torch.from_numpy(col))
+        except BitstreamError:
+            raise
+        except Exception as err:  # the range decoder rejects impossible data
+            raise BitstreamError(f"bitstream could not be decoded: {err}") from err
+        for dec in decs:
+            if dec.maybe_exhausted() is False:
+                raise BitstreamError("bitstream has trailing data beyond what the model decodes")
+        dev = indexes.device
+        sym = torch.empty(b, c, h, w, dtype=torch.float32, device=dev)  # standard strides, as forward's
+        sym.copy_((rel - r).view(b, h, w, c).permute(0, 3, 1, 2))
+        return self.dequantize(sym, means, dtype)
