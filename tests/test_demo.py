@@ -161,3 +161,17 @@ def test_default_photos_load_offline_and_are_disjoint():
     assert not np.array_equal(skimage_photo("motorcycle_left"), skimage_photo("motorcycle_right"))
     with pytest.raises(ValueError, match="no photo"):
         skimage_photo("no_such_photo")
+
+
+def test_thumbnail_drops_the_centred_padding():
+    from compressai.ops import compute_padding
+
+    from pc_prior.eval.demo import _thumbnail
+
+    h, w = 70, 90
+    x = torch.rand(1, 3, h, w)
+    pad, _ = compute_padding(h, w, min_div=64)
+    t = _thumbnail(F.pad(x, pad), h, w)
+    assert t.shape == (h, w, 3) and t.dtype == np.uint8
+    assert np.array_equal(t, (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    assert max(_thumbnail(torch.rand(1, 3, 512, 768), 512, 768).shape[:2]) == 256

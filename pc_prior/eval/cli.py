@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--latents", type=int, default=16, help="latent states K of the circuit (default: %(default)s)")
     d.add_argument("--structure", choices=["star", "chow-liu"], default="star",
                    help="circuit structure over the channels (default: %(default)s)")
-    d.add_argument("--epochs", type=int, default=6, help="mini-batch EM epochs (default: %(default)s)")
+    d.add_argument("--epochs", type=int, default=3, help="mini-batch EM epochs (default: %(default)s)")
     d.add_argument("--max-items", type=int, default=60000, help="latent positions used to fit (default: %(default)s)")
     aug = d.add_mutually_exclusive_group()
     aug.add_argument("--augment", dest="augment", action="store_true", default=None,
