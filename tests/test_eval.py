@@ -200,3 +200,25 @@ def test_bench_codec_speed_measures_the_same_rate(tiny_net, image_dir):
     r = mod.bench_model(tiny_net, [x], torch.device("cpu"), runs=2, warmup=0)
     assert r["encode_ms"] > 0 and r["decode_ms"] > 0
     assert r["bpp"] == pytest.approx(evaluate_image(tiny_net, x)["bpp"])
+
+
+def test_pc_codec_file_is_evaluated_with_its_circuit(image_dir, tmp_path):
+    """A codec saved by integrations.save_codec loads with its PC bottleneck and codes for real."""
+    from compressai.zoo import image_models
+
+    from pc_prior.integrations import PCEntropyBottleneck, fit_prior, save_codec
+
+    torch.manual_seed(1)
+    net = image_models["bmshj2018-factorized"](quality=1).eval()
+    imgs = [torch.rand(1, 3, 64, 96) for _ in range(2)]
+    fit_prior(net, imgs, num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
+    path = tmp_path / "pc.pt"
+    save_codec(net, path, "bmshj2018-factorized", 1)
+    loaded = load_model(path)
+    assert isinstance(loaded.net.entropy_bottleneck, PCEntropyBottleneck)
+    assert loaded.arch == "bmshj2018-factorized" and loaded.quality == 1
+    files = collect_images(image_dir)
+    res = evaluate_model(loaded.net, files, progress=False)
+    ref = evaluate_model(net, files, progress=False)
+    assert [r["bits"] for r in res["images"]] == [r["bits"] for r in ref["images"]]
+    assert [r["psnr-rgb"] for r in res["images"]] == [r["psnr-rgb"] for r in ref["images"]]

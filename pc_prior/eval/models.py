@@ -134,6 +134,12 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
             raise ModelLoadError(f"{path} is a {a} checkpoint but --arch {arch} was given")
         if a not in zoo:
             raise ModelLoadError(f"{path}: unknown architecture {a!r}; known: {', '.join(sorted(zoo))}")
+        info = {k: obj[k] for k in ("lmbda", "steps", "kodak") if k in obj}
+        if obj.get("pc_modules"):  # written by integrations.save_codec: re-swap the PC entropy models
+            from pc_prior.integrations import load_codec
+
+            return LoadedModel(load_codec(path, map_location=device), name=path.stem, arch=a, quality=q,
+                               source=str(path), info=info)
         net = zoo[a](quality=q, **(obj.get("net_kwargs") or {}))
         try:
             net.load_state_dict(_float_state(obj["state_dict"]))
@@ -145,7 +151,6 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
             except Exception as e2:
                 raise ModelLoadError(f"{path}: its state dict does not fit architecture {a}: {e2}") from e2
             net.update(force=True)
-        info = {k: obj[k] for k in ("lmbda", "steps", "kodak") if k in obj}
         return LoadedModel(net.to(device).eval(), name=path.stem, arch=a, quality=q, source=str(path), info=info)
     state = obj
     for key in ("network", "state_dict", "model_state_dict"):  # CompressAI eval_model's convention
