@@ -88,8 +88,8 @@ class RDModule(RDTrainingModule):
         prior_images: folder of images for the initial fit; ``None``: the datamodule's training set
             (its random crops, drawn with ``seed``, identical on every DDP rank).
         prior_max_images, prior_max_items, prior_epochs, prior_finetune_steps: bounds of the initial fit.
-        lr, prior_lr, aux_lr: Adam learning rates of the codec, the circuit (and plain
-            bottleneck density; ``None``: ``lr``), and the quantiles.
+        lr, prior_lr, aux_lr: Adam learning rates of the codec (with the plain bottleneck's density),
+            the circuit (``None``: ``lr``), and the quantiles.
         clip_max_norm, lr_decay_at, lr_decay_factor, pad_multiple: as in ``CodecModule``.
         coded_val_batches: validation batches really compressed (``val_bpp_coded``; ``None``: all, 0: none).
         keep_plain_bottleneck: train a factorized bottleneck beside the circuit on detached latents.
@@ -218,9 +218,7 @@ class RDModule(RDTrainingModule):
         prior_lr = self.hparams.prior_lr
         if prior_lr is None:
             return [{"params": main}]
-        density = {id(p) for p in self.pc_bottleneck.parameters()}
-        if self.plain_bottleneck is not None:
-            density |= {id(p) for p in self.plain_bottleneck.parameters()}
+        density = {id(p) for p in self.pc_bottleneck.parameters()}  # the plain bottleneck trains at lr, as in CompressAI
         codec = [p for p in main if id(p) not in density]
         prior = [p for p in main if id(p) in density]
         return [{"params": codec}, {"params": prior, "lr": prior_lr}]
