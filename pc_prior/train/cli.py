@@ -16,7 +16,8 @@ from typing import Any
 __all__ = ["register", "run_lightning_cli"]
 
 FIT_HELP = ("train a model with LightningCLI, e.g. pc-prior fit --config configs/mnist_hclt.yaml "
-            "--trainer.max_epochs 1 (any LightningModule/DataModule by class_path)")
+            "--trainer.max_epochs 1, or joint codec + PC prior fine-tuning with --config configs/rd_factorized.yaml "
+            "(any LightningModule/DataModule by class_path)")
 CODEC_HELP = ("train a CompressAI codec from scratch (CodecModule + ImageFolderDataModule), e.g. "
               "pc-prior train-codec --data.train_dir DIR --data.val_dir DIR --model.quality 2 --trainer.max_steps 10000")
 
