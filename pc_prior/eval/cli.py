@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     aug.add_argument("--no-augment", dest="augment", action="store_false")
     d.add_argument("--limit", type=int, default=None, help="code only the first N test images")
     d.add_argument("--max-train-images", type=int, default=None, help="fit on only the first N training images")
-    d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    d.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default: %(default)s; the circuit's coding loop runs many small ops, "
+                        "which more threads slow down on a busy machine)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
@@ -83,10 +85,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
-    if args.threads:
-        if args.threads < 1:
-            raise ValueError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        raise ValueError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
     res = run_demo(args.out, data=args.data, train_data=args.train_data, codec=args.codec, arch=args.arch,
                    latents=args.latents, structure=args.structure, epochs=args.epochs, max_items=args.max_items,
                    augment=args.augment, limit=args.limit, max_train_images=args.max_train_images, seed=args.seed,
