@@ -104,7 +104,7 @@ def test_model_round_trip_matches_eval_forward_and_rate(hyper):
 def test_circuit_normalizes_and_incremental_matches_naive():
     """Brute force on a tiny circuit: every position's pmf sums to one, coder conditionals equal naive ones."""
     g = torch.Generator().manual_seed(3)
-    pc = ScaleConditionedTree(Tree((1, -1, 1)), 2, dtype=torch.float64)
+    pc = ScaleConditionedTree(Tree((1, -1, 1)), 2, 3, dtype=torch.float64)
     with torch.no_grad():
         for p in pc.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.7)
@@ -263,6 +263,7 @@ def test_training_mode_is_differentiable(hyper):
     (-lik.log().sum()).backward()
     assert y.grad.abs().sum() > 0 and scales.grad.abs().sum() > 0
     assert gc.pc.log_scale.grad is not None and gc.pc.log_scale.grad.abs().sum() > 0
+    assert gc.pc.scale_offset.grad.abs().sum() > 0
     gc.zero_grad()
 
 
@@ -294,11 +295,11 @@ def test_k1_reproduces_gaussian_conditional_rate(hyper):
     gc = hyper.gaussian_conditional
     x = torch.cat(_images(1, 64, 64, seed=21))
     y, scales, means, idx = _gc_inputs(hyper, x)
-    pc = ScaleConditionedTree(Tree(tuple([-1] + [0] * 11)), 1)
+    pc = ScaleConditionedTree(Tree(tuple([-1] + [0] * 11)), 1, len(gc.scale_table))
     sigma = gc.scale_table[idx.long()]
     u = gc.quantize(y, "symbols", means)
     rows = lambda t: t.permute(0, 2, 3, 1).reshape(-1, 12)  # noqa: E731
-    ours = pc.log_prob(rows(u), rows(sigma))
+    ours = pc.log_prob(rows(u), rows(sigma), rows(idx))
     ref = GaussianConditional(None)._likelihood(u, sigma).clamp_min(1e-9).log().sum(1).flatten()
     assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-3)
     assert math.isfinite(float(ours.sum()))

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--conditional", action="store_true",
                      help="also swap the hyperprior's gaussian_conditional for a PCConditional")
     fit.add_argument("--cond-latents", type=int, default=8, help="PCConditional states per channel (default: %(default)s)")
-    fit.add_argument("--cond-steps", type=int, default=1500, help="PCConditional Adam steps (default: %(default)s)")
+    fit.add_argument("--cond-steps", type=int, default=2000, help="PCConditional Adam steps (default: %(default)s)")
     fit.add_argument("--cond-max-items", type=int, default=60000, help="PCConditional positions used")
     fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default="chow-liu")
     fit.add_argument("--multiple", type=int, default=16, help="crop training images to multiples of this")

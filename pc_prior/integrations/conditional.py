@@ -6,7 +6,7 @@ coder uses). ``GaussianConditional`` treats the M channels at a position as inde
 their scales. Here the M channels at one position are the variables of a latent tree (Chow-Liu
 structure over standardized symbols, or a star), K states per channel, shared over positions:
 leaf (c, k) given scale index s is a discretized Gaussian with mean ``σ_s·m[c,k]`` and scale
-``exp(a[c,k])·σ_s^(1+b[c,k])`` (``σ_s = scale_table[s]``). K=1 with m=a=b=0 *is* the
+``exp(a[c,k] + o[c,s])·σ_s^(1+b[c,k])`` (``σ_s = scale_table[s]``). K=1 with m=a=b=o=0 *is* the
 GaussianConditional; with K>1 the latent states capture what the hyper-decoder misses: shared
 over- or under-dispersion of the channels at a position, sign and magnitude co-occurrence, and
 per-channel miscalibration of the predicted scales.
@@ -64,17 +64,19 @@ def _std_cdf(x: Tensor) -> Tensor:
 class ScaleConditionedTree(LatentTreeCircuit):
     """Latent tree over D channels whose leaves are discretized Gaussians scaled by side information.
 
-    ``leaf_log_probs(u, sigma)``: u [N, D] values (integers, or noisy in training), sigma [N, D]
-    positive scales; leaf (d, k) is N(σ·loc[d,k], (exp(log_scale[d,k])·σ^(1+scale_power[d,k]))²)
-    integrated over [u - 1/2, u + 1/2].
+    ``leaf_log_probs(u, sigma, s)``: u [N, D] values (integers, or noisy in training), sigma [N, D]
+    positive scales, s [N, D] their scale-table indexes; leaf (d, k) is
+    N(σ·loc[d,k], (exp(log_scale[d,k] + scale_offset[d,s])·σ^(1+scale_power[d,k]))²) integrated over
+    [u - 1/2, u + 1/2]. ``scale_offset`` [D, S] recalibrates each channel's scale per index.
     """
 
-    def __init__(self, tree: Tree, num_latents: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, tree: Tree, num_latents: int, num_scales: int = 64, dtype: torch.dtype = torch.float32) -> None:
         super().__init__(tree, num_latents, dtype)
         d, k = tree.num_vars, self.num_latents
         self.loc = nn.Parameter(torch.zeros(d, k, dtype=dtype))
         self.log_scale = nn.Parameter(torch.zeros(d, k, dtype=dtype))
         self.scale_power = nn.Parameter(torch.zeros(d, k, dtype=dtype))
+        self.scale_offset = nn.Parameter(torch.zeros(d, num_scales, dtype=dtype))
 
     @torch.no_grad()
     def init_params(self, spread: float = 0.6, coupling: float = 2.0, seed: int = 0) -> None:
@@ -89,40 +91,45 @@ class ScaleConditionedTree(LatentTreeCircuit):
         steps = torch.linspace(-0.5, 0.5, k, dtype=torch.float64) if k > 1 else torch.zeros(1, dtype=torch.float64)
         self.loc.zero_()
         self.scale_power.zero_()
+        self.scale_offset.zero_()
         self.log_scale.copy_((spread * steps).expand(d, k).to(dt))
         self.root_logits.zero_()
         noise = 0.1 * torch.randn(d, k, k, generator=g, dtype=torch.float64)
         self.transition_logits.copy_((coupling * torch.eye(k, dtype=torch.float64) + noise).to(dt))
 
-    def _loc_scale(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    def _loc_scale(self, sigma: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         sig = sigma[..., None].to(self.loc.dtype)
-        scale = torch.exp(self.log_scale + torch.log(sig) * (1.0 + self.scale_power))
+        off = self.scale_offset[torch.arange(self.num_vars, device=s.device), s.long()]  # [N, D]
+        scale = torch.exp(self.log_scale + off[..., None] + torch.log(sig) * (1.0 + self.scale_power))
         return sig * self.loc, scale
 
-    def leaf_log_probs(self, u: Tensor, sigma: Tensor) -> Tensor:
-        """Leaf log-likelihoods [N, D, K] of values u [N, D] at scales sigma [N, D]."""
-        mu, scale = self._loc_scale(sigma)
+    def leaf_log_probs(self, u: Tensor, sigma: Tensor, s: Tensor) -> Tensor:
+        """Leaf log-likelihoods [N, D, K] of values u [N, D] at scales sigma [N, D] of indexes s [N, D]."""
+        mu, scale = self._loc_scale(sigma, s)
         v = (u[..., None].to(mu.dtype) - mu).abs()  # symmetric: evaluate in the lower tail
         mass = _std_cdf((0.5 - v) / scale) - _std_cdf((-0.5 - v) / scale)
         return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
 
-    def escape_log_probs(self, radius: int, sigma: Tensor) -> Tensor:
+    def escape_log_probs(self, radius: int, sigma: Tensor, s: Tensor) -> Tensor:
         """log P(|u| > radius) per leaf, [N, D, K]."""
-        mu, scale = self._loc_scale(sigma)
+        mu, scale = self._loc_scale(sigma, s)
         mass = _std_cdf((-radius - 0.5 - mu) / scale) + _std_cdf((-radius - 0.5 + mu) / scale)
         return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
 
-    def log_prob(self, u: Tensor, sigma: Tensor) -> Tensor:
-        return self.upward(self.leaf_log_probs(u, sigma))[0]
+    def log_prob(self, u: Tensor, sigma: Tensor, s: Tensor) -> Tensor:
+        return self.upward(self.leaf_log_probs(u, sigma, s))[0]
 
     @torch.no_grad()
     def emission_probs(self, radius: int, scale_table: Tensor) -> Tensor:
         """Leaf pmfs [D, S, K, V] over -radius..radius then ESCAPE, float64, one table per scale."""
         s = scale_table.double().to(self.loc.device)
         d, n_s = self.num_vars, len(s)
+        if n_s != self.scale_offset.shape[1]:
+            raise ValueError(f"the circuit has scale offsets for {self.scale_offset.shape[1]} scales, the table has {n_s}")
         loc, log_scale, power = (p.detach().double() for p in (self.loc, self.log_scale, self.scale_power))
+        off = self.scale_offset.detach().double()[:, :, None]  # [D, S, 1]
         mu = s[None, :, None] * loc[:, None, :]  # [D, S, K]
-        scale = torch.exp(log_scale[:, None, :] + torch.log(s)[None, :, None] * (1.0 + power[:, None, :]))
+        scale = torch.exp(log_scale[:, None, :] + off + torch.log(s)[None, :, None] * (1.0 + power[:, None, :]))
         vals = torch.arange(-radius, radius + 1, dtype=torch.float64, device=s.device)
         v = (vals - mu[..., None]).abs()  # [D, S, K, 2R+1]
         sc = scale[..., None]
@@ -209,7 +216,8 @@ class PCConditional(GaussianConditional):
             if parent is None or len(parent) != loc.shape[0]:
                 error_msgs.append(f"{prefix}_pc_parent does not match the circuit's {loc.shape[0]} channels")
             else:
-                self.pc = ScaleConditionedTree(Tree(tuple(int(p) for p in parent)), loc.shape[1],
+                n_s = state_dict[prefix + "pc.scale_offset"].shape[1]
+                self.pc = ScaleConditionedTree(Tree(tuple(int(p) for p in parent)), loc.shape[1], n_s,
                                                dtype=loc.dtype).to(self.scale_bound.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -254,12 +262,12 @@ class PCConditional(GaussianConditional):
         u, s = self._rows(symbols), self._rows(indexes).long()
         sigma = self._scale_table_or_default()[s]
         r = self.radius if self._offset.numel() else None
-        leaf = pc.leaf_log_probs(u, sigma)
+        leaf = pc.leaf_log_probs(u, sigma, s)
         bits = torch.zeros(len(u), dtype=torch.float64, device=u.device)
         if r is not None:
             esc = u.abs() > r
             if esc.any():
-                leaf = torch.where(esc[..., None], pc.escape_log_probs(r, sigma), leaf)
+                leaf = torch.where(esc[..., None], pc.escape_log_probs(r, sigma, s), leaf)
                 bits = torch.where(esc, _escape_bits(u + r, torch.full_like(u, 2 * r + 1)), 0.0).sum(-1)
         logp = pc.upward(leaf)[0]
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
@@ -267,7 +275,7 @@ class PCConditional(GaussianConditional):
     # -- fitting --------------------------------------------------------------------------------
     def fit(
         self, symbols: Tensor, indexes: Tensor, num_latents: int = 8, *, structure: str = "chow-liu",
-        max_items: int | None = 60000, steps: int = 1500, batch_size: int = 2048, lr: float = 0.03,
+        max_items: int | None = 60000, steps: int = 2000, batch_size: int = 512, lr: float = 0.03,
         holdout: float = 0.1, tail: float = 1e-5, max_radius: int = 64, seed: int = 0, progress: bool = True,
     ) -> list[dict]:
         """Learn the structure, alphabet radius and leaves from rows of symbols and scale indexes [N, C].
@@ -304,7 +312,8 @@ class PCConditional(GaussianConditional):
         mag = u.abs().flatten().sort().values
         radius = int(mag[min(len(mag) - 1, int(math.ceil((1.0 - tail) * (len(mag) - 1))))]) + 1
         radius = max(4, min(max_radius, radius))
-        sigma = table.to(dev)[s.to(dev)].float()
+        s = s.to(dev)
+        sigma = table.to(dev)[s].float()
         u = u.to(dev).float()
         if structure == "star" or c == 1:
             z = (u / sigma).double()
@@ -313,7 +322,7 @@ class PCConditional(GaussianConditional):
         else:  # Chow-Liu tree on standardized symbols binned into 8 classes
             z = torch.clamp(torch.round(u.cpu() / sigma.cpu() * 2.0), -4, 3).long() + 4
             tree = chow_liu_tree(pairwise_mutual_information(z, 8, num_bins=8, seed=seed))
-        pc = ScaleConditionedTree(tree, num_latents).to(dev)
+        pc = ScaleConditionedTree(tree, num_latents, len(table)).to(dev)
         pc.init_params(seed=seed)
         hist: list[dict] = []
 
@@ -321,10 +330,10 @@ class PCConditional(GaussianConditional):
             if n_hold == 0:
                 return {}
             with torch.no_grad():
-                ut, st = u[hold.to(dev)], sigma[hold.to(dev)]
+                ut, st, it = u[hold.to(dev)], sigma[hold.to(dev)], s[hold.to(dev)]
                 mass = _std_cdf((0.5 - ut.abs()) / st) - _std_cdf((-0.5 - ut.abs()) / st)
                 base = -torch.log(mass.clamp_min(LIKELIHOOD_BOUND)).sum(-1).mean() / LN2
-                circ = -torch.cat([pc.log_prob(ut[i:i + 4096], st[i:i + 4096])
+                circ = -torch.cat([pc.log_prob(ut[i:i + 4096], st[i:i + 4096], it[i:i + 4096])
                                    for i in range(0, len(ut), 4096)]).mean() / LN2
             return {"holdout_base_bits": float(base), "holdout_pc_bits": float(circ)}
 
@@ -336,7 +345,7 @@ class PCConditional(GaussianConditional):
         loss = torch.zeros(())
         for step in bar:
             rows = train_dev[torch.randint(len(train), (min(batch_size, len(train)),), generator=g).to(dev)]
-            loss = -pc.log_prob(u[rows], sigma[rows]).mean() / LN2
+            loss = -pc.log_prob(u[rows], sigma[rows], s[rows]).mean() / LN2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -387,7 +396,8 @@ class PCConditional(GaussianConditional):
         values = outputs - means if means is not None else outputs
         if training:
             sigma = self._rows(self.lower_bound_scale(scales))
-            logp = pc.log_prob(self._rows(values), sigma).view(b, h, w)
+            s = self._rows(self.build_indexes(scales.detach()))
+            logp = pc.log_prob(self._rows(values), sigma, s).view(b, h, w)
         else:
             logp = self.log_likelihood(torch.round(values.detach()).long(), self.build_indexes(scales))
         lik = torch.exp(logp / c)[:, None].expand(-1, c, -1, -1)

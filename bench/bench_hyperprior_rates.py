@@ -1,0 +1,142 @@
+"""Coded Kodak bpp of frozen hyperprior codecs: their own entropy models vs PC bottleneck + PCConditional.
+
+For each quality: load the shared bmshj2018-hyperprior codec, code Kodak (padded to multiples of
+64) with its own EntropyBottleneck + GaussianConditional (real bytes from ``compress()``), then swap
+in a PCEntropyBottleneck on z and a PCConditional on y, both fitted on BSDS500 latents only
+(codec frozen), code Kodak again, check that ``decompress`` reproduces the eval-mode forward
+reconstruction bit-exactly (hence the baseline's reconstruction), and report both rates and the
+median encode/decode seconds per image of both, on the same device and thread count.
+
+    OMP_NUM_THREADS=1 python bench/bench_hyperprior_rates.py --qualities 1 2 3 --json runs/hyperprior_rates.json
+
+Measured: see the table at the end of this docstring (filled in from the run's JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+NAMES = ("entropy_bottleneck", "gaussian_conditional")
+
+
+@torch.no_grad()
+def code_kodak(net: torch.nn.Module, images: list[torch.Tensor], check_forward: bool) -> dict:
+    """Real bitstreams for every image: bpp (total, y, z), PSNR, reconstructions, median times."""
+    from pc_prior.integrations import pad_to_multiple
+
+    bits, ybits, pixels, ps, recs, t_enc, t_dec = 0, 0, 0, [], [], [], []
+    for x in images:
+        h, w = x.shape[-2:]
+        xp = pad_to_multiple(x, 64)
+        t = time.perf_counter()
+        enc = net.compress(xp)
+        t_enc.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
+        t_dec.append(time.perf_counter() - t)
+        if check_forward:
+            ref = net(xp)["x_hat"].clamp(0, 1)
+            if not torch.equal(rec, ref):
+                raise AssertionError("decompress does not reproduce the eval-mode forward reconstruction")
+        rec = rec[..., :h, :w]
+        bits += 8 * sum(len(s) for group in enc["strings"] for s in group)
+        ybits += 8 * sum(len(s) for s in enc["strings"][0])
+        pixels += h * w
+        ps.append(float(-10 * torch.log10(((rec - x) ** 2).mean())))
+        recs.append(rec)
+    return {"bpp": bits / pixels, "y_bpp": ybits / pixels, "z_bpp": (bits - ybits) / pixels,
+            "psnr": sum(ps) / len(ps), "recs": recs,
+            "enc_s": statistics.median(t_enc), "dec_s": statistics.median(t_dec)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--qualities", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--arch", default="bmshj2018-hyperprior")
+    ap.add_argument("--models", type=Path, default=SHARED / "models")
+    ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500")
+    ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
+    ap.add_argument("--max-images", type=int, default=None, help="training images used (default: all)")
+    ap.add_argument("--kodak-images", type=int, default=None, help="Kodak images coded (default: all 24)")
+    # z bottleneck (as bench_integration_rates.py)
+    ap.add_argument("--z-latents", type=int, default=16)
+    ap.add_argument("--z-max-items", type=int, default=60000)
+    ap.add_argument("--z-epochs", type=int, default=6)
+    ap.add_argument("--z-structure", choices=["chow-liu", "star"], default="star")
+    # y conditional
+    ap.add_argument("--latents", type=int, default=8, help="PCConditional states per channel")
+    ap.add_argument("--steps", type=int, default=2000, help="PCConditional Adam steps")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=0.03)
+    ap.add_argument("--max-items", type=int, default=60000, help="y positions subsampled for the fit")
+    ap.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from pc_prior.integrations import fit_prior, list_images, load_codec, load_image
+
+    kodak = [load_image(f) for f in list_images(args.kodak)][: args.kodak_images]
+    rows = []
+    for q in args.qualities:
+        path = args.models / f"{args.arch}-q{q}.pt"
+        net = load_codec(path)
+        net.update(force=True)
+        base = code_kodak(net, kodak, check_forward=False)
+        print(json.dumps({"quality": q, "base_bpp": base["bpp"], "base_y_bpp": base["y_bpp"],
+                          "base_dec_s": base["dec_s"]}), flush=True)
+        t = time.perf_counter()
+        hist = fit_prior(
+            net, args.train, name=NAMES, num_latents=args.z_latents, multiple=64, max_images=args.max_images,
+            max_items=args.z_max_items, epochs=args.z_epochs, full_batch_epochs=2, batch_size=256,
+            step_size=(0.5, 0.02), structure=args.z_structure, progress=not args.no_progress,
+            conditional={"num_latents": args.latents, "steps": args.steps, "batch_size": args.batch_size,
+                         "lr": args.lr, "max_items": args.max_items, "structure": args.structure},
+        )
+        fit_s = time.perf_counter() - t
+        net.eval()
+        pc = code_kodak(net, kodak, check_forward=True)
+        same = all(torch.equal(a, b) for a, b in zip(base["recs"], pc["recs"]))
+        gc = net.gaussian_conditional
+        row = {
+            "model": path.stem, "quality": q, "base_bpp": base["bpp"], "pc_bpp": pc["bpp"],
+            "saving_pct": 100 * (1 - pc["bpp"] / base["bpp"]),
+            "base_y_bpp": base["y_bpp"], "pc_y_bpp": pc["y_bpp"], "base_z_bpp": base["z_bpp"], "pc_z_bpp": pc["z_bpp"],
+            "base_psnr": base["psnr"], "pc_psnr": pc["psnr"], "same_reconstruction": same,
+            "latents": args.latents, "structure": args.structure, "radius": gc.radius, "steps": args.steps,
+            "fit_s": fit_s, "conditional_history": hist["gaussian_conditional"],
+            "z_train_bpd": hist["entropy_bottleneck"][-1]["train_bpd"],
+            "base_enc_s": base["enc_s"], "base_dec_s": base["dec_s"], "pc_enc_s": pc["enc_s"], "pc_dec_s": pc["dec_s"],
+            "dec_ratio": pc["dec_s"] / base["dec_s"], "table_mb": gc._pc_emit.numel() * 4 / 2**20,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:  # rewrite after every quality
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
+                                                      for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    print("\n| codec | base bpp (y+z) | PC bpp (y+z) | saving | PSNR (both) | same recon | fit s "
+          "| enc s base/PC | dec s base/PC (ratio) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['base_bpp']:.4f} ({r['base_y_bpp']:.4f}+{r['base_z_bpp']:.4f}) | "
+              f"{r['pc_bpp']:.4f} ({r['pc_y_bpp']:.4f}+{r['pc_z_bpp']:.4f}) | {r['saving_pct']:.1f}% | "
+              f"{r['pc_psnr']:.3f} | {r['same_reconstruction']} | {r['fit_s']:.0f} | "
+              f"{r['base_enc_s']:.2f}/{r['pc_enc_s']:.2f} | {r['base_dec_s']:.2f}/{r['pc_dec_s']:.2f} "
+              f"({r['dec_ratio']:.2f}x) |")
+    return 0 if all(r["same_reconstruction"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
