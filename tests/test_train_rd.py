@@ -133,7 +133,7 @@ def test_export_loads_and_round_trips(tmp_path):
     assert torch.equal(again.pc_bottleneck.pc.loc, net.entropy_bottleneck.pc.loc)
 
 
-def test_zoo_arch_export_reads_with_integrations_load_codec(tmp_path):
+def test_zoo_arch_export_reads_with_integrations_and_eval_loaders(tmp_path):
     from pc_prior.integrations import load_codec as integrations_load_codec
 
     torch.manual_seed(0)
@@ -142,8 +142,14 @@ def test_zoo_arch_export_reads_with_integrations_load_codec(tmp_path):
     model.fit_prior([torch.rand(1, 3, 64, 64)])
     model.export(tmp_path / "codec.pt")
     assert not (tmp_path / "codec-plain-state-dict.pt").exists()
+    x = torch.rand(1, 3, 64, 64)
     net = integrations_load_codec(tmp_path / "codec.pt")
-    assert_round_trip(net, torch.rand(1, 3, 64, 64))
+    assert_round_trip(net, x)
+    from pc_prior.eval.models import load_model  # what pc-prior eval uses
+
+    loaded = load_model(tmp_path / "codec.pt")
+    assert isinstance(loaded.net.entropy_bottleneck, PCEntropyBottleneck)
+    assert_round_trip(loaded.net, x)
 
 
 def test_starts_from_a_prior_fit_output_and_plain_files(tmp_path):
