@@ -348,7 +348,7 @@ def run_demo(out: str | Path = "runs/demo", *, data: str | Path | None = None, t
     log(f"reconstructions identical (PC vs base, bit for bit): {'yes' if all(identical) else 'NO'} "
         f"({same}/{len(identical)} images); rates are 8 x the bytes of the real bitstreams")
     log(f"mean saving: {mean['saving_pct']:.2f}% at {mean['psnr']:.3f} dB PSNR-RGB")
-    log(f"time: {wall:.0f} s wall, {cpu:.0f} s CPU, {torch.get_num_threads()} torch threads "
+    log(f"time: {wall:.0f} s wall, {cpu:.0f} s CPU, torch threads: {torch.get_num_threads()} "
         f"(fit {t_fit:.0f} s, coding both codecs {t_eval:.0f} s)")
     log(f"wrote {out / 'table.txt'}, {plot}, {out / 'demo.json'}, {out / 'base.json'}, {out / 'pc.json'}"
         + (f", {codec_path}" if codec_path else ""))
