@@ -191,8 +191,17 @@ class IncrementalConditionals:
         self._pending = out
         if self.groups is None:
             return out @ self.t.emit[i]
-        emit = self.t.emit[i][self.groups[:, i]]  # [N, K, V]
-        return torch.bmm(out.expand(self.n, -1)[:, None, :], emit)[:, 0]
+        # One matrix product per distinct table: far faster than a batched product over items,
+        # and exact all the same (integer sums below 2**53 do not depend on the kernel).
+        g = self.groups[:, i]
+        vals, inv = torch.unique(g, return_inverse=True)
+        if len(vals) == 1:
+            return out @ self.t.emit[i, int(vals[0])]
+        order = torch.argsort(inv)
+        pieces = out.expand(self.n, -1)[order].split(torch.bincount(inv).tolist())
+        res = torch.empty(self.n, self.t.emit.shape[-1], dtype=out.dtype, device=out.device)
+        res[order] = torch.cat([p @ self.t.emit[i, v] for v, p in zip(vals.tolist(), pieces)])
+        return res
 
     def observe(self, values: Tensor) -> None:
         """Record the values [N] of the variable whose weights were just returned."""
