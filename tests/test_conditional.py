@@ -276,6 +276,8 @@ def test_collect_and_fit_argument_errors(hyper):
     gc = PCConditional(None)
     with pytest.raises(ValueError, match="structure"):
         gc.fit(sym, idx, structure="ring")
+    with pytest.raises(ValueError, match="init"):
+        gc.fit(sym, idx, init="random")
     with pytest.raises(ValueError, match="shape"):
         gc.fit(sym, idx[:, :3])
     with pytest.raises(ValueError, match="no latent"):
@@ -303,3 +305,23 @@ def test_k1_reproduces_gaussian_conditional_rate(hyper):
     ref = GaussianConditional(None)._likelihood(u, sigma).clamp_min(1e-9).log().sum(1).flatten()
     assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-3)
     assert math.isfinite(float(ours.sum()))
+
+
+def test_data_init_and_star_structure_round_trip():
+    """init="data" starts from the binned standardized symbols; with a star it still codes exactly."""
+    model = _fitted(ScaleHyperprior, seed=2, init="data", structure="star", num_latents=4)
+    gc = model.gaussian_conditional
+    parent = np.asarray(gc.pc.tree.parent)
+    assert (parent < 0).sum() == 1 and len(set(parent[parent >= 0].tolist())) == 1  # a star
+    hist_pc = gc.pc
+    assert torch.isfinite(hist_pc.loc).all() and float(hist_pc.loc.detach().abs().max()) > 0
+    x = torch.cat(_images(2, 64, 64, seed=11))
+    with torch.no_grad():
+        ref = model(x)["x_hat"].clamp(0, 1)
+        enc = model.compress(x)
+        assert torch.equal(model.decompress(enc["strings"], enc["shape"])["x_hat"], ref)
+    pc = ScaleConditionedTree(Tree((-1, 0, 0)), 4, 3)
+    u = torch.tensor([[0.0, 3.0, -3.0], [1.0, -1.0, 0.0]] * 10)
+    pc.init_from_data(u, torch.ones_like(u))
+    assert torch.allclose(pc.log_transitions().exp().sum(-1), torch.ones(3, 4))
+    assert float(pc.loc[0].min()) < 0 < float(pc.loc[0].max())

@@ -97,6 +97,37 @@ class ScaleConditionedTree(LatentTreeCircuit):
         noise = 0.1 * torch.randn(d, k, k, generator=g, dtype=torch.float64)
         self.transition_logits.copy_((coupling * torch.eye(k, dtype=torch.float64) + noise).to(dt))
 
+    @torch.no_grad()
+    def init_from_data(self, u: Tensor, sigma: Tensor, pseudocount: float = 1.0, seed: int = 0) -> None:
+        """Hard-assignment start: state k of channel d = bin k of its standardized value u/σ.
+
+        Bins are equally spaced over [-2.5, 2.5] in units of σ (the outer ones open-ended);
+        leaves sit at the bin centres, the root and transitions are the smoothed empirical
+        frequencies of the bins along the tree's edges. The tree then starts out as the
+        Chow-Liu-style model of the quantized standardized latents, and training refines it.
+        """
+        self.init_params(seed=seed)
+        d, k = self.num_vars, self.num_latents
+        if k < 2:
+            return
+        dt = self.loc.dtype
+        edges = torch.linspace(-2.5, 2.5, k - 1, dtype=torch.float64)
+        width = float(edges[1] - edges[0]) if k > 2 else 2.5
+        centres = torch.cat([edges[:1] - width / 2, (edges[1:] + edges[:-1]) / 2, edges[-1:] + width / 2])
+        z = (u.double() / sigma.double()).cpu()
+        b = torch.bucketize(z, edges)  # [N, D] in 0..K-1
+        self.loc.copy_(centres.expand(d, k).to(dt))
+        self.log_scale.fill_(math.log(max(width, 0.3) / 2))
+        parent = np.asarray(self.tree.parent)
+        root = int(np.flatnonzero(parent < 0)[0])
+        cnt = torch.bincount(b[:, root], minlength=k).double() + pseudocount
+        self.root_logits.copy_(cnt.log().to(dt))
+        trans = torch.full((d, k, k), pseudocount, dtype=torch.float64)
+        for i in range(d):
+            if parent[i] >= 0:
+                trans[i].view(-1).index_add_(0, b[:, parent[i]] * k + b[:, i], torch.ones(len(b), dtype=torch.float64))
+        self.transition_logits.copy_((trans / trans.sum(-1, keepdim=True)).log().to(dt))
+
     def _loc_scale(self, sigma: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         sig = sigma[..., None].to(self.loc.dtype)
         off = self.scale_offset[torch.arange(self.num_vars, device=s.device), s.long()]  # [N, D]
@@ -276,7 +307,8 @@ class PCConditional(GaussianConditional):
     def fit(
         self, symbols: Tensor, indexes: Tensor, num_latents: int = 8, *, structure: str = "chow-liu",
         max_items: int | None = 60000, steps: int = 2000, batch_size: int = 512, lr: float = 0.03,
-        holdout: float = 0.1, tail: float = 1e-5, max_radius: int = 64, seed: int = 0, progress: bool = True,
+        holdout: float = 0.1, tail: float = 1e-5, max_radius: int = 64, init: str = "baseline", seed: int = 0,
+        progress: bool = True,
     ) -> list[dict]:
         """Learn the structure, alphabet radius and leaves from rows of symbols and scale indexes [N, C].
 
@@ -284,11 +316,15 @@ class PCConditional(GaussianConditional):
         codec, one row per latent position. ``max_items`` random positions are used (None: all),
         ``holdout`` of them to report held-out bits. Adam for ``steps`` steps on mini-batches of
         ``batch_size`` positions (learning rate decayed linearly to 10%). The radius R covers the
-        ``1 - tail`` quantile of |symbol| (at least 4, at most ``max_radius``). Ends with ``update()``.
+        ``1 - tail`` quantile of |symbol| (at least 4, at most ``max_radius``). ``init="data"`` starts
+        from the binned standardized symbols (``ScaleConditionedTree.init_from_data``),
+        ``"baseline"`` next to the Gaussian conditional (``init_params``). Ends with ``update()``.
         Returns the history (held-out bits per position of the baseline and the circuit).
         """
         if structure not in ("chow-liu", "star"):
             raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
+        if init not in ("data", "baseline"):
+            raise ValueError(f'init must be "data" or "baseline", got {init!r}')
         if symbols.dim() != 2 or tuple(indexes.shape) != tuple(symbols.shape):
             raise ValueError(f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
                              f"and {tuple(indexes.shape)}")
@@ -323,7 +359,10 @@ class PCConditional(GaussianConditional):
             z = torch.clamp(torch.round(u.cpu() / sigma.cpu() * 2.0), -4, 3).long() + 4
             tree = chow_liu_tree(pairwise_mutual_information(z, 8, num_bins=8, seed=seed))
         pc = ScaleConditionedTree(tree, num_latents, len(table)).to(dev)
-        pc.init_params(seed=seed)
+        if init == "data":
+            pc.init_from_data(u, sigma, seed=seed)
+        else:
+            pc.init_params(seed=seed)
         hist: list[dict] = []
 
         def held_out_bits() -> dict:
