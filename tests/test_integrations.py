@@ -9,6 +9,7 @@ from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperpr
 
 from pc_prior import BitstreamError
 from pc_prior.integrations import PCEntropyBottleneck, collect_latents, fit_prior, swap_entropy_model
+from pc_prior.integrations.bitstream import header_bytes
 
 from conftest import shared_path
 
@@ -102,7 +103,9 @@ def test_symbols_round_trip_exactly_and_rate_matches_model(fact):
     logp = eb.log_likelihood(eb.symbols(y))
     assert torch.allclose(lik.log().sum(1), logp, atol=1e-3)
     model_bits = float(-logp.detach().sum() / math.log(2))
-    coded_bits = 8 * sum(len(s) - 25 for s in strings)  # minus the 25-byte headers
+    head = header_bytes(tuple(y.shape[-2:]))
+    assert head == 13  # magic 2, version 1, fingerprint 4, H and W 1 each, CRC32 4
+    coded_bits = 8 * sum(len(s) - head for s in strings)  # minus the headers
     assert model_bits - 1 <= coded_bits <= model_bits * 1.02 + 32 * len(strings)
 
 
@@ -334,3 +337,20 @@ def test_logistic_leaves_round_trip_and_train_the_analysis_transform():
                            model.decompress(enc["strings"], enc["shape"])["x_hat"])
     with pytest.raises(ValueError, match="leaves"):
         eb.fit(torch.randn(10, 12), leaves="gaussian")
+
+
+def test_header_varints_and_version():
+    from pc_prior.integrations import bitstream
+
+    payload = b"\x01\x02\x03\x04"
+    for size in [(1, 1), (127, 128), (300, 70000)]:
+        s = bitstream.pack(b"PB", 2, b"abcdefgh", size, payload)
+        assert len(s) == bitstream.header_bytes(size) + 4
+        assert bitstream.unpack(s, b"PB", 2, b"abcdXXXX", size, "X").tolist() == [0x04030201]
+        with pytest.raises(BitstreamError, match="asked for"):
+            bitstream.unpack(s, b"PB", 2, b"abcd", (size[0], size[1] + 1), "X")
+        for cut in range(1, bitstream.header_bytes(size)):
+            with pytest.raises(BitstreamError, match="truncated"):
+                bitstream.unpack(s[:cut], b"PB", 2, b"abcd", size, "X")
+    with pytest.raises(BitstreamError, match="version 1, this pc-prior reads version 2"):
+        bitstream.unpack(bitstream.pack(b"PB", 1, b"abcd", (2, 2), payload), b"PB", 2, b"abcd", (2, 2), "X")

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
-import zlib
 from typing import Any
 
 import constriction
@@ -34,17 +32,17 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from ..coding import BitstreamError, CodingTables, IncrementalConditionals, coding_tables, verified_payload
+from ..coding import BitstreamError, CodingTables, IncrementalConditionals, coding_tables
 from ..hclt import HCLT
 from ..structure import Tree
 from ..training import fit_em
+from . import bitstream
 from .leaves import DiscretizedLogisticTree
 
 __all__ = ["PCEntropyBottleneck", "MAGIC", "FORMAT_VERSION"]
 
-MAGIC = b"PCEB"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sB8sIII")  # magic, version, fingerprint, H, W, crc32(payload)
+MAGIC = b"PB"
+FORMAT_VERSION = 2  # 2: compact header (pc_prior.integrations.bitstream)
 MAX_SYMBOL = 2**31 - 1  # |symbol| bound of the bypass code (bit length <= 33)
 _LEN_ALPHABET = 34
 LN2 = math.log(2.0)
@@ -365,27 +363,8 @@ class PCEntropyBottleneck(EntropyBottleneck):
         fp = self._fingerprint(tables)
         out = []
         for enc in encs:
-            payload = enc.get_compressed().astype("<u4").tobytes()
-            out.append(_HEADER.pack(MAGIC, FORMAT_VERSION, fp, h, w, zlib.crc32(payload)) + payload)
+            out.append(bitstream.pack(MAGIC, FORMAT_VERSION, fp, (h, w), enc.get_compressed().astype("<u4").tobytes()))
         return out
-
-    def _read(self, data: Any, fp: bytes, size: tuple[int, int]) -> np.ndarray:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"each string must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) < _HEADER.size:
-            raise BitstreamError(f"bitstream truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
-        magic, version, sfp, h, w, crc = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise BitstreamError("not a PCEntropyBottleneck bitstream (bad magic bytes)")
-        if version != FORMAT_VERSION:
-            raise BitstreamError(f"bitstream format version {version}, this pc-prior reads version {FORMAT_VERSION}")
-        if sfp != fp:
-            raise BitstreamError("bitstream was made by another model or another fit (fingerprint mismatch)")
-        if (h, w) != size:
-            raise BitstreamError(f"bitstream holds a {h}x{w} latent, decompress was asked for {size[0]}x{size[1]}")
-        payload = verified_payload(data, _HEADER.size, crc)
-        return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
 
     def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
         """Decode ``compress``'s strings into the dequantized latent [B, C, H, W] (float32)."""
@@ -396,7 +375,7 @@ class PCEntropyBottleneck(EntropyBottleneck):
             raise ValueError(f"size must be the latent's (H, W), got {size}")
         tables = self._require_tables()
         fp = self._fingerprint(tables)
-        words = [self._read(d, fp, size) for d in strings]  # type: ignore[arg-type]
+        words = [bitstream.unpack(d, MAGIC, FORMAT_VERSION, fp, size, "PCEntropyBottleneck") for d in strings]
         b, c, (h, w) = len(strings), self.channels, size
         p = h * w
         dev = tables.root.device
