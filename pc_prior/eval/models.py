@@ -128,29 +128,17 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
         raise ModelLoadError(f"{path} has format {fmt!r} but no model loader for it is registered "
                              f"(expected from {_SENTINEL_INTEGRATIONS} via register_model_loader)")
     zoo, archs = _zoo(), _architectures()
-    if "state_dict" in obj and "arch" in obj and "quality" in obj:  # shared/models and export_codec format
+    if "state_dict" in obj and "arch" in obj and "quality" in obj:  # the project's codec format: one loader
+        from pc_prior.integrations import read_codec_file
+
         a, q = obj["arch"], int(obj["quality"])
         if arch is not None and arch != a:
             raise ModelLoadError(f"{path} is a {a} checkpoint but --arch {arch} was given")
-        if a not in zoo:
-            raise ModelLoadError(f"{path}: unknown architecture {a!r}; known: {', '.join(sorted(zoo))}")
-        info = {k: obj[k] for k in ("lmbda", "steps", "kodak") if k in obj}
-        if obj.get("pc_modules"):  # written by integrations.save_codec: re-swap the PC entropy models
-            from pc_prior.integrations import load_codec
-
-            return LoadedModel(load_codec(path, map_location=device), name=path.stem, arch=a, quality=q,
-                               source=str(path), info=info)
-        net = zoo[a](quality=q, **(obj.get("net_kwargs") or {}))
         try:
-            net.load_state_dict(_float_state(obj["state_dict"]))
-        except RuntimeError as e:  # not the zoo's channel counts for this quality: infer them from the weights
-            if a not in archs:
-                raise ModelLoadError(f"{path}: its state dict does not fit {a} at quality {q}: {e}") from e
-            try:
-                net = archs[a].from_state_dict(_float_state(obj["state_dict"]))
-            except Exception as e2:
-                raise ModelLoadError(f"{path}: its state dict does not fit architecture {a}: {e2}") from e2
-            net.update(force=True)
+            net, _ = read_codec_file(path)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
+        info = {k: obj[k] for k in ("lmbda", "steps", "kodak") if k in obj}
         return LoadedModel(net.to(device).eval(), name=path.stem, arch=a, quality=q, source=str(path), info=info)
     state = obj
     for key in ("network", "state_dict", "model_state_dict"):  # CompressAI eval_model's convention

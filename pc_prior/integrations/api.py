@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from .entropy_models import PCEntropyBottleneck
 
 __all__ = [
     "swap_entropy_model", "collect_latents", "collect_conditional_inputs", "fit_prior", "load_image",
-    "pad_to_multiple", "crop_to_multiple", "list_images",
+    "pad_to_multiple", "crop_to_multiple", "list_images", "build_codec", "read_codec_file", "load_codec", "save_codec",
 ]
 
 PC_MODULES = (PCEntropyBottleneck, PCConditional)
@@ -256,24 +256,69 @@ def fit_prior(
     return hists[name] if isinstance(name, str) else hists
 
 
-def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """A CompressAI zoo codec from a checkpoint dict (``arch``, ``quality``, ``state_dict``), in eval mode.
+def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh (untrained) codec: a zoo architecture (``image_models[arch](quality=...)``), or a
+    ``compressai.models`` class by name built with ``net_kwargs`` (e.g. ``FactorizedPrior``, N=8, M=12)."""
+    import compressai.models
+    from compressai.zoo import image_models
 
-    Checkpoints written by ``save_codec`` list their swapped modules under ``pc_modules``; those
-    are swapped in before loading, so the circuit and its coding tables come back bit-exactly.
-    Floating tensors stored in half precision are cast to float32.
+    if net_kwargs:
+        cls = getattr(compressai.models, arch, None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"net_kwargs given, so arch must be a compressai.models class name; got {arch!r}")
+        return cls(**net_kwargs)
+    if arch in image_models:
+        return image_models[arch](quality=quality, pretrained=False)
+    cls = getattr(compressai.models, arch, None)
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return cls()
+    raise ValueError(f"unknown arch {arch!r}; zoo architectures: {', '.join(sorted(image_models))}")
+
+
+def _float_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
+
+
+def read_codec_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(codec on CPU, the file's dict) for a codec file: the one loader of the project's codec format.
+
+    The format is a dict with ``arch``, ``quality`` and ``state_dict`` (``../shared/models``, the
+    train exports and ``save_codec`` files). ``net_kwargs`` select a ``compressai.models`` class
+    by name; ``pc_modules`` (written by ``save_codec``) are swapped to PC entropy models before
+    loading, so circuits and coding tables come back bit-exactly. Half-precision tensors are cast
+    to float32. A plain zoo-architecture file whose weights are not that quality's sizes is built
+    from the weights (CompressAI's ``from_state_dict``).
     """
-    import compressai
+    from compressai.zoo.image import model_architectures
 
-    ck = torch.load(path, map_location=map_location)
-    for key in ("arch", "quality", "state_dict"):
-        if key not in ck:
-            raise ValueError(f"{path} is not a codec checkpoint: no {key!r} entry")
-    net = compressai.zoo.image_models[ck["arch"]](quality=ck["quality"])
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"codec file not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable torch file: {e}") from e
+    if not isinstance(ck, dict) or not {"arch", "quality", "state_dict"} <= ck.keys():
+        raise ValueError(f"{path} is not a codec file (needs arch, quality and state_dict)")
+    state = _float_state(ck["state_dict"])
+    net = build_codec(ck["arch"], ck["quality"], ck.get("net_kwargs"))
     if ck.get("pc_modules"):
-        swap_entropy_model(net, ck["pc_modules"])
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
-    return net.to(map_location).eval()
+        swap_entropy_model(net, list(ck["pc_modules"]))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        if ck.get("pc_modules") or ck.get("net_kwargs") or ck["arch"] not in model_architectures:
+            raise ValueError(f"{path}: its weights do not fit {ck['arch']} (quality {ck['quality']}): {e}") from e
+        try:  # not the zoo's channel counts for this quality: take them from the weights
+            net = model_architectures[ck["arch"]].from_state_dict(state)
+        except Exception as e2:
+            raise ValueError(f"{path}: its weights do not fit architecture {ck['arch']}: {e2}") from e2
+    return net, ck
+
+
+def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The codec of a codec file (see ``read_codec_file``), in eval mode on ``map_location``."""
+    return read_codec_file(path)[0].to(map_location).eval()
 
 
 def save_codec(model: nn.Module, path: str | Path, arch: str, quality: int, **extra) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from compressai.losses import RateDistortionLoss
 from torch import Tensor, nn
 
-from ..integrations.api import pad_to_multiple
+from ..integrations.api import build_codec, load_codec, pad_to_multiple, read_codec_file
 
 __all__ = [
     "ZOO_MSE_LAMBDAS", "ZOO_MSSSIM_LAMBDAS", "RDTrainingModule", "CodecModule", "build_codec", "export_codec", "load_codec",
@@ -46,25 +46,6 @@ def lambda_for_quality(quality: int, metric: str = "mse") -> float:
     if quality not in table:
         raise ValueError(f"quality must be one of {sorted(table)}, got {quality}")
     return table[quality]
-
-
-def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """A fresh (untrained) codec: a zoo architecture (``image_models[arch](quality=...)``), or a
-    ``compressai.models`` class by name built with ``net_kwargs`` (e.g. ``FactorizedPrior``, N=8, M=12)."""
-    import compressai.models
-    from compressai.zoo import image_models
-
-    if net_kwargs:
-        cls = getattr(compressai.models, arch, None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ValueError(f"net_kwargs given, so arch must be a compressai.models class name; got {arch!r}")
-        return cls(**net_kwargs)
-    if arch in image_models:
-        return image_models[arch](quality=quality, pretrained=False)
-    cls = getattr(compressai.models, arch, None)
-    if isinstance(cls, type) and issubclass(cls, nn.Module):
-        return cls()
-    raise ValueError(f"unknown arch {arch!r}; zoo architectures: {', '.join(sorted(image_models))}")
 
 
 def split_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -111,31 +92,6 @@ def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbd
     torch.save(state, tmp)
     tmp.replace(path)
     return path
-
-
-def read_codec_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(codec in train mode on CPU, the file's dict) for a codec file: the ``shared/models`` format,
-    an :func:`export_codec` file or a ``save_codec`` file (its ``pc_modules`` are swapped to
-    ``PCEntropyBottleneck`` before loading). ``net_kwargs`` select a ``compressai.models`` class."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"codec file not found: {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ck, dict) or not {"arch", "quality", "state_dict"} <= ck.keys():
-        raise ValueError(f"{path} is not a codec file (needs arch, quality and state_dict)")
-    net = build_codec(ck["arch"], ck["quality"], ck.get("net_kwargs"))
-    if ck.get("pc_modules"):
-        from ..integrations import swap_entropy_model
-
-        for name in ck["pc_modules"]:
-            swap_entropy_model(net, name)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
-    return net, ck
-
-
-def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a codec file (see :func:`read_codec_file`) into an eval-mode codec."""
-    return read_codec_file(path)[0].to(map_location).eval()
 
 
 def _resize_coder_buffers(module: nn.Module, state_dict: dict[str, Tensor], prefix: str = "") -> None:

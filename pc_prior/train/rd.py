@@ -53,7 +53,7 @@ def load_start_codec(codec: str | None, arch: str, quality: int,
     """The codec to start from (train mode, CPU) and what is known about it (``arch``, ``quality``, ``lmbda``...).
 
     ``codec``: a codec file with ``arch``/``quality``/``state_dict`` (see
-    :func:`~pc_prior.train.codec.read_codec_file`), any other checkpoint ``pc-prior eval`` reads
+    :func:`~pc_prior.integrations.read_codec_file`), any other checkpoint ``pc-prior eval`` reads
     (a CompressAI training checkpoint or state dict, of architecture ``arch``), a zoo spec
     ``ARCH:qN`` (pretrained, needs the network), or ``None`` for a fresh ``build_codec(arch, quality, net_kwargs)``.
     """
