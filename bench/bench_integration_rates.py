@@ -26,15 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-def load_codec(path: Path) -> torch.nn.Module:
-    import compressai
-
-    ck = torch.load(path, map_location="cpu")
-    net = compressai.zoo.image_models[ck["arch"]](quality=ck["quality"])
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
-    return net.eval()
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
@@ -88,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from pc_prior.integrations import fit_prior, list_images, load_image
+    from pc_prior.integrations import fit_prior, list_images, load_codec, load_image
 
     kodak = [load_image(f) for f in list_images(args.kodak)]
     rows = []
