@@ -17,7 +17,8 @@ of ``pc_prior.coding.IncrementalConditionals`` and per-item emission tables (tab
 channel c for an element with scale index s). ``update()`` writes the integer tables into
 registered buffers: ``_pc_emit`` [M, S, K, V] over the symbols ``-R..R`` plus ESCAPE; a symbol
 outside ``-R..R`` is coded as ESCAPE followed by the bottleneck's exact bypass code, so nothing
-is ever clipped. Strings carry a header (magic, version, model fingerprint, latent size, CRC32).
+is ever clipped. Strings carry the integrations' compact header (magic, version, model
+fingerprint, latent size, CRC32; ``pc_prior.integrations.bitstream``).
 
 Rate in ``forward``. Eval mode: the joint log-probability of a position's symbols under the
 coded model (escapes included) is spread evenly over its channels, so ``-sum(log2 likelihoods)``
@@ -29,8 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
-import zlib
 from typing import Any
 
 import constriction
@@ -41,18 +40,16 @@ from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..coding import (
-    BitstreamError, CodingTables, IncrementalConditionals, quantize_probs, verified_payload,
-)
+from ..coding import BitstreamError, CodingTables, IncrementalConditionals, quantize_probs
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
+from . import bitstream
 from .entropy_models import MAX_SYMBOL, _decode_escapes, _encode_escapes, _escape_bits
 
 __all__ = ["PCConditional", "ScaleConditionedTree", "MAGIC", "FORMAT_VERSION"]
 
-MAGIC = b"PCGC"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sB8sIII")  # magic, version, fingerprint, H, W, crc32(payload)
+MAGIC = b"PG"
+FORMAT_VERSION = 1  # header: pc_prior.integrations.bitstream (shared with PCEntropyBottleneck)
 LIKELIHOOD_BOUND = 1e-9
 LN2 = math.log(2.0)
 
@@ -471,30 +468,8 @@ class PCConditional(GaussianConditional):
                 if e.any():
                     _encode_escapes(enc, rel_np[sl, i][e], np.full(int(e.sum()), 2 * r + 1))
             inc.observe(idx[:, i])
-        out = []
-        for enc in encs:
-            payload = enc.get_compressed().astype("<u4").tobytes()
-            out.append(_HEADER.pack(MAGIC, FORMAT_VERSION, fp, h, w, zlib.crc32(payload)) + payload)
-        return out
-
-    @staticmethod
-    def _read(data: Any, fp: bytes, size: tuple[int, int]) -> np.ndarray:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"each string must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) < _HEADER.size:
-            raise BitstreamError(f"bitstream truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
-        magic, version, sfp, h, w, crc = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise BitstreamError("not a PCConditional bitstream (bad magic bytes)")
-        if version != FORMAT_VERSION:
-            raise BitstreamError(f"bitstream format version {version}, this pc-prior reads version {FORMAT_VERSION}")
-        if sfp != fp:
-            raise BitstreamError("bitstream was made by another model or another fit (fingerprint mismatch)")
-        if (h, w) != size:
-            raise BitstreamError(f"bitstream holds a {h}x{w} latent, decompress was asked for {size[0]}x{size[1]}")
-        payload = verified_payload(data, _HEADER.size, crc)
-        return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        return [bitstream.pack(MAGIC, FORMAT_VERSION, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
+                for enc in encs]
 
     def decompress(self, strings: list[bytes], indexes: Tensor, dtype: torch.dtype = torch.float,
                    means: Tensor | None = None) -> Tensor:
@@ -508,7 +483,7 @@ class PCConditional(GaussianConditional):
         b, c, h, w = indexes.shape
         if len(strings) != b:
             raise ValueError(f"{len(strings)} strings for a batch of {b} index maps")
-        words = [self._read(d, fp, (h, w)) for d in strings]
+        words = [bitstream.unpack(d, MAGIC, FORMAT_VERSION, fp, (h, w), "PCConditional") for d in strings]
         r = self.radius
         v = 2 * r + 2
         p = h * w
