@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--latents", type=int, default=16)
     ap.add_argument("--positions", type=int, default=240000, help="training positions (all, for 2x2 blocks)")
+    ap.add_argument("--train-images", type=int, default=None, help="use only the first N BSDS500 images (smoke runs)")
+    ap.add_argument("--epochs", type=int, default=6, help="mini-batch EM epochs (then 2 full-batch)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from pc_prior.hclt import HCLT
@@ -61,7 +63,7 @@ def main() -> None:
     from pc_prior.training import fit_em
 
     net = load_codec(SHARED / "models" / f"bmshj2018-factorized-q{args.quality}.pt")
-    train_y = latent_symbols(net, list_images(SHARED / "data" / "bsds500"), 64)
+    train_y = latent_symbols(net, list_images(SHARED / "data" / "bsds500")[: args.train_images], 64)
     test_y = latent_symbols(net, list_images(SHARED / "data" / "kodak"), 64)
     pixels = sum(y.shape[-2] * y.shape[-1] * 256 for y in test_y)
     for b in args.blocks:
@@ -79,7 +81,7 @@ def main() -> None:
         hub = int(tr.double().var(0).argmax())
         pc = HCLT(Tree(tuple(-1 if i == hub else hub for i in range(d))), v, args.latents)
         pc.init_params(tr, seed=0)
-        fit_em(pc, tr, epochs=6, batch_size=256, full_batch_epochs=2, step_size=(0.5, 0.02), pseudocount=0.1,
+        fit_em(pc, tr, epochs=args.epochs, batch_size=256, full_batch_epochs=2, step_size=(0.5, 0.02), pseudocount=0.1,
                seed=0, progress=False)
         with torch.no_grad():
             bits = float(-pc.log_prob(te).sum() / math.log(2))
