@@ -44,7 +44,7 @@ from ..coding import BitstreamError, CodingTables, IncrementalConditionals, quan
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from . import bitstream
-from .entropy_models import MAX_SYMBOL, _decode_escapes, _encode_escapes, _escape_bits
+from .entropy_models import MAX_SYMBOL, _encode_escapes, _escape_bits, decode_symbols
 
 __all__ = ["PCConditional", "ScaleConditionedTree", "MAGIC", "FORMAT_VERSION"]
 
@@ -488,32 +488,8 @@ class PCConditional(GaussianConditional):
         v = 2 * r + 2
         p = h * w
         groups = self._rows(indexes).cpu()
-        rel = torch.empty(b * p, c, dtype=torch.long)
-        decs = [constriction.stream.queue.RangeDecoder(wd) for wd in words]
-        family = constriction.stream.model.Categorical(perfect=False)
         inc = IncrementalConditionals(tables.to("cpu"), b * p, "cpu", groups=groups)
-        try:
-            for i in inc.order:
-                w_ = inc.weights()
-                probs = (w_ / w_.sum(-1, keepdim=True)).numpy()
-                col = np.empty(b * p, dtype=np.int64)
-                val = np.empty(b * p, dtype=np.int64)
-                for j, dec in enumerate(decs):
-                    sl = slice(j * p, (j + 1) * p)
-                    col[sl] = dec.decode(family, probs[sl])
-                    val[sl] = col[sl]
-                    e = col[sl] == v - 1
-                    if e.any():
-                        val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), 2 * r + 1))
-                rel[:, i] = torch.from_numpy(val)
-                inc.observe(torch.from_numpy(col))
-        except BitstreamError:
-            raise
-        except Exception as err:  # the range decoder rejects impossible data
-            raise BitstreamError(f"bitstream could not be decoded: {err}") from err
-        for dec in decs:
-            if dec.maybe_exhausted() is False:
-                raise BitstreamError("bitstream has trailing data beyond what the model decodes")
+        rel = decode_symbols(words, inc, p, v - 1, np.full(c, 2 * r + 1, dtype=np.int64))
         dev = indexes.device
         sym = torch.empty(b, c, h, w, dtype=torch.float32, device=dev)  # standard strides, as forward's
         sym.copy_((rel - r).view(b, h, w, c).permute(0, 3, 1, 2))

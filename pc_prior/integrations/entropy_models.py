@@ -106,6 +106,46 @@ def _probabilities(w: Tensor) -> np.ndarray:
     return (w / w.sum(-1, keepdim=True)).cpu().numpy()
 
 
+def decode_symbols(words: list[np.ndarray], inc: IncrementalConditionals, items_per_string: int,
+                   escape: int, alphabet: np.ndarray) -> Tensor:
+    """Range-decode the items of every string, one variable at a time in ``inc.order``.
+
+    String j holds items ``j*items_per_string ..``; variable i's symbol ``escape`` is followed by
+    the exact bypass code of a value outside ``0 .. alphabet[i] - 1``. Returns the alphabet-relative
+    values [B * items_per_string, D] (int64). Impossible, inconsistent or overlong data raise
+    ``BitstreamError``; this is the one decoding loop of the integrations' entropy models.
+    """
+    p = items_per_string
+    n = len(words) * p
+    rel = torch.empty(n, len(alphabet), dtype=torch.long)
+    decs = [constriction.stream.queue.RangeDecoder(wd) for wd in words]
+    family = _categorical()
+    try:
+        for i in inc.order:
+            probs = _probabilities(inc.weights())
+            col = np.empty(n, dtype=np.int64)
+            val = np.empty(n, dtype=np.int64)
+            for j, dec in enumerate(decs):
+                sl = slice(j * p, (j + 1) * p)
+                col[sl] = dec.decode(family, probs[sl])
+                val[sl] = col[sl]
+                e = col[sl] == escape
+                if ((col[sl] >= alphabet[i]) & ~e).any():
+                    raise BitstreamError(f"bitstream decodes to a symbol outside variable {i}'s alphabet")
+                if e.any():
+                    val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), alphabet[i]))
+            rel[:, i] = torch.from_numpy(val)
+            inc.observe(torch.from_numpy(col))
+    except BitstreamError:
+        raise
+    except Exception as err:  # the range decoder rejects impossible data
+        raise BitstreamError(f"bitstream could not be decoded: {err}") from err
+    for dec in decs:
+        if dec.maybe_exhausted() is False:
+            raise BitstreamError("bitstream has trailing data beyond what the model decodes")
+    return rel
+
+
 class PCEntropyBottleneck(EntropyBottleneck):
     """Entropy bottleneck whose prior is a hidden Chow-Liu tree over the channels at a position.
 
@@ -381,33 +421,7 @@ class PCEntropyBottleneck(EntropyBottleneck):
         dev = tables.root.device
         v = tables.emit.shape[-1]
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
-        rel = torch.empty(b * p, c, dtype=torch.long)
-        decs = [constriction.stream.queue.RangeDecoder(wd) for wd in words]
-        family = _categorical()
-        inc = IncrementalConditionals(tables, b * p, dev)
-        try:
-            for i in inc.order:
-                probs = _probabilities(inc.weights())
-                col = np.empty(b * p, dtype=np.int64)
-                val = np.empty(b * p, dtype=np.int64)
-                for j, dec in enumerate(decs):
-                    sl = slice(j * p, (j + 1) * p)
-                    col[sl] = dec.decode(family, probs[sl])
-                    val[sl] = col[sl]
-                    e = col[sl] == v - 1
-                    if ((col[sl] >= n_np[i]) & ~e).any():
-                        raise BitstreamError(f"bitstream decodes to a symbol outside channel {i}'s alphabet")
-                    if e.any():
-                        val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), n_np[i]))
-                rel[:, i] = torch.from_numpy(val)
-                inc.observe(torch.from_numpy(col))
-        except BitstreamError:
-            raise
-        except Exception as err:  # the range decoder rejects impossible data
-            raise BitstreamError(f"bitstream could not be decoded: {err}") from err
-        for dec in decs:
-            if dec.maybe_exhausted() is False:
-                raise BitstreamError("bitstream has trailing data beyond what the model decodes")
+        rel = decode_symbols(words, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np)
         s = rel.to(self._offset.device) + self._offset.long()
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
