@@ -8,8 +8,8 @@ and circuit after joint training, capped at --minutes), both in the ``save_codec
     pc-prior prior eval --codec runs/rd_cpu_lr1e-5/after.pt --images ../shared/data/kodak --threads 1
 
 Measured (1 thread, shared 2-core machine, 8-minute cap = 111-141 steps of 128x128 crops, batch 8):
-frozen 0.2506 bpp / 27.372 dB; joint lr 1e-4: 0.2503 bpp / 26.893 dB; joint lr 1e-5: 0.2513 bpp /
-27.372 dB. Far too short to show the benefit of joint training, which needs GPU hours.
+frozen 0.2504 bpp / 27.372 dB; joint lr 1e-4: 0.2500 bpp / 26.893 dB; joint lr 1e-5: 0.2510 bpp /
+27.372 dB (rates with the 13-byte string header). Far too short to show the benefit of joint training, which needs GPU hours.
 """
 
 from __future__ import annotations
