@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.03)
     ap.add_argument("--max-items", type=int, default=60000, help="y positions subsampled for the fit")
     ap.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu")
+    ap.add_argument("--context", choices=["checkerboard", "none"], default="checkerboard",
+                    help="PCConditional spatial context (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-progress", action="store_true")
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             max_items=args.z_max_items, epochs=args.z_epochs, full_batch_epochs=2, batch_size=256,
             step_size=(0.5, 0.02), structure=args.z_structure, progress=not args.no_progress,
             conditional={"num_latents": args.latents, "steps": args.steps, "batch_size": args.batch_size,
-                         "lr": args.lr, "max_items": args.max_items, "structure": args.structure},
+                         "lr": args.lr, "max_items": args.max_items, "structure": args.structure,
+                         "context": None if args.context == "none" else args.context},
         )
         fit_s = time.perf_counter() - t
         net.eval()
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "saving_pct": 100 * (1 - pc["bpp"] / base["bpp"]),
             "base_y_bpp": base["y_bpp"], "pc_y_bpp": pc["y_bpp"], "base_z_bpp": base["z_bpp"], "pc_z_bpp": pc["z_bpp"],
             "base_psnr": base["psnr"], "pc_psnr": pc["psnr"], "same_reconstruction": same,
-            "latents": args.latents, "structure": args.structure, "radius": gc.radius, "steps": args.steps,
+            "latents": args.latents, "structure": args.structure, "context": args.context, "radius": gc.radius, "steps": args.steps,
             "fit_s": fit_s, "conditional_history": hist["gaussian_conditional"],
             "z_train_bpd": hist["entropy_bottleneck"][-1]["train_bpd"],
             "base_enc_s": base["enc_s"], "base_dec_s": base["dec_s"], "pc_enc_s": pc["enc_s"], "pc_dec_s": pc["dec_s"],

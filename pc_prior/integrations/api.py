@@ -85,8 +85,8 @@ def _rows(t: Tensor) -> Tensor:
 def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -> dict[str, object]:
     """One eval-mode forward per image, stopped once every named module has seen its input.
 
-    Bottlenecks give their input rows [N, C]; conditionals give (symbols int32, scale indexes
-    int16) rows [N, C], exactly what their coder would see. Circuit-backed modules only quantize
+    Bottlenecks give their input rows [N, C]; conditionals give lists of (symbols int32, scale
+    indexes int16) maps [1, C, H, W], one per image, exactly what their coder would see. Circuit-backed modules only quantize
     meanwhile, so unfitted ones do not stop the pass.
     """
     got: dict[str, list] = {n: [] for n in names}
@@ -100,7 +100,7 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                 scales = args[1] if len(args) > 1 else kwargs["scales"]
                 means = args[2] if len(args) > 2 else kwargs.get("means")
                 sym = module.quantize(y, "symbols", means)
-                got[n].append((_rows(sym).to(torch.int32), _rows(module.build_indexes(scales)).to(torch.int16)))
+                got[n].append((sym.detach().cpu().to(torch.int32), module.build_indexes(scales).cpu().to(torch.int16)))
             else:
                 got[n].append(_rows(args[0]))
             seen.add(n)
@@ -145,7 +145,7 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
     out: dict[str, object] = {}
     for n, parts in got.items():
         if isinstance(parts[0], tuple):
-            out[n] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+            out[n] = ([p[0] for p in parts], [p[1] for p in parts])
         else:
             out[n] = torch.cat(parts)
     return out
@@ -160,10 +160,17 @@ def collect_latents(model: nn.Module, images: Iterable[Tensor], name: str = "ent
     return _collect(model, images, [name])[name]  # type: ignore[return-value]
 
 
-def collect_conditional_inputs(model: nn.Module, images: Iterable[Tensor],
-                               name: str = "gaussian_conditional") -> tuple[Tensor, Tensor]:
-    """Symbols ``round(y - means)`` (int32) and scale indexes (int16) at ``model.<name>``, rows [N, C]."""
-    return _collect(model, images, [name])[name]  # type: ignore[return-value]
+def collect_conditional_inputs(model: nn.Module, images: Iterable[Tensor], name: str = "gaussian_conditional",
+                               maps: bool = False) -> tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
+    """Symbols ``round(y - means)`` (int32) and scale indexes (int16) at ``model.<name>``.
+
+    As rows [N, C] (positions x channels), or with ``maps=True`` as lists of per-image maps
+    [1, C, H, W] (what ``PCConditional.fit`` needs for its checkerboard context).
+    """
+    sym, idx = _collect(model, images, [name])[name]  # type: ignore[misc]
+    if maps:
+        return sym, idx
+    return torch.cat([_rows(s) for s in sym]), torch.cat([_rows(i) for i in idx])
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -222,7 +229,7 @@ def fit_prior(
     Bottlenecks are fitted with ``num_latents`` and the remaining keyword arguments
     (``PCEntropyBottleneck.fit``: ``max_items``, ``epochs``, ``tail``, ...); conditionals with
     the ``conditional`` dict (``PCConditional.fit``: ``num_latents``, ``steps``, ``structure``,
-    ...). Returns the history, or a dict of histories by name when ``name`` is a sequence.
+    ``context`` (default ``"checkerboard"``; ``None`` codes all positions in one pass), ...). Returns the history, or a dict of histories by name when ``name`` is a sequence.
     """
     names = [name] if isinstance(name, str) else list(name)
     if not names:
@@ -249,7 +256,7 @@ def fit_prior(
         with torch.enable_grad():
             if isinstance(module, PCConditional):
                 sym, idx = data[n]  # type: ignore[misc]
-                kw = {"progress": progress} | (conditional or {})
+                kw = {"progress": progress, "context": "checkerboard"} | (conditional or {})
                 hists[n] = module.fit(sym, idx, **kw)
             else:
                 hists[n] = module.fit(data[n].to(dev), num_latents, progress=progress, **fit_kwargs)  # type: ignore[union-attr]

@@ -26,10 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="circuit structure over the channels (default: %(default)s)")
     fit.add_argument("--conditional", action="store_true",
                      help="also swap the hyperprior's gaussian_conditional for a PCConditional")
-    fit.add_argument("--cond-latents", type=int, default=8, help="PCConditional states per channel (default: %(default)s)")
-    fit.add_argument("--cond-steps", type=int, default=2000, help="PCConditional Adam steps (default: %(default)s)")
-    fit.add_argument("--cond-max-items", type=int, default=60000, help="PCConditional positions used")
+    fit.add_argument("--cond-latents", type=int, default=16, help="PCConditional states per channel (default: %(default)s)")
+    fit.add_argument("--cond-steps", type=int, default=1000, help="PCConditional Adam steps (default: %(default)s)")
+    fit.add_argument("--cond-max-items", type=int, default=120000,
+                     help="PCConditional positions used (default: %(default)s)")
     fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default="chow-liu")
+    fit.add_argument("--cond-context", choices=["checkerboard", "none"], default="checkerboard",
+                     help="PCConditional spatial context: code the checkerboard's second half given the first "
+                          "(two decoding passes) or none (default: %(default)s)")
     fit.add_argument("--multiple", type=int, default=16, help="crop training images to multiples of this")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument("--seed", type=int, default=0)
@@ -54,7 +58,8 @@ def _fit(args: argparse.Namespace) -> int:
     net = load_codec(args.codec)
     names = ("entropy_bottleneck", "gaussian_conditional") if args.conditional else "entropy_bottleneck"
     cond = {"num_latents": args.cond_latents, "steps": args.cond_steps, "max_items": args.cond_max_items,
-            "structure": args.cond_structure, "seed": args.seed}
+            "structure": args.cond_structure, "seed": args.seed,
+            "context": None if args.cond_context == "none" else args.cond_context}
     hist = fit_prior(net, args.images, name=names, num_latents=args.latents, multiple=args.multiple,
                      max_images=args.max_images, max_items=args.max_items, epochs=args.epochs,
                      full_batch_epochs=args.full_batch_epochs, batch_size=args.batch_size,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import constriction
@@ -44,12 +45,14 @@ from ..coding import BitstreamError, CodingTables, IncrementalConditionals, quan
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from . import bitstream
-from .entropy_models import MAX_SYMBOL, _encode_escapes, _escape_bits, decode_symbols
+from .context import CheckerboardContext, anchor_mask
+from .entropy_models import (MAX_SYMBOL, _escape_bits, decode_symbols, encode_symbols, finish_decoding,
+                             range_decoders)
 
 __all__ = ["PCConditional", "ScaleConditionedTree", "MAGIC", "FORMAT_VERSION"]
 
 MAGIC = b"PG"
-FORMAT_VERSION = 1  # header: pc_prior.integrations.bitstream (shared with PCEntropyBottleneck)
+FORMAT_VERSION = 2  # header: pc_prior.integrations.bitstream (shared with PCEntropyBottleneck)
 LIKELIHOOD_BOUND = 1e-9
 LN2 = math.log(2.0)
 
@@ -187,6 +190,7 @@ class PCConditional(GaussianConditional):
         self.register_buffer("_pc_root", torch.zeros(0, dtype=torch.int32))
         self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
         self.register_buffer("_pc_emit", torch.zeros(0, 0, 0, 0, dtype=torch.int32))
+        self.context: CheckerboardContext | None = None
         self._tables_cache: tuple | None = None
 
     # -- state ----------------------------------------------------------------------------------
@@ -213,13 +217,14 @@ class PCConditional(GaussianConditional):
     def _require_tables(self) -> tuple[CodingTables, bytes]:
         if self._pc_root.numel() == 0 or self._offset.numel() == 0:
             raise RuntimeError("PCConditional has no coding tables: call update() (or model.update()) first")
+        ctx = list(self.context.buffers()) if self.context is not None else []
         key = tuple((b.data_ptr(), b._version) for b in (self._pc_parent, self._pc_root, self._pc_trans,
-                                                         self._pc_emit, self._offset, self.scale_table))
+                                                         self._pc_emit, self._offset, self.scale_table, *ctx))
         if self._tables_cache is None or self._tables_cache[0] != key:
             tables = CodingTables(self._pc_parent.cpu().numpy(), self._pc_root.double(), self._pc_trans.double(),
                                   self._pc_emit.double())
             h = hashlib.sha256(tables.fingerprint)
-            for t in (self._offset.to(torch.int32), self.scale_table.float()):
+            for t in (self._offset.to(torch.int32), self.scale_table.float(), *ctx):
                 h.update(t.cpu().contiguous().numpy().tobytes())
             self._tables_cache = (key, tables, h.digest()[:8])
         return self._tables_cache[1], self._tables_cache[2]
@@ -238,6 +243,13 @@ class PCConditional(GaussianConditional):
             if key in state_dict:
                 buf = getattr(self, name)
                 setattr(self, name, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
+        if prefix + "context.coef" in state_dict:
+            if self.context is None:
+                n_s = state_dict[prefix + "context.inv_scale"].shape[0]
+                self.context = CheckerboardContext(state_dict[prefix + "context.coef"].shape[0],
+                                                   torch.ones(n_s)).to(self.scale_bound.device)
+        elif prefix + "pc.loc" in state_dict:
+            self.context = None
         if prefix + "pc.loc" in state_dict:
             loc = state_dict[prefix + "pc.loc"]
             parent = state_dict.get(prefix + "_pc_parent")
@@ -275,6 +287,27 @@ class PCConditional(GaussianConditional):
         return s.long()
 
     @staticmethod
+    def _check_maps(symbols: Sequence[Tensor], indexes: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        if not isinstance(symbols, (list, tuple)) or not isinstance(indexes, (list, tuple)) or len(symbols) != len(indexes):
+            raise ValueError("give symbols and indexes both as rows [N, C] or both as lists of maps of equal length")
+        if not symbols:
+            raise ValueError("no latent maps to fit on")
+        out = []
+        for sy, sx in zip(symbols, indexes):
+            if sy.dim() != 4 or tuple(sy.shape) != tuple(sx.shape) or sy.shape[1] != symbols[0].shape[1]:
+                raise ValueError(f"latent maps must be pairs of equal shape [B, C, H, W], got {tuple(sy.shape)} "
+                                 f"and {tuple(sx.shape)}")
+            out.append((sy.long().cpu(), sx.long().cpu()))
+        return out
+
+    def _pass_masks(self, h: int, w: int) -> list[Tensor]:
+        """Positions coded in each pass: all at once, or the checkerboard's anchors then the rest."""
+        if self.context is None:
+            return [torch.ones(h, w, dtype=torch.bool)]
+        a = anchor_mask(h, w)
+        return [a, ~a] if h * w > 1 else [a]
+
+    @staticmethod
     def _rows(t: Tensor) -> Tensor:
         """[B, C, H, W] -> [B*H*W, C] (items = positions, variables = channels)."""
         return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
@@ -282,11 +315,15 @@ class PCConditional(GaussianConditional):
     def log_likelihood(self, symbols: Tensor, indexes: Tensor) -> Tensor:
         """Code-length model: log p (nats) of each position's integer symbols, [B, H, W].
 
-        Uses the index-quantized scales the coder uses; escaped symbols count the circuit's
-        ESCAPE probability plus their bypass code length.
+        ``symbols`` / ``indexes`` are maps [B, C, H, W]. Uses the index-quantized scales the coder
+        uses (after the checkerboard context, if any); escaped symbols count the circuit's ESCAPE
+        probability plus their bypass code length.
         """
         pc = self._require_fitted()
         b, c, h, w = symbols.shape
+        if self.context is not None:  # non-anchors: shifted indexes, symbols less their integer means
+            indexes, m = self.context(symbols.long(), indexes)
+            symbols = symbols - m
         u, s = self._rows(symbols), self._rows(indexes).long()
         sigma = self._scale_table_or_default()[s]
         r = self.radius if self._offset.numel() else None
@@ -302,22 +339,42 @@ class PCConditional(GaussianConditional):
 
     # -- fitting --------------------------------------------------------------------------------
     def fit(
-        self, symbols: Tensor, indexes: Tensor, num_latents: int = 8, *, structure: str = "chow-liu",
+        self, symbols: Tensor | Sequence[Tensor], indexes: Tensor | Sequence[Tensor], num_latents: int = 8, *,
+        context: str | None = None, structure: str = "chow-liu",
         max_items: int | None = 60000, steps: int = 2000, batch_size: int = 512, lr: float = 0.03,
         holdout: float = 0.1, tail: float = 1e-5, max_radius: int = 64, init: str = "baseline", seed: int = 0,
         progress: bool = True,
     ) -> list[dict]:
-        """Learn the structure, alphabet radius and leaves from rows of symbols and scale indexes [N, C].
+        """Learn the context, structure, alphabet radius and leaves from the frozen codec's latents.
 
-        ``symbols`` are ``round(y - means)`` and ``indexes`` ``build_indexes(scales)`` of the frozen
-        codec, one row per latent position. ``max_items`` random positions are used (None: all),
+        ``symbols`` are ``round(y - means)`` and ``indexes`` ``build_indexes(scales)``: either rows
+        [N, C] (one per latent position) or sequences of maps [B, C, H, W] (one per image, as
+        ``collect_conditional_inputs(..., maps=True)`` gives). ``context="checkerboard"`` (maps
+        only) first fits a ``CheckerboardContext``: non-anchor positions are then coded after the
+        anchors with shifted scale indexes and integer means, and the circuit is fit on what the
+        coder sees. ``max_items`` random positions are used (None: all),
         ``holdout`` of them to report held-out bits. Adam for ``steps`` steps on mini-batches of
         ``batch_size`` positions (learning rate decayed linearly to 10%). The radius R covers the
         ``1 - tail`` quantile of |symbol| (at least 4, at most ``max_radius``). ``init="data"`` starts
         from the binned standardized symbols (``ScaleConditionedTree.init_from_data``),
         ``"baseline"`` next to the Gaussian conditional (``init_params``). Ends with ``update()``.
-        Returns the history (held-out bits per position of the baseline and the circuit).
+        Returns the history (held-out bits per position of the baseline and the circuit, both
+        after the context; the context's own training bits on the non-anchors).
         """
+        if context not in (None, "checkerboard"):
+            raise ValueError(f'context must be None or "checkerboard", got {context!r}')
+        table = self._scale_table_or_default()
+        ctx, ctx_info = None, {}
+        if isinstance(symbols, (list, tuple)) or isinstance(indexes, (list, tuple)):
+            maps = self._check_maps(symbols, indexes)
+            if context == "checkerboard":
+                ctx = CheckerboardContext(maps[0][0].shape[1], table.cpu())
+                ctx_info = ctx.fit(maps, table.cpu())
+                maps = [(sy - m, si) for sy, sx in maps for si, m in [ctx(sy, sx)]]
+            symbols = torch.cat([self._rows(sy) for sy, _ in maps])
+            indexes = torch.cat([self._rows(sx) for _, sx in maps])
+        elif context is not None:
+            raise ValueError("the checkerboard context needs latent maps [B, C, H, W] (a list per image), not rows")
         if structure not in ("chow-liu", "star"):
             raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
         if init not in ("data", "baseline"):
@@ -330,7 +387,6 @@ class PCConditional(GaussianConditional):
         if num_latents < 1:
             raise ValueError(f"num_latents must be >= 1, got {num_latents}")
         dev = self.scale_bound.device
-        table = self._scale_table_or_default()
         g = torch.Generator().manual_seed(seed)
         u, s = symbols.long(), indexes.long()
         if int(s.min()) < 0 or int(s.max()) >= len(table):
@@ -373,7 +429,7 @@ class PCConditional(GaussianConditional):
                                    for i in range(0, len(ut), 4096)]).mean() / LN2
             return {"holdout_base_bits": float(base), "holdout_pc_bits": float(circ)}
 
-        hist.append({"step": 0, **held_out_bits()})
+        hist.append({"step": 0, **held_out_bits(), **ctx_info})
         opt = torch.optim.Adam(pc.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - 0.9 * t / max(1, steps))
         bar = tqdm(range(steps), desc="PCConditional", unit="step", disable=not progress)
@@ -390,6 +446,7 @@ class PCConditional(GaussianConditional):
                 bar.set_postfix(bits=f"{float(loss.detach()):.2f}")
         hist.append({"step": steps, "train_bits": float(loss.detach()), **held_out_bits()})
         self.pc = pc
+        self.context = ctx.to(dev) if ctx is not None else None
         self._offset = torch.tensor([-radius], dtype=torch.int32, device=dev)
         self._cdf_length = torch.tensor([2 * radius + 1], dtype=torch.int32, device=dev)
         self.update()
@@ -431,9 +488,14 @@ class PCConditional(GaussianConditional):
         b, c, h, w = inputs.shape
         values = outputs - means if means is not None else outputs
         if training:
-            sigma = self._rows(self.lower_bound_scale(scales))
-            s = self._rows(self.build_indexes(scales.detach()))
-            logp = pc.log_prob(self._rows(values), sigma, s).view(b, h, w)
+            sigma = self.lower_bound_scale(scales)
+            s = self.build_indexes(scales.detach()).long()
+            if self.context is not None:  # context from the rounded anchors, as the coder sees them
+                s_ctx, m = self.context(torch.round(values.detach()).long(), s)
+                table = self.scale_table.to(sigma.dtype)
+                sigma = sigma * (table[s_ctx] / table[s])
+                values, s = values - m.to(values.dtype), s_ctx
+            logp = pc.log_prob(self._rows(values), self._rows(sigma), self._rows(s)).view(b, h, w)
         else:
             logp = self.log_likelihood(torch.round(values.detach()).long(), self.build_indexes(scales))
         lik = torch.exp(logp / c)[:, None].expand(-1, c, -1, -1)
@@ -447,27 +509,23 @@ class PCConditional(GaussianConditional):
         if h * w == 0:
             raise ValueError(f"cannot code an empty latent of spatial size {h}x{w}")
         r = self.radius
-        v = 2 * r + 2
-        u = self._rows(self._symbols(inputs, means)).cpu()
-        groups = self._rows(indexes).cpu()
-        rel = u + r
-        esc = (rel < 0) | (rel > 2 * r)
-        idx = torch.where(esc, torch.full_like(rel, v - 1), rel)
-        p = h * w
-        inc = IncrementalConditionals(tables.to("cpu"), b * p, "cpu", groups=groups)
-        idx_np, rel_np, esc_np = idx.numpy().astype(np.int32), rel.numpy(), esc.numpy()
+        u = self._symbols(inputs, means).cpu()
+        s = indexes.long().cpu()
+        if self.context is not None:  # non-anchors: code u - m under shifted indexes
+            s, m = self.context(u, s)
+            u = u - m
+            if u.numel() and int(u.abs().max()) > MAX_SYMBOL:
+                raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
+        alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
-        family = constriction.stream.model.Categorical(perfect=False)
-        for i in inc.order:
-            w_ = inc.weights()
-            probs = (w_ / w_.sum(-1, keepdim=True)).numpy()
-            for j, enc in enumerate(encs):
-                sl = slice(j * p, (j + 1) * p)
-                enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
-                e = esc_np[sl, i]
-                if e.any():
-                    _encode_escapes(enc, rel_np[sl, i][e], np.full(int(e.sum()), 2 * r + 1))
-            inc.observe(idx[:, i])
+        for mask in self._pass_masks(h, w):
+            n = int(mask.sum())
+            rel = u[..., mask].permute(0, 2, 1).reshape(-1, c) + r
+            esc = (rel < 0) | (rel > 2 * r)
+            idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
+            inc = IncrementalConditionals(tables.to("cpu"), b * n, "cpu",
+                                          groups=s[..., mask].permute(0, 2, 1).reshape(-1, c))
+            encode_symbols(encs, inc, idx, rel.numpy(), esc.numpy(), n, alphabet)
         return [bitstream.pack(MAGIC, FORMAT_VERSION, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
                 for enc in encs]
 
@@ -485,12 +543,22 @@ class PCConditional(GaussianConditional):
             raise ValueError(f"{len(strings)} strings for a batch of {b} index maps")
         words = [bitstream.unpack(d, MAGIC, FORMAT_VERSION, fp, (h, w), "PCConditional") for d in strings]
         r = self.radius
-        v = 2 * r + 2
-        p = h * w
-        groups = self._rows(indexes).cpu()
-        inc = IncrementalConditionals(tables.to("cpu"), b * p, "cpu", groups=groups)
-        rel = decode_symbols(words, inc, p, v - 1, np.full(c, 2 * r + 1, dtype=np.int64))
+        alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
+        s = indexes.long().cpu()
+        u = torch.zeros(b, c, h, w, dtype=torch.long)
+        decs = range_decoders(words)
+        for k, mask in enumerate(self._pass_masks(h, w)):
+            groups, m = s, None
+            if k == 1:  # the anchors are decoded: the non-anchors' context
+                groups, m = self.context(u, s)
+            n = int(mask.sum())
+            inc = IncrementalConditionals(tables.to("cpu"), b * n, "cpu",
+                                          groups=groups[..., mask].permute(0, 2, 1).reshape(-1, c))
+            rel = decode_symbols(decs, inc, n, 2 * r + 1, alphabet)
+            vals = (rel - r).view(b, n, c).permute(0, 2, 1)
+            u[..., mask] = vals + m[..., mask] if m is not None else vals
+        finish_decoding(decs)
         dev = indexes.device
         sym = torch.empty(b, c, h, w, dtype=torch.float32, device=dev)  # standard strides, as forward's
-        sym.copy_((rel - r).view(b, h, w, c).permute(0, 3, 1, 2))
+        sym.copy_(u)
         return self.dequantize(sym, means, dtype)

@@ -106,26 +106,61 @@ def _probabilities(w: Tensor) -> np.ndarray:
     return (w / w.sum(-1, keepdim=True)).cpu().numpy()
 
 
-def decode_symbols(words: list[np.ndarray], inc: IncrementalConditionals, items_per_string: int,
+def encode_symbols(encoders: list[Any], inc: IncrementalConditionals, idx: Tensor, rel: np.ndarray,
+                   esc: np.ndarray, items_per_string: int, alphabet: np.ndarray) -> None:
+    """Range-encode the items of every string, one variable at a time in ``inc.order``.
+
+    String j (``encoders[j]``) takes items ``j*items_per_string ..``; ``idx`` [N, D] are the coded
+    symbols (ESCAPE for values outside variable i's ``0 .. alphabet[i] - 1``), ``rel`` [N, D] the
+    alphabet-relative values and ``esc`` [N, D] the escape mask; an escaped value is followed by
+    its exact bypass code. The counterpart of ``decode_symbols``.
+    """
+    p = items_per_string
+    idx_np = idx.cpu().numpy().astype(np.int32)
+    family = _categorical()
+    for i in inc.order:
+        probs = _probabilities(inc.weights())
+        for j, enc in enumerate(encoders):
+            sl = slice(j * p, (j + 1) * p)
+            enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
+            e = esc[sl, i]
+            if e.any():
+                _encode_escapes(enc, rel[sl, i][e], np.full(int(e.sum()), alphabet[i]))
+        inc.observe(idx[:, i])
+
+
+def range_decoders(words: list[np.ndarray]) -> list[Any]:
+    """One constriction range decoder per string's payload words."""
+    return [constriction.stream.queue.RangeDecoder(wd) for wd in words]
+
+
+def finish_decoding(decoders: list[Any]) -> None:
+    """Raise ``BitstreamError`` if a string holds data beyond what was decoded."""
+    for dec in decoders:
+        if dec.maybe_exhausted() is False:
+            raise BitstreamError("bitstream has trailing data beyond what the model decodes")
+
+
+def decode_symbols(decoders: list[Any], inc: IncrementalConditionals, items_per_string: int,
                    escape: int, alphabet: np.ndarray) -> Tensor:
     """Range-decode the items of every string, one variable at a time in ``inc.order``.
 
-    String j holds items ``j*items_per_string ..``; variable i's symbol ``escape`` is followed by
-    the exact bypass code of a value outside ``0 .. alphabet[i] - 1``. Returns the alphabet-relative
-    values [B * items_per_string, D] (int64). Impossible, inconsistent or overlong data raise
-    ``BitstreamError``; this is the one decoding loop of the integrations' entropy models.
+    String j (``decoders[j]``) holds items ``j*items_per_string ..``; variable i's symbol
+    ``escape`` is followed by the exact bypass code of a value outside ``0 .. alphabet[i] - 1``.
+    Returns the alphabet-relative values [B * items_per_string, D] (int64). Impossible or
+    inconsistent data raise ``BitstreamError`` (call ``finish_decoding`` once every pass is
+    decoded). This is the one decoding loop of the integrations' entropy models.
     """
     p = items_per_string
-    n = len(words) * p
+    n = len(decoders) * p
     rel = torch.empty(n, len(alphabet), dtype=torch.long)
-    decs = [constriction.stream.queue.RangeDecoder(wd) for wd in words]
     family = _categorical()
     try:
         for i in inc.order:
             probs = _probabilities(inc.weights())
             col = np.empty(n, dtype=np.int64)
             val = np.empty(n, dtype=np.int64)
-            for j, dec in enumerate(decs):
+            for j, dec in enumerate(decoders):
                 sl = slice(j * p, (j + 1) * p)
                 col[sl] = dec.decode(family, probs[sl])
                 val[sl] = col[sl]
@@ -140,9 +175,6 @@ def decode_symbols(words: list[np.ndarray], inc: IncrementalConditionals, items_
         raise
     except Exception as err:  # the range decoder rejects impossible data
         raise BitstreamError(f"bitstream could not be decoded: {err}") from err
-    for dec in decs:
-        if dec.maybe_exhausted() is False:
-            raise BitstreamError("bitstream has trailing data beyond what the model decodes")
     return rel
 
 
@@ -387,19 +419,9 @@ class PCEntropyBottleneck(EntropyBottleneck):
         idx, rel, esc = self._indices(s.permute(0, 2, 3, 1).reshape(-1, c))
         dev = tables.root.device
         inc = IncrementalConditionals(tables, b * p, dev)
-        idx_np, rel_np, esc_np = idx.cpu().numpy().astype(np.int32), rel.cpu().numpy(), esc.cpu().numpy()
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
-        family = _categorical()
-        for i in inc.order:
-            probs = _probabilities(inc.weights())
-            for j, enc in enumerate(encs):
-                sl = slice(j * p, (j + 1) * p)
-                enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
-                e = esc_np[sl, i]
-                if e.any():
-                    _encode_escapes(enc, rel_np[sl, i][e], np.full(int(e.sum()), n_np[i]))
-            inc.observe(idx[:, i])
+        encode_symbols(encs, inc, idx, rel.cpu().numpy(), esc.cpu().numpy(), p, n_np)
         fp = self._fingerprint(tables)
         out = []
         for enc in encs:
@@ -421,7 +443,9 @@ class PCEntropyBottleneck(EntropyBottleneck):
         dev = tables.root.device
         v = tables.emit.shape[-1]
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
-        rel = decode_symbols(words, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np)
+        decs = range_decoders(words)
+        rel = decode_symbols(decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np)
+        finish_decoding(decs)
         s = rel.to(self._offset.device) + self._offset.long()
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.

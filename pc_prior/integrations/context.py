@@ -1,0 +1,252 @@
+"""Checkerboard context for ``PCConditional``: the second half of the latent sees the first.
+
+The latent positions are split like a checkerboard (He et al., "Checkerboard Context Model for
+Efficient Learned Image Compression", CVPR 2021): *anchors* (row + column even) are coded first
+with the hyper-decoder's scales alone; every other position (*non-anchor*) has its four spatial
+neighbours among the anchors, so once they are decoded it can use them. Decoding stays parallel:
+two passes over the channels instead of one, each batched over all positions of all images.
+
+What a non-anchor uses, per channel c:
+
+- its scale-table index ``s`` shifted by an integer ``Δ = shift[c, a, b]``, where ``a`` bins the
+  neighbours' activity in channel c (mean of ``|u| / σ`` over the 4 neighbours) and ``b`` the
+  activity over all channels (the same mean over every channel): busy neighbourhoods widen the
+  distribution, flat ones narrow it, beyond what the hyperprior (at a quarter of the resolution)
+  knows;
+- an integer mean ``m = round(coef[c] · mean of the neighbours' symbols)``; the symbol coded is
+  ``u - m``, so the reconstruction ``round(y)`` is unchanged (the frozen codec decodes the same
+  image).
+
+Everything the decoder computes from decoded data is integer arithmetic on int64 (fixed-point
+``1/σ`` per scale index, integer thresholds, floor divisions), so encoder and decoder agree bit
+for bit on every device and thread count. ``fit`` chooses ``coef`` and ``shift`` by exhaustive
+search over integer candidates, minimizing the discretized-Gaussian code length on training maps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CheckerboardContext", "anchor_mask"]
+
+FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
+COEF_BITS = 12  # fixed point of the mean coefficients
+LUT_SIZE = 1024  # code lengths of |u - m| >= this are taken as this one's while fitting
+SYMBOL_CLIP = 4096  # |u| used by the features is clipped here (keeps every sum far below 2**63)
+
+
+def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
+    """[H, W] bool, True where row + column is even (coded first)."""
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    return (i + j) % 2 == 0
+
+
+def _neighbour_sum(x: Tensor) -> Tensor:
+    """Sum of the 4 spatial neighbours (zero outside the map) of [B, C, H, W]."""
+    p = F.pad(x, (1, 1, 1, 1))
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+
+
+def _std_cdf(x: Tensor) -> Tensor:
+    return 0.5 * torch.erfc(-(2**-0.5) * x)
+
+
+def _gaussian_bits(u: Tensor, sigma: Tensor) -> Tensor:
+    v = u.abs()
+    mass = _std_cdf((0.5 - v) / sigma) - _std_cdf((-0.5 - v) / sigma)
+    return -torch.log2(mass.clamp_min(1e-9))
+
+
+class CheckerboardContext(nn.Module):
+    """Integer scale-index shifts and means for the non-anchor positions, from decoded anchors.
+
+    Buffers (saved with the model): ``inv_scale`` [S] (1/σ per index, Q16), ``channel_edges``
+    [A-1] and ``total_edges`` [B-1] (activity bin edges, Q16), ``coef`` [C] (Q12), ``shift``
+    [C, A, B] (int). ``__call__``/``apply`` maps (anchor symbols, indexes) to the non-anchors'
+    (indexes, means); see the module docstring.
+    """
+
+    def __init__(self, channels: int, scale_table: Tensor, channel_bins: int = 8, total_bins: int = 8) -> None:
+        super().__init__()
+        if channels < 1 or channel_bins < 1 or total_bins < 1:
+            raise ValueError("channels and bin counts must be positive")
+        self.register_buffer("inv_scale", torch.round(2.0**FRAC_BITS / scale_table.double()).long())
+        self.register_buffer("channel_edges", torch.zeros(channel_bins - 1, dtype=torch.long))
+        self.register_buffer("total_edges", torch.zeros(total_bins - 1, dtype=torch.long))
+        self.register_buffer("coef", torch.zeros(channels, dtype=torch.long))
+        self.register_buffer("shift", torch.zeros(channels, channel_bins, total_bins, dtype=torch.long))
+
+    @property
+    def channels(self) -> int:
+        return self.coef.numel()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # noqa: ANN001
+        for name in ("inv_scale", "channel_edges", "total_edges", "coef", "shift"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty(state_dict[prefix + name].shape, dtype=torch.long,
+                                                device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # -- features (integer) ---------------------------------------------------------------------
+    def features(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Bins a, b, neighbour symbol sums and neighbour counts at every position.
+
+        ``symbols`` / ``indexes`` [B, C, H, W] integer maps; only their anchor entries are read.
+        Returns ``a`` [B, C, H, W], ``b`` [B, 1, H, W], ``usum`` [B, C, H, W], ``count`` [H, W]
+        (int64; meaningful at the non-anchor positions).
+        """
+        b_, c, h, w = symbols.shape
+        dev = symbols.device
+        anchors = anchor_mask(h, w, dev)
+        u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * anchors
+        act = u.abs() * self.inv_scale.to(dev)[indexes.long()] * anchors  # |u|/σ, Q16
+        count = _neighbour_sum(anchors[None, None].long())[0, 0]  # [H, W]
+        a_same = _neighbour_sum(act)
+        a_all = a_same.sum(1, keepdim=True)
+        cnt = count.clamp_min(1)
+        ce, te = self.channel_edges.to(dev), self.total_edges.to(dev)
+        a = (a_same[..., None] >= ce * cnt[..., None]).sum(-1)
+        b = (a_all[..., None] >= te * (cnt[..., None] * c)).sum(-1)
+        return a, b, _neighbour_sum(u), count
+
+    def apply(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
+        """Indexes and integer means of every position given the anchors: [B, C, H, W] each.
+
+        At anchors the indexes are returned unchanged and the means are 0; at non-anchors the
+        index is ``clamp(s + shift[c, a, b])`` and the mean ``round(coef[c] · usum / count)``.
+        """
+        if symbols.shape != indexes.shape or symbols.dim() != 4 or symbols.shape[1] != self.channels:
+            raise ValueError(f"expected symbols and indexes of shape [B, {self.channels}, H, W], got "
+                             f"{tuple(symbols.shape)} and {tuple(indexes.shape)}")
+        dev = symbols.device
+        h, w = symbols.shape[-2:]
+        a, b, usum, count = self.features(symbols, indexes)
+        chan = torch.arange(self.channels, device=dev)[None, :, None, None]
+        delta = self.shift.to(dev)[chan, a, b.expand_as(a)]
+        non_anchor = ~anchor_mask(h, w, dev)
+        s = indexes.long()
+        s_new = torch.where(non_anchor, (s + delta).clamp(0, len(self.inv_scale) - 1), s)
+        den = count.clamp_min(1) << COEF_BITS  # round half up: floor((2·num + den) / (2·den))
+        num = self.coef.to(dev)[None, :, None, None] * usum
+        means = torch.div(2 * num + den, 2 * den, rounding_mode="floor") * non_anchor
+        return s_new, means
+
+    forward = apply
+
+    # -- fitting --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit(self, maps: list[tuple[Tensor, Tensor]], scale_table: Tensor, *, max_shift: int = 12,
+            coef_grid: Tensor | None = None, shrink: float = 200.0, rounds: int = 2) -> dict:
+        """Choose bin edges, ``coef`` and ``shift`` on training maps [(symbols, indexes)] ([B, C, H, W]).
+
+        Edges: quantiles of the non-zero activities (channel: the zero bin plus quantiles; total:
+        quantiles). ``coef`` per channel from ``coef_grid`` (default -1..1 in steps of 1/16) and
+        ``shift`` per (channel, bin, bin) from ``-max_shift..max_shift``, alternating ``rounds``
+        times, each the exact minimizer of the Gaussian code length given the other. A cell's
+        choice is shrunk towards its channel's (``shrink`` pseudo-elements) so sparse cells stay
+        sensible. Returns the training bits of the non-anchors before and after.
+        """
+        table = scale_table.double()
+        if len(table) != len(self.inv_scale):
+            raise ValueError(f"scale table has {len(table)} entries, the context {len(self.inv_scale)}")
+        na, nb = self.shift.shape[1:]
+        rows: dict[str, list[Tensor]] = {k: [] for k in ("u", "s", "a_same", "a_all", "usum", "cnt", "ch")}
+        for sym, idx in maps:
+            sym, idx = sym.long().cpu(), idx.long().cpu()
+            if sym.dim() != 4 or sym.shape != idx.shape or sym.shape[1] != self.channels:
+                raise ValueError(f"training maps must be [B, {self.channels}, H, W] pairs, got {tuple(sym.shape)}")
+            ctx = CheckerboardContext(self.channels, table)
+            _, _, usum, count = ctx.features(sym, idx)
+            anchors = anchor_mask(*sym.shape[-2:])
+            act = sym.clamp(-SYMBOL_CLIP, SYMBOL_CLIP).abs() * self.inv_scale.cpu()[idx] * anchors
+            a_same = _neighbour_sum(act)  # the integer sums features() bins
+            sel = (~anchors) & (count > 0)
+            per = lambda t: t.permute(0, 2, 3, 1)[:, sel].reshape(-1)  # noqa: E731  [B*n*C]
+            rows["u"].append(per(sym))
+            rows["s"].append(per(idx))
+            rows["a_same"].append(per(a_same))
+            rows["a_all"].append(per(a_same.sum(1, keepdim=True).expand_as(a_same)))
+            rows["usum"].append(per(usum))
+            rows["cnt"].append(per(count.expand_as(sym)))
+            rows["ch"].append(per(torch.arange(self.channels)[None, :, None, None].expand_as(sym)))
+        d = {k: torch.cat(v) for k, v in rows.items()}
+        if len(d["u"]) == 0:
+            raise ValueError("no non-anchor positions in the training maps")
+        cnt = d["cnt"]
+        g = torch.Generator().manual_seed(0)
+        act_ch = d["a_same"].double() / (cnt * 2.0**FRAC_BITS)  # mean |u|/σ of the neighbours
+        act_all = d["a_all"].double() / (cnt * self.channels * 2.0**FRAC_BITS)
+        nz = act_ch[act_ch > 0]
+        nz = nz[torch.randperm(len(nz), generator=g)[:1_000_000]]
+        ch_edges = torch.quantile(nz, torch.linspace(0, 1, na, dtype=torch.float64)[1:-1]) if len(nz) else nz
+        ch_edges = torch.cat([torch.tensor([1.0 / 2**FRAC_BITS], dtype=torch.float64), ch_edges])[: na - 1]
+        tot = act_all[torch.randperm(len(act_all), generator=g)[:1_000_000]]
+        tot_edges = torch.quantile(tot, torch.linspace(0, 1, nb + 1, dtype=torch.float64)[1:-1])
+        self.channel_edges = torch.ceil(ch_edges * 2.0**FRAC_BITS).long().to(self.coef.device)
+        self.total_edges = torch.ceil(tot_edges * 2.0**FRAC_BITS).long().to(self.coef.device)
+        a = (d["a_same"][:, None] >= self.channel_edges.cpu() * cnt[:, None]).sum(-1)
+        b = (d["a_all"][:, None] >= self.total_edges.cpu() * (cnt[:, None] * self.channels)).sum(-1)
+        # identical elements cost the same: fit on the distinct (channel, bins, index, u, usum, count)
+        # with their multiplicities (u and usum clipped to what decides the fit)
+        u_c = d["u"].clamp(-LUT_SIZE + 1, LUT_SIZE - 1)
+        us_c = d["usum"].clamp(-4 * LUT_SIZE, 4 * LUT_SIZE)
+        key = d["ch"]
+        for v, n in ((a, na), (b, nb), (d["s"], len(table)), (u_c + LUT_SIZE, 2 * LUT_SIZE),
+                     (us_c + 4 * LUT_SIZE, 8 * LUT_SIZE + 1), (cnt, 5)):
+            key = key * n + v
+        del d, a, b, u_c, us_c, act_ch, act_all
+        key, weight = torch.unique(key, return_counts=True)
+        fields = []
+        for n in (5, 8 * LUT_SIZE + 1, 2 * LUT_SIZE, len(table), nb, na):
+            fields.append(key % n)
+            key = torch.div(key, n, rounding_mode="floor")
+        cnt, usum, u, s, b, a = fields
+        usum, u, ch = usum - 4 * LUT_SIZE, u - LUT_SIZE, key
+        weight = weight.double()
+        cell = (ch * na + a) * nb + b
+        n_cells = self.channels * na * nb
+        grid = coef_grid if coef_grid is not None else torch.arange(-32, 33, dtype=torch.float64) / 16
+        grid = grid.double()[grid.double().abs().argsort(stable=True)]  # ties go to the smallest |coef|
+        coef_q = torch.round(grid * 2**COEF_BITS).long()
+        den = cnt << COEF_BITS
+        shift = torch.zeros(n_cells, dtype=torch.long)
+        coef = torch.zeros(self.channels, dtype=torch.long)
+        lut = _gaussian_bits(torch.arange(LUT_SIZE, dtype=torch.float64)[None], table[:, None])  # [S, V]
+
+        def means(cq: Tensor) -> Tensor:
+            return torch.div(2 * cq * usum + den, 2 * den, rounding_mode="floor")
+
+        def total_bits(m: Tensor, sh: Tensor) -> Tensor:
+            return weight * lut[(s + sh).clamp(0, len(table) - 1), (u - m).abs().clamp(max=LUT_SIZE - 1)]
+
+        base = float(total_bits(torch.zeros_like(s), torch.zeros_like(s)).sum())
+        for _ in range(rounds):
+            sh_el = shift[cell]
+            best = torch.full((self.channels,), math.inf, dtype=torch.float64)
+            for cq in coef_q:
+                bits = torch.zeros(self.channels, dtype=torch.float64).index_add_(
+                    0, ch, total_bits(means(cq), sh_el))
+                better = bits < best
+                best = torch.where(better, bits, best)
+                coef = torch.where(better, cq, coef)
+            m = means(coef[ch])
+            cands = torch.arange(-max_shift, max_shift + 1)
+            cost = torch.zeros(n_cells, len(cands), dtype=torch.float64)
+            for k, dlt in enumerate(cands):
+                cost[:, k].index_add_(0, cell, total_bits(m, dlt.expand_as(s)))
+            n_el = torch.zeros(n_cells, dtype=torch.float64).index_add_(0, cell, weight)
+            by_ch = cost.view(self.channels, na * nb, -1).sum(1)
+            n_ch = n_el.view(self.channels, -1).sum(1).clamp_min(1)
+            prior = (by_ch / n_ch[:, None]).repeat_interleave(na * nb, 0)
+            shift = cands[(cost + shrink * prior).argmin(-1)]
+        self.coef = coef.to(self.coef.device)
+        self.shift = shift.view(self.channels, na, nb).to(self.coef.device)
+        after = float(total_bits(means(coef[ch]), shift[cell]).sum())
+        return {"context_base_bits": base, "context_bits": after, "non_anchor_elements": int(weight.sum())}

@@ -1,0 +1,158 @@
+"""Checkerboard context of PCConditional: integer features equal a naive reference, fitting finds
+real spatial dependence, and coding with it (or without it) round-trips exactly."""
+
+import copy
+
+import pytest
+import torch
+from compressai.models import ScaleHyperprior
+from compressai.models.base import get_scale_table
+
+from pc_prior import BitstreamError
+from pc_prior.integrations import PCConditional, collect_conditional_inputs
+from pc_prior.integrations.context import COEF_BITS, CheckerboardContext, anchor_mask
+
+from test_conditional import _fitted, _gc_inputs, _images
+
+
+def _random_context(c: int, seed: int = 0) -> CheckerboardContext:
+    g = torch.Generator().manual_seed(seed)
+    table = get_scale_table()
+    ctx = CheckerboardContext(c, table, channel_bins=4, total_bins=3)
+    ctx.channel_edges = torch.tensor([1, 30000, 90000])
+    ctx.total_edges = torch.tensor([20000, 60000])
+    ctx.coef = torch.randint(-(2 << COEF_BITS), 2 << COEF_BITS, (c,), generator=g)
+    ctx.shift = torch.randint(-5, 6, (c, 4, 3), generator=g)
+    return ctx
+
+
+def _naive(ctx: CheckerboardContext, u: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position by position with Python integers: the specification of ``apply``."""
+    b_, c, h, w = u.shape
+    s_out, m_out = s.clone().long(), torch.zeros_like(u, dtype=torch.long)
+    inv = ctx.inv_scale.tolist()
+    for b in range(b_):
+        for i in range(h):
+            for j in range(w):
+                if (i + j) % 2 == 0:
+                    continue
+                nb = [(i + di, j + dj) for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)) if 0 <= i + di < h and 0 <= j + dj < w]
+                n = len(nb)
+                act = [sum(abs(int(u[b, k, y, x])) * inv[int(s[b, k, y, x])] for y, x in nb) for k in range(c)]
+                total = sum(act)
+                bt = sum(total >= int(e) * n * c for e in ctx.total_edges)
+                for k in range(c):
+                    a = sum(act[k] >= int(e) * n for e in ctx.channel_edges)
+                    s_out[b, k, i, j] = min(max(int(s[b, k, i, j]) + int(ctx.shift[k, a, bt]), 0), len(inv) - 1)
+                    num = int(ctx.coef[k]) * sum(int(u[b, k, y, x]) for y, x in nb)
+                    den = n << COEF_BITS
+                    m_out[b, k, i, j] = (2 * num + den) // (2 * den)
+    return s_out, m_out
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (2, 1), (3, 5), (4, 4)])
+def test_apply_equals_naive_integer_reference(hw):
+    g = torch.Generator().manual_seed(hw[0] * 7 + hw[1])
+    ctx = _random_context(5)
+    u = torch.randint(-6, 7, (2, 5, *hw), generator=g)
+    s = torch.randint(0, 64, (2, 5, *hw), generator=g)
+    got_s, got_m = ctx(u, s)
+    want_s, want_m = _naive(ctx, u, s)
+    assert torch.equal(got_s, want_s) and torch.equal(got_m, want_m)
+    a = anchor_mask(*hw)
+    assert torch.equal(got_s[..., a], s[..., a]) and not got_m[..., a].any()
+    # only the anchors are read: changing the non-anchors changes nothing
+    u2 = torch.where(a, u, torch.randint(-50, 50, u.shape, generator=g))
+    assert all(torch.equal(x, y) for x, y in zip(ctx(u2, s), (got_s, got_m)))
+    with pytest.raises(ValueError, match="shape"):
+        ctx(u[:, :3], s[:, :3])
+
+
+def test_bin_edges_are_inclusive_and_means_round_half_up():
+    """Activity exactly on an edge goes to the upper bin; a mean of exactly k + 1/2 rounds to k + 1."""
+    ctx = _random_context(1)
+    inv = int(ctx.inv_scale[20])
+    ctx.shift = torch.arange(12).view(1, 4, 3)
+    ctx.coef = torch.tensor([1 << (COEF_BITS - 1)])  # 1/2
+    u = torch.tensor([[[[3, 0]]]])  # anchor |u| = 3, one neighbour: activity 3·inv
+    s = torch.tensor([[[[20, 30]]]])
+    ctx.channel_edges = torch.tensor([1, 3 * inv, 3 * inv + 1])
+    ctx.total_edges = torch.tensor([3 * inv, 3 * inv + 1])
+    s_new, m = ctx(u, s)
+    assert int(s_new[0, 0, 0, 1]) == 30 + int(ctx.shift[0, 2, 1]) and int(m[0, 0, 0, 1]) == 2  # 1.5 -> 2
+    s_new, m = ctx(-u, s)
+    assert int(m[0, 0, 0, 1]) == -1  # -1.5 -> -1 (half up)
+
+
+def test_fit_finds_spatial_dependence():
+    """Non-anchors built from their neighbours: negative mean coupling, wider where neighbours are busy."""
+    g = torch.Generator().manual_seed(0)
+    table = get_scale_table()
+    maps = []
+    for _ in range(6):
+        h, w = 12, 16
+        busy = (torch.rand(1, 3, 1, 1, generator=g) < 0.5).float()
+        anchors = torch.round(torch.randn(1, 3, h, w, generator=g) * (0.3 + 4 * busy))
+        a = anchor_mask(h, w)
+        anchors = anchors * a
+        nsum = torch.nn.functional.conv2d(anchors.view(3, 1, h, w), torch.tensor([[[[0., 1, 0], [1, 0, 1], [0, 1, 0]]]]),
+                                          padding=1).view(1, 3, h, w)
+        cnt = torch.nn.functional.conv2d(a[None, None].float(), torch.tensor([[[[0., 1, 0], [1, 0, 1], [0, 1, 0]]]]), padding=1)
+        non = torch.round(-0.5 * nsum / cnt + torch.randn(1, 3, h, w, generator=g) * 0.3)
+        u = torch.where(a, anchors, non).long()
+        idx = torch.full_like(u, 20)  # the hyperprior says σ≈1.0 everywhere
+        maps.append((u, idx))
+    ctx = CheckerboardContext(3, table)
+    info = ctx.fit(maps, table)
+    assert info["context_bits"] < 0.7 * info["context_base_bits"]
+    coef = ctx.coef.double() / 2**COEF_BITS
+    assert torch.all((coef < -0.3) & (coef > -0.7)), coef
+    assert int(ctx.shift.min()) < 0  # quiet neighbourhoods narrow the distribution
+    with pytest.raises(ValueError, match="scale table"):
+        ctx.fit(maps, table[:10])
+    with pytest.raises(ValueError, match="maps"):
+        ctx.fit([(u[:, :2], idx[:, :2])], table)
+
+
+def test_context_and_no_context_models_round_trip_and_do_not_mix():
+    with_ctx = _fitted(ScaleHyperprior, seed=4)
+    gc = with_ctx.gaussian_conditional
+    assert isinstance(gc.context, CheckerboardContext)
+    plain = _fitted(ScaleHyperprior, seed=4, context=None)
+    assert plain.gaussian_conditional.context is None
+    x = torch.cat(_images(2, 64, 192, seed=8))
+    for model in (with_ctx, plain):
+        with torch.no_grad():
+            ref = model(x)["x_hat"].clamp(0, 1)
+            enc = model.compress(x)
+            assert torch.equal(model.decompress(enc["strings"], enc["shape"])["x_hat"], ref)
+    y, _, means, idx = _gc_inputs(with_ctx, x)
+    strings = gc.compress(y, idx)
+    stripped = copy.deepcopy(gc)
+    stripped.context = None  # same circuit and tables, no context: a different model
+    with pytest.raises(BitstreamError, match="another model"):
+        stripped.decompress(strings, idx)
+    # state dicts carry the context, and loading a context-free one drops it
+    fresh = PCConditional(None)
+    fresh.load_state_dict(gc.state_dict())
+    assert torch.equal(fresh.decompress(strings, idx), torch.round(y))
+    fresh.load_state_dict(plain.gaussian_conditional.state_dict())
+    assert fresh.context is None
+
+
+def test_fit_argument_errors_for_context():
+    model = _fitted(ScaleHyperprior, seed=5)
+    x = torch.cat(_images(1, 64, 64, seed=9))
+    rows = collect_conditional_inputs(model, [x])
+    sym, idx = collect_conditional_inputs(model, [x], maps=True)
+    assert len(sym) == 1 and sym[0].shape == (1, 12, 4, 4)
+    assert torch.equal(torch.cat([s.permute(0, 2, 3, 1).reshape(-1, 12) for s in sym]), rows[0])
+    gc = PCConditional(None)
+    with pytest.raises(ValueError, match="needs latent maps"):
+        gc.fit(*rows, context="checkerboard")
+    with pytest.raises(ValueError, match="context must be"):
+        gc.fit(sym, idx, context="raster")
+    with pytest.raises(ValueError, match="both"):
+        gc.fit(sym, rows[1])
+    with pytest.raises(ValueError, match="equal shape"):
+        gc.fit(sym, [i[:, :3] for i in idx])
