@@ -9,7 +9,7 @@ from compressai.models import ScaleHyperprior
 from compressai.models.base import get_scale_table
 
 from pc_prior import BitstreamError
-from pc_prior.integrations import PCConditional, collect_conditional_inputs
+from pc_prior.integrations import PCConditional, collect_conditional_inputs, fit_prior
 from pc_prior.integrations.context import COEF_BITS, CheckerboardContext, anchor_mask
 
 from test_conditional import _fitted, _gc_inputs, _images
@@ -156,3 +156,39 @@ def test_fit_argument_errors_for_context():
         gc.fit(sym, rows[1])
     with pytest.raises(ValueError, match="equal shape"):
         gc.fit(sym, [i[:, :3] for i in idx])
+    with pytest.raises(ValueError, match="downsampling"):  # 80 is not a multiple of 64: the scales do not fit y
+        fit_prior(model, [torch.rand(1, 3, 64, 80)], name=("entropy_bottleneck", "gaussian_conditional"),
+                  progress=False)
+
+
+@pytest.mark.parametrize("context", ["checkerboard", "none"])
+def test_cli_fits_conditional_with_and_without_context(tmp_path, capsys, context):
+    import json
+
+    import compressai
+    import numpy as np
+    from PIL import Image
+
+    from pc_prior.cli import main
+    from pc_prior.integrations import load_codec
+
+    torch.manual_seed(0)
+    net = compressai.zoo.image_models["bmshj2018-hyperprior"](quality=1)
+    ck = tmp_path / "codec.pt"
+    torch.save({"arch": "bmshj2018-hyperprior", "quality": 1, "state_dict": net.state_dict()}, ck)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    out = tmp_path / "swapped.pt"
+    assert main(["prior", "fit", "--codec", str(ck), "--images", str(imgs), "--out", str(out), "--latents", "2",
+                 "--epochs", "1", "--full-batch-epochs", "0", "--max-items", "500", "--conditional",
+                 "--cond-latents", "2", "--cond-steps", "3", "--cond-context", context]) == 0
+    capsys.readouterr()
+    swapped = load_codec(out)
+    gc = swapped.gaussian_conditional
+    assert isinstance(gc, PCConditional) and (gc.context is None) == (context == "none")
+    assert main(["prior", "eval", "--codec", str(out), "--images", str(imgs)]) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["exact_round_trip"] and rep["images"] == 2

@@ -99,6 +99,10 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                 y = args[0]
                 scales = args[1] if len(args) > 1 else kwargs["scales"]
                 means = args[2] if len(args) > 2 else kwargs.get("means")
+                if tuple(scales.shape) != tuple(y.shape):
+                    raise ValueError(f"model.{n} got scales of shape {tuple(scales.shape)} for a latent of shape "
+                                     f"{tuple(y.shape)}: the image size must be a multiple of the codec's total "
+                                     "downsampling (64 for the zoo's hyperprior models)")
                 sym = module.quantize(y, "symbols", means)
                 got[n].append((sym.detach().cpu().to(torch.int32), module.build_indexes(scales).cpu().to(torch.int16)))
             else:

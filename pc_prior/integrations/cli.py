@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--cond-context", choices=["checkerboard", "none"], default="checkerboard",
                      help="PCConditional spatial context: code the checkerboard's second half given the first "
                           "(two decoding passes) or none (default: %(default)s)")
-    fit.add_argument("--multiple", type=int, default=16, help="crop training images to multiples of this")
+    fit.add_argument("--multiple", type=int, default=None,
+                     help="crop training images to multiples of this (default: 64 with --conditional, else 16)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(func=_fit)
@@ -60,7 +61,8 @@ def _fit(args: argparse.Namespace) -> int:
     cond = {"num_latents": args.cond_latents, "steps": args.cond_steps, "max_items": args.cond_max_items,
             "structure": args.cond_structure, "seed": args.seed,
             "context": None if args.cond_context == "none" else args.cond_context}
-    hist = fit_prior(net, args.images, name=names, num_latents=args.latents, multiple=args.multiple,
+    multiple = args.multiple or (64 if args.conditional else 16)
+    hist = fit_prior(net, args.images, name=names, num_latents=args.latents, multiple=multiple,
                      max_images=args.max_images, max_items=args.max_items, epochs=args.epochs,
                      full_batch_epochs=args.full_batch_epochs, batch_size=args.batch_size,
                      step_size=tuple(args.step_size), structure=args.structure, seed=args.seed, conditional=cond)
