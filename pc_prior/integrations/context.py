@@ -95,6 +95,17 @@ class CheckerboardContext(nn.Module):
                                       unexpected_keys, error_msgs)
 
     # -- features (integer) ---------------------------------------------------------------------
+    def neighbour_sums(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Integer sums over each position's anchor neighbours: activity ``Σ|u|/σ`` (Q16) and ``Σu``
+        per channel [B, C, H, W], and the neighbour count [H, W]."""
+        h, w = symbols.shape[-2:]
+        dev = symbols.device
+        anchors = anchor_mask(h, w, dev)
+        u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * anchors
+        act = u.abs() * self.inv_scale.to(dev)[indexes.long()] * anchors
+        count = _neighbour_sum(anchors[None, None].long())[0, 0]
+        return _neighbour_sum(act), _neighbour_sum(u), count
+
     def features(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Bins a, b, neighbour symbol sums and neighbour counts at every position.
 
@@ -102,19 +113,14 @@ class CheckerboardContext(nn.Module):
         Returns ``a`` [B, C, H, W], ``b`` [B, 1, H, W], ``usum`` [B, C, H, W], ``count`` [H, W]
         (int64; meaningful at the non-anchor positions).
         """
-        b_, c, h, w = symbols.shape
-        dev = symbols.device
-        anchors = anchor_mask(h, w, dev)
-        u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * anchors
-        act = u.abs() * self.inv_scale.to(dev)[indexes.long()] * anchors  # |u|/σ, Q16
-        count = _neighbour_sum(anchors[None, None].long())[0, 0]  # [H, W]
-        a_same = _neighbour_sum(act)
+        c, dev = symbols.shape[1], symbols.device
+        a_same, usum, count = self.neighbour_sums(symbols, indexes)
         a_all = a_same.sum(1, keepdim=True)
         cnt = count.clamp_min(1)
         ce, te = self.channel_edges.to(dev), self.total_edges.to(dev)
         a = (a_same[..., None] >= ce * cnt[..., None]).sum(-1)
         b = (a_all[..., None] >= te * (cnt[..., None] * c)).sum(-1)
-        return a, b, _neighbour_sum(u), count
+        return a, b, usum, count
 
     def apply(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
         """Indexes and integer means of every position given the anchors: [B, C, H, W] each.
@@ -162,12 +168,8 @@ class CheckerboardContext(nn.Module):
             sym, idx = sym.long().cpu(), idx.long().cpu()
             if sym.dim() != 4 or sym.shape != idx.shape or sym.shape[1] != self.channels:
                 raise ValueError(f"training maps must be [B, {self.channels}, H, W] pairs, got {tuple(sym.shape)}")
-            ctx = CheckerboardContext(self.channels, table)
-            _, _, usum, count = ctx.features(sym, idx)
-            anchors = anchor_mask(*sym.shape[-2:])
-            act = sym.clamp(-SYMBOL_CLIP, SYMBOL_CLIP).abs() * self.inv_scale.cpu()[idx] * anchors
-            a_same = _neighbour_sum(act)  # the integer sums features() bins
-            sel = (~anchors) & (count > 0)
+            a_same, usum, count = self.neighbour_sums(sym, idx)  # the integer sums features() bins
+            sel = ~anchor_mask(*sym.shape[-2:]) & (count > 0)
             per = lambda t: t.permute(0, 2, 3, 1)[:, sel].reshape(-1)  # noqa: E731  [B*n*C]
             rows["u"].append(per(sym))
             rows["s"].append(per(idx))
