@@ -11,24 +11,22 @@ median encode/decode seconds per image of both, on the same device and thread co
         --structure chow-liu --steps 1000 --max-items 120000 --json runs/hyperprior_rates_final.json
 
 Measured with that command (1 CPU thread on a shared, loaded 2-core box; z: K=16 star HCLT; y:
-PCConditional K=16 Chow-Liu, 1000 Adam steps of 512 positions from 120k BSDS500 positions;
-Kodak padded to 64; exact round trip and identical reconstructions in every case; times are
-medians per image, baseline and PC timed in the same run):
+PCConditional with the checkerboard context (the default), K=16 Chow-Liu, 1000 Adam steps of 512
+positions from 120k BSDS500 positions; Kodak padded to 64; exact round trip and identical
+reconstructions in every case; times are medians per image, baseline and PC timed in the same run):
 
 | codec | base bpp (y+z) | PC bpp (y+z) | saving | fit s | enc s base/PC | dec s base/PC |
 |---|---|---|---|---|---|---|
-| hyperprior q1 | 0.1492 (0.1455+0.0037) | 0.1445 (0.1411+0.0033) | 3.2% | 272 | 0.82/1.17 | 1.08/1.34 (1.24x) |
-| hyperprior q2 | 0.2552 (0.2498+0.0054) | 0.2472 (0.2423+0.0049) | 3.1% | 244 | 0.74/1.14 | 0.96/1.32 (1.37x) |
-| hyperprior q3 | 0.4008 (0.3942+0.0066) | 0.3920 (0.3856+0.0064) | 2.2% | 232 | 0.71/1.16 | 0.93/1.36 (1.47x) |
+| hyperprior q1 | 0.1492 (0.1455+0.0037) | 0.1388 (0.1355+0.0033) | 7.0% | 370 | 0.87/1.26 | 1.16/1.48 (1.28x) |
+| hyperprior q2 | 0.2552 (0.2498+0.0054) | 0.2407 (0.2358+0.0049) | 5.7% | 289 | 0.52/1.34 | 0.74/1.54 (2.07x) |
+| hyperprior q3 | 0.4008 (0.3942+0.0066) | 0.3863 (0.3799+0.0064) | 3.6% | 316 | 0.63/1.39 | 0.89/1.64 (1.85x) |
 
-Short of the issue's 5% target. z is under 3% of the bits, so nearly all of the saving is the
-conditional's (y alone: 3.0%, 3.0%, 2.2%). Held-out BSDS500 positions agree (3.0%, 2.6%, 1.9% fewer
-y bits). On cached q1 latents (45k positions): K=1
-(per-channel/per-scale recalibration only) saves 0.4%, K=8 Chow-Liu 3.1%, K=16 Chow-Liu 3.2%,
-K=16 star 2.9%; starting from binned standardized symbols (``init="data"``) did not help.
-Longer training helps little: q1 with ``--steps 2500 --batch-size 1024`` (fit 926 s)
-gave 0.1443 bpp, 3.3%. The coding tables take 34-42 MB of int32 buffers (M=192 channels x 64
-scales x K x (2R+2)).
+q3 is short of the issue's 5% target. With ``--context none`` (one pass, the circuit alone, same
+settings): 0.1445 / 0.2472 / 0.3920 bpp, savings 3.2% / 3.1% / 2.2%, decode 1.29x / 1.50x / 1.73x. Earlier ablations on cached q1 latents (45k positions,
+no context): K=1 (per-channel/per-scale recalibration only) saves 0.4%, K=8 Chow-Liu 3.1%, K=16
+Chow-Liu 3.2%, K=16 star 2.9%; ``init="data"`` did not help; q1 with ``--steps 2500 --batch-size
+1024`` gave 3.3%. The coding tables take 33-41 MB of int32 buffers (M=192 channels x 64 scales x K
+x (2R+2)). What the context alone gives: bench/bench_context.py.
 """
 
 from __future__ import annotations

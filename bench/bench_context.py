@@ -1,0 +1,175 @@
+"""What the checkerboard context alone buys on frozen hyperprior codecs, and two variants of it.
+
+For each quality: collect the shared bmshj2018-hyperprior codec's symbols and scale indexes on
+BSDS500 (cropped to 64) and Kodak (padded to 64), fit ``CheckerboardContext`` on BSDS500, and
+report Kodak's y code length under CompressAI's Gaussian (table scales) with and without the
+context (no circuit: the context's own share of ``PCConditional``'s saving). Two variants, on the
+non-anchor or anchor positions they would change:
+
+- ``cross_mean``: the integer mean predicted from all channels of the neighbours (ridge least
+  squares) instead of the same channel, with the shift table refit for it;
+- ``third_pass``: anchors split in two diagonal halves, the second coded with a context from its
+  four diagonal neighbours (the same fit, on those positions); its share of all y bits.
+
+    OMP_NUM_THREADS=1 python bench/bench_context.py --qualities 1 2 3 --json runs/bench_context.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@contextlib.contextmanager
+def diagonal_lattice():
+    """Make the context module treat (even, even) as anchors and diagonal cells as neighbours."""
+    from pc_prior.integrations import context as ctx_mod
+
+    saved = ctx_mod._neighbour_sum, ctx_mod.anchor_mask
+
+    def diag_sum(x: torch.Tensor) -> torch.Tensor:
+        p = torch.nn.functional.pad(x, (1, 1, 1, 1))
+        return p[..., :-2, :-2] + p[..., 2:, 2:] + p[..., 2:, :-2] + p[..., :-2, 2:]
+
+    def quarter(h: int, w: int, device="cpu") -> torch.Tensor:
+        i = torch.arange(h, device=device)[:, None]
+        j = torch.arange(w, device=device)[None, :]
+        return (i % 2 == 0) & (j % 2 == 0)
+
+    ctx_mod._neighbour_sum, ctx_mod.anchor_mask = diag_sum, quarter
+    try:
+        yield
+    finally:
+        ctx_mod._neighbour_sum, ctx_mod.anchor_mask = saved
+
+
+def shift_refit(ctx, train, test, table, mean_fn) -> float:
+    """Kodak non-anchor bits with means from ``mean_fn`` and a per-cell shift refit for them."""
+    from pc_prior.integrations.context import _gaussian_bits, anchor_mask
+
+    def rows(maps):
+        out = {"r": [], "s": [], "cell": []}
+        for sym, idx in maps:
+            a, b, usum, cnt = ctx.features(sym, idx)
+            na = ~anchor_mask(*sym.shape[-2:])
+            c = sym.shape[1]
+            cell = (torch.arange(c)[None, :, None, None] * ctx.shift.shape[1] + a) * ctx.shift.shape[2] + b
+            out["r"].append((sym - mean_fn(usum, cnt))[..., na].permute(0, 2, 1).reshape(-1, c))
+            out["s"].append(idx[..., na].permute(0, 2, 1).reshape(-1, c))
+            out["cell"].append(cell[..., na].permute(0, 2, 1).reshape(-1, c))
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    tr, te = rows(train), rows(test)
+    cands = torch.arange(-12, 13)
+    cost = torch.zeros(ctx.shift.numel(), len(cands), dtype=torch.float64)
+    for k, d in enumerate(cands):
+        bits = _gaussian_bits(tr["r"].double(), table[(tr["s"] + d).clamp(0, len(table) - 1)])
+        cost[:, k].index_add_(0, tr["cell"].flatten(), bits.flatten())
+    shift = cands[cost.argmin(1)]
+    return float(_gaussian_bits(te["r"].double(), table[(te["s"] + shift[te["cell"]]).clamp(0, len(table) - 1)]).sum())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--qualities", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--models", type=Path, default=SHARED / "models")
+    ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500")
+    ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
+    ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from pc_prior.integrations import (collect_conditional_inputs, crop_to_multiple, list_images, load_codec,
+                                       load_image, pad_to_multiple, swap_entropy_model)
+    from pc_prior.integrations.context import CheckerboardContext, _gaussian_bits, anchor_mask
+
+    rows = []
+    for q in args.qualities:
+        net = load_codec(args.models / f"bmshj2018-hyperprior-q{q}.pt")
+        net.update(force=True)
+        swap_entropy_model(net, "gaussian_conditional")  # only its collection hook is used
+        table = net.gaussian_conditional.scale_table.double()
+
+        def maps(files, prep):
+            sym, idx = collect_conditional_inputs(net, (prep(load_image(f)) for f in files), maps=True)
+            return [(s.long(), i.long()) for s, i in zip(sym, idx)]
+
+        train = maps(list_images(args.train)[: args.max_images], lambda x: crop_to_multiple(x, 64))
+        test = maps(list_images(args.kodak), lambda x: pad_to_multiple(x, 64))
+        c = train[0][0].shape[1]
+        ctx = CheckerboardContext(c, table)
+        ctx.fit(train, table)
+        base = ctx_bits = non_base = non_ctx = 0.0
+        for sym, idx in test:
+            s2, m = ctx(sym, idx)
+            na = ~anchor_mask(*sym.shape[-2:])
+            b0 = _gaussian_bits(sym.double(), table[idx])
+            b1 = _gaussian_bits((sym - m).double(), table[s2])
+            base, ctx_bits = base + float(b0.sum()), ctx_bits + float(b1.sum())
+            non_base, non_ctx = non_base + float(b0[..., na].sum()), non_ctx + float(b1[..., na].sum())
+        # cross-channel mean: ridge regression of the symbols on all channels' neighbour means
+        xs, ys = [], []
+        for sym, idx in train:
+            _, usum, cnt = ctx.neighbour_sums(sym, idx)
+            na = ~anchor_mask(*sym.shape[-2:])
+            xs.append((usum.double() / cnt.clamp_min(1))[..., na].permute(0, 2, 1).reshape(-1, c))
+            ys.append(sym[..., na].permute(0, 2, 1).reshape(-1, c).double())
+        x1 = torch.cat([torch.cat(xs), torch.ones(sum(len(x) for x in xs), 1, dtype=torch.float64)], 1)
+        w = torch.linalg.solve(x1.T @ x1 + 100 * torch.eye(c + 1, dtype=torch.float64), x1.T @ torch.cat(ys))
+
+        def cross_mean(usum, cnt):
+            x = (usum.double() / cnt.clamp_min(1)).permute(0, 2, 3, 1)
+            return torch.round(x @ w[:-1] + w[-1]).permute(0, 3, 1, 2).long()
+
+        def same_mean(usum, cnt):
+            den = cnt.clamp_min(1) << 12
+            return torch.div(2 * ctx.coef[None, :, None, None] * usum + den, 2 * den, rounding_mode="floor")
+
+        same_refit = shift_refit(ctx, train, test, table, same_mean)
+        cross_refit = shift_refit(ctx, train, test, table, cross_mean)
+        # third pass: the (odd, odd) quarter given its diagonal (even, even) neighbours
+        with diagonal_lattice():
+            diag = CheckerboardContext(c, table)
+            diag.fit(train, table)
+            d_base = d_ctx = 0.0
+            for sym, idx in test:
+                h, wd = sym.shape[-2:]
+                quarter = (torch.arange(h)[:, None] % 2 == 1) & (torch.arange(wd)[None] % 2 == 1)
+                s2, m = diag(sym, idx)
+                d_base += float(_gaussian_bits(sym.double(), table[idx])[..., quarter].sum())
+                d_ctx += float(_gaussian_bits((sym - m).double(), table[s2])[..., quarter].sum())
+        row = {
+            "quality": q, "kodak_y_bits_gaussian": base, "kodak_y_bits_context": ctx_bits,
+            "context_saving_pct": 100 * (1 - ctx_bits / base),
+            "non_anchor_saving_pct": 100 * (1 - non_ctx / non_base),
+            "mean_coef_abs_mean": float(ctx.coef.double().abs().mean() / 2**12),
+            "same_mean_refit_non_anchor_saving_pct": 100 * (1 - same_refit / non_base),
+            "cross_mean_refit_non_anchor_saving_pct": 100 * (1 - cross_refit / non_base),
+            "third_pass_saving_pct_of_all_y": 100 * (d_base - d_ctx) / base,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
+    print("\n| codec | context alone (y) | on non-anchors | same-channel mean | cross-channel mean | third pass (y) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| hyperprior q{r['quality']} | {r['context_saving_pct']:.2f}% | {r['non_anchor_saving_pct']:.2f}% | "
+              f"{r['same_mean_refit_non_anchor_saving_pct']:.2f}% | {r['cross_mean_refit_non_anchor_saving_pct']:.2f}% | "
+              f"+{r['third_pass_saving_pct_of_all_y']:.2f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
