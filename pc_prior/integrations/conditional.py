@@ -11,8 +11,15 @@ GaussianConditional; with K>1 the latent states capture what the hyper-decoder m
 over- or under-dispersion of the channels at a position, sign and magnitude co-occurrence, and
 per-channel miscalibration of the predicted scales.
 
+Spatial context (optional, ``fit(..., context="checkerboard")``; ``fit_prior``'s default): a
+``CheckerboardContext`` (``pc_prior.integrations.context``) codes the anchor half of the positions
+first and gives every other position an integer scale-index shift and integer mean from its decoded
+neighbours; the circuit then sees the shifted indexes and ``u - mean``. Integer arithmetic only, so
+it is as deterministic as the coder.
+
 Coding. All positions of all images are coded in parallel (no raster order): one loop over the
-M channels in the tree's preorder, batched over every position, with the exact integer messages
+M channels in the tree's preorder (once for all positions, or once for the anchors and once for
+the rest with the context), batched over every position, with the exact integer messages
 of ``pc_prior.coding.IncrementalConditionals`` and per-item emission tables (table ``s`` of
 channel c for an element with scale index s). ``update()`` writes the integer tables into
 registered buffers: ``_pc_emit`` [M, S, K, V] over the symbols ``-R..R`` plus ESCAPE; a symbol
