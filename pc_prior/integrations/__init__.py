@@ -5,9 +5,10 @@ from .api import (
     save_codec, swap_entropy_model,
 )
 from .conditional import PCConditional
+from .context import CheckerboardContext
 from .entropy_models import PCEntropyBottleneck
 
 __all__ = [
-    "PCEntropyBottleneck", "PCConditional", "swap_entropy_model", "collect_conditional_inputs", "fit_prior", "collect_latents", "load_codec", "save_codec",
+    "PCEntropyBottleneck", "PCConditional", "CheckerboardContext", "swap_entropy_model", "collect_conditional_inputs", "fit_prior", "collect_latents", "load_codec", "save_codec",
     "list_images", "load_image", "pad_to_multiple", "crop_to_multiple", "build_codec", "read_codec_file",
 ]
