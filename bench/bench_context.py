@@ -51,6 +51,11 @@ def diagonal_lattice():
         ctx_mod._neighbour_sum, ctx_mod.anchor_mask = saved
 
 
+def rows_at(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] at the positions of ``mask`` [H, W] -> rows [B*n, C]."""
+    return t[..., mask].permute(0, 2, 1).reshape(-1, t.shape[1])
+
+
 def shift_refit(ctx, train, test, table, mean_fn) -> float:
     """Kodak non-anchor bits with means from ``mean_fn`` and a per-cell shift refit for them."""
     from pc_prior.integrations.context import _gaussian_bits, anchor_mask
@@ -62,9 +67,9 @@ def shift_refit(ctx, train, test, table, mean_fn) -> float:
             na = ~anchor_mask(*sym.shape[-2:])
             c = sym.shape[1]
             cell = (torch.arange(c)[None, :, None, None] * ctx.shift.shape[1] + a) * ctx.shift.shape[2] + b
-            out["r"].append((sym - mean_fn(usum, cnt))[..., na].permute(0, 2, 1).reshape(-1, c))
-            out["s"].append(idx[..., na].permute(0, 2, 1).reshape(-1, c))
-            out["cell"].append(cell[..., na].permute(0, 2, 1).reshape(-1, c))
+            out["r"].append(rows_at(sym - mean_fn(usum, cnt), na))
+            out["s"].append(rows_at(idx, na))
+            out["cell"].append(rows_at(cell, na))
         return {k: torch.cat(v) for k, v in out.items()}
 
     tr, te = rows(train), rows(test)
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pc_prior.integrations import (collect_conditional_inputs, crop_to_multiple, list_images, load_codec,
                                        load_image, pad_to_multiple, swap_entropy_model)
-    from pc_prior.integrations.context import CheckerboardContext, _gaussian_bits, anchor_mask
+    from pc_prior.integrations.context import CheckerboardContext, _gaussian_bits, anchor_mask, rounded_mean
 
     rows = []
     for q in args.qualities:
@@ -122,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         for sym, idx in train:
             _, usum, cnt = ctx.neighbour_sums(sym, idx)
             na = ~anchor_mask(*sym.shape[-2:])
-            xs.append((usum.double() / cnt.clamp_min(1))[..., na].permute(0, 2, 1).reshape(-1, c))
-            ys.append(sym[..., na].permute(0, 2, 1).reshape(-1, c).double())
+            xs.append(rows_at(usum.double() / cnt.clamp_min(1), na))
+            ys.append(rows_at(sym, na).double())
         x1 = torch.cat([torch.cat(xs), torch.ones(sum(len(x) for x in xs), 1, dtype=torch.float64)], 1)
         w = torch.linalg.solve(x1.T @ x1 + 100 * torch.eye(c + 1, dtype=torch.float64), x1.T @ torch.cat(ys))
 
@@ -132,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return torch.round(x @ w[:-1] + w[-1]).permute(0, 3, 1, 2).long()
 
         def same_mean(usum, cnt):
-            den = cnt.clamp_min(1) << 12
-            return torch.div(2 * ctx.coef[None, :, None, None] * usum + den, 2 * den, rounding_mode="floor")
+            return rounded_mean(ctx.coef[None, :, None, None], usum, cnt)
 
         same_refit = shift_refit(ctx, train, test, table, same_mean)
         cross_refit = shift_refit(ctx, train, test, table, cross_mean)

@@ -315,6 +315,11 @@ class PCConditional(GaussianConditional):
         return [a, ~a] if h * w > 1 else [a]
 
     @staticmethod
+    def _pass_rows(t: Tensor, mask: Tensor) -> Tensor:
+        """[B, C, H, W] at the positions of ``mask`` [H, W] -> rows [B*n, C], image by image."""
+        return t[..., mask].permute(0, 2, 1).reshape(-1, t.shape[1])
+
+    @staticmethod
     def _rows(t: Tensor) -> Tensor:
         """[B, C, H, W] -> [B*H*W, C] (items = positions, variables = channels)."""
         return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
@@ -377,7 +382,11 @@ class PCConditional(GaussianConditional):
             if context == "checkerboard":
                 ctx = CheckerboardContext(maps[0][0].shape[1], table.cpu())
                 ctx_info = ctx.fit(maps, table.cpu())
-                maps = [(sy - m, si) for sy, sx in maps for si, m in [ctx(sy, sx)]]
+                coded = []
+                for sy, sx in maps:  # what the coder sees: shifted indexes, symbols less their means
+                    s_ctx, m = ctx(sy, sx)
+                    coded.append((sy - m, s_ctx))
+                maps = coded
             symbols = torch.cat([self._rows(sy) for sy, _ in maps])
             indexes = torch.cat([self._rows(sx) for _, sx in maps])
         elif context is not None:
@@ -524,14 +533,14 @@ class PCConditional(GaussianConditional):
             if u.numel() and int(u.abs().max()) > MAX_SYMBOL:
                 raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
         alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
+        tables = tables.to("cpu")
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
         for mask in self._pass_masks(h, w):
             n = int(mask.sum())
-            rel = u[..., mask].permute(0, 2, 1).reshape(-1, c) + r
+            rel = self._pass_rows(u, mask) + r
             esc = (rel < 0) | (rel > 2 * r)
             idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
-            inc = IncrementalConditionals(tables.to("cpu"), b * n, "cpu",
-                                          groups=s[..., mask].permute(0, 2, 1).reshape(-1, c))
+            inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(s, mask))
             encode_symbols(encs, inc, idx, rel.numpy(), esc.numpy(), n, alphabet)
         return [bitstream.pack(MAGIC, FORMAT_VERSION, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
                 for enc in encs]
@@ -553,14 +562,14 @@ class PCConditional(GaussianConditional):
         alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
         s = indexes.long().cpu()
         u = torch.zeros(b, c, h, w, dtype=torch.long)
+        tables = tables.to("cpu")
         decs = range_decoders(words)
         for k, mask in enumerate(self._pass_masks(h, w)):
             groups, m = s, None
             if k == 1:  # the anchors are decoded: the non-anchors' context
                 groups, m = self.context(u, s)
             n = int(mask.sum())
-            inc = IncrementalConditionals(tables.to("cpu"), b * n, "cpu",
-                                          groups=groups[..., mask].permute(0, 2, 1).reshape(-1, c))
+            inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(groups, mask))
             rel = decode_symbols(decs, inc, n, 2 * r + 1, alphabet)
             vals = (rel - r).view(b, n, c).permute(0, 2, 1)
             u[..., mask] = vals + m[..., mask] if m is not None else vals

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CheckerboardContext", "anchor_mask"]
+__all__ = ["CheckerboardContext", "anchor_mask", "rounded_mean"]
 
 FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
 COEF_BITS = 12  # fixed point of the mean coefficients
@@ -50,6 +50,12 @@ def _neighbour_sum(x: Tensor) -> Tensor:
     """Sum of the 4 spatial neighbours (zero outside the map) of [B, C, H, W]."""
     p = F.pad(x, (1, 1, 1, 1))
     return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+
+
+def rounded_mean(coef: Tensor, usum: Tensor, count: Tensor) -> Tensor:
+    """``round(coef · usum / count)`` exactly in int64, half up: ``coef`` in Q12 (``COEF_BITS``)."""
+    den = count.clamp_min(1) << COEF_BITS
+    return torch.div(2 * coef * usum + den, 2 * den, rounding_mode="floor")
 
 
 def _std_cdf(x: Tensor) -> Tensor:
@@ -106,6 +112,15 @@ class CheckerboardContext(nn.Module):
         count = _neighbour_sum(anchors[None, None].long())[0, 0]
         return _neighbour_sum(act), _neighbour_sum(u), count
 
+    def bins(self, a_same: Tensor, a_all: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+        """Bin indexes of integer neighbour activities (per channel, over all channels) given the
+        neighbour counts (broadcastable); an activity exactly on an edge goes to the upper bin."""
+        cnt = count.clamp_min(1)
+        ce, te = self.channel_edges.to(a_same.device), self.total_edges.to(a_same.device)
+        a = (a_same[..., None] >= ce * cnt[..., None]).sum(-1)
+        b = (a_all[..., None] >= te * (cnt[..., None] * self.channels)).sum(-1)
+        return a, b
+
     def features(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Bins a, b, neighbour symbol sums and neighbour counts at every position.
 
@@ -113,13 +128,8 @@ class CheckerboardContext(nn.Module):
         Returns ``a`` [B, C, H, W], ``b`` [B, 1, H, W], ``usum`` [B, C, H, W], ``count`` [H, W]
         (int64; meaningful at the non-anchor positions).
         """
-        c, dev = symbols.shape[1], symbols.device
         a_same, usum, count = self.neighbour_sums(symbols, indexes)
-        a_all = a_same.sum(1, keepdim=True)
-        cnt = count.clamp_min(1)
-        ce, te = self.channel_edges.to(dev), self.total_edges.to(dev)
-        a = (a_same[..., None] >= ce * cnt[..., None]).sum(-1)
-        b = (a_all[..., None] >= te * (cnt[..., None] * c)).sum(-1)
+        a, b = self.bins(a_same, a_same.sum(1, keepdim=True), count)
         return a, b, usum, count
 
     def apply(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,9 +149,7 @@ class CheckerboardContext(nn.Module):
         non_anchor = ~anchor_mask(h, w, dev)
         s = indexes.long()
         s_new = torch.where(non_anchor, (s + delta).clamp(0, len(self.inv_scale) - 1), s)
-        den = count.clamp_min(1) << COEF_BITS  # round half up: floor((2·num + den) / (2·den))
-        num = self.coef.to(dev)[None, :, None, None] * usum
-        means = torch.div(2 * num + den, 2 * den, rounding_mode="floor") * non_anchor
+        means = rounded_mean(self.coef.to(dev)[None, :, None, None], usum, count) * non_anchor
         return s_new, means
 
     forward = apply
@@ -153,7 +161,7 @@ class CheckerboardContext(nn.Module):
         """Choose bin edges, ``coef`` and ``shift`` on training maps [(symbols, indexes)] ([B, C, H, W]).
 
         Edges: quantiles of the non-zero activities (channel: the zero bin plus quantiles; total:
-        quantiles). ``coef`` per channel from ``coef_grid`` (default -1..1 in steps of 1/16) and
+        quantiles). ``coef`` per channel from ``coef_grid`` (default -2..2 in steps of 1/16) and
         ``shift`` per (channel, bin, bin) from ``-max_shift..max_shift``, alternating ``rounds``
         times, each the exact minimizer of the Gaussian code length given the other. A cell's
         choice is shrunk towards its channel's (``shrink`` pseudo-elements) so sparse cells stay
@@ -193,8 +201,7 @@ class CheckerboardContext(nn.Module):
         tot_edges = torch.quantile(tot, torch.linspace(0, 1, nb + 1, dtype=torch.float64)[1:-1])
         self.channel_edges = torch.ceil(ch_edges * 2.0**FRAC_BITS).long().to(self.coef.device)
         self.total_edges = torch.ceil(tot_edges * 2.0**FRAC_BITS).long().to(self.coef.device)
-        a = (d["a_same"][:, None] >= self.channel_edges.cpu() * cnt[:, None]).sum(-1)
-        b = (d["a_all"][:, None] >= self.total_edges.cpu() * (cnt[:, None] * self.channels)).sum(-1)
+        a, b = self.bins(d["a_same"], d["a_all"], cnt)
         # identical elements cost the same: fit on the distinct (channel, bins, index, u, usum, count)
         # with their multiplicities (u and usum clipped to what decides the fit)
         u_c = d["u"].clamp(-LUT_SIZE + 1, LUT_SIZE - 1)
@@ -217,13 +224,12 @@ class CheckerboardContext(nn.Module):
         grid = coef_grid if coef_grid is not None else torch.arange(-32, 33, dtype=torch.float64) / 16
         grid = grid.double()[grid.double().abs().argsort(stable=True)]  # ties go to the smallest |coef|
         coef_q = torch.round(grid * 2**COEF_BITS).long()
-        den = cnt << COEF_BITS
         shift = torch.zeros(n_cells, dtype=torch.long)
         coef = torch.zeros(self.channels, dtype=torch.long)
         lut = _gaussian_bits(torch.arange(LUT_SIZE, dtype=torch.float64)[None], table[:, None])  # [S, V]
 
         def means(cq: Tensor) -> Tensor:
-            return torch.div(2 * cq * usum + den, 2 * den, rounding_mode="floor")
+            return rounded_mean(cq, usum, cnt)
 
         def total_bits(m: Tensor, sh: Tensor) -> Tensor:
             return weight * lut[(s + sh).clamp(0, len(table) - 1), (u - m).abs().clamp(max=LUT_SIZE - 1)]
