@@ -10,15 +10,15 @@ from compressai.models.base import get_scale_table
 
 from pc_prior import BitstreamError
 from pc_prior.integrations import PCConditional, collect_conditional_inputs, fit_prior
-from pc_prior.integrations.context import COEF_BITS, CheckerboardContext, anchor_mask
+from pc_prior.integrations.context import COEF_BITS, CheckerboardContext, anchor_mask, lattice_masks
 
 from test_conditional import _fitted, _gc_inputs, _images
 
 
-def _random_context(c: int, seed: int = 0) -> CheckerboardContext:
+def _random_context(c: int, seed: int = 0, lattice: str = "cross") -> CheckerboardContext:
     g = torch.Generator().manual_seed(seed)
     table = get_scale_table()
-    ctx = CheckerboardContext(c, table, channel_bins=4, total_bins=3)
+    ctx = CheckerboardContext(c, table, channel_bins=4, total_bins=3, lattice=lattice)
     ctx.channel_edges = torch.tensor([1, 30000, 90000])
     ctx.total_edges = torch.tensor([20000, 60000])
     ctx.coef = torch.randint(-(2 << COEF_BITS), 2 << COEF_BITS, (c,), generator=g)
@@ -27,16 +27,23 @@ def _random_context(c: int, seed: int = 0) -> CheckerboardContext:
 
 
 def _naive(ctx: CheckerboardContext, u: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position by position with Python integers: the specification of ``apply``."""
+    """Position by position with Python integers: the specification of ``apply``.
+
+    Cross lattice: (i + j) odd positions read their row/column neighbours (all anchors). Diagonal:
+    (odd, odd) positions read their diagonal neighbours (all (even, even))."""
     b_, c, h, w = u.shape
     s_out, m_out = s.clone().long(), torch.zeros_like(u, dtype=torch.long)
     inv = ctx.inv_scale.tolist()
+    if ctx.lattice == "cross":
+        target, steps = (lambda i, j: (i + j) % 2 == 1), ((-1, 0), (1, 0), (0, -1), (0, 1))
+    else:
+        target, steps = (lambda i, j: i % 2 == 1 and j % 2 == 1), ((-1, -1), (1, 1), (1, -1), (-1, 1))
     for b in range(b_):
         for i in range(h):
             for j in range(w):
-                if (i + j) % 2 == 0:
+                if not target(i, j):
                     continue
-                nb = [(i + di, j + dj) for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)) if 0 <= i + di < h and 0 <= j + dj < w]
+                nb = [(i + di, j + dj) for di, dj in steps if 0 <= i + di < h and 0 <= j + dj < w]
                 n = len(nb)
                 act = [sum(abs(int(u[b, k, y, x])) * inv[int(s[b, k, y, x])] for y, x in nb) for k in range(c)]
                 total = sum(act)
@@ -50,20 +57,24 @@ def _naive(ctx: CheckerboardContext, u: torch.Tensor, s: torch.Tensor) -> tuple[
     return s_out, m_out
 
 
+@pytest.mark.parametrize("lattice", ["cross", "diagonal"])
 @pytest.mark.parametrize("hw", [(1, 1), (1, 2), (2, 1), (3, 5), (4, 4)])
-def test_apply_equals_naive_integer_reference(hw):
+def test_apply_equals_naive_integer_reference(hw, lattice):
     g = torch.Generator().manual_seed(hw[0] * 7 + hw[1])
-    ctx = _random_context(5)
+    ctx = _random_context(5, lattice=lattice)
     u = torch.randint(-6, 7, (2, 5, *hw), generator=g)
     s = torch.randint(0, 64, (2, 5, *hw), generator=g)
     got_s, got_m = ctx(u, s)
     want_s, want_m = _naive(ctx, u, s)
     assert torch.equal(got_s, want_s) and torch.equal(got_m, want_m)
-    a = anchor_mask(*hw)
-    assert torch.equal(got_s[..., a], s[..., a]) and not got_m[..., a].any()
-    # only the anchors are read: changing the non-anchors changes nothing
-    u2 = torch.where(a, u, torch.randint(-50, 50, u.shape, generator=g))
-    assert all(torch.equal(x, y) for x, y in zip(ctx(u2, s), (got_s, got_m)))
+    sources, targets = lattice_masks(*hw, lattice)
+    assert not (sources & targets).any()
+    assert torch.equal(got_s[..., ~targets], s[..., ~targets]) and not got_m[..., ~targets].any()
+    # only the sources' symbols and indexes (and a target's own index) are read
+    u2 = torch.where(sources, u, torch.randint(-50, 50, u.shape, generator=g))
+    s2 = torch.where(sources | targets, s, torch.randint(0, 64, s.shape, generator=g))
+    got2 = ctx(u2, s2)
+    assert torch.equal(got2[1], got_m) and torch.equal(got2[0][..., targets], got_s[..., targets])
     with pytest.raises(ValueError, match="shape"):
         ctx(u[:, :3], s[:, :3])
 
@@ -114,18 +125,23 @@ def test_fit_finds_spatial_dependence():
         ctx.fit([(u[:, :2], idx[:, :2])], table)
 
 
+def _assert_codec_round_trip(model, x):
+    """The model's own compress/decompress reproduce its eval-mode forward reconstruction."""
+    with torch.no_grad():
+        ref = model(x)["x_hat"].clamp(0, 1)
+        enc = model.compress(x)
+        assert torch.equal(model.decompress(enc["strings"], enc["shape"])["x_hat"], ref)
+
+
 def test_context_and_no_context_models_round_trip_and_do_not_mix():
-    with_ctx = _fitted(ScaleHyperprior, seed=4)
+    with_ctx = _fitted(ScaleHyperprior, seed=4, context="checkerboard")
     gc = with_ctx.gaussian_conditional
     assert isinstance(gc.context, CheckerboardContext)
     plain = _fitted(ScaleHyperprior, seed=4, context=None)
     assert plain.gaussian_conditional.context is None
     x = torch.cat(_images(2, 64, 192, seed=8))
     for model in (with_ctx, plain):
-        with torch.no_grad():
-            ref = model(x)["x_hat"].clamp(0, 1)
-            enc = model.compress(x)
-            assert torch.equal(model.decompress(enc["strings"], enc["shape"])["x_hat"], ref)
+        _assert_codec_round_trip(model, x)
     y, _, means, idx = _gc_inputs(with_ctx, x)
     strings = gc.compress(y, idx)
     stripped = copy.deepcopy(gc)
@@ -138,6 +154,31 @@ def test_context_and_no_context_models_round_trip_and_do_not_mix():
     assert torch.equal(fresh.decompress(strings, idx), torch.round(y))
     fresh.load_state_dict(plain.gaussian_conditional.state_dict())
     assert fresh.context is None
+
+
+def test_three_pass_context_round_trips_and_is_its_own_model():
+    """Three passes: (even, even), then (odd, odd) given diagonal neighbours, then the rest."""
+    model = _fitted(ScaleHyperprior, seed=4, context="three-pass")
+    gc = model.gaussian_conditional
+    assert gc.context.lattice == "cross" and gc.anchor_context.lattice == "diagonal"
+    for (h, w), passes in {(1, 1): 1, (1, 3): 2, (3, 1): 2, (5, 6): 3}.items():  # one row has no (odd, odd)
+        masks = gc._pass_masks(h, w)
+        assert len(masks) == passes
+        assert torch.equal(torch.stack(masks).sum(0), torch.ones(h, w, dtype=torch.long))  # a partition
+    x = torch.cat(_images(2, 64, 192, seed=8))
+    _assert_codec_round_trip(model, x)
+    y, _, means, idx = _gc_inputs(model, x)
+    strings = gc.compress(y, idx)
+    two_pass = copy.deepcopy(gc)
+    two_pass.anchor_context = None  # same circuit, tables and cross context: a different model
+    with pytest.raises(BitstreamError, match="another model"):
+        two_pass.decompress(strings, idx)
+    fresh = PCConditional(None)
+    fresh.load_state_dict(gc.state_dict())
+    assert fresh.anchor_context.lattice == "diagonal"
+    assert torch.equal(fresh.decompress(strings, idx), torch.round(y))
+    fresh.load_state_dict(two_pass.state_dict())  # a two-pass state dict drops the anchor context
+    assert fresh.anchor_context is None and fresh.context is not None
 
 
 def test_fit_argument_errors_for_context():
@@ -161,7 +202,7 @@ def test_fit_argument_errors_for_context():
                   progress=False)
 
 
-@pytest.mark.parametrize("context", ["checkerboard", "none"])
+@pytest.mark.parametrize("context", ["three-pass", "checkerboard", "none"])
 def test_cli_fits_conditional_with_and_without_context(tmp_path, capsys, context):
     import json
 
@@ -189,6 +230,7 @@ def test_cli_fits_conditional_with_and_without_context(tmp_path, capsys, context
     swapped = load_codec(out)
     gc = swapped.gaussian_conditional
     assert isinstance(gc, PCConditional) and (gc.context is None) == (context == "none")
+    assert (gc.anchor_context is not None) == (context == "three-pass")
     assert main(["prior", "eval", "--codec", str(out), "--images", str(imgs)]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["exact_round_trip"] and rep["images"] == 2

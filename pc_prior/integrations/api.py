@@ -233,7 +233,7 @@ def fit_prior(
     Bottlenecks are fitted with ``num_latents`` and the remaining keyword arguments
     (``PCEntropyBottleneck.fit``: ``max_items``, ``epochs``, ``tail``, ...); conditionals with
     the ``conditional`` dict (``PCConditional.fit``: ``num_latents``, ``steps``, ``structure``,
-    ``context`` (default ``"checkerboard"``; ``None`` codes all positions in one pass), ...). Returns the history, or a dict of histories by name when ``name`` is a sequence.
+    ``context`` (default ``"three-pass"``; ``"checkerboard"`` for two passes, ``None`` for one), ...). Returns the history, or a dict of histories by name when ``name`` is a sequence.
     """
     names = [name] if isinstance(name, str) else list(name)
     if not names:
@@ -260,7 +260,7 @@ def fit_prior(
         with torch.enable_grad():
             if isinstance(module, PCConditional):
                 sym, idx = data[n]  # type: ignore[misc]
-                kw = {"progress": progress, "context": "checkerboard"} | (conditional or {})
+                kw = {"progress": progress, "context": "three-pass"} | (conditional or {})
                 hists[n] = module.fit(sym, idx, **kw)
             else:
                 hists[n] = module.fit(data[n].to(dev), num_latents, progress=progress, **fit_kwargs)  # type: ignore[union-attr]

@@ -26,14 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="circuit structure over the channels (default: %(default)s)")
     fit.add_argument("--conditional", action="store_true",
                      help="also swap the hyperprior's gaussian_conditional for a PCConditional")
-    fit.add_argument("--cond-latents", type=int, default=16, help="PCConditional states per channel (default: %(default)s)")
-    fit.add_argument("--cond-steps", type=int, default=1000, help="PCConditional Adam steps (default: %(default)s)")
-    fit.add_argument("--cond-max-items", type=int, default=120000,
-                     help="PCConditional positions used (default: %(default)s)")
+    fit.add_argument("--cond-latents", type=int, default=32, help="PCConditional states per channel (default: %(default)s)")
+    fit.add_argument("--cond-steps", type=int, default=3000, help="PCConditional Adam steps (default: %(default)s)")
+    fit.add_argument("--cond-max-items", type=int, default=None,
+                     help="PCConditional positions used (default: all)")
     fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default="chow-liu")
-    fit.add_argument("--cond-context", choices=["checkerboard", "none"], default="checkerboard",
-                     help="PCConditional spatial context: code the checkerboard's second half given the first "
-                          "(two decoding passes) or none (default: %(default)s)")
+    fit.add_argument("--cond-context", choices=["three-pass", "checkerboard", "none"], default="three-pass",
+                     help="PCConditional spatial context: three-pass (the anchors' diagonal halves, then the "
+                          "rest), checkerboard (anchors, then the rest) or none (one pass) (default: %(default)s)")
     fit.add_argument("--multiple", type=int, default=None,
                      help="crop training images to multiples of this (default: 64 with --conditional, else 16)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")

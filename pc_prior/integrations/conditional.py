@@ -11,15 +11,18 @@ GaussianConditional; with K>1 the latent states capture what the hyper-decoder m
 over- or under-dispersion of the channels at a position, sign and magnitude co-occurrence, and
 per-channel miscalibration of the predicted scales.
 
-Spatial context (optional, ``fit(..., context="checkerboard")``; ``fit_prior``'s default): a
+Spatial context (optional, ``fit(..., context=...)``): with ``"checkerboard"`` a
 ``CheckerboardContext`` (``pc_prior.integrations.context``) codes the anchor half of the positions
 first and gives every other position an integer scale-index shift and integer mean from its decoded
-neighbours; the circuit then sees the shifted indexes and ``u - mean``. Integer arithmetic only, so
-it is as deterministic as the coder.
+neighbours; the circuit then sees the shifted indexes and ``u - mean``. ``"three-pass"``
+(``fit_prior``'s default) also splits the anchors: the (even, even) quarter first, then the (odd,
+odd) quarter with a context from its four diagonal neighbours (a second ``CheckerboardContext`` on
+the diagonal lattice, ``anchor_context``), then the non-anchors as before. Integer arithmetic only,
+so it is as deterministic as the coder.
 
 Coding. All positions of all images are coded in parallel (no raster order): one loop over the
-M channels in the tree's preorder (once for all positions, or once for the anchors and once for
-the rest with the context), batched over every position, with the exact integer messages
+M channels in the tree's preorder (once for all positions, or once per pass of the context),
+batched over every position, with the exact integer messages
 of ``pc_prior.coding.IncrementalConditionals`` and per-item emission tables (table ``s`` of
 channel c for an element with scale index s). ``update()`` writes the integer tables into
 registered buffers: ``_pc_emit`` [M, S, K, V] over the symbols ``-R..R`` plus ESCAPE; a symbol
@@ -52,16 +55,17 @@ from ..coding import BitstreamError, CodingTables, IncrementalConditionals, quan
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from . import bitstream
-from .context import CheckerboardContext, anchor_mask
+from .context import CheckerboardContext, anchor_mask, lattice_masks
 from .entropy_models import (MAX_SYMBOL, _escape_bits, decode_symbols, encode_symbols, finish_decoding,
                              range_decoders)
 
-__all__ = ["PCConditional", "ScaleConditionedTree", "MAGIC", "FORMAT_VERSION"]
+__all__ = ["PCConditional", "ScaleConditionedTree", "MAGIC", "FORMAT_VERSION", "CONTEXTS"]
 
 MAGIC = b"PG"
 FORMAT_VERSION = 2  # header: pc_prior.integrations.bitstream (shared with PCEntropyBottleneck)
 LIKELIHOOD_BOUND = 1e-9
 LN2 = math.log(2.0)
+CONTEXTS = ("three-pass", "checkerboard")  # PCConditional.fit's spatial contexts (or None)
 
 
 def _std_cdf(x: Tensor) -> Tensor:
@@ -181,6 +185,18 @@ class ScaleConditionedTree(LatentTreeCircuit):
         return f"num_vars={self.num_vars}, num_latents={self.num_latents}, height={self.tree.height}"
 
 
+def _contextualize(ctx: CheckerboardContext, anchor_ctx: CheckerboardContext | None, symbols: Tensor,
+                   indexes: Tensor) -> tuple[Tensor, Tensor]:
+    """Indexes and means under the cross-lattice context and, if any, the diagonal one (whose
+    targets are anchors, which the cross context leaves alone)."""
+    s, m = ctx(symbols, indexes)
+    if anchor_ctx is not None:
+        s_d, m_d = anchor_ctx(symbols, indexes)
+        targets = lattice_masks(*symbols.shape[-2:], "diagonal", symbols.device)[1]
+        s, m = torch.where(targets, s_d, s), torch.where(targets, m_d, m)
+    return s, m
+
+
 class PCConditional(GaussianConditional):
     """Gaussian conditional whose channels at a position are joined by a latent tree.
 
@@ -197,7 +213,8 @@ class PCConditional(GaussianConditional):
         self.register_buffer("_pc_root", torch.zeros(0, dtype=torch.int32))
         self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
         self.register_buffer("_pc_emit", torch.zeros(0, 0, 0, 0, dtype=torch.int32))
-        self.context: CheckerboardContext | None = None
+        self.context: CheckerboardContext | None = None  # cross lattice: non-anchors given anchors
+        self.anchor_context: CheckerboardContext | None = None  # diagonal lattice, only with context
         self._tables_cache: tuple | None = None
 
     # -- state ----------------------------------------------------------------------------------
@@ -224,7 +241,7 @@ class PCConditional(GaussianConditional):
     def _require_tables(self) -> tuple[CodingTables, bytes]:
         if self._pc_root.numel() == 0 or self._offset.numel() == 0:
             raise RuntimeError("PCConditional has no coding tables: call update() (or model.update()) first")
-        ctx = list(self.context.buffers()) if self.context is not None else []
+        ctx = [b for m in (self.context, self.anchor_context) if m is not None for b in m.buffers()]
         key = tuple((b.data_ptr(), b._version) for b in (self._pc_parent, self._pc_root, self._pc_trans,
                                                          self._pc_emit, self._offset, self.scale_table, *ctx))
         if self._tables_cache is None or self._tables_cache[0] != key:
@@ -257,6 +274,13 @@ class PCConditional(GaussianConditional):
                                                    torch.ones(n_s)).to(self.scale_bound.device)
         elif prefix + "pc.loc" in state_dict:
             self.context = None
+        if prefix + "anchor_context.coef" in state_dict:
+            if self.anchor_context is None:
+                n_s = state_dict[prefix + "anchor_context.inv_scale"].shape[0]
+                self.anchor_context = CheckerboardContext(state_dict[prefix + "anchor_context.coef"].shape[0],
+                                                          torch.ones(n_s), lattice="diagonal").to(self.scale_bound.device)
+        elif prefix + "pc.loc" in state_dict:
+            self.anchor_context = None
         if prefix + "pc.loc" in state_dict:
             loc = state_dict[prefix + "pc.loc"]
             parent = state_dict.get(prefix + "_pc_parent")
@@ -308,11 +332,18 @@ class PCConditional(GaussianConditional):
         return out
 
     def _pass_masks(self, h: int, w: int) -> list[Tensor]:
-        """Positions coded in each pass: all at once, or the checkerboard's anchors then the rest."""
+        """Positions coded in each pass (non-empty): all at once; the checkerboard's anchors then the
+        rest; or with ``anchor_context`` the (even, even) quarter, the (odd, odd) quarter, the rest."""
         if self.context is None:
             return [torch.ones(h, w, dtype=torch.bool)]
         a = anchor_mask(h, w)
-        return [a, ~a] if h * w > 1 else [a]
+        masks = [*lattice_masks(h, w, "diagonal"), ~a] if self.anchor_context is not None else [a, ~a]
+        return [m for m in masks if m.any()]
+
+    def _apply_context(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
+        """Coded indexes and integer means [B, C, H, W] of every position from the symbols of the
+        positions coded before it (``context`` and ``anchor_context`` read only those)."""
+        return _contextualize(self.context, self.anchor_context, symbols, indexes)
 
     @staticmethod
     def _pass_rows(t: Tensor, mask: Tensor) -> Tensor:
@@ -333,8 +364,8 @@ class PCConditional(GaussianConditional):
         """
         pc = self._require_fitted()
         b, c, h, w = symbols.shape
-        if self.context is not None:  # non-anchors: shifted indexes, symbols less their integer means
-            indexes, m = self.context(symbols.long(), indexes)
+        if self.context is not None:  # later passes: shifted indexes, symbols less their integer means
+            indexes, m = self._apply_context(symbols.long(), indexes)
             symbols = symbols - m
         u, s = self._rows(symbols), self._rows(indexes).long()
         sigma = self._scale_table_or_default()[s]
@@ -364,37 +395,41 @@ class PCConditional(GaussianConditional):
         ``collect_conditional_inputs(..., maps=True)`` gives). ``context="checkerboard"`` (maps
         only) first fits a ``CheckerboardContext``: non-anchor positions are then coded after the
         anchors with shifted scale indexes and integer means, and the circuit is fit on what the
-        coder sees. ``max_items`` random positions are used (None: all),
+        coder sees. ``context="three-pass"`` also fits the diagonal-lattice context of the (odd,
+        odd) anchors on the (even, even) ones (its history keys start with ``anchor_``). ``max_items`` random positions are used (None: all),
         ``holdout`` of them to report held-out bits. Adam for ``steps`` steps on mini-batches of
         ``batch_size`` positions (learning rate decayed linearly to 10%). The radius R covers the
         ``1 - tail`` quantile of |symbol| (at least 4, at most ``max_radius``). ``init="data"`` starts
         from the binned standardized symbols (``ScaleConditionedTree.init_from_data``),
         ``"baseline"`` next to the Gaussian conditional (``init_params``). Ends with ``update()``.
         Returns the history (held-out bits per position of the baseline and the circuit, both
-        after the context; the context's own training bits on the non-anchors).
+        after the context; the context's own training bits on its targets).
         """
-        if context not in (None, "checkerboard"):
-            raise ValueError(f'context must be None or "checkerboard", got {context!r}')
+        if context is not None and context not in CONTEXTS:
+            raise ValueError(f"context must be None or one of {CONTEXTS}, got {context!r}")
+        if structure not in ("chow-liu", "star"):
+            raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
+        if init not in ("data", "baseline"):
+            raise ValueError(f'init must be "data" or "baseline", got {init!r}')
         table = self._scale_table_or_default()
-        ctx, ctx_info = None, {}
+        ctx, actx, ctx_info = None, None, {}
         if isinstance(symbols, (list, tuple)) or isinstance(indexes, (list, tuple)):
             maps = self._check_maps(symbols, indexes)
-            if context == "checkerboard":
+            if context is not None:
                 ctx = CheckerboardContext(maps[0][0].shape[1], table.cpu())
                 ctx_info = ctx.fit(maps, table.cpu())
+                if context == "three-pass":
+                    actx = CheckerboardContext(maps[0][0].shape[1], table.cpu(), lattice="diagonal")
+                    ctx_info |= {f"anchor_{k}": v for k, v in actx.fit(maps, table.cpu()).items()}
                 coded = []
                 for sy, sx in maps:  # what the coder sees: shifted indexes, symbols less their means
-                    s_ctx, m = ctx(sy, sx)
+                    s_ctx, m = _contextualize(ctx, actx, sy, sx)
                     coded.append((sy - m, s_ctx))
                 maps = coded
             symbols = torch.cat([self._rows(sy) for sy, _ in maps])
             indexes = torch.cat([self._rows(sx) for _, sx in maps])
         elif context is not None:
-            raise ValueError("the checkerboard context needs latent maps [B, C, H, W] (a list per image), not rows")
-        if structure not in ("chow-liu", "star"):
-            raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
-        if init not in ("data", "baseline"):
-            raise ValueError(f'init must be "data" or "baseline", got {init!r}')
+            raise ValueError(f"the {context} context needs latent maps [B, C, H, W] (a list per image), not rows")
         if symbols.dim() != 2 or tuple(indexes.shape) != tuple(symbols.shape):
             raise ValueError(f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
                              f"and {tuple(indexes.shape)}")
@@ -463,6 +498,7 @@ class PCConditional(GaussianConditional):
         hist.append({"step": steps, "train_bits": float(loss.detach()), **held_out_bits()})
         self.pc = pc
         self.context = ctx.to(dev) if ctx is not None else None
+        self.anchor_context = actx.to(dev) if actx is not None else None
         self._offset = torch.tensor([-radius], dtype=torch.int32, device=dev)
         self._cdf_length = torch.tensor([2 * radius + 1], dtype=torch.int32, device=dev)
         self.update()
@@ -507,7 +543,7 @@ class PCConditional(GaussianConditional):
             sigma = self.lower_bound_scale(scales)
             s = self.build_indexes(scales.detach()).long()
             if self.context is not None:  # context from the rounded anchors, as the coder sees them
-                s_ctx, m = self.context(torch.round(values.detach()).long(), s)
+                s_ctx, m = self._apply_context(torch.round(values.detach()).long(), s)
                 table = self.scale_table.to(sigma.dtype)
                 sigma = sigma * (table[s_ctx] / table[s])
                 values, s = values - m.to(values.dtype), s_ctx
@@ -527,8 +563,8 @@ class PCConditional(GaussianConditional):
         r = self.radius
         u = self._symbols(inputs, means).cpu()
         s = indexes.long().cpu()
-        if self.context is not None:  # non-anchors: code u - m under shifted indexes
-            s, m = self.context(u, s)
+        if self.context is not None:  # later passes: code u - m under shifted indexes
+            s, m = self._apply_context(u, s)
             u = u - m
             if u.numel() and int(u.abs().max()) > MAX_SYMBOL:
                 raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
@@ -566,8 +602,8 @@ class PCConditional(GaussianConditional):
         decs = range_decoders(words)
         for k, mask in enumerate(self._pass_masks(h, w)):
             groups, m = s, None
-            if k == 1:  # the anchors are decoded: the non-anchors' context
-                groups, m = self.context(u, s)
+            if k > 0:  # the earlier passes are decoded: this pass's context
+                groups, m = self._apply_context(u, s)
             n = int(mask.sum())
             inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(groups, mask))
             rel = decode_symbols(decs, inc, n, 2 * r + 1, alphabet)

@@ -1,4 +1,4 @@
-"""Checkerboard context for ``PCConditional``: the second half of the latent sees the first.
+"""Checkerboard contexts for ``PCConditional``: later positions of the latent see earlier ones.
 
 The latent positions are split like a checkerboard (He et al., "Checkerboard Context Model for
 Efficient Learned Image Compression", CVPR 2021): *anchors* (row + column even) are coded first
@@ -6,7 +6,13 @@ with the hyper-decoder's scales alone; every other position (*non-anchor*) has i
 neighbours among the anchors, so once they are decoded it can use them. Decoding stays parallel:
 two passes over the channels instead of one, each batched over all positions of all images.
 
-What a non-anchor uses, per channel c:
+The anchors form a checkerboard of their own, turned by 45 degrees: the ``"diagonal"`` lattice
+splits them into the (even, even) quarter, coded first, and the (odd, odd) quarter, whose four
+diagonal neighbours are in the first. ``PCConditional``'s ``"three-pass"`` context uses both: the
+(even, even) quarter alone, then the (odd, odd) quarter given its diagonal neighbours, then the
+non-anchor half given its four neighbours (``"cross"`` lattice, as with two passes).
+
+What a later position (a *target* of the lattice) uses, per channel c:
 
 - its scale-table index ``s`` shifted by an integer ``Δ = shift[c, a, b]``, where ``a`` bins the
   neighbours' activity in channel c (mean of ``|u| / σ`` over the 4 neighbours) and ``b`` the
@@ -31,12 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CheckerboardContext", "anchor_mask", "rounded_mean"]
+__all__ = ["CheckerboardContext", "LATTICES", "anchor_mask", "lattice_masks", "rounded_mean"]
 
 FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
 COEF_BITS = 12  # fixed point of the mean coefficients
 LUT_SIZE = 1024  # code lengths of |u - m| >= this are taken as this one's while fitting
 SYMBOL_CLIP = 4096  # |u| used by the features is clipped here (keeps every sum far below 2**63)
+LATTICES = ("cross", "diagonal")
 
 
 def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
@@ -46,9 +53,28 @@ def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
     return (i + j) % 2 == 0
 
 
-def _neighbour_sum(x: Tensor) -> Tensor:
-    """Sum of the 4 spatial neighbours (zero outside the map) of [B, C, H, W]."""
+def lattice_masks(h: int, w: int, lattice: str = "cross", device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """[H, W] bool masks (sources, targets) of a lattice: targets are coded after the sources.
+
+    ``"cross"``: the anchors (row + column even), then the rest. ``"diagonal"``: the (even, even)
+    quarter, then the (odd, odd) quarter (the two halves of the anchors).
+    """
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    if lattice == "cross":
+        a = (i + j) % 2 == 0
+        return a, ~a
+    if lattice == "diagonal":
+        return (i % 2 == 0) & (j % 2 == 0), (i % 2 == 1) & (j % 2 == 1)
+    raise ValueError(f"lattice must be one of {LATTICES}, got {lattice!r}")
+
+
+def _neighbour_sum(x: Tensor, lattice: str = "cross") -> Tensor:
+    """Sum of the 4 lattice neighbours (zero outside the map) of [B, C, H, W]: the row and column
+    neighbours (``"cross"``) or the diagonal ones (``"diagonal"``)."""
     p = F.pad(x, (1, 1, 1, 1))
+    if lattice == "diagonal":
+        return p[..., :-2, :-2] + p[..., 2:, 2:] + p[..., 2:, :-2] + p[..., :-2, 2:]
     return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
 
 
@@ -69,18 +95,23 @@ def _gaussian_bits(u: Tensor, sigma: Tensor) -> Tensor:
 
 
 class CheckerboardContext(nn.Module):
-    """Integer scale-index shifts and means for the non-anchor positions, from decoded anchors.
+    """Integer scale-index shifts and means for a lattice's target positions, from decoded sources.
 
-    Buffers (saved with the model): ``inv_scale`` [S] (1/σ per index, Q16), ``channel_edges``
+    ``lattice`` is ``"cross"`` (sources: the anchors; targets: the non-anchors) or ``"diagonal"``
+    (sources: the (even, even) quarter; targets: the (odd, odd) quarter). Buffers (saved with the model): ``inv_scale`` [S] (1/σ per index, Q16), ``channel_edges``
     [A-1] and ``total_edges`` [B-1] (activity bin edges, Q16), ``coef`` [C] (Q12), ``shift``
-    [C, A, B] (int). ``__call__``/``apply`` maps (anchor symbols, indexes) to the non-anchors'
-    (indexes, means); see the module docstring.
+    [C, A, B] (int). ``__call__``/``apply`` maps (source symbols, indexes) to the targets'
+    (indexes, means); see the module docstring. The lattice is not a buffer: its owner knows it.
     """
 
-    def __init__(self, channels: int, scale_table: Tensor, channel_bins: int = 8, total_bins: int = 8) -> None:
+    def __init__(self, channels: int, scale_table: Tensor, channel_bins: int = 8, total_bins: int = 8,
+                 lattice: str = "cross") -> None:
         super().__init__()
         if channels < 1 or channel_bins < 1 or total_bins < 1:
             raise ValueError("channels and bin counts must be positive")
+        if lattice not in LATTICES:
+            raise ValueError(f"lattice must be one of {LATTICES}, got {lattice!r}")
+        self.lattice = lattice
         self.register_buffer("inv_scale", torch.round(2.0**FRAC_BITS / scale_table.double()).long())
         self.register_buffer("channel_edges", torch.zeros(channel_bins - 1, dtype=torch.long))
         self.register_buffer("total_edges", torch.zeros(total_bins - 1, dtype=torch.long))
@@ -102,15 +133,15 @@ class CheckerboardContext(nn.Module):
 
     # -- features (integer) ---------------------------------------------------------------------
     def neighbour_sums(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Integer sums over each position's anchor neighbours: activity ``Σ|u|/σ`` (Q16) and ``Σu``
+        """Integer sums over each position's source neighbours: activity ``Σ|u|/σ`` (Q16) and ``Σu``
         per channel [B, C, H, W], and the neighbour count [H, W]."""
         h, w = symbols.shape[-2:]
         dev = symbols.device
-        anchors = anchor_mask(h, w, dev)
-        u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * anchors
-        act = u.abs() * self.inv_scale.to(dev)[indexes.long()] * anchors
-        count = _neighbour_sum(anchors[None, None].long())[0, 0]
-        return _neighbour_sum(act), _neighbour_sum(u), count
+        sources, _ = lattice_masks(h, w, self.lattice, dev)
+        u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * sources
+        act = u.abs() * self.inv_scale.to(dev)[indexes.long()] * sources
+        count = _neighbour_sum(sources[None, None].long(), self.lattice)[0, 0]
+        return _neighbour_sum(act, self.lattice), _neighbour_sum(u, self.lattice), count
 
     def bins(self, a_same: Tensor, a_all: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
         """Bin indexes of integer neighbour activities (per channel, over all channels) given the
@@ -126,16 +157,16 @@ class CheckerboardContext(nn.Module):
 
         ``symbols`` / ``indexes`` [B, C, H, W] integer maps; only their anchor entries are read.
         Returns ``a`` [B, C, H, W], ``b`` [B, 1, H, W], ``usum`` [B, C, H, W], ``count`` [H, W]
-        (int64; meaningful at the non-anchor positions).
+        (int64; meaningful at the target positions).
         """
         a_same, usum, count = self.neighbour_sums(symbols, indexes)
         a, b = self.bins(a_same, a_same.sum(1, keepdim=True), count)
         return a, b, usum, count
 
     def apply(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
-        """Indexes and integer means of every position given the anchors: [B, C, H, W] each.
+        """Indexes and integer means of every position given the sources: [B, C, H, W] each.
 
-        At anchors the indexes are returned unchanged and the means are 0; at non-anchors the
+        Off the targets the indexes are returned unchanged and the means are 0; at the targets the
         index is ``clamp(s + shift[c, a, b])`` and the mean ``round(coef[c] · usum / count)``.
         """
         if symbols.shape != indexes.shape or symbols.dim() != 4 or symbols.shape[1] != self.channels:
@@ -146,10 +177,10 @@ class CheckerboardContext(nn.Module):
         a, b, usum, count = self.features(symbols, indexes)
         chan = torch.arange(self.channels, device=dev)[None, :, None, None]
         delta = self.shift.to(dev)[chan, a, b.expand_as(a)]
-        non_anchor = ~anchor_mask(h, w, dev)
+        _, targets = lattice_masks(h, w, self.lattice, dev)
         s = indexes.long()
-        s_new = torch.where(non_anchor, (s + delta).clamp(0, len(self.inv_scale) - 1), s)
-        means = rounded_mean(self.coef.to(dev)[None, :, None, None], usum, count) * non_anchor
+        s_new = torch.where(targets, (s + delta).clamp(0, len(self.inv_scale) - 1), s)
+        means = rounded_mean(self.coef.to(dev)[None, :, None, None], usum, count) * targets
         return s_new, means
 
     forward = apply
@@ -165,7 +196,7 @@ class CheckerboardContext(nn.Module):
         ``shift`` per (channel, bin, bin) from ``-max_shift..max_shift``, alternating ``rounds``
         times, each the exact minimizer of the Gaussian code length given the other. A cell's
         choice is shrunk towards its channel's (``shrink`` pseudo-elements) so sparse cells stay
-        sensible. Returns the training bits of the non-anchors before and after.
+        sensible. Returns the training bits of the targets before and after.
         """
         table = scale_table.double()
         if len(table) != len(self.inv_scale):
@@ -177,7 +208,7 @@ class CheckerboardContext(nn.Module):
             if sym.dim() != 4 or sym.shape != idx.shape or sym.shape[1] != self.channels:
                 raise ValueError(f"training maps must be [B, {self.channels}, H, W] pairs, got {tuple(sym.shape)}")
             a_same, usum, count = self.neighbour_sums(sym, idx)  # the integer sums features() bins
-            sel = ~anchor_mask(*sym.shape[-2:]) & (count > 0)
+            sel = lattice_masks(*sym.shape[-2:], self.lattice)[1] & (count > 0)
             per = lambda t: t.permute(0, 2, 3, 1)[:, sel].reshape(-1)  # noqa: E731  [B*n*C]
             rows["u"].append(per(sym))
             rows["s"].append(per(idx))
@@ -188,7 +219,7 @@ class CheckerboardContext(nn.Module):
             rows["ch"].append(per(torch.arange(self.channels)[None, :, None, None].expand_as(sym)))
         d = {k: torch.cat(v) for k, v in rows.items()}
         if len(d["u"]) == 0:
-            raise ValueError("no non-anchor positions in the training maps")
+            raise ValueError(f"no target positions of the {self.lattice} lattice in the training maps")
         cnt = d["cnt"]
         g = torch.Generator().manual_seed(0)
         act_ch = d["a_same"].double() / (cnt * 2.0**FRAC_BITS)  # mean |u|/σ of the neighbours
@@ -257,4 +288,4 @@ class CheckerboardContext(nn.Module):
         self.coef = coef.to(self.coef.device)
         self.shift = shift.view(self.channels, na, nb).to(self.coef.device)
         after = float(total_bits(means(coef[ch]), shift[cell]).sum())
-        return {"context_base_bits": base, "context_bits": after, "non_anchor_elements": int(weight.sum())}
+        return {"context_base_bits": base, "context_bits": after, "target_elements": int(weight.sum())}
