@@ -22,7 +22,7 @@ reconstructions in every case; times are medians per image, baseline and PC time
 | hyperprior q2 | 0.2552 (0.2498+0.0054) | 0.2407 (0.2358+0.0049) | 5.7% | 289 | 0.52/1.34 | 0.74/1.54 (2.07x) |
 | hyperprior q3 | 0.4008 (0.3942+0.0066) | 0.3863 (0.3799+0.0064) | 3.6% | 316 | 0.63/1.39 | 0.89/1.64 (1.85x) |
 
-q3 is short of the issue's 5% target. With ``--context none`` (one pass, the circuit alone, same
+With these settings q3 is short of the issue's 5% target. With ``--context none`` (one pass, the circuit alone, same
 settings): 0.1445 / 0.2472 / 0.3920 bpp, savings 3.2% / 3.1% / 2.2%, decode 1.29x / 1.50x / 1.73x. Earlier ablations on cached q1 latents (45k positions,
 no context): K=1 (per-channel/per-scale recalibration only) saves 0.4%, K=8 Chow-Liu 3.1%, K=16
 Chow-Liu 3.2%, K=16 star 2.9%; ``init="data"`` did not help; q1 with ``--steps 2500 --batch-size
