@@ -12,7 +12,7 @@ against CompressAI's Gaussian conditional on the same symbols. Model bits only: 
                    checkerboard:32:3000 three-pass:32:3000 --json runs/conditional_ablation_q3.json
 
 Measured with that command on q3 (2 threads, the 2-core box; the Kodak y of the Gaussian is
-3,718,596 bits): see the README ("Hyperprior codecs") for the table.
+3,718,598 bits): see the README ("Hyperprior codecs") for the table.
 """
 
 from __future__ import annotations
