@@ -7,9 +7,10 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
 
-from pc_prior import BitstreamError
+from pc_prior import HCLT, BitstreamError
 from pc_prior.integrations import PCEntropyBottleneck, collect_latents, fit_prior, swap_entropy_model
 from pc_prior.integrations.bitstream import header_bytes
+from pc_prior.integrations.leaves import DiscretizedLogisticTree
 
 from conftest import shared_path
 
@@ -254,7 +255,8 @@ def test_shared_factorized_codec_round_trip_on_kodak_crop():
     assert torch.equal(dec, ref)
 
 
-def test_save_load_codec_and_cli(tmp_path, capsys):
+@pytest.mark.parametrize("leaves", ["categorical", "logistic"])
+def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
     import json
 
     import compressai
@@ -277,10 +279,13 @@ def test_save_load_codec_and_cli(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
     out = tmp_path / "swapped.pt"
     assert main(["prior", "fit", "--codec", str(ck), "--images", str(imgs), "--out", str(out), "--latents", "2",
-                 "--epochs", "1", "--full-batch-epochs", "0", "--max-items", "500"]) == 0
+                 "--epochs", "1", "--full-batch-epochs", "0", "--max-items", "500", "--leaves", leaves,
+                 "--finetune-steps", "5"]) == 0
     capsys.readouterr()
     swapped = load_codec(out)
     assert isinstance(swapped.entropy_bottleneck, PCEntropyBottleneck) and swapped.update() is False
+    leaf_kind = DiscretizedLogisticTree if leaves == "logistic" else HCLT
+    assert type(swapped.entropy_bottleneck.pc) is leaf_kind
     assert main(["prior", "eval", "--codec", str(out), "--images", str(imgs)]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["exact_round_trip"] and rep["images"] == 2 and rep["bpp"] > 0
@@ -307,7 +312,6 @@ def test_star_structure_and_fit_argument_errors():
 
 
 def test_logistic_leaves_round_trip_and_train_the_analysis_transform():
-    from pc_prior.integrations.leaves import DiscretizedLogisticTree
 
     model = _fitted(leaves="logistic", finetune_steps=20)
     eb = model.entropy_bottleneck

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--step-size", type=float, nargs=2, default=(0.5, 0.02), metavar=("START", "END"))
     fit.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu",
                      help="circuit structure over the channels (default: %(default)s)")
+    fit.add_argument("--leaves", choices=["categorical", "logistic"], default="categorical",
+                     help="bottleneck leaves: categorical fit a frozen codec best; logistic (discretized "
+                          "logistic, smooth in the latent) for joint fine-tuning (default: %(default)s)")
+    fit.add_argument("--finetune-steps", type=int, default=300,
+                     help="Adam steps that refine logistic leaves after EM (default: %(default)s)")
     fit.add_argument("--conditional", action="store_true",
                      help="also swap the hyperprior's gaussian_conditional for a PCConditional")
     fit.add_argument("--cond-latents", type=int, default=32, help="PCConditional states per channel (default: %(default)s)")
@@ -65,7 +70,8 @@ def _fit(args: argparse.Namespace) -> int:
     hist = fit_prior(net, args.images, name=names, num_latents=args.latents, multiple=multiple,
                      max_images=args.max_images, max_items=args.max_items, epochs=args.epochs,
                      full_batch_epochs=args.full_batch_epochs, batch_size=args.batch_size,
-                     step_size=tuple(args.step_size), structure=args.structure, seed=args.seed, conditional=cond)
+                     step_size=tuple(args.step_size), structure=args.structure, leaves=args.leaves,
+                     finetune_steps=args.finetune_steps, seed=args.seed, conditional=cond)
     save_codec(net, args.out, ck["arch"], ck["quality"], fit_history=hist)
     report = {"out": args.out}
     if args.conditional:
