@@ -28,7 +28,7 @@ no context): K=1 (per-channel/per-scale recalibration only) saves 0.4%, K=8 Chow
 Chow-Liu 3.2%, K=16 star 2.9%; ``init="data"`` did not help; q1 with ``--steps 2500 --batch-size
 1024`` gave 3.3%. The coding tables take 33-41 MB of int32 buffers (M=192 channels x 64 scales x K
 x (2R+2)). What the context alone gives: bench/bench_context.py. The library's defaults are now
-the three-pass context with K=32 and 3000 steps on all positions; their Kodak figures come from the
+the three-pass context with K=32 and 6000 steps on all positions; their Kodak figures come from the
 eval harness (README, "Hyperprior codecs").
 """
 

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--conditional", action="store_true",
                      help="also swap the hyperprior's gaussian_conditional for a PCConditional")
     fit.add_argument("--cond-latents", type=int, default=32, help="PCConditional states per channel (default: %(default)s)")
-    fit.add_argument("--cond-steps", type=int, default=3000, help="PCConditional Adam steps (default: %(default)s)")
+    fit.add_argument("--cond-steps", type=int, default=6000, help="PCConditional Adam steps (default: %(default)s)")
     fit.add_argument("--cond-max-items", type=int, default=None,
                      help="PCConditional positions used (default: all)")
     fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default="chow-liu")

@@ -384,7 +384,7 @@ class PCConditional(GaussianConditional):
     def fit(
         self, symbols: Tensor | Sequence[Tensor], indexes: Tensor | Sequence[Tensor], num_latents: int = 32, *,
         context: str | None = None, structure: str = "chow-liu",
-        max_items: int | None = None, steps: int = 3000, batch_size: int = 512, lr: float = 0.03,
+        max_items: int | None = None, steps: int = 6000, batch_size: int = 512, lr: float = 0.03,
         holdout: float = 0.1, tail: float = 1e-5, max_radius: int = 64, init: str = "baseline", seed: int = 0,
         progress: bool = True,
     ) -> list[dict]:
