@@ -17,7 +17,6 @@ non-anchor or anchor positions they would change:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -26,29 +25,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-
-
-@contextlib.contextmanager
-def diagonal_lattice():
-    """Make the context module treat (even, even) as anchors and diagonal cells as neighbours."""
-    from pc_prior.integrations import context as ctx_mod
-
-    saved = ctx_mod._neighbour_sum, ctx_mod.anchor_mask
-
-    def diag_sum(x: torch.Tensor) -> torch.Tensor:
-        p = torch.nn.functional.pad(x, (1, 1, 1, 1))
-        return p[..., :-2, :-2] + p[..., 2:, 2:] + p[..., 2:, :-2] + p[..., :-2, 2:]
-
-    def quarter(h: int, w: int, device="cpu") -> torch.Tensor:
-        i = torch.arange(h, device=device)[:, None]
-        j = torch.arange(w, device=device)[None, :]
-        return (i % 2 == 0) & (j % 2 == 0)
-
-    ctx_mod._neighbour_sum, ctx_mod.anchor_mask = diag_sum, quarter
-    try:
-        yield
-    finally:
-        ctx_mod._neighbour_sum, ctx_mod.anchor_mask = saved
 
 
 def rows_at(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -96,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pc_prior.integrations import (collect_conditional_inputs, crop_to_multiple, list_images, load_codec,
                                        load_image, pad_to_multiple, swap_entropy_model)
-    from pc_prior.integrations.context import CheckerboardContext, _gaussian_bits, anchor_mask, rounded_mean
+    from pc_prior.integrations.context import (CheckerboardContext, _gaussian_bits, anchor_mask,
+                                                 lattice_masks, rounded_mean)
 
     rows = []
     for q in args.qualities:
@@ -142,16 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         same_refit = shift_refit(ctx, train, test, table, same_mean)
         cross_refit = shift_refit(ctx, train, test, table, cross_mean)
         # third pass: the (odd, odd) quarter given its diagonal (even, even) neighbours
-        with diagonal_lattice():
-            diag = CheckerboardContext(c, table)
-            diag.fit(train, table)
-            d_base = d_ctx = 0.0
-            for sym, idx in test:
-                h, wd = sym.shape[-2:]
-                quarter = (torch.arange(h)[:, None] % 2 == 1) & (torch.arange(wd)[None] % 2 == 1)
-                s2, m = diag(sym, idx)
-                d_base += float(_gaussian_bits(sym.double(), table[idx])[..., quarter].sum())
-                d_ctx += float(_gaussian_bits((sym - m).double(), table[s2])[..., quarter].sum())
+        diag = CheckerboardContext(c, table, lattice="diagonal")
+        diag.fit(train, table)
+        d_base = d_ctx = 0.0
+        for sym, idx in test:
+            quarter = lattice_masks(*sym.shape[-2:], "diagonal")[1]
+            s2, m = diag(sym, idx)
+            d_base += float(_gaussian_bits(sym.double(), table[idx])[..., quarter].sum())
+            d_ctx += float(_gaussian_bits((sym - m).double(), table[s2])[..., quarter].sum())
         row = {
             "quality": q, "kodak_y_bits_gaussian": base, "kodak_y_bits_context": ctx_bits,
             "context_saving_pct": 100 * (1 - ctx_bits / base),

@@ -55,7 +55,7 @@ from ..coding import BitstreamError, CodingTables, IncrementalConditionals, quan
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from . import bitstream
-from .context import CheckerboardContext, anchor_mask, lattice_masks
+from .context import CheckerboardContext, lattice_masks
 from .entropy_models import (MAX_SYMBOL, _escape_bits, decode_symbols, encode_symbols, finish_decoding,
                              range_decoders)
 
@@ -267,20 +267,15 @@ class PCConditional(GaussianConditional):
             if key in state_dict:
                 buf = getattr(self, name)
                 setattr(self, name, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
-        if prefix + "context.coef" in state_dict:
-            if self.context is None:
-                n_s = state_dict[prefix + "context.inv_scale"].shape[0]
-                self.context = CheckerboardContext(state_dict[prefix + "context.coef"].shape[0],
-                                                   torch.ones(n_s)).to(self.scale_bound.device)
-        elif prefix + "pc.loc" in state_dict:
-            self.context = None
-        if prefix + "anchor_context.coef" in state_dict:
-            if self.anchor_context is None:
-                n_s = state_dict[prefix + "anchor_context.inv_scale"].shape[0]
-                self.anchor_context = CheckerboardContext(state_dict[prefix + "anchor_context.coef"].shape[0],
-                                                          torch.ones(n_s), lattice="diagonal").to(self.scale_bound.device)
-        elif prefix + "pc.loc" in state_dict:
-            self.anchor_context = None
+        for attr, lattice in (("context", "cross"), ("anchor_context", "diagonal")):
+            key = f"{prefix}{attr}."
+            if key + "coef" in state_dict:
+                if getattr(self, attr) is None:
+                    n_s = state_dict[key + "inv_scale"].shape[0]
+                    setattr(self, attr, CheckerboardContext(state_dict[key + "coef"].shape[0], torch.ones(n_s),
+                                                            lattice=lattice).to(self.scale_bound.device))
+            elif prefix + "pc.loc" in state_dict:
+                setattr(self, attr, None)
         if prefix + "pc.loc" in state_dict:
             loc = state_dict[prefix + "pc.loc"]
             parent = state_dict.get(prefix + "_pc_parent")
@@ -336,8 +331,8 @@ class PCConditional(GaussianConditional):
         rest; or with ``anchor_context`` the (even, even) quarter, the (odd, odd) quarter, the rest."""
         if self.context is None:
             return [torch.ones(h, w, dtype=torch.bool)]
-        a = anchor_mask(h, w)
-        masks = [*lattice_masks(h, w, "diagonal"), ~a] if self.anchor_context is not None else [a, ~a]
+        anchors, rest = lattice_masks(h, w, "cross")
+        masks = [*lattice_masks(h, w, "diagonal"), rest] if self.anchor_context is not None else [anchors, rest]
         return [m for m in masks if m.any()]
 
     def _apply_context(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:

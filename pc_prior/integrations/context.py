@@ -47,10 +47,8 @@ LATTICES = ("cross", "diagonal")
 
 
 def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
-    """[H, W] bool, True where row + column is even (coded first)."""
-    i = torch.arange(h, device=device)[:, None]
-    j = torch.arange(w, device=device)[None, :]
-    return (i + j) % 2 == 0
+    """[H, W] bool, True where row + column is even (coded first): the cross lattice's sources."""
+    return lattice_masks(h, w, "cross", device)[0]
 
 
 def lattice_masks(h: int, w: int, lattice: str = "cross", device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
