@@ -1,7 +1,9 @@
 """pc-prior: probabilistic circuits as entropy models for learned image compression."""
 
-from .checkpoint import CheckpointError, load, save
-from .coding import BitstreamError, decode, encode
+from .checkpoint import load, save
+from .coding import decode, encode
+from .errors import (BitstreamError, CheckpointError, InputError, ModelLoadError, NotFittedError, PCPriorError,
+                     UnsupportedModelError)
 from .hclt import HCLT, LatentTreeCircuit
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .training import bits_per_dim, fit_adam, fit_em
@@ -11,5 +13,6 @@ __version__ = "0.1.0"
 __all__ = [
     "HCLT", "LatentTreeCircuit", "Tree", "chow_liu_tree", "pairwise_mutual_information",
     "fit_em", "fit_adam", "bits_per_dim", "encode", "decode", "save", "load",
-    "BitstreamError", "CheckpointError", "__version__",
+    "PCPriorError", "BitstreamError", "CheckpointError", "InputError", "NotFittedError",
+    "UnsupportedModelError", "ModelLoadError", "__version__",
 ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .coding import CodingTables, coding_tables, set_coding_tables
+from .errors import CheckpointError
 from .hclt import HCLT
 from .structure import Tree
 
@@ -15,10 +16,6 @@ __all__ = ["save", "load", "CHECKPOINT_VERSION", "CheckpointError"]
 
 CHECKPOINT_VERSION = 1
 _FORMAT = "pc-prior/hclt"
-
-
-class CheckpointError(ValueError):
-    """A file that is not a pc-prior checkpoint, or one of an unsupported version."""
 
 
 def save(pc: HCLT, path: str | os.PathLike, **metadata) -> None:

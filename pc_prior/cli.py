@@ -13,6 +13,8 @@ import importlib.util
 import sys
 import warnings
 
+from .errors import PCPriorError
+
 def command_modules() -> list[str]:
     """``pc_prior.lossless`` plus every ``pc_prior.<sub-package>.cli`` that exists, sorted."""
     import pkgutil
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, TypeError) as e:  # user errors: one clear line, no traceback
+    except (PCPriorError, FileNotFoundError, ValueError, TypeError) as e:  # user errors: one clear line, no traceback
         print(f"pc-prior {args.command}: error: {e}", file=sys.stderr)
         return 1
 

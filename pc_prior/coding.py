@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import BitstreamError
 from .hclt import HCLT, check_symbols
 
 __all__ = [
@@ -46,10 +47,6 @@ MAGIC = b"PCPR"
 FORMAT_VERSION = 1
 KIND_HCLT = 1
 _HEADER = struct.Struct("<4sBB8sIIII")  # magic, version, kind, fingerprint, N, D, V, crc32
-
-
-class BitstreamError(ValueError):
-    """A bitstream that cannot be decoded: not ours, another version or model, truncated, corrupted."""
 
 
 @dataclass(frozen=True)

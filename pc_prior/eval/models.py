@@ -21,12 +21,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import ModelLoadError
+
 __all__ = ["LoadedModel", "ModelLoadError", "register_model_loader", "unregister_model_loader",
            "registered_model_loaders", "load_model", "read_checkpoint"]
-
-
-class ModelLoadError(ValueError):
-    """A model spec that names no loadable codec (unknown name, unreadable file, offline zoo weights)."""
 
 
 @dataclass
