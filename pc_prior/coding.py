@@ -18,35 +18,63 @@ subtrees already closed or on the path to the root, so
 where inside_p holds p's own leaf and the messages of p's children whose subtrees are complete.
 Each node's outside and inside message is computed once: O(D·K² + D·K·V) per item for the whole
 sequence, against D full passes for the naive reference (``naive_conditionals``).
+
+Tables are state. ``coding_tables(pc)`` quantizes a circuit once and keeps the integers in the
+circuit's own (non-persistent) buffers, so ``.to()``, ``.double()`` and ``.half()`` carry them
+unchanged and a loaded checkpoint codes with exactly the tables it was saved with. ``fit_em`` and
+``fit_adam`` refresh them; after changing parameters by other means call
+``coding_tables(pc, refresh=True)`` (stale tables still round-trip exactly, only less well).
+
+Columns. ``encode_columns`` / ``decode_columns`` are the one range-coding loop of the project:
+one variable at a time, batched over every item of every string, with the exact bypass code for
+symbols outside a variable's alphabet (``ESCAPE``). The lossless format (``pc_prior.framing``)
+codes its items in blocks, each closed by a 32-bit check of its symbols, so a stream whose item
+count was tampered with, or that runs out of data, fails within one block instead of decoding
+garbage.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
+import math
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import constriction
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import BitstreamError
-from .hclt import HCLT, check_symbols
+from . import framing
+from .errors import BitstreamError, CheckpointError, InputError
+from .hclt import HCLT, LatentTreeCircuit, check_symbols
+from .structure import Tree
 
 __all__ = [
     "CodingTables", "coding_tables", "IncrementalConditionals", "incremental_conditionals",
-    "naive_conditionals", "encode", "decode", "BitstreamError", "FORMAT_VERSION",
+    "naive_conditionals", "encode", "decode", "BitstreamError", "quantize_probs", "min_item_bits",
+    "encode_columns", "decode_columns", "range_decoders", "finish_decoding", "escape_bits", "MAX_SYMBOL",
+    "check_plausible_items", "BLOCK_ITEMS",
 ]
 
 MESSAGE_BITS = 22  # messages are integers in [0, 2**22)
 PARAM_BITS = 22  # parameters are floor(p * 2**22) + 1
+MAX_PARAM = 2**PARAM_BITS + 1
 MAX_LATENTS = 256  # K * 2**22 * (2**22 + 1) < 2**53 keeps every matrix product exact
-MAGIC = b"PCPR"
-FORMAT_VERSION = 1
+MAX_SYMBOLS = 2**24  # V: leaf alphabet bound of the tables (constriction's 24-bit precision)
+BLOCK_ITEMS = 4096  # lossless: items per block, each block closed by a 32-bit check
+MAX_DECODE_SYMBOLS = 2**28  # items x variables one decode call may produce (2 GiB of int64)
+MAX_SYMBOL = 2**31 - 1  # |value| bound of the bypass code (bit length <= 33)
+_LEN_ALPHABET = 34
+_SLACK_BITS = 96  # the range coder's termination may save up to about two words
+_CODER_PRECISION = 24  # constriction's default range coder: probabilities in units of 2**-24
 KIND_HCLT = 1
-_HEADER = struct.Struct("<4sBB8sIIII")  # magic, version, kind, fingerprint, N, D, V, crc32
+
+
+def _invalid(where: str, msg: str) -> CheckpointError:
+    return CheckpointError(f"{where}: {msg}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +84,7 @@ class CodingTables:
     parent: np.ndarray  # [D]
     root: Tensor  # [K]
     trans: Tensor  # [D, K, K], [parent state, child state]
-    emit: Tensor  # [D, K, V]
+    emit: Tensor  # [D, K, V], or [D, S, K, V]: S tables per variable (per-item leaves)
 
     @property
     def fingerprint(self) -> bytes:
@@ -73,57 +101,123 @@ class CodingTables:
     def state(self) -> dict:
         """Compact, device-free form for checkpoints."""
         return {k: getattr(self, k).detach().cpu().to(torch.int32) for k in ("root", "trans", "emit")} | {
-            "parent": torch.as_tensor(self.parent)
+            "parent": torch.as_tensor(np.asarray(self.parent), dtype=torch.long)
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "CodingTables":
-        return cls(
-            np.asarray(state["parent"]), *(state[k].to(torch.float64) for k in ("root", "trans", "emit"))
-        )
+    def from_state(cls, state: Any, where: str = "coding tables") -> "CodingTables":
+        """Tables from ``state()``'s dict (or integer tensors), validated: see ``validated``."""
+        if not isinstance(state, dict) or not {"parent", "root", "trans", "emit"} <= state.keys():
+            raise _invalid(where, "needs parent, root, trans and emit")
+        return cls.validated(state["parent"], state["root"], state["trans"], state["emit"], where)
+
+    @classmethod
+    def validated(cls, parent: Any, root: Any, trans: Any, emit: Any, where: str = "coding tables") -> "CodingTables":
+        """Check shapes, dtypes, the tree and every entry's range before the tables are trusted.
+
+        ``where`` names the file or module in the ``CheckpointError``.
+        """
+        for name, t in (("parent", parent), ("root", root), ("trans", trans), ("emit", emit)):
+            if not isinstance(t, Tensor) or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise _invalid(where, f"{name} must be an integer tensor, got "
+                                      f"{getattr(t, 'dtype', type(t).__name__)}")
+        if parent.dim() != 1 or root.dim() != 1 or trans.dim() != 3 or emit.dim() not in (3, 4):
+            raise _invalid(where, f"table ranks parent {parent.dim()}, root {root.dim()}, trans {trans.dim()}, "
+                                  f"emit {emit.dim()}; expected 1, 1, 3 and 3 or 4")
+        d, k = len(parent), len(root)
+        if d == 0 or not 1 <= k <= MAX_LATENTS:
+            raise _invalid(where, f"{d} variables and {k} latent states; expected >= 1 and 1..{MAX_LATENTS}")
+        if tuple(trans.shape) != (d, k, k):
+            raise _invalid(where, f"trans has shape {tuple(trans.shape)}, expected {(d, k, k)}")
+        if emit.shape[0] != d or emit.shape[-2] != k or not 2 <= emit.shape[-1] <= MAX_SYMBOLS:
+            raise _invalid(where, f"emit has shape {tuple(emit.shape)}, expected [{d}, (S,) {k}, V] with V >= 2")
+        for name, t in (("root", root), ("trans", trans), ("emit", emit)):
+            if t.numel() and (int(t.min()) < 1 or int(t.max()) > MAX_PARAM):
+                raise _invalid(where, f"{name} has entries outside 1..{MAX_PARAM} (min {int(t.min())}, "
+                                      f"max {int(t.max())})")
+        try:
+            Tree(tuple(int(p) for p in parent.tolist()))
+        except ValueError as e:
+            raise _invalid(where, f"parent is not a tree: {e}") from e
+        return cls(parent.cpu().numpy().astype(np.int64), root.double(), trans.double(), emit.double())
 
 
 def quantize_probs(p: Tensor) -> Tensor:
     """floor(p * 2**PARAM_BITS) + 1: exact elementwise float ops, identical on every device."""
-    return torch.floor(p.detach().double() * 2.0**PARAM_BITS) + 1.0
+    p = p.detach().double()
+    if not torch.isfinite(p).all() or (p.numel() and float(p.min()) < 0):
+        raise InputError("the circuit's probabilities contain NaN, infinite or negative values: its parameters "
+                         "are not finite (check the training run that produced them)")
+    return torch.floor(p * 2.0**PARAM_BITS) + 1.0
 
 
-def _params_key(pc: HCLT) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.device.type) for p in pc.parameters())
+_TABLE_BUFFERS = ("_tables_root", "_tables_trans", "_tables_emit")
 
 
-def coding_tables(pc: HCLT) -> CodingTables:
-    """The model's quantized tables, computed on first use and cached until its parameters change.
+def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
+    """The circuit's quantized tables: computed on first use (or with ``refresh``) and kept in its buffers.
 
-    Checkpoints store these tables, so a model saved on one device codes identically after
-    loading on another.
+    The buffers are integers, so device moves and dtype casts leave them bit for bit unchanged;
+    checkpoints store them, so a model saved on one device codes identically after loading on another.
     """
-    cached = getattr(pc, "_coding_tables", None)
-    if cached is not None and getattr(pc, "_coding_key", None) == _params_key(pc):
-        return cached
     if pc.num_latents > MAX_LATENTS:
-        raise ValueError(f"coding supports at most {MAX_LATENTS} latent states, model has {pc.num_latents}")
-    with torch.no_grad():
-        tables = CodingTables(
-            np.asarray(pc.tree.parent, dtype=np.int64),
-            quantize_probs(pc.log_root().exp()),
-            quantize_probs(pc.log_transitions().exp()),
-            quantize_probs(pc.log_emissions().exp()),
-        )
-    set_coding_tables(pc, tables)
-    return tables
+        raise InputError(f"coding supports at most {MAX_LATENTS} latent states, model has {pc.num_latents}")
+    root, trans, emit = (getattr(pc, n) for n in _TABLE_BUFFERS)
+    if refresh or root.numel() == 0:
+        with torch.no_grad():
+            root = quantize_probs(pc.log_root().exp())
+            trans = quantize_probs(pc.log_transitions().exp())
+            emit = quantize_probs(pc.log_emissions().exp())  # type: ignore[operator]
+        set_coding_tables(pc, CodingTables(np.asarray(pc.tree.parent, dtype=np.int64), root, trans, emit))
+        root, trans, emit = (getattr(pc, n) for n in _TABLE_BUFFERS)
+    return CodingTables(np.asarray(pc.tree.parent, dtype=np.int64), root.double(), trans.double(), emit.double())
 
 
-def set_coding_tables(pc: HCLT, tables: CodingTables) -> None:
-    pc._coding_tables = tables
-    pc._coding_key = _params_key(pc)
+def set_coding_tables(pc: LatentTreeCircuit, tables: CodingTables) -> None:
+    """Store ``tables`` (checked against the circuit's shapes) in the circuit's buffers."""
+    d, k = pc.num_vars, pc.num_latents
+    v = getattr(pc, "num_cats", tables.emit.shape[-1])
+    if tuple(tables.parent) != tuple(pc.tree.parent) or tuple(tables.root.shape) != (k,) or \
+            tuple(tables.trans.shape) != (d, k, k) or tuple(tables.emit.shape) != (d, k, v):
+        raise CheckpointError(f"coding tables do not fit the circuit (D={d}, K={k}, V={v}): root "
+                              f"{tuple(tables.root.shape)}, trans {tuple(tables.trans.shape)}, emit "
+                              f"{tuple(tables.emit.shape)}, or another tree")
+    dev = pc.root_logits.device
+    for name, t in zip(_TABLE_BUFFERS, (tables.root, tables.trans, tables.emit)):
+        setattr(pc, name, t.to(dev, torch.int32))
+
+
+def min_item_bits(tables: CodingTables) -> float:
+    """A lower bound on the code length in bits of one item (all D variables) under these tables.
+
+    Every conditional the coder uses is a mixture over latent states of emission rows, so no
+    symbol of variable i is more probable than the largest entry of its rows (relative to the row
+    sum), and constriction's quantization gives each of the other V-1 symbols at least one unit.
+    Decoders compare ``items * min_item_bits`` with the payload before allocating anything.
+    """
+    emit = tables.emit
+    v = emit.shape[-1]
+    rows = emit / emit.sum(-1, keepdim=True)
+    pmax = rows.amax(-1).reshape(emit.shape[0], -1).amax(-1).double()  # [D]
+    unit = 2.0**-_CODER_PRECISION
+    p = torch.minimum(pmax + (v + 1) * unit, torch.full_like(pmax, 1.0 - (v - 1) * unit))
+    return float(-torch.log2(p).sum())
+
+
+def check_plausible_items(items: int, num_vars: int, tables: CodingTables, payload_words: int, name: str) -> None:
+    """Refuse a stream that claims more items than its payload can hold, or than one call may decode."""
+    if items * num_vars > MAX_DECODE_SYMBOLS:
+        raise BitstreamError(f"{name} bitstream claims {items} items of {num_vars} symbols, over the decoder's "
+                             f"limit of {MAX_DECODE_SYMBOLS} symbols per call (pc_prior.coding.MAX_DECODE_SYMBOLS)")
+    if items * min_item_bits(tables) > 32 * payload_words + _SLACK_BITS:
+        raise BitstreamError(f"{name} bitstream corrupted: {items} items cannot fit in a payload of "
+                             f"{4 * payload_words} bytes under this model")
 
 
 def _renorm(x: Tensor) -> Tensor:
     """Scale each row by a power of two so its max lies in [2**(B-1), 2**B), then floor. Exact."""
     _, e = torch.frexp(x.amax(-1, keepdim=True))  # max < 2**e
     return torch.floor(torch.ldexp(x, MESSAGE_BITS - e))
-
 
 class IncrementalConditionals:
     """Step-by-step conditionals p(x_i | x_<i) in the tree's preorder, batched over N items.
@@ -252,80 +346,201 @@ def naive_conditionals(pc: HCLT, x: Tensor, order: np.ndarray) -> Tensor:
     return torch.stack(out, 1)
 
 
-def _model_family():
+# -- the column loop and the bypass (escape) code ---------------------------------------------
+def _categorical() -> Any:
     return constriction.stream.model.Categorical(perfect=False)
 
 
+def _bit_lengths(v: np.ndarray) -> np.ndarray:
+    """floor(log2(v)) for int64 v >= 1, exactly (no float log)."""
+    return (v[:, None] >= (np.int64(1) << np.arange(1, _LEN_ALPHABET, dtype=np.int64))).sum(1)
+
+
+def _encode_escapes(enc: Any, rel: np.ndarray, n: np.ndarray) -> None:
+    above = rel >= n
+    side, e = above.astype(np.int32), np.where(above, rel - n, -1 - rel)
+    v = e + 1
+    nbits = _bit_lengths(v)
+    r = v - (np.int64(1) << nbits)
+    enc.encode(side, constriction.stream.model.Uniform(2))
+    enc.encode(nbits.astype(np.int32), constriction.stream.model.Uniform(_LEN_ALPHABET))
+    for shift in (0, 16):
+        b = np.clip(nbits - shift, 0, 16)
+        sel = b > 0
+        if sel.any():
+            chunk = (r[sel] >> shift) & ((np.int64(1) << b[sel]) - 1)
+            enc.encode(chunk.astype(np.int32), constriction.stream.model.Uniform(),
+                       (np.int64(1) << b[sel]).astype(np.int32))
+
+
+def _decode_escapes(dec: Any, n: np.ndarray) -> np.ndarray:
+    m = len(n)
+    side = dec.decode(constriction.stream.model.Uniform(2), m).astype(np.int64)
+    nbits = dec.decode(constriction.stream.model.Uniform(_LEN_ALPHABET), m).astype(np.int64)
+    r = np.zeros(m, dtype=np.int64)
+    for shift in (0, 16):
+        b = np.clip(nbits - shift, 0, 16)
+        sel = b > 0
+        if sel.any():
+            chunk = dec.decode(constriction.stream.model.Uniform(), (np.int64(1) << b[sel]).astype(np.int32))
+            r[sel] |= chunk.astype(np.int64) << shift
+    e = (np.int64(1) << nbits) + r - 1
+    return np.where(side == 1, n + e, -1 - e)
+
+
+def escape_bits(rel: Tensor, n: Tensor) -> Tensor:
+    """Bypass code length in bits of out-of-alphabet symbols (same layout as the escape encoder)."""
+    e = torch.where(rel >= n, rel - n, -1 - rel)
+    nbits = torch.floor(torch.log2((e + 1).double()))
+    return 1.0 + math.log2(_LEN_ALPHABET) + nbits
+
+
+def encode_columns(encoders: list[Any], inc: IncrementalConditionals, idx: Tensor, items_per_string: int,
+                   rel: np.ndarray | None = None, esc: np.ndarray | None = None,
+                   alphabet: np.ndarray | None = None) -> None:
+    """Range-encode the items of every string, one variable at a time in ``inc.order``.
+
+    String j (``encoders[j]``) takes items ``j*items_per_string ..``; ``idx`` [N, D] are the coded
+    symbols. With ``esc`` [N, D] (the escape mask), ``rel`` [N, D] (alphabet-relative values) and
+    ``alphabet`` [D], an escaped value is followed by its exact bypass code. The counterpart of
+    ``decode_columns``.
+    """
+    p = items_per_string
+    idx_np = idx.cpu().numpy().astype(np.int32)
+    family = _categorical()
+    for i in inc.order:
+        probs = _probabilities(inc.weights())
+        for j, enc in enumerate(encoders):
+            sl = slice(j * p, (j + 1) * p)
+            enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
+            if esc is not None:
+                e = esc[sl, i]
+                if e.any():
+                    _encode_escapes(enc, rel[sl, i][e], np.full(int(e.sum()), alphabet[i]))  # type: ignore[index]
+        inc.observe(idx[:, i])
+
+
+@contextmanager
+def decoding(name: str) -> Iterator[None]:
+    """Turn whatever the range decoder raises on impossible data into a ``BitstreamError``."""
+    try:
+        yield
+    except BitstreamError:
+        raise
+    except Exception as err:  # constriction raises AssertionError / ValueError on invalid data
+        raise BitstreamError(f"{name} bitstream could not be decoded (corrupted?): {err}") from err
+
+
+def range_decoders(words: list[np.ndarray]) -> list[Any]:
+    """One constriction range decoder per string's payload words."""
+    return [constriction.stream.queue.RangeDecoder(wd) for wd in words]
+
+
+def finish_decoding(decoders: list[Any], name: str = "pc-prior") -> None:
+    """Raise ``BitstreamError`` if a string holds data beyond what was decoded."""
+    for dec in decoders:
+        if dec.maybe_exhausted() is False:
+            raise BitstreamError(f"{name} bitstream has trailing data beyond what the model decodes (corrupted?)")
+
+
+def decode_columns(decoders: list[Any], inc: IncrementalConditionals, items_per_string: int,
+                   escape: int | None = None, alphabet: np.ndarray | None = None, name: str = "pc-prior") -> Tensor:
+    """Range-decode the items of every string, one variable at a time in ``inc.order``.
+
+    String j (``decoders[j]``) holds items ``j*items_per_string ..``. With ``escape`` and
+    ``alphabet``, variable i's symbol ``escape`` is followed by the exact bypass code of a value
+    outside ``0 .. alphabet[i] - 1``. Returns the (alphabet-relative) values [B * items_per_string, D]
+    (int64). Impossible or inconsistent data raise ``BitstreamError``; call ``finish_decoding``
+    once everything is decoded.
+    """
+    p = items_per_string
+    n = len(decoders) * p
+    d = len(inc.order)
+    rel = torch.empty(n, d, dtype=torch.long)
+    family = _categorical()
+    with decoding(name):
+        for i in inc.order:
+            probs = _probabilities(inc.weights())
+            col = np.empty(n, dtype=np.int64)
+            val = np.empty(n, dtype=np.int64)
+            for j, dec in enumerate(decoders):
+                sl = slice(j * p, (j + 1) * p)
+                col[sl] = dec.decode(family, probs[sl])
+                val[sl] = col[sl]
+                if escape is None:
+                    continue
+                e = col[sl] == escape
+                if ((col[sl] >= alphabet[i]) & ~e).any():  # type: ignore[index]
+                    raise BitstreamError(f"{name} bitstream decodes to a symbol outside variable {i}'s alphabet")
+                if e.any():
+                    val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), alphabet[i]))  # type: ignore[index]
+            rel[:, i] = torch.from_numpy(val)
+            inc.observe(torch.from_numpy(col))
+    return rel
+
+
+# -- the lossless format ------------------------------------------------------------------------
+def _block_check(x: np.ndarray) -> tuple[int, int]:
+    crc = zlib.crc32(np.ascontiguousarray(x, dtype="<i4").tobytes())
+    return crc & 0xFFFF, crc >> 16
+
+
+_HALF = constriction.stream.model.Uniform(2**16)
+
+
 def encode(pc: HCLT, x: Tensor) -> bytes:
-    """Losslessly encode integer data [N, D] (symbols 0..V-1) into bytes."""
+    """Losslessly encode integer data [N, D] (symbols 0..V-1) into bytes (``pc_prior.framing.LOSSLESS``)."""
     x = check_symbols(x, pc.num_vars, pc.num_cats)
     tables = coding_tables(pc)
     n = len(x)
     enc = constriction.stream.queue.RangeEncoder()
-    family = _model_family()
-    if n:
-        inc = IncrementalConditionals(tables, n, tables.root.device)
-        xs = x.numpy().astype(np.int32) if x.device.type == "cpu" else x.cpu().numpy().astype(np.int32)
-        for i in inc.order:
-            enc.encode(np.ascontiguousarray(xs[:, i]), family, _probabilities(inc.weights()))
-            inc.observe(x[:, i])
+    xs = x.cpu().numpy().astype(np.int32)
+    for s in range(0, n, BLOCK_ITEMS):
+        block = x[s : s + BLOCK_ITEMS].to(tables.root.device)
+        inc = IncrementalConditionals(tables, len(block), tables.root.device)
+        encode_columns([enc], inc, block, len(block))
+        enc.encode(np.array(_block_check(xs[s : s + BLOCK_ITEMS]), dtype=np.int32), _HALF)
     payload = enc.get_compressed().astype("<u4").tobytes()
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, KIND_HCLT, tables.fingerprint, n, pc.num_vars,
-                          pc.num_cats, zlib.crc32(payload))
-    return header + payload
-
-
-def read_header(data: bytes) -> dict:
-    """Parse and check a bitstream header; raises BitstreamError with the reason."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < _HEADER.size:
-        raise BitstreamError(f"bitstream truncated: {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
-    magic, version, kind, fp, n, d, v, crc = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise BitstreamError("not a pc-prior bitstream (bad magic bytes)")
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"bitstream format version {version}, this pc-prior reads version {FORMAT_VERSION}")
-    if kind != KIND_HCLT:
-        raise BitstreamError(f"bitstream kind {kind} is not lossless HCLT data")
-    payload = verified_payload(data, _HEADER.size, crc)
-    return {"fingerprint": fp, "num_items": n, "num_vars": d, "num_cats": v, "payload": payload}
-
-
-def verified_payload(data: bytes, header_size: int, crc: int) -> bytes:
-    """The range coder's payload after a header: whole 32-bit words whose CRC32 is ``crc``."""
-    payload = data[header_size:]
-    if len(payload) % 4:
-        raise BitstreamError("bitstream truncated or padded: payload is not a whole number of 32-bit words")
-    if zlib.crc32(payload) != crc:
-        raise BitstreamError("bitstream corrupted or truncated: payload checksum mismatch")
-    return payload
+    return framing.pack(framing.LOSSLESS, tables.fingerprint, (n, pc.num_vars, pc.num_cats, BLOCK_ITEMS), payload)
 
 
 def decode(pc: HCLT, data: bytes) -> Tensor:
-    """Decode bytes made by ``encode`` with the same model back to LongTensor [N, D]."""
-    h = read_header(data)
+    """Decode bytes made by ``encode`` with the same model back to LongTensor [N, D].
+
+    Every header field is checked before anything is allocated; each block's check must match,
+    so a stream of another model, a tampered item count or a payload that runs out raise
+    ``BitstreamError`` instead of returning wrong data.
+    """
     tables = coding_tables(pc)
-    if (h["num_vars"], h["num_cats"]) != (pc.num_vars, pc.num_cats):
-        raise BitstreamError(
-            f"bitstream holds data of {h['num_vars']} variables with {h['num_cats']} symbols; "
-            f"this model has {pc.num_vars} and {pc.num_cats}"
-        )
-    if h["fingerprint"] != tables.fingerprint:
-        raise BitstreamError("bitstream was made by another model (fingerprint mismatch)")
-    n = h["num_items"]
-    x = torch.empty(n, pc.num_vars, dtype=torch.long)
+    name = framing.LOSSLESS.name
+
+    def check_fields(fields: tuple[int, ...]) -> None:
+        _, d, v, block = fields
+        if (d, v) != (pc.num_vars, pc.num_cats):
+            raise BitstreamError(f"{name} bitstream holds data of {d} variables with {v} symbols; "
+                                 f"this model has {pc.num_vars} and {pc.num_cats}")
+        if block != BLOCK_ITEMS:
+            raise BitstreamError(f"{name} bitstream has blocks of {block} items; this format has {BLOCK_ITEMS}")
+
+    (n, d, _, block), words = framing.unpack(data, framing.LOSSLESS, tables.fingerprint, check_fields)
+    check_plausible_items(n, d, tables, len(words), name)
     if n == 0:
-        return x
-    words = np.frombuffer(h["payload"], dtype="<u4").astype(np.uint32)
+        if len(words):
+            raise BitstreamError(f"{name} bitstream holds no items but has a payload (corrupted?)")
+        return torch.empty(0, d, dtype=torch.long)
+    if 32 * -(-n // block) > 32 * len(words) + _SLACK_BITS:
+        raise BitstreamError(f"{name} bitstream corrupted: {n} items need more block checks than the payload holds")
     dec = constriction.stream.queue.RangeDecoder(words)
-    family = _model_family()
-    inc = IncrementalConditionals(tables, n, tables.root.device)
-    for i in inc.order:
-        vals = torch.from_numpy(dec.decode(family, _probabilities(inc.weights())).astype(np.int64))
-        x[:, i] = vals
-        inc.observe(vals)
-    if dec.maybe_exhausted() is False:
-        raise BitstreamError("bitstream has trailing data beyond what the model decodes")
-    return x
+    parts = []
+    with decoding(name):
+        for s in range(0, n, block):
+            m = min(block, n - s)
+            inc = IncrementalConditionals(tables, m, tables.root.device)
+            vals = decode_columns([dec], inc, m, name=name)
+            got = tuple(int(c) for c in dec.decode(_HALF, 2))
+            if got != _block_check(vals.numpy()):
+                raise BitstreamError(f"{name} bitstream corrupted or truncated: block check of items {s}..{s + m - 1} "
+                                     "does not match")
+            parts.append(vals)
+    finish_decoding([dec], name)
+    return torch.cat(parts)

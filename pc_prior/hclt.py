@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
+from .errors import InputError
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
 
 __all__ = ["LatentTreeCircuit", "HCLT", "check_symbols"]
@@ -32,17 +34,17 @@ def _logmatmulexp(a: Tensor, w: Tensor) -> Tensor:
 
 
 def check_symbols(x: Tensor, num_vars: int, num_cats: int, name: str = "x") -> Tensor:
-    """Validate integer data [N, D] with symbols in 0..num_cats-1; return it as int64."""
+    """Validate integer data [N, D] with symbols in 0..num_cats-1; return it as int64 (else ``InputError``)."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+        raise InputError(f"{name} must have an integer dtype, got {x.dtype}")
     if x.dim() != 2 or x.shape[1] != num_vars:
-        raise ValueError(f"{name} must have shape [N, {num_vars}], got {tuple(x.shape)}")
+        raise InputError(f"{name} must have shape [N, {num_vars}], got {tuple(x.shape)}")
     if x.numel():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= num_cats:
-            raise ValueError(
+            raise InputError(
                 f"{name} has symbols out of range: min {lo}, max {hi}, allowed 0..{num_cats - 1}"
             )
     return x.long()
@@ -58,8 +60,9 @@ class LatentTreeCircuit(nn.Module):
 
     def __init__(self, tree: Tree, num_latents: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if num_latents < 1:
-            raise ValueError(f"num_latents must be >= 1, got {num_latents}")
+        num_latents = check_int("num_latents", num_latents, 1)
+        if not isinstance(tree, Tree):
+            raise InputError(f"tree must be a pc_prior.Tree, got {type(tree).__name__}")
         self.tree = tree
         self.num_latents = int(num_latents)
         d, k = tree.num_vars, self.num_latents
@@ -67,6 +70,10 @@ class LatentTreeCircuit(nn.Module):
         self.transition_logits = nn.Parameter(torch.zeros(d, k, k, dtype=dtype))
         parent = torch.as_tensor(np.asarray(tree.parent), dtype=torch.long)
         self.register_buffer("parent", parent, persistent=False)
+        # Integer coding tables (pc_prior.coding.coding_tables): empty until first used. Integer
+        # buffers, so .to() / .double() / .half() carry them bit for bit.
+        for name in ("_tables_root", "_tables_trans", "_tables_emit"):
+            self.register_buffer(name, torch.zeros(0, dtype=torch.int32), persistent=False)
         levels = tree.levels()
         for lvl, idx in enumerate(levels):
             self.register_buffer(f"_level{lvl}", torch.as_tensor(idx, dtype=torch.long), persistent=False)
@@ -95,6 +102,22 @@ class LatentTreeCircuit(nn.Module):
 
     def log_transitions(self) -> Tensor:
         return torch.log_softmax(self.transition_logits, -1)
+
+    def check_finite(self) -> None:
+        """Raise ``InputError`` naming the first parameter that holds NaN or infinite values.
+
+        Such a circuit has no probabilities to code with (its tables would not normalize); call
+        this before quantizing the circuit into coding tables.
+        """
+        for name, p in self.named_parameters():
+            bad = ~torch.isfinite(p.detach())
+            if bad.any():
+                n_nan = int(torch.isnan(p.detach()).sum())
+                raise InputError(
+                    f"the circuit's parameter {name} holds {int(bad.sum())} non-finite values "
+                    f"({n_nan} NaN, {int(bad.sum()) - n_nan} infinite) of {p.numel()}: it has no "
+                    "probabilities to code with; refit it or load finite parameters"
+                )
 
     # -- passes ------------------------------------------------------------------------------
     def upward(
@@ -184,8 +207,7 @@ class HCLT(LatentTreeCircuit):
         self, tree: Tree, num_cats: int, num_latents: int, dtype: torch.dtype = torch.float32
     ) -> None:
         super().__init__(tree, num_latents, dtype)
-        if num_cats < 2:
-            raise ValueError(f"num_cats must be >= 2, got {num_cats}")
+        num_cats = check_int("num_cats", num_cats, 2)
         self.num_cats = int(num_cats)
         self.emission_logits = nn.Parameter(
             torch.zeros(tree.num_vars, num_latents, num_cats, dtype=dtype)
@@ -199,10 +221,12 @@ class HCLT(LatentTreeCircuit):
     ) -> "HCLT":
         """Learn the Chow-Liu tree of ``x`` [N, D] and initialize parameters around the data."""
         if not isinstance(x, Tensor) or x.dim() != 2:
-            raise ValueError("x must be a tensor of shape [N, D]")
+            what = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise InputError(f"x must be a tensor of shape [N, D], got {what}")
+        num_cats = check_int("num_cats", num_cats, 2)
         x = check_symbols(x, x.shape[1], num_cats)
         if x.shape[0] == 0:
-            raise ValueError("x has no rows to learn a structure from")
+            raise InputError("x has no rows to learn a structure from")
         mi = pairwise_mutual_information(x, num_cats, num_bins=num_bins, max_samples=max_samples, seed=seed)
         pc = cls(chow_liu_tree(mi), num_cats, num_latents, dtype=dtype)
         pc.init_params(x, seed=seed)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import struct
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 _ARRAY_MAGIC = b"PCNPY"
-_ARRAY_VERSION = 1
+_ARRAY_VERSION = 2  # 2: the header (magic, version, meta) is under a CRC32; meta is validated (CHANGELOG.md)
+_ARRAY_HEAD = struct.Struct("<BII")  # version, meta length, CRC32 of everything before the stream
+_ARRAY_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8")
+_MAX_META = 4096
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,8 +73,10 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from . import HCLT, fit_em, save
     from .data import load_mnist
+    from .devices import resolve_device
     from .training import bits_per_dim
 
+    resolve_device(args.device)  # before the data are read and the structure learned
     torch.manual_seed(args.seed)
     x = load_mnist(args.data, "train", args.limit)
     xv = load_mnist(args.data, "test", args.valid) if args.valid else None
@@ -128,7 +135,9 @@ def lossless_bench(pc, x: torch.Tensor) -> dict:
 def _bench(args: argparse.Namespace) -> int:
     from . import load
     from .data import load_mnist
+    from .devices import resolve_device
 
+    resolve_device(args.device)
     pc = load(args.model, map_location=args.device)
     x = load_mnist(args.data, "test", args.limit)
     res = lossless_bench(pc, x) | {"model": str(args.model)}
@@ -140,19 +149,55 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def pack_array_container(arr: np.ndarray, stream: bytes) -> bytes:
+    """The ``.pcnpy`` file: magic, version, the array's shape and dtype (JSON) under a CRC32, then the stream."""
+    meta = json.dumps({"shape": list(arr.shape), "dtype": arr.dtype.str}).encode()
+    head = _ARRAY_MAGIC + struct.pack("<BI", _ARRAY_VERSION, len(meta))
+    return head + struct.pack("<I", zlib.crc32(meta, zlib.crc32(head))) + meta + stream
+
+
+def unpack_array_container(raw: bytes, name: str = "input") -> tuple[tuple[int, ...], np.dtype, bytes]:
+    """(shape, dtype, stream) of a ``.pcnpy`` file, every header field checked."""
+    from .errors import BitstreamError
+
+    n = len(_ARRAY_MAGIC)
+    if len(raw) < n + _ARRAY_HEAD.size or raw[:n] != _ARRAY_MAGIC:
+        raise BitstreamError(f"{name} is not a file made by 'pc-prior lossless compress' (bad magic or too short)")
+    version, mlen, crc = _ARRAY_HEAD.unpack_from(raw, n)
+    if version != _ARRAY_VERSION:
+        raise BitstreamError(f"{name} has container version {version}, this pc-prior reads {_ARRAY_VERSION} "
+                             "(see CHANGELOG.md)")
+    start = n + _ARRAY_HEAD.size
+    if mlen > _MAX_META or len(raw) < start + mlen:
+        raise BitstreamError(f"{name}: corrupted or truncated container header")
+    meta_raw = raw[start : start + mlen]
+    if zlib.crc32(meta_raw, zlib.crc32(raw[: n + 5])) != crc:
+        raise BitstreamError(f"{name}: container header corrupted (checksum mismatch)")
+    try:
+        meta = json.loads(meta_raw)
+        shape = tuple(meta["shape"])
+        dtype = meta["dtype"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise BitstreamError(f"{name}: corrupted container header") from e
+    if dtype not in _ARRAY_DTYPES or not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                         for v in shape):
+        raise BitstreamError(f"{name}: container holds an unsupported array ({dtype!r}, shape {shape})")
+    return shape, np.dtype(dtype), raw[start + mlen :]
+
+
 def _compress(args: argparse.Namespace) -> int:
     from . import encode, load
+    from .errors import InputError
 
     pc = load(args.model, map_location=args.device)
     arr = np.load(args.input, allow_pickle=False)
-    if arr.ndim < 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{args.input} must hold an integer array of shape [N, ...], got {arr.dtype} {arr.shape}")
+    if arr.ndim < 1 or not np.issubdtype(arr.dtype, np.integer) or arr.dtype.str not in _ARRAY_DTYPES:
+        raise InputError(f"{args.input} must hold an integer array of shape [N, ...], got {arr.dtype} {arr.shape}")
     flat = arr.reshape(len(arr), -1)
     if flat.shape[1] != pc.num_vars:
-        raise ValueError(f"{args.input}: each item has {flat.shape[1]} values, the model expects {pc.num_vars}")
+        raise InputError(f"{args.input}: each item has {flat.shape[1]} values, the model expects {pc.num_vars}")
     stream = encode(pc, torch.from_numpy(flat.astype(np.int64)))
-    meta = json.dumps({"shape": list(arr.shape), "dtype": arr.dtype.str}).encode()
-    Path(args.output).write_bytes(_ARRAY_MAGIC + struct.pack("<BI", _ARRAY_VERSION, len(meta)) + meta + stream)
+    Path(args.output).write_bytes(pack_array_container(arr, stream))
     print(json.dumps({"input_bytes": arr.nbytes, "output_bytes": Path(args.output).stat().st_size,
                       "bits_per_dim": Path(args.output).stat().st_size * 8 / max(flat.size, 1)}))
     return 0
@@ -160,20 +205,15 @@ def _compress(args: argparse.Namespace) -> int:
 
 def _decompress(args: argparse.Namespace) -> int:
     from . import decode, load
-    from .coding import BitstreamError
+    from .errors import BitstreamError
 
-    raw = Path(args.input).read_bytes()
-    head = len(_ARRAY_MAGIC) + 5
-    if len(raw) < head or raw[: len(_ARRAY_MAGIC)] != _ARRAY_MAGIC:
-        raise BitstreamError(f"{args.input} is not a file made by 'pc-prior lossless compress'")
-    version, mlen = struct.unpack_from("<BI", raw, len(_ARRAY_MAGIC))
-    if version != _ARRAY_VERSION:
-        raise BitstreamError(f"{args.input} has container version {version}, expected {_ARRAY_VERSION}")
-    try:
-        meta = json.loads(raw[head : head + mlen])
-    except ValueError as e:
-        raise BitstreamError(f"{args.input}: corrupted container header") from e
+    shape, dtype, stream = unpack_array_container(Path(args.input).read_bytes(), str(args.input))
     pc = load(args.model, map_location=args.device)
-    x = decode(pc, raw[head + mlen :])
-    np.save(args.output, x.numpy().astype(np.dtype(meta["dtype"])).reshape(meta["shape"]))
+    x = decode(pc, stream)
+    if shape[0] != len(x) or math.prod(shape) != x.numel():
+        raise BitstreamError(f"{args.input}: the container's shape {shape} does not match the {tuple(x.shape)} "
+                             "decoded items")
+    if x.numel() and int(x.max()) > np.iinfo(dtype).max:
+        raise BitstreamError(f"{args.input}: decoded values do not fit the container's dtype {dtype}")
+    np.save(args.output, x.numpy().astype(dtype).reshape(shape))
     return 0

@@ -9,6 +9,7 @@ import torch
 from pc_prior import CheckpointError, decode, encode, load, save
 from pc_prior.cli import main
 from pc_prior.data import load_idx, load_mnist
+from pc_prior.files import write_file
 from conftest import random_hclt
 
 
@@ -36,9 +37,79 @@ def test_load_rejects_other_files_and_versions(tmp_path):
     save(random_hclt(), tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     state["version"] = 99
-    torch.save(state, tmp_path / "future.pt")
+    torch.save(state, tmp_path / "edited.pt")  # an edit without a new digest
+    with pytest.raises(CheckpointError, match="does not match its digest"):
+        load(tmp_path / "edited.pt")
+    del state["digest"]
+    write_file(state, tmp_path / "future.pt")  # a consistent file of another version
     with pytest.raises(CheckpointError, match="version 99"):
         load(tmp_path / "future.pt")
+    state["version"] = 2
+    torch.save(state, tmp_path / "undigested.pt")
+    with pytest.raises(CheckpointError, match="no content digest"):
+        load(tmp_path / "undigested.pt")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_cats", 2**31, "num_cats"),
+    ("num_latents", 0, "num_latents"),
+    ("dtype", "bogus", "dtype 'bogus'"),
+    ("dtype", "float64", "params.root_logits is torch.float32"),
+    ("parent", [1, -1, 1, 0, 0], "params.transition_logits"),
+    ("parent", [1, 2, 0, 0, 0, 2], "not a tree"),
+    ("parent", "abc", "'parent' is a str"),
+])
+def test_load_checks_every_field_before_building(tmp_path, field, value, message):
+    save(random_hclt(dtype=torch.float32), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    del state["digest"]
+    state[field] = value
+    write_file(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t["emit"].neg_(), "emit has entries outside"),
+    (lambda t: t.__setitem__("parent", t["parent"][:-1]), "trans has shape"),
+    (lambda t: t.__setitem__("root", t["root"].double()), "root must be an integer tensor"),
+    (lambda t: t.__setitem__("trans", t["trans"][:, :2]), "trans has shape"),
+])
+def test_load_validates_coding_tables(tmp_path, edit, message):
+    save(random_hclt(dtype=torch.float32), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    del state["digest"]
+    edit(state["coding_tables"])
+    write_file(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load(tmp_path / "bad.pt")
+
+
+def test_load_detects_a_flipped_byte_and_refuses_pickled_code(tmp_path):
+    import os
+    import pickle
+    import zipfile
+
+    save(random_hclt(dtype=torch.float32), tmp_path / "m.pt")
+    with zipfile.ZipFile(tmp_path / "m.pt") as z:  # flip a byte inside a tensor's storage
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size >= 16)
+    raw = bytearray((tmp_path / "m.pt").read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)  # local file header
+    raw[info.header_offset + 30 + name_len + extra_len + 8] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load(tmp_path / "flipped.pt")
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "pc-prior/hclt", "x": Evil()}, tmp_path / "evil.pt", pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load(tmp_path / "evil.pt")
+    assert not marker.exists()
 
 
 def _write_idx(path, arr):
