@@ -164,6 +164,7 @@ def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
         raise InputError(f"coding supports at most {MAX_LATENTS} latent states, model has {pc.num_latents}")
     root, trans, emit = (getattr(pc, n) for n in _TABLE_BUFFERS)
     if refresh or root.numel() == 0:
+        pc.check_finite()  # NaN or infinite parameters have no tables: name the parameter
         with torch.no_grad():
             root = quantize_probs(pc.log_root().exp())
             trans = quantize_probs(pc.log_transitions().exp())

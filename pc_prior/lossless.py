@@ -187,8 +187,10 @@ def unpack_array_container(raw: bytes, name: str = "input") -> tuple[tuple[int, 
 
 def _compress(args: argparse.Namespace) -> int:
     from . import encode, load
+    from .devices import resolve_device
     from .errors import InputError
 
+    resolve_device(args.device)  # --device: before anything is read
     pc = load(args.model, map_location=args.device)
     arr = np.load(args.input, allow_pickle=False)
     if arr.ndim < 1 or not np.issubdtype(arr.dtype, np.integer) or arr.dtype.str not in _ARRAY_DTYPES:
@@ -205,8 +207,10 @@ def _compress(args: argparse.Namespace) -> int:
 
 def _decompress(args: argparse.Namespace) -> int:
     from . import decode, load
+    from .devices import resolve_device
     from .errors import BitstreamError
 
+    resolve_device(args.device)  # --device: before the container is read
     shape, dtype, stream = unpack_array_container(Path(args.input).read_bytes(), str(args.input))
     pc = load(args.model, map_location=args.device)
     x = decode(pc, stream)

@@ -14,6 +14,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .coding import coding_tables
+from ._checks import check_int, check_real, check_step_size
+from .errors import InputError
 from .hclt import HCLT, check_symbols
 
 __all__ = ["fit_em", "fit_adam", "em_step_counts", "bits_per_dim"]
@@ -23,7 +26,10 @@ LN2 = math.log(2.0)
 
 def bits_per_dim(pc: HCLT, x: Tensor, batch_size: int = 1024) -> float:
     """Average negative log-likelihood of ``x`` in bits per variable."""
+    batch_size = check_int("batch_size", batch_size, 1)
     x = check_symbols(x, pc.num_vars, pc.num_cats)
+    if len(x) == 0:
+        raise InputError("x is empty (0 rows): bits per dimension of no data are undefined")
     total = 0.0
     with torch.no_grad():
         for b in x.split(batch_size):
@@ -36,13 +42,17 @@ def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
     params = [p.detach().requires_grad_(True) for p in (pc.log_root(), pc.log_transitions(), pc.log_emissions())]
     lr, lt, le = params
     ll = pc.upward(pc.leaf_log_probs(x, log_emit=le), log_root=lr, log_trans=lt)[0].sum()
-    counts = torch.autograd.grad(ll, params)
+    # A one-variable tree uses no transition (the root's row is never read): its counts are zero.
+    counts = torch.autograd.grad(ll, params, allow_unused=True)
+    counts = [torch.zeros_like(p) if c is None else c for p, c in zip(params, counts)]
     return [c.detach() for c in counts], float(ll.detach())
 
 
-def _normalize(counts: Tensor, pseudocount: float) -> Tensor:
+def _normalize(counts: Tensor, pseudocount: float, current: Tensor) -> Tensor:
+    """Smoothed frequencies of ``counts``; rows without any count (and no pseudocount) keep ``current``."""
     c = counts + pseudocount / counts.shape[-1]
-    return c / c.sum(-1, keepdim=True)
+    total = c.sum(-1, keepdim=True)
+    return torch.where(total > 0, c / total.clamp_min(torch.finfo(c.dtype).tiny), current)
 
 
 @torch.no_grad()
@@ -52,8 +62,15 @@ def _apply(pc: HCLT, counts: list[Tensor], step_size: float, pseudocount: float)
         (pc.log_root(), pc.log_transitions(), pc.log_emissions()),
         counts,
     ):
-        new = (1.0 - step_size) * cur.exp() + step_size * _normalize(cnt, pseudocount)
+        p = cur.exp()
+        new = (1.0 - step_size) * p + step_size * _normalize(cnt, pseudocount, p)
         logits.copy_(new.clamp_min(torch.finfo(new.dtype).tiny).log())
+
+
+def _check_circuit(pc: HCLT, fn: str) -> None:
+    if not isinstance(pc, HCLT):
+        raise InputError(f"{fn} trains an HCLT (categorical leaves), got {type(pc).__name__}")
+    pc.check_finite()
 
 
 def _batches(x: Tensor, batch_size: int, g: torch.Generator, shuffle: bool) -> Iterator[Tensor]:
@@ -84,10 +101,23 @@ def fit_em(
 
     ``step_size`` is a constant or a (start, end) pair annealed linearly over all mini-batch
     updates. Returns one record per epoch with train (and valid) bits per dimension.
+    Bad arguments (and a circuit with non-finite parameters) raise ``InputError`` before any update.
     """
-    x_train = check_symbols(x_train, pc.num_vars, pc.num_cats)
+    _check_circuit(pc, "fit_em")
+    epochs = check_int("epochs", epochs, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    step_size = check_step_size(step_size)
+    pseudocount = check_real("pseudocount", pseudocount, 0.0)
+    full_batch_epochs = check_int("full_batch_epochs", full_batch_epochs, 0)
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be callable or None, got {type(callback).__name__}")
+    x_train = check_symbols(x_train, pc.num_vars, pc.num_cats, "x_train")
     if len(x_train) == 0:
-        raise ValueError("x_train is empty")
+        raise InputError("x_train is empty (0 rows)")
+    if x_valid is not None:
+        x_valid = check_symbols(x_valid, pc.num_vars, pc.num_cats, "x_valid")
+        if len(x_valid) == 0:
+            raise InputError("x_valid is empty (0 rows): pass None for no validation")
     dev = pc.root_logits.device
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
@@ -121,6 +151,7 @@ def fit_em(
         if callback is not None:
             callback(epoch, rec)
     bar.close()
+    coding_tables(pc, refresh=True)  # the coder's integer tables follow the new parameters
     return history
 
 
@@ -134,9 +165,13 @@ def fit_adam(
     progress: bool = True,
 ) -> list[dict]:
     """Gradient training: Adam on the logits, minimizing negative log-likelihood."""
-    x_train = check_symbols(x_train, pc.num_vars, pc.num_cats)
+    _check_circuit(pc, "fit_adam")
+    epochs = check_int("epochs", epochs, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    lr = check_real("lr", lr, 0.0, low_open=True)
+    x_train = check_symbols(x_train, pc.num_vars, pc.num_cats, "x_train")
     if len(x_train) == 0:
-        raise ValueError("x_train is empty")
+        raise InputError("x_train is empty (0 rows)")
     dev = pc.root_logits.device
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(pc.parameters(), lr=lr)
@@ -151,10 +186,11 @@ def fit_adam(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            nll += float(loss) * len(xb)
+            nll += float(loss.detach()) * len(xb)
             seen += len(xb)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}")
         history.append({"epoch": epoch + 1, "train_bpd": nll / seen / denom})
     bar.close()
+    coding_tables(pc, refresh=True)  # the coder's integer tables follow the new parameters
     return history

@@ -97,7 +97,7 @@ def test_model_round_trip_matches_eval_forward_and_rate(hyper):
     y_hat = gc.decompress(enc["strings"][0], idx, means=means)
     assert torch.equal(y_hat, gc.quantize(y, "dequantize", means))
     model_bits = float(-torch.log2(ref["likelihoods"]["y"]).sum())
-    from pc_prior.integrations.bitstream import header_bytes
+    from pc_prior.framing import header_bytes
 
     coded_bits = 8 * sum(len(s) - header_bytes(tuple(y.shape[-2:])) for s in enc["strings"][0])
     assert model_bits > 0 and abs(coded_bits - model_bits) <= 0.02 * model_bits + 64 * 2
@@ -183,7 +183,7 @@ def test_bitstream_errors(hyper):
         gc.decompress([s[:10]], idx, means=means)
     with pytest.raises(BitstreamError, match="truncated|checksum"):
         gc.decompress([s[:-4]], idx, means=means)
-    with pytest.raises(BitstreamError, match="whole number"):
+    with pytest.raises(BitstreamError, match="truncated|checksum"):
         gc.decompress([s[:-1]], idx, means=means)
     bad = bytearray(s)
     bad[-3] ^= 0x40
@@ -192,7 +192,7 @@ def test_bitstream_errors(hyper):
     with pytest.raises(BitstreamError, match="magic"):
         gc.decompress([b"XXXX" + s[4:]], idx, means=means)
     z_string = hyper.entropy_bottleneck.compress(hyper.h_a(y if means is not None else y.abs()))[0]
-    with pytest.raises(BitstreamError, match="magic"):
+    with pytest.raises(BitstreamError, match="expected a PCConditional bitstream, got a PCEntropyBottleneck"):
         gc.decompress([z_string], idx, means=means)
     with pytest.raises(BitstreamError, match="asked for"):
         gc.decompress([s], idx[..., :-1], means=None if means is None else means[..., :-1])

@@ -9,7 +9,7 @@ from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperpr
 
 from pc_prior import HCLT, BitstreamError
 from pc_prior.integrations import PCEntropyBottleneck, collect_latents, fit_prior, swap_entropy_model
-from pc_prior.integrations.bitstream import header_bytes
+from pc_prior.framing import header_bytes
 from pc_prior.integrations.leaves import DiscretizedLogisticTree
 
 from conftest import shared_path
@@ -181,7 +181,7 @@ def test_bitstream_errors(fact):
         eb.decompress([s[:10]], size)
     with pytest.raises(BitstreamError, match="truncated|checksum"):
         eb.decompress([s[:-4]], size)
-    with pytest.raises(BitstreamError, match="whole number"):
+    with pytest.raises(BitstreamError, match="truncated|checksum"):
         eb.decompress([s[:-1]], size)
     bad = bytearray(s)
     bad[-3] ^= 0x40
@@ -343,18 +343,26 @@ def test_logistic_leaves_round_trip_and_train_the_analysis_transform():
         eb.fit(torch.randn(10, 12), leaves="gaussian")
 
 
-def test_header_varints_and_version():
-    from pc_prior.integrations import bitstream
+def test_header_varints_version_and_checksum():
+    from pc_prior import framing
 
     payload = b"\x01\x02\x03\x04"
+    fmt = framing.BOTTLENECK
     for size in [(1, 1), (127, 128), (300, 70000)]:
-        s = bitstream.pack(b"PB", 2, b"abcdefgh", size, payload)
-        assert len(s) == bitstream.header_bytes(size) + 4
-        assert bitstream.unpack(s, b"PB", 2, b"abcdXXXX", size, "X").tolist() == [0x04030201]
-        with pytest.raises(BitstreamError, match="asked for"):
-            bitstream.unpack(s, b"PB", 2, b"abcd", (size[0], size[1] + 1), "X")
-        for cut in range(1, bitstream.header_bytes(size)):
+        s = framing.pack(fmt, b"abcdefgh", size, payload)
+        assert len(s) == framing.header_bytes(size) + 4
+        fields, words = framing.unpack(s, fmt, b"abcdXXXX")
+        assert fields == size and words.tolist() == [0x04030201]
+        for cut in range(1, len(s)):
             with pytest.raises(BitstreamError, match="truncated"):
-                bitstream.unpack(s[:cut], b"PB", 2, b"abcd", size, "X")
-    with pytest.raises(BitstreamError, match="version 1, this pc-prior reads version 2"):
-        bitstream.unpack(bitstream.pack(b"PB", 1, b"abcd", (2, 2), payload), b"PB", 2, b"abcd", (2, 2), "X")
+                framing.unpack(s[:cut], fmt, b"abcd")
+        for byte in range(len(s)):  # every field, the checksum and the payload are under the CRC
+            bad = bytearray(s)
+            bad[byte] ^= 0x04
+            with pytest.raises(BitstreamError):
+                framing.unpack(bytes(bad), fmt, b"abcd")
+    old = framing.Format(b"PB", 2, 2, "PCEntropyBottleneck")
+    with pytest.raises(BitstreamError, match="version 2, this pc-prior reads version 3"):
+        framing.unpack(framing.pack(old, b"abcd", (2, 2), payload), fmt, b"abcd")
+    with pytest.raises(BitstreamError, match="got a PCConditional bitstream"):
+        framing.unpack(framing.pack(framing.CONDITIONAL, b"abcd", (2, 2), payload), fmt, b"abcd")

@@ -98,9 +98,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
+    from ..devices import resolve_device
     from .models import load_model
     from .rd import collect_images, evaluate_model, results_json
 
+    resolve_device(args.device)  # a missing or unknown device fails before any image or model is read
     if args.threads:
         torch.set_num_threads(args.threads)
     images = collect_images(args.data)  # fail on a bad folder before loading any model
@@ -115,8 +117,6 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown entropy coder {args.entropy_coder!r}; available: "
                              f"{', '.join(compressai.available_entropy_coders())}")
         compressai.set_entropy_coder(args.entropy_coder)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available")
     loaded = [load_model(m, arch=args.arch, device=args.device, metric=args.metric) for m in args.models]
     runs = []
     for lm in loaded:

@@ -79,11 +79,20 @@ def _import_integrations() -> None:
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, or ``None`` if the file is not weights-only loadable."""
+    """The file verified and read by ``pc_prior.files.read_file`` (zip CRCs, ``weights_only=True``,
+    digest), or ``None`` if it is not such a file (``_read`` keeps the reason)."""
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[Any, bool, str]:
+    from ..errors import CheckpointError
+    from ..files import read_file
+
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception:
-        return None
+        obj, digested = read_file(path)
+        return obj, digested, ""
+    except CheckpointError as e:
+        return None, False, str(e)
 
 
 def _architectures() -> dict[str, Callable[..., nn.Module]]:
@@ -103,7 +112,7 @@ def _float_state(sd: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_file(path: Path, arch: str | None, device: str | torch.device) -> LoadedModel:
-    obj = read_checkpoint(path)
+    obj, digested, reason = _read(path)
     for predicate, loader in _LOADERS:
         if predicate(path, obj):
             out = loader(path, obj, device)
@@ -114,12 +123,11 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
                 raise ModelLoadError(f"the loader registered for {path} returned {type(out).__name__}, not a codec")
             return LoadedModel(out.to(device).eval(), name=path.stem, source=str(path))
     if obj is None:
-        raise ModelLoadError(f"{path} is not a readable weights-only torch checkpoint, and no registered "
-                             "model loader accepts it")
+        raise ModelLoadError(f"{reason}; no registered model loader accepts it")
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state dict")
     fmt = obj.get("format")
-    if isinstance(fmt, str) and fmt.startswith("pc-prior/"):
+    if isinstance(fmt, str) and fmt.startswith("pc-prior/") and fmt != "pc-prior/codec":
         if fmt == "pc-prior/hclt":
             raise ModelLoadError(f"{path} is a pc-prior HCLT (lossless) checkpoint, not an image codec; "
                                  "use 'pc-prior lossless bench' and 'pc-prior report-lossless'")
@@ -127,13 +135,13 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
                              f"(expected from {_SENTINEL_INTEGRATIONS} via register_model_loader)")
     zoo, archs = _zoo(), _architectures()
     if "state_dict" in obj and "arch" in obj and "quality" in obj:  # the project's codec format: one loader
-        from pc_prior.integrations import read_codec_file
+        from pc_prior.integrations.codec_file import codec_from_content
 
-        a, q = obj["arch"], int(obj["quality"])
+        a, q = obj["arch"], obj["quality"]
         if arch is not None and arch != a:
             raise ModelLoadError(f"{path} is a {a} checkpoint but --arch {arch} was given")
         try:
-            net, _ = read_codec_file(path)
+            net, _ = codec_from_content(path, obj, digested)
         except ValueError as e:
             raise ModelLoadError(str(e)) from e
         info = {k: obj[k] for k in ("lmbda", "steps", "kodak") if k in obj}
@@ -182,7 +190,13 @@ def _load_zoo(spec: str, metric: str, device: str | torch.device) -> LoadedModel
 
 def load_model(spec: str | Path, arch: str | None = None, device: str | torch.device = "cpu",
                metric: str = "mse") -> LoadedModel:
-    """Load the codec named by ``spec`` (see the module docstring) in eval mode on ``device``."""
+    """Load the codec named by ``spec`` (see the module docstring) in eval mode on ``device``.
+
+    A device that is no torch device or not on this machine raises ``InputError`` before loading.
+    """
+    from ..devices import resolve_device
+
+    resolve_device(device)
     spec_s = str(spec)
     path = Path(spec_s).expanduser()
     if path.is_file():

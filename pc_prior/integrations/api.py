@@ -11,6 +11,9 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._checks import check_int
+from ..errors import InputError, UnsupportedModelError
+from .codec_file import build_codec, load_codec, read_codec_file, save_codec
 from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
 
@@ -29,6 +32,79 @@ def _parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(head) if head else model), attr
 
 
+# Which CompressAI models a PC entropy model can serve. A PC module codes through its own
+# ``compress``/``decompress``, called once per latent map, on the maps ``forward`` gives it (what
+# ``fit_prior`` collects). Models whose coding reads CompressAI's CDF tables instead, to run its
+# C++ coder serially, would hand it empty tables (the interpreter segfaults): refused at swap time.
+# Classes by name (absent ones are skipped), matched by the class that defines ``compress``,
+# ``decompress`` or ``forward``, so subclasses that keep those methods are judged like their base.
+# Served (one parallel call per map): FactorizedPrior(ReLU), ScaleHyperprior, MeanScaleHyperprior,
+# their VBR versions, and SimpleVAECompressionModel's latent codecs (Cheng2020AnchorCheckerboard,
+# Elic2022*) but for RasterScanLatentCodec; every known model's entropy bottleneck.
+_SERIAL_CONDITIONAL = ("JointAutoregressiveHierarchicalPriors", "JointAutoregressiveHierarchicalPriorsVbr")
+_PER_POSITION_CONDITIONAL = ("JointAutoregressiveHierarchicalPriorsVbr",)
+
+
+def _compressai_models(names: Sequence[str]) -> tuple[type, ...]:
+    import compressai.models
+
+    return tuple(c for c in (getattr(compressai.models, n, None) for n in names) if isinstance(c, type))
+
+
+def _defined_by(cls: type, attr: str) -> type | None:
+    return next((k for k in cls.__mro__ if attr in vars(k)), None)
+
+
+def _unsupported_reason(model: nn.Module, name: str, old: nn.Module) -> str | None:
+    """Why ``model.<name>`` (an entropy model ``old``) cannot become a PC entropy model; None if it can.
+
+    Known CompressAI models are judged by the class defining their ``compress``/``decompress``/
+    ``forward``; a module inside a ``RasterScanLatentCodec`` is refused. Other models (custom
+    ones) are accepted: if their coding reads the CDF tables, the PC module raises
+    ``UnsupportedModelError`` there instead of reaching CompressAI's C++ coder.
+    """
+    from compressai.latent_codecs import RasterScanLatentCodec
+
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        head = ".".join(parts[:i])
+        if isinstance(model.get_submodule(head), RasterScanLatentCodec):
+            return (f"it sits in a RasterScanLatentCodec (model.{head}), whose compress()/decompress() code it "
+                    "serially, position by position in raster order, with CompressAI's own C++ coder from its CDF "
+                    "tables (quantized_cdf, cdf_length, offset), which a PC entropy model does not have")
+    if not isinstance(old, GaussianConditional):
+        return None  # every known model codes its bottleneck with one compress() call on forward's map
+    cls = type(model)
+    if _defined_by(cls, "forward") in _compressai_models(_PER_POSITION_CONDITIONAL):
+        owner = _defined_by(cls, "forward").__name__  # type: ignore[union-attr]
+        return (f"its forward() ({owner}'s) calls the conditional once per 1x1 latent position (a raster scan), so "
+                "no latent map reaches it to fit or code, and its compress()/decompress() code the conditional "
+                "serially with CompressAI's own C++ coder from the CDF tables (quantized_cdf, cdf_length, "
+                "offset), which a PC entropy model does not have")
+    serial = _compressai_models(_SERIAL_CONDITIONAL)
+    for method in ("compress", "decompress"):
+        owner = _defined_by(cls, method)
+        if owner in serial:
+            return (f"its {method}() ({owner.__name__}'s, the autoregressive context model) codes the conditional "  # type: ignore[union-attr]
+                    "serially, position by position in raster order, with CompressAI's own C++ coder from the "
+                    "conditional's CDF tables (quantized_cdf, cdf_length, offset), which a PC entropy model does "
+                    "not have")
+    return None
+
+
+def check_model_support(model: nn.Module, name: str, module: nn.Module | None = None) -> None:
+    """Raise ``UnsupportedModelError`` if ``model.<name>`` cannot be served by a PC entropy model."""
+    if module is None:
+        module = model.get_submodule(name)
+    why = _unsupported_reason(model, name, module)
+    if why is not None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not supported: a PC entropy model cannot replace model.{name} "
+            f"({type(module).__name__}) because {why}. Keep CompressAI's entropy model there (swap only "
+            "model.entropy_bottleneck), or use a model that codes its latents in parallel (FactorizedPrior, "
+            "ScaleHyperprior, MeanScaleHyperprior, checkerboard/ELIC latent codecs)")
+
+
 def swap_entropy_model(model: nn.Module, name: str | Sequence[str] = "entropy_bottleneck", **kwargs):
     """Replace entropy models of ``model`` by unfitted circuit-backed ones; returns the new module(s).
 
@@ -38,12 +114,22 @@ def swap_entropy_model(model: nn.Module, name: str | Sequence[str] = "entropy_bo
     ``quantiles`` (hence its medians, so rounding, and thus the reconstruction, stay the same;
     ``kwargs`` go to it). A ``GaussianConditional`` becomes a ``PCConditional`` keeping its scale
     table and scale bound (so ``build_indexes`` and the symbols stay the same). A sequence of names
-    returns a tuple of the new modules.
+    returns a tuple of the new modules; every name is checked before any is swapped.
+
+    Raises ``UnsupportedModelError`` (a ``TypeError``) for a module that is no plain
+    ``EntropyBottleneck``/``GaussianConditional``, and for models that code it serially with
+    CompressAI's C++ coder from CDF tables a circuit does not have: the conditionals of mbt2018
+    (``JointAutoregressiveHierarchicalPriors``), ``Cheng2020Anchor``/``Cheng2020Attention``, the
+    variable-rate mbt2018 (whose forward also calls it per 1x1 position) and any conditional
+    inside a ``RasterScanLatentCodec``. Their entropy bottlenecks can be swapped.
     """
     if not isinstance(name, str):
-        return tuple(swap_entropy_model(model, n, **kwargs) for n in name)
+        names = list(name)
+        for n in names:
+            _check_swappable(model, n)
+        return tuple(swap_entropy_model(model, n, **kwargs) for n in names)
+    old = _check_swappable(model, name)
     parent, attr = _parent_and_attr(model, name)
-    old = getattr(parent, attr, None)
     if isinstance(old, EntropyBottleneck):
         new = PCEntropyBottleneck(old.channels, **kwargs).to(old.quantiles.device)
         with torch.no_grad():
@@ -53,11 +139,25 @@ def swap_entropy_model(model: nn.Module, name: str | Sequence[str] = "entropy_bo
         new = PCConditional(None, scale_bound=float(old.scale_bound), tail_mass=old.tail_mass).to(dev)
         new.lower_bound_scale = old.lower_bound_scale
         new.scale_table = old.scale_table.detach().clone()
-    else:
-        raise TypeError(f"model.{name} is {type(old).__name__}, expected an EntropyBottleneck or a "
-                        "GaussianConditional to replace")
     setattr(parent, attr, new)
     return new
+
+
+def _check_swappable(model: nn.Module, name: str) -> nn.Module:
+    """The module ``model.<name>`` if a PC entropy model can replace it, else ``UnsupportedModelError``."""
+    if not isinstance(name, str):
+        raise InputError(f"name must be a (dotted) module name, got {name!r}")
+    parent, attr = _parent_and_attr(model, name)
+    old = getattr(parent, attr, None)
+    if isinstance(old, GaussianConditional) and type(old) not in (GaussianConditional, PCConditional):
+        raise UnsupportedModelError(
+            f"model.{name} is {type(old).__name__}, a GaussianConditional subclass with its own likelihood, which "
+            "a PCConditional cannot replace: expected an EntropyBottleneck or a GaussianConditional to replace")
+    if not isinstance(old, (EntropyBottleneck, GaussianConditional)):
+        raise UnsupportedModelError(f"model.{name} is {type(old).__name__}, expected an EntropyBottleneck or a "
+                                    "GaussianConditional to replace")
+    check_model_support(model, name, old)
+    return old
 
 
 class _Stop(Exception):
@@ -106,6 +206,9 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                 sym = module.quantize(y, "symbols", means)
                 got[n].append((sym.detach().cpu().to(torch.int32), module.build_indexes(scales).cpu().to(torch.int16)))
             else:
+                if args[0].dim() != 4:
+                    raise InputError(f"model.{n} got a latent of shape {tuple(args[0].shape)}: expected [B, C, H, W] "
+                                     "(PC entropy models take 4-D image latents only)")
                 got[n].append(_rows(args[0]))
             seen.add(n)
             if len(seen) == len(names):
@@ -234,107 +337,92 @@ def fit_prior(
     (``PCEntropyBottleneck.fit``: ``max_items``, ``epochs``, ``tail``, ...); conditionals with
     the ``conditional`` dict (``PCConditional.fit``: ``num_latents``, ``steps``, ``structure``,
     ``context`` (default ``"three-pass"``; ``"checkerboard"`` for two passes, ``None`` for one), ...). Returns the history, or a dict of histories by name when ``name`` is a sequence.
+
+    Every argument (the fits' keyword arguments included) is checked before anything is swapped
+    or collected; a bad one raises ``InputError``. The codec is frozen only while the circuits are
+    fitted: afterwards every parameter's ``requires_grad`` is as it was (new parameters, such as
+    the circuits', require grad), so a training script's optimizers see the whole model again.
     """
-    names = [name] if isinstance(name, str) else list(name)
+    names = [name] if isinstance(name, str) else list(name) if isinstance(name, (list, tuple)) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise InputError(f"name must be a module name or a sequence of them, got {name!r}")
     if not names:
-        raise ValueError("name must name at least one entropy model")
+        raise InputError("name must name at least one entropy model")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module (a CompressAI codec), got {type(model).__name__}")
+    multiple = check_int("multiple", multiple, 1)
+    max_images = check_int("max_images", max_images, 1, allow_none=True)
+    if conditional is not None and not isinstance(conditional, dict):
+        raise InputError(f"conditional must be a dict of PCConditional.fit arguments or None, got "
+                         f"{type(conditional).__name__}")
+    modules: dict[str, nn.Module] = {}
     for n in names:
-        if not isinstance(model.get_submodule(n), PC_MODULES):
-            swap_entropy_model(model, n)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    dev = next(model.parameters()).device
+        try:
+            modules[n] = model.get_submodule(n)
+        except AttributeError as e:
+            raise InputError(f"model has no module {n!r} to fit a circuit into: {e}") from None
+    bottleneck_kw = {"num_latents": num_latents, "progress": progress, **fit_kwargs}
+    cond_kw = {"progress": progress, "context": "three-pass"} | (conditional or {})
+    if any(isinstance(m, EntropyBottleneck) for m in modules.values()):
+        PCEntropyBottleneck.check_fit_args(**bottleneck_kw)
+    elif fit_kwargs:
+        raise InputError(f"keyword arguments {', '.join(sorted(fit_kwargs))} are PCEntropyBottleneck.fit's, but "
+                         f"no entropy bottleneck is named ({', '.join(names)}); pass PCConditional.fit's in "
+                         "conditional={...}")
+    if any(isinstance(m, GaussianConditional) for m in modules.values()):
+        PCConditional.check_fit_args(**cond_kw)
     if isinstance(images, (str, Path)):
-        files = list_images(images)[:max_images]
-        seq: Iterable[Tensor] = (crop_to_multiple(load_image(f), multiple).to(dev) for f in files)
-        total = len(files)
+        images = Path(images)
     else:
-        seq, total = (x.to(dev) for x in images), len(images)
-    seq = tqdm(seq, total=total, desc="latents", unit="img", disable=not progress)
-    data = _collect(model, seq, names)
-    hists: dict[str, list[dict]] = {}
-    for n in names:
-        module = model.get_submodule(n)
-        for p in module.parameters():  # the circuit is what gets trained
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            if isinstance(module, PCConditional):
-                sym, idx = data[n]  # type: ignore[misc]
-                kw = {"progress": progress, "context": "three-pass"} | (conditional or {})
-                hists[n] = module.fit(sym, idx, **kw)
-            else:
-                hists[n] = module.fit(data[n].to(dev), num_latents, progress=progress, **fit_kwargs)  # type: ignore[union-attr]
+        if isinstance(images, Tensor) or not isinstance(images, Iterable):
+            raise InputError("images must be a folder or a sequence of image tensors [B, 3, H, W], got "
+                             f"{type(images).__name__}" + (" (for a batch tensor pass [batch])" if
+                                                            isinstance(images, Tensor) else ""))
+        images = list(images)
+        if not images:
+            raise InputError("images is empty: no images to collect latents from")
+        for i, x in enumerate(images):
+            if not isinstance(x, Tensor) or x.dim() != 4 or not x.dtype.is_floating_point or x.shape[0] == 0:
+                what = (f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__)
+                raise InputError(f"images[{i}] must be a float image tensor [B, 3, H, W] (B >= 1), got {what}")
+    ref = next(model.parameters(), torch.zeros(()))  # images go to the codec's device and dtype (a .double() codec too)
+    dev, dt = ref.device, ref.dtype
+    swapped: list[str] = []
+    try:
+        for n in names:
+            if not isinstance(modules[n], PC_MODULES):
+                swap_entropy_model(model, n)
+                swapped.append(n)
+    except Exception:  # leave the model as it was given
+        for n in swapped:
+            parent, attr = _parent_and_attr(model, n)
+            setattr(parent, attr, modules[n])
+        raise
+    before = list(model.parameters())  # kept alive, so the ids below stay theirs
+    flags = {id(p): p.requires_grad for p in before}
+    for p in before:
+        p.requires_grad_(False)
+    try:
+        if isinstance(images, Path):
+            files = list_images(images)[:max_images]
+            seq: Iterable[Tensor] = (crop_to_multiple(load_image(f), multiple).to(dev, dt) for f in files)
+            total = len(files)
+        else:
+            seq, total = (x.to(dev, dt) for x in images), len(images)
+        seq = tqdm(seq, total=total, desc="latents", unit="img", disable=not progress)
+        data = _collect(model, seq, names)
+        hists: dict[str, list[dict]] = {}
+        for n in names:
+            module = model.get_submodule(n)
+            for p in module.parameters():  # the circuit is what gets trained
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                if isinstance(module, PCConditional):
+                    sym, idx = data[n]  # type: ignore[misc]
+                    hists[n] = module.fit(sym, idx, **cond_kw)
+                else:
+                    hists[n] = module.fit(data[n].to(dev), **bottleneck_kw)  # type: ignore[union-attr]
+    finally:  # the codec's own parameters as they were; new ones (the circuits') require grad
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), True))
     return hists[name] if isinstance(name, str) else hists
-
-
-def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """A fresh (untrained) codec: a zoo architecture (``image_models[arch](quality=...)``), or a
-    ``compressai.models`` class by name built with ``net_kwargs`` (e.g. ``FactorizedPrior``, N=8, M=12)."""
-    import compressai.models
-    from compressai.zoo import image_models
-
-    if net_kwargs:
-        cls = getattr(compressai.models, arch, None)
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ValueError(f"net_kwargs given, so arch must be a compressai.models class name; got {arch!r}")
-        return cls(**net_kwargs)
-    if arch in image_models:
-        return image_models[arch](quality=quality, pretrained=False)
-    cls = getattr(compressai.models, arch, None)
-    if isinstance(cls, type) and issubclass(cls, nn.Module):
-        return cls()
-    raise ValueError(f"unknown arch {arch!r}; zoo architectures: {', '.join(sorted(image_models))}")
-
-
-def _float_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
-
-
-def read_codec_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(codec on CPU, the file's dict) for a codec file: the one loader of the project's codec format.
-
-    The format is a dict with ``arch``, ``quality`` and ``state_dict`` (``../shared/models``, the
-    train exports and ``save_codec`` files). ``net_kwargs`` select a ``compressai.models`` class
-    by name; ``pc_modules`` (written by ``save_codec``) are swapped to PC entropy models before
-    loading, so circuits and coding tables come back bit-exactly. Half-precision tensors are cast
-    to float32. A plain zoo-architecture file whose weights are not that quality's sizes is built
-    from the weights (CompressAI's ``from_state_dict``).
-    """
-    from compressai.zoo.image import model_architectures
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"codec file not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable torch file: {e}") from e
-    if not isinstance(ck, dict) or not {"arch", "quality", "state_dict"} <= ck.keys():
-        raise ValueError(f"{path} is not a codec file (needs arch, quality and state_dict)")
-    state = _float_state(ck["state_dict"])
-    net = build_codec(ck["arch"], ck["quality"], ck.get("net_kwargs"))
-    if ck.get("pc_modules"):
-        swap_entropy_model(net, list(ck["pc_modules"]))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        if ck.get("pc_modules") or ck.get("net_kwargs") or ck["arch"] not in model_architectures:
-            raise ValueError(f"{path}: its weights do not fit {ck['arch']} (quality {ck['quality']}): {e}") from e
-        try:  # not the zoo's channel counts for this quality: take them from the weights
-            net = model_architectures[ck["arch"]].from_state_dict(state)
-        except Exception as e2:
-            raise ValueError(f"{path}: its weights do not fit architecture {ck['arch']}: {e2}") from e2
-    return net, ck
-
-
-def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The codec of a codec file (see ``read_codec_file``), in eval mode on ``map_location``."""
-    return read_codec_file(path)[0].to(map_location).eval()
-
-
-def save_codec(model: nn.Module, path: str | Path, arch: str, quality: int, **extra) -> None:
-    """Save a (swapped) CompressAI codec in the format ``load_codec`` reads."""
-    pc_modules = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"arch": arch, "quality": quality, "pc_modules": pc_modules,
-                "state_dict": model.state_dict(), **extra}, path)

@@ -56,12 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _fit(args: argparse.Namespace) -> int:
     import torch
 
-    from .api import fit_prior, load_codec, save_codec
+    from .api import fit_prior, read_codec_file, save_codec
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    ck = torch.load(args.codec, map_location="cpu")
-    net = load_codec(args.codec)
+    net, ck = read_codec_file(args.codec)
+    net.eval()
     names = ("entropy_bottleneck", "gaussian_conditional") if args.conditional else "entropy_bottleneck"
     cond = {"num_latents": args.cond_latents, "steps": args.cond_steps, "max_items": args.cond_max_items,
             "structure": args.cond_structure, "seed": args.seed,

@@ -39,6 +39,7 @@ on the continuous (lower-bounded) scales and noisy values, differentiable in y, 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -51,18 +52,19 @@ from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..coding import BitstreamError, CodingTables, IncrementalConditionals, quantize_probs
+from .. import framing
+from ..coding import (MAX_SYMBOL, CodingTables, IncrementalConditionals, decode_columns, encode_columns, escape_bits,
+                      finish_decoding, quantize_probs, range_decoders)
+from .._checks import check_int, check_real
+from ..errors import InputError, NotFittedError
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
-from . import bitstream
 from .context import CheckerboardContext, lattice_masks
-from .entropy_models import (MAX_SYMBOL, _escape_bits, decode_symbols, encode_symbols, finish_decoding,
-                             range_decoders)
+from .entropy_models import check_latent_shape, loaded_tables, no_cdf_tables, unpack_strings
 
-__all__ = ["PCConditional", "ScaleConditionedTree", "MAGIC", "FORMAT_VERSION", "CONTEXTS"]
+__all__ = ["PCConditional", "ScaleConditionedTree", "CONTEXTS"]
 
-MAGIC = b"PG"
-FORMAT_VERSION = 2  # header: pc_prior.integrations.bitstream (shared with PCEntropyBottleneck)
+FORMAT = framing.CONDITIONAL  # magic, version and header fields of this model's strings
 LIKELIHOOD_BOUND = 1e-9
 LN2 = math.log(2.0)
 CONTEXTS = ("three-pass", "checkerboard")  # PCConditional.fit's spatial contexts (or None)
@@ -226,21 +228,41 @@ class PCConditional(GaussianConditional):
     def channels(self) -> int:
         return self._require_fitted().num_vars
 
+    # CompressAI's CDF tables, read only by code that runs its C++ coder: a circuit has none.
+    # (Our code uses the private buffers ``_offset``/``_cdf_length``: the alphabet radius.)
+    @property
+    def quantized_cdf(self) -> Tensor:
+        raise no_cdf_tables(self, "quantized_cdf")
+
+    @property
+    def offset(self) -> Tensor:
+        raise no_cdf_tables(self, "offset")
+
+    @property
+    def cdf_length(self) -> Tensor:
+        raise no_cdf_tables(self, "cdf_length")
+
+    def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise no_cdf_tables(self, "_pmf_to_cdf")
+
+    def _check_cdf_size(self) -> None:  # EntropyModel.compress/decompress: the C++ coder's path
+        raise no_cdf_tables(self, "_quantized_cdf")
+
     @property
     def radius(self) -> int:
         """R: symbols -R..R are coded by the circuit, the rest escape to the bypass code."""
         if self._offset.numel() == 0:
-            raise RuntimeError("PCConditional has no coding tables: call update() (or model.update()) first")
+            raise NotFittedError("PCConditional has no coding tables: call update() (or model.update()) first")
         return -int(self._offset[0])
 
     def _require_fitted(self) -> ScaleConditionedTree:
         if self.pc is None:
-            raise RuntimeError("PCConditional is not fitted: call fit_prior(model, ...) or .fit(symbols, indexes)")
+            raise NotFittedError("PCConditional is not fitted: call fit_prior(model, ...) or .fit(symbols, indexes)")
         return self.pc
 
     def _require_tables(self) -> tuple[CodingTables, bytes]:
         if self._pc_root.numel() == 0 or self._offset.numel() == 0:
-            raise RuntimeError("PCConditional has no coding tables: call update() (or model.update()) first")
+            raise NotFittedError("PCConditional has no coding tables: call update() (or model.update()) first")
         ctx = [b for m in (self.context, self.anchor_context) if m is not None for b in m.buffers()]
         key = tuple((b.data_ptr(), b._version) for b in (self._pc_parent, self._pc_root, self._pc_trans,
                                                          self._pc_emit, self._offset, self.scale_table, *ctx))
@@ -260,7 +282,19 @@ class PCConditional(GaussianConditional):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):  # noqa: ANN001
-        """Resize the buffers and rebuild the circuit to the shapes being loaded."""
+        """Validate the coding tables being loaded, then resize the buffers and rebuild the circuit."""
+        tables = loaded_tables(state_dict, prefix, error_msgs)
+        if tables is not None:
+            off, table = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "scale_table")
+            shape = tuple(tables.emit.shape)
+            if off is None or table is None or tuple(off.shape) != (1,) or off.dtype.is_floating_point or \
+                    len(shape) != 4 or shape[-1] != 2 - 2 * int(off[0]) or int(off[0]) > -1 or \
+                    shape[1] != len(table) or not torch.isfinite(table).all() or float(table.min()) <= 0:
+                error_msgs.append(f"{prefix}: coding tables of shape {shape} do not match the radius (_offset) and "
+                                  "the positive scale_table: expected [M, len(scale_table), K, 2R+2] with _offset = [-R]")
+                return
+        elif any(m.startswith(prefix) for m in error_msgs):
+            return
         for name in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit", "_offset", "_cdf_length",
                      "_quantized_cdf", "scale_table"):
             key = prefix + name
@@ -289,17 +323,28 @@ class PCConditional(GaussianConditional):
                                       unexpected_keys, error_msgs)
 
     # -- symbols --------------------------------------------------------------------------------
-    def _check(self, inputs: Tensor, indexes: Tensor | None = None) -> None:
-        c = self.channels
-        if inputs.dim() != 4 or inputs.shape[1] != c:
-            raise ValueError(f"expected a latent of shape [B, {c}, H, W], got {tuple(inputs.shape)}")
+    def _check(self, inputs: Tensor, indexes: Tensor | None = None, *, scales: Tensor | None = None,
+               means: Tensor | None = None, what: str = "latent") -> None:
+        """The one shape check of every entry point; ``InputError`` (never a broadcast) unless
+        ``inputs`` is [B, channels, H, W], ``indexes`` (integers of the scale table) and ``scales``
+        have its shape, and ``means`` has it or 1 along a dimension (as CompressAI allows)."""
+        owner = type(self).__name__
+        check_latent_shape(owner, inputs, self.channels, what)
+        shape = tuple(inputs.shape)
+        for name, t in (("indexes", indexes), ("scales", scales)):
+            if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != shape):
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise InputError(f"{owner}: {name} have shape {got}, the {what} {shape}: expected the same shape")
+        if means is not None:
+            if not isinstance(means, Tensor) or means.dim() != 4 or any(m not in (1, s) for m, s in zip(means.shape, shape)):
+                got = tuple(means.shape) if isinstance(means, Tensor) else type(means).__name__
+                raise InputError(f"{owner}: means have shape {got}, the {what} {shape}: expected the same shape "
+                                 "(or 1 along a dimension)")
         if indexes is not None:
-            if tuple(indexes.shape) != tuple(inputs.shape):
-                raise ValueError(f"indexes have shape {tuple(indexes.shape)}, the latent {tuple(inputs.shape)}")
-            if indexes.dtype.is_floating_point:
-                raise TypeError(f"indexes must be integers (from build_indexes), got {indexes.dtype}")
+            if indexes.dtype.is_floating_point or indexes.dtype.is_complex or indexes.dtype == torch.bool:
+                raise InputError(f"{owner}: indexes must be integers (from build_indexes), got {indexes.dtype}")
             if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(self.scale_table)):
-                raise ValueError(f"indexes must lie in 0..{len(self.scale_table) - 1}")
+                raise InputError(f"{owner}: indexes must lie in 0..{len(self.scale_table) - 1}")
 
     def _symbols(self, inputs: Tensor, means: Tensor | None) -> Tensor:
         if not torch.isfinite(inputs).all() or (means is not None and not torch.isfinite(means).all()):
@@ -313,18 +358,33 @@ class PCConditional(GaussianConditional):
         return s.long()
 
     @staticmethod
-    def _check_maps(symbols: Sequence[Tensor], indexes: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def _check_maps(symbols: Sequence[Tensor], indexes: Sequence[Tensor],
+                    table: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         if not isinstance(symbols, (list, tuple)) or not isinstance(indexes, (list, tuple)) or len(symbols) != len(indexes):
-            raise ValueError("give symbols and indexes both as rows [N, C] or both as lists of maps of equal length")
+            raise InputError("give symbols and indexes both as rows [N, C] or both as lists of maps of equal length")
         if not symbols:
-            raise ValueError("no latent maps to fit on")
+            raise InputError("no latent maps to fit on")
         out = []
         for sy, sx in zip(symbols, indexes):
+            PCConditional._check_integers(sy, sx, table)
             if sy.dim() != 4 or tuple(sy.shape) != tuple(sx.shape) or sy.shape[1] != symbols[0].shape[1]:
-                raise ValueError(f"latent maps must be pairs of equal shape [B, C, H, W], got {tuple(sy.shape)} "
+                raise InputError(f"latent maps must be pairs of equal shape [B, C, H, W], got {tuple(sy.shape)} "
                                  f"and {tuple(sx.shape)}")
             out.append((sy.long().cpu(), sx.long().cpu()))
         return out
+
+    @staticmethod
+    def _check_integers(symbols: Any, indexes: Any, table: Tensor | None) -> None:
+        """``fit``'s symbols and indexes: integer tensors, indexes within the scale table (else ``InputError``)."""
+        for name, t, what in (("symbols", symbols, "round(y - means)"), ("indexes", indexes, "from build_indexes")):
+            if not isinstance(t, Tensor):
+                raise InputError(f"{name} must be a torch.Tensor (rows [N, C]) or a list of maps [B, C, H, W], "
+                                 f"got {type(t).__name__}")
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise InputError(f"{name} must be integers ({what}), got {t.dtype}")
+        if table is not None and indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(table)):
+            raise InputError(f"indexes must lie in 0..{len(table) - 1} (the scale table's {len(table)} entries), "
+                             f"got {int(indexes.min())}..{int(indexes.max())}")
 
     def _pass_masks(self, h: int, w: int) -> list[Tensor]:
         """Positions coded in each pass (non-empty): all at once; the checkerboard's anchors then the
@@ -358,6 +418,7 @@ class PCConditional(GaussianConditional):
         probability plus their bypass code length.
         """
         pc = self._require_fitted()
+        self._check(symbols, indexes, what="symbol map")
         b, c, h, w = symbols.shape
         if self.context is not None:  # later passes: shifted indexes, symbols less their integer means
             indexes, m = self._apply_context(symbols.long(), indexes)
@@ -371,11 +432,42 @@ class PCConditional(GaussianConditional):
             esc = u.abs() > r
             if esc.any():
                 leaf = torch.where(esc[..., None], pc.escape_log_probs(r, sigma, s), leaf)
-                bits = torch.where(esc, _escape_bits(u + r, torch.full_like(u, 2 * r + 1)), 0.0).sum(-1)
+                bits = torch.where(esc, escape_bits(u + r, torch.full_like(u, 2 * r + 1)), 0.0).sum(-1)
         logp = pc.upward(leaf)[0]
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
 
     # -- fitting --------------------------------------------------------------------------------
+    @classmethod
+    def check_fit_args(cls, **kwargs: Any) -> dict[str, Any]:
+        """Check keyword arguments of ``fit`` without any data: names, types and ranges.
+
+        Returns every keyword argument of ``fit`` (defaults filled in, numbers as int/float);
+        raises ``InputError`` naming the first bad one. ``fit`` and ``fit_prior`` call it first,
+        so a bad argument fails before latents are collected or a context is fitted.
+        """
+        try:
+            bound = inspect.signature(cls.fit).bind(None, None, None, **kwargs)
+        except TypeError as e:
+            raise InputError(f"{cls.__name__}.fit: {e}") from None
+        bound.apply_defaults()
+        a = {k: v for k, v in bound.arguments.items() if k not in ("self", "symbols", "indexes")}
+        if a["context"] is not None and a["context"] not in CONTEXTS:
+            raise InputError(f"context must be None or one of {CONTEXTS}, got {a['context']!r}")
+        if a["structure"] not in ("chow-liu", "star"):
+            raise InputError(f'structure must be "chow-liu" or "star", got {a["structure"]!r}')
+        if a["init"] not in ("data", "baseline"):
+            raise InputError(f'init must be "data" or "baseline", got {a["init"]!r}')
+        a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
+        a["max_items"] = check_int("max_items", a["max_items"], 1, allow_none=True)
+        a["steps"] = check_int("steps", a["steps"], 0)
+        a["batch_size"] = check_int("batch_size", a["batch_size"], 1)
+        a["lr"] = check_real("lr", a["lr"], 0.0, low_open=True)
+        a["holdout"] = check_real("holdout", a["holdout"], 0.0, 1.0, high_open=True)
+        a["tail"] = check_real("tail", a["tail"], 0.0, 1.0, high_open=True)
+        a["max_radius"] = check_int("max_radius (the radius is at least 4)", a["max_radius"], 4)
+        a["seed"] = check_int("seed", a["seed"])
+        return a
+
     def fit(
         self, symbols: Tensor | Sequence[Tensor], indexes: Tensor | Sequence[Tensor], num_latents: int = 32, *,
         context: str | None = None, structure: str = "chow-liu",
@@ -398,18 +490,17 @@ class PCConditional(GaussianConditional):
         from the binned standardized symbols (``ScaleConditionedTree.init_from_data``),
         ``"baseline"`` next to the Gaussian conditional (``init_params``). Ends with ``update()``.
         Returns the history (held-out bits per position of the baseline and the circuit, both
-        after the context; the context's own training bits on its targets).
+        after the context; the context's own training bits on its targets). Bad arguments raise
+        ``InputError`` before any work (``check_fit_args``).
         """
-        if context is not None and context not in CONTEXTS:
-            raise ValueError(f"context must be None or one of {CONTEXTS}, got {context!r}")
-        if structure not in ("chow-liu", "star"):
-            raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
-        if init not in ("data", "baseline"):
-            raise ValueError(f'init must be "data" or "baseline", got {init!r}')
+        a = self.check_fit_args(**{k: v for k, v in locals().items()
+                                   if k not in ("self", "symbols", "indexes", "__class__")})
+        num_latents, max_items, steps, batch_size = a["num_latents"], a["max_items"], a["steps"], a["batch_size"]
+        lr, holdout, tail, max_radius = a["lr"], a["holdout"], a["tail"], a["max_radius"]
         table = self._scale_table_or_default()
         ctx, actx, ctx_info = None, None, {}
         if isinstance(symbols, (list, tuple)) or isinstance(indexes, (list, tuple)):
-            maps = self._check_maps(symbols, indexes)
+            maps = self._check_maps(symbols, indexes, table)
             if context is not None:
                 ctx = CheckerboardContext(maps[0][0].shape[1], table.cpu())
                 ctx_info = ctx.fit(maps, table.cpu())
@@ -424,19 +515,17 @@ class PCConditional(GaussianConditional):
             symbols = torch.cat([self._rows(sy) for sy, _ in maps])
             indexes = torch.cat([self._rows(sx) for _, sx in maps])
         elif context is not None:
-            raise ValueError(f"the {context} context needs latent maps [B, C, H, W] (a list per image), not rows")
+            raise InputError(f"the {context} context needs latent maps [B, C, H, W] (a list per image), not rows")
+        else:
+            self._check_integers(symbols, indexes, table)
         if symbols.dim() != 2 or tuple(indexes.shape) != tuple(symbols.shape):
-            raise ValueError(f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
+            raise InputError(f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
                              f"and {tuple(indexes.shape)}")
         if len(symbols) == 0:
-            raise ValueError("no latent positions to fit on")
-        if num_latents < 1:
-            raise ValueError(f"num_latents must be >= 1, got {num_latents}")
+            raise InputError("no latent positions to fit on")
         dev = self.scale_bound.device
         g = torch.Generator().manual_seed(seed)
         u, s = symbols.long(), indexes.long()
-        if int(s.min()) < 0 or int(s.max()) >= len(table):
-            raise ValueError(f"indexes must lie in 0..{len(table) - 1}")
         if max_items is not None and len(u) > max_items:
             keep = torch.randperm(len(u), generator=g)[:max_items]
             u, s = u[keep], s[keep]
@@ -504,7 +593,8 @@ class PCConditional(GaussianConditional):
         """Write the circuit's integer coding tables (for the current scale table) into the buffers."""
         pc = self._require_fitted()
         if self._offset.numel() == 0:
-            raise RuntimeError("PCConditional has no alphabet radius: fit it first")
+            raise NotFittedError("PCConditional has no alphabet radius: fit it first")
+        pc.check_finite()  # NaN or infinite parameters have no coding tables: name the parameter
         r = self.radius
         table = self._scale_table_or_default()
         dev = self.scale_bound.device
@@ -529,9 +619,9 @@ class PCConditional(GaussianConditional):
         """(y_hat, likelihoods [B, C, H, W]); the product over channels is p(position's symbols)."""
         if training is None:
             training = self.training
-        outputs = self.quantize(inputs, "noise" if training else "dequantize", means)
         pc = self._require_fitted()
-        self._check(inputs)
+        self._check(inputs, scales=scales, means=means)  # before anything broadcasts
+        outputs = self.quantize(inputs, "noise" if training else "dequantize", means)
         b, c, h, w = inputs.shape
         values = outputs - means if means is not None else outputs
         if training:
@@ -551,7 +641,7 @@ class PCConditional(GaussianConditional):
     def compress(self, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> list[bytes]:
         """One string per batch item for the latent [B, C, H, W] given scale ``indexes`` (and means)."""
         tables, fp = self._require_tables()
-        self._check(inputs, indexes)
+        self._check(inputs, indexes, means=means)
         b, c, h, w = inputs.shape
         if h * w == 0:
             raise ValueError(f"cannot code an empty latent of spatial size {h}x{w}")
@@ -572,23 +662,20 @@ class PCConditional(GaussianConditional):
             esc = (rel < 0) | (rel > 2 * r)
             idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
             inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(s, mask))
-            encode_symbols(encs, inc, idx, rel.numpy(), esc.numpy(), n, alphabet)
-        return [bitstream.pack(MAGIC, FORMAT_VERSION, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
-                for enc in encs]
+            encode_columns(encs, inc, idx, n, rel.numpy(), esc.numpy(), alphabet)
+        return [framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes()) for enc in encs]
 
     def decompress(self, strings: list[bytes], indexes: Tensor, dtype: torch.dtype = torch.float,
                    means: Tensor | None = None) -> Tensor:
         """Decode ``compress``'s strings given the same ``indexes`` (and means) into y_hat [B, C, H, W]."""
         if not isinstance(strings, (list, tuple)):
-            raise TypeError(f"strings must be a list of bytes, got {type(strings).__name__}")
+            raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
         tables, fp = self._require_tables()
-        if indexes.dim() != 4:
-            raise ValueError(f"indexes must have shape [B, C, H, W], got {tuple(indexes.shape)}")
-        self._check(indexes, indexes)
+        self._check(indexes, indexes, means=means, what="scale index map")
         b, c, h, w = indexes.shape
         if len(strings) != b:
             raise ValueError(f"{len(strings)} strings for a batch of {b} index maps")
-        words = [bitstream.unpack(d, MAGIC, FORMAT_VERSION, fp, (h, w), "PCConditional") for d in strings]
+        words = unpack_strings(strings, FORMAT, fp, (h, w), tables, c)
         r = self.radius
         alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
         s = indexes.long().cpu()
@@ -601,10 +688,10 @@ class PCConditional(GaussianConditional):
                 groups, m = self._apply_context(u, s)
             n = int(mask.sum())
             inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(groups, mask))
-            rel = decode_symbols(decs, inc, n, 2 * r + 1, alphabet)
+            rel = decode_columns(decs, inc, n, 2 * r + 1, alphabet, FORMAT.name)
             vals = (rel - r).view(b, n, c).permute(0, 2, 1)
             u[..., mask] = vals + m[..., mask] if m is not None else vals
-        finish_decoding(decs)
+        finish_decoding(decs, FORMAT.name)
         dev = indexes.device
         sym = torch.empty(b, c, h, w, dtype=torch.float32, device=dev)  # standard strides, as forward's
         sym.copy_(u)

@@ -23,6 +23,7 @@ model's code length, which is all CompressAI's rate term uses.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from typing import Any
 
@@ -32,150 +33,107 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from ..coding import BitstreamError, CodingTables, IncrementalConditionals, coding_tables
+from .._checks import check_int, check_real, check_step_size
+from ..errors import BitstreamError, InputError, NotFittedError, UnsupportedModelError
+from .. import framing
+from ..coding import (MAX_SYMBOL, CodingTables, IncrementalConditionals, check_plausible_items, coding_tables,
+                      decode_columns, encode_columns, escape_bits, finish_decoding, range_decoders)
 from ..hclt import HCLT
 from ..structure import Tree
 from ..training import fit_em
-from . import bitstream
 from .leaves import DiscretizedLogisticTree
 
-__all__ = ["PCEntropyBottleneck", "MAGIC", "FORMAT_VERSION"]
+__all__ = ["PCEntropyBottleneck"]
 
-MAGIC = b"PB"
-FORMAT_VERSION = 2  # 2: compact header (pc_prior.integrations.bitstream)
-MAX_SYMBOL = 2**31 - 1  # |symbol| bound of the bypass code (bit length <= 33)
-_LEN_ALPHABET = 34
+FORMAT = framing.BOTTLENECK  # magic, version and header fields of this model's strings
 LN2 = math.log(2.0)
 
 
-# -- bypass (escape) code -----------------------------------------------------------------------
-def _bit_lengths(v: np.ndarray) -> np.ndarray:
-    """floor(log2(v)) for int64 v >= 1, exactly (no float log)."""
-    return (v[:, None] >= (np.int64(1) << np.arange(1, _LEN_ALPHABET, dtype=np.int64))).sum(1)
+def unpack_strings(strings: Any, fmt: framing.Format, fingerprint: bytes, size: tuple[int, int],
+                   tables: CodingTables, channels: int) -> list[np.ndarray]:
+    """Check every string's header against this model and latent ``size`` (H, W); their payload words.
 
-
-def _escape_split(rel: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Side (1 above the alphabet, 0 below) and magnitude e >= 0 of out-of-alphabet symbols."""
-    above = rel >= n
-    return above.astype(np.int32), np.where(above, rel - n, -1 - rel)
-
-
-def _encode_escapes(enc: Any, rel: np.ndarray, n: np.ndarray) -> None:
-    side, e = _escape_split(rel, n)
-    v = e + 1
-    nbits = _bit_lengths(v)
-    r = v - (np.int64(1) << nbits)
-    enc.encode(side, constriction.stream.model.Uniform(2))
-    enc.encode(nbits.astype(np.int32), constriction.stream.model.Uniform(_LEN_ALPHABET))
-    for shift in (0, 16):
-        b = np.clip(nbits - shift, 0, 16)
-        sel = b > 0
-        if sel.any():
-            chunk = (r[sel] >> shift) & ((np.int64(1) << b[sel]) - 1)
-            enc.encode(chunk.astype(np.int32), constriction.stream.model.Uniform(),
-                       (np.int64(1) << b[sel]).astype(np.int32))
-
-
-def _decode_escapes(dec: Any, n: np.ndarray) -> np.ndarray:
-    m = len(n)
-    side = dec.decode(constriction.stream.model.Uniform(2), m).astype(np.int64)
-    nbits = dec.decode(constriction.stream.model.Uniform(_LEN_ALPHABET), m).astype(np.int64)
-    r = np.zeros(m, dtype=np.int64)
-    for shift in (0, 16):
-        b = np.clip(nbits - shift, 0, 16)
-        sel = b > 0
-        if sel.any():
-            chunk = dec.decode(constriction.stream.model.Uniform(), (np.int64(1) << b[sel]).astype(np.int32))
-            r[sel] |= chunk.astype(np.int64) << shift
-    e = (np.int64(1) << nbits) + r - 1
-    return np.where(side == 1, n + e, -1 - e)
-
-
-def _escape_bits(rel: Tensor, n: Tensor) -> Tensor:
-    """Bypass code length in bits of out-of-alphabet symbols (same layout as ``_encode_escapes``)."""
-    e = torch.where(rel >= n, rel - n, -1 - rel)
-    nbits = torch.floor(torch.log2((e + 1).double()))
-    return 1.0 + math.log2(_LEN_ALPHABET) + nbits
-
-
-def _categorical() -> Any:
-    return constriction.stream.model.Categorical(perfect=False)
-
-
-def _probabilities(w: Tensor) -> np.ndarray:
-    return (w / w.sum(-1, keepdim=True)).cpu().numpy()
-
-
-def encode_symbols(encoders: list[Any], inc: IncrementalConditionals, idx: Tensor, rel: np.ndarray,
-                   esc: np.ndarray, items_per_string: int, alphabet: np.ndarray) -> None:
-    """Range-encode the items of every string, one variable at a time in ``inc.order``.
-
-    String j (``encoders[j]``) takes items ``j*items_per_string ..``; ``idx`` [N, D] are the coded
-    symbols (ESCAPE for values outside variable i's ``0 .. alphabet[i] - 1``), ``rel`` [N, D] the
-    alphabet-relative values and ``esc`` [N, D] the escape mask; an escaped value is followed by
-    its exact bypass code. The counterpart of ``decode_symbols``.
+    Before anything is allocated: the strings are a list of bytes, their headers state ``size``, and
+    each payload is long enough for H·W positions under the model (``check_plausible_items``).
     """
-    p = items_per_string
-    idx_np = idx.cpu().numpy().astype(np.int32)
-    family = _categorical()
-    for i in inc.order:
-        probs = _probabilities(inc.weights())
-        for j, enc in enumerate(encoders):
-            sl = slice(j * p, (j + 1) * p)
-            enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
-            e = esc[sl, i]
-            if e.any():
-                _encode_escapes(enc, rel[sl, i][e], np.full(int(e.sum()), alphabet[i]))
-        inc.observe(idx[:, i])
+    if not isinstance(strings, (list, tuple)):
+        raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
+    h, w = size
+    check_plausible_items(len(strings) * h * w, channels, tables, 2**62, fmt.name)  # the per-call limit
+    def check_size(fields: tuple[int, ...]) -> None:
+        if fields != (h, w):
+            raise BitstreamError(f"{fmt.name} bitstream holds a {fields[0]}x{fields[1]} latent, decompress was "
+                                 f"asked for {h}x{w}")
+
+    words = []
+    for data in strings:
+        _, wd = framing.unpack(data, fmt, fingerprint, check_size)
+        check_plausible_items(h * w, channels, tables, len(wd), fmt.name)
+        words.append(wd)
+    return words
 
 
-def range_decoders(words: list[np.ndarray]) -> list[Any]:
-    """One constriction range decoder per string's payload words."""
-    return [constriction.stream.queue.RangeDecoder(wd) for wd in words]
+def check_latent_shape(owner: str, x: Any, channels: int, what: str = "latent") -> None:
+    """Raise ``InputError`` unless ``x`` is a 4-D tensor [B, channels, H, W] (never broadcast).
 
-
-def finish_decoding(decoders: list[Any]) -> None:
-    """Raise ``BitstreamError`` if a string holds data beyond what was decoded."""
-    for dec in decoders:
-        if dec.maybe_exhausted() is False:
-            raise BitstreamError("bitstream has trailing data beyond what the model decodes")
-
-
-def decode_symbols(decoders: list[Any], inc: IncrementalConditionals, items_per_string: int,
-                   escape: int, alphabet: np.ndarray) -> Tensor:
-    """Range-decode the items of every string, one variable at a time in ``inc.order``.
-
-    String j (``decoders[j]``) holds items ``j*items_per_string ..``; variable i's symbol
-    ``escape`` is followed by the exact bypass code of a value outside ``0 .. alphabet[i] - 1``.
-    Returns the alphabet-relative values [B * items_per_string, D] (int64). Impossible or
-    inconsistent data raise ``BitstreamError`` (call ``finish_decoding`` once every pass is
-    decoded). This is the one decoding loop of the integrations' entropy models.
+    The PC entropy models code image latents: one item per spatial position (H, W), the channels
+    its variables. Other ranks (CompressAI's entropy models take 0 to 5 spatial dimensions) or
+    another channel count would broadcast against the per-channel medians into a wrong shape.
     """
-    p = items_per_string
-    n = len(decoders) * p
-    rel = torch.empty(n, len(alphabet), dtype=torch.long)
-    family = _categorical()
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{owner}: expected a {what} tensor of shape [B, {channels}, H, W], got {type(x).__name__}")
+    shape = tuple(x.shape)
+    if x.dim() != 4:
+        raise InputError(f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({x.dim()}-D; "
+                         "only 4-D image latents [B, C, H, W] are supported)")
+    if shape[1] != channels:
+        raise InputError(f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({shape[1]} "
+                         f"channels, the model has {channels})")
+
+
+def no_cdf_tables(module: Any, attr: str) -> UnsupportedModelError:
+    """The error for CompressAI code reading a PC entropy model's CDF tables (``quantized_cdf``, ...).
+
+    A circuit codes through the module's own ``compress``/``decompress``; it has no CompressAI CDF
+    tables (the private buffers hold other things). Code that reads them (mbt2018's and cheng2020's
+    serial ``compress``, ``RasterScanLatentCodec``) would hand empty tables to CompressAI's C++ coder.
+    """
+    name = type(module).__name__
+    return UnsupportedModelError(
+        f"{name}.{attr}: a {name} has no CompressAI CDF tables, it codes with its circuit through its own "
+        "compress()/decompress(). The code reading them codes this entropy model with CompressAI's own C++ "
+        "coder (serially, e.g. the compress() of mbt2018/cheng2020 models or a RasterScanLatentCodec), which "
+        "a PC entropy model cannot serve: keep CompressAI's entropy model there (swap_entropy_model refuses "
+        "such models), or use a codec whose compress() calls the entropy model's compress() (FactorizedPrior, "
+        "ScaleHyperprior, MeanScaleHyperprior, ...)")
+
+
+def _check_size(size: Any) -> tuple[int, int]:
+    """A latent size (H, W): a sequence (tuple, list, ``torch.Size``) of two positive integers."""
+    if not isinstance(size, (tuple, list, torch.Size)):
+        raise InputError(f"size must be the latent's (H, W), a sequence of two positive integers, "
+                         f"got {type(size).__name__} {size!r}")
+    if len(size) != 2:
+        raise InputError(f"size must be the latent's (H, W), two positive integers, got {len(size)} values {tuple(size)}")
+    return check_int("size[0] (H)", size[0], 1), check_int("size[1] (W)", size[1], 1)  # type: ignore[return-value]
+
+
+def loaded_tables(state_dict: dict[str, Any], prefix: str, error_msgs: list[str]) -> CodingTables | None:
+    """The validated coding tables (``_pc_parent``, ``_pc_root``, ``_pc_trans``, ``_pc_emit``) of a PC
+    entropy model's state dict, or None if it has none; a problem goes to ``error_msgs``, so
+    ``load_state_dict`` fails naming it instead of coding with tables it should not trust."""
+    keys = [prefix + k for k in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit")]
+    present = [k in state_dict for k in keys]
+    if not any(present) or (all(present) and state_dict[keys[3]].numel() == 0):
+        return None
+    if not all(present):
+        error_msgs.append(f"{prefix}: the state dict has only some of the coding tables {keys}")
+        return None
     try:
-        for i in inc.order:
-            probs = _probabilities(inc.weights())
-            col = np.empty(n, dtype=np.int64)
-            val = np.empty(n, dtype=np.int64)
-            for j, dec in enumerate(decoders):
-                sl = slice(j * p, (j + 1) * p)
-                col[sl] = dec.decode(family, probs[sl])
-                val[sl] = col[sl]
-                e = col[sl] == escape
-                if ((col[sl] >= alphabet[i]) & ~e).any():
-                    raise BitstreamError(f"bitstream decodes to a symbol outside variable {i}'s alphabet")
-                if e.any():
-                    val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), alphabet[i]))
-            rel[:, i] = torch.from_numpy(val)
-            inc.observe(torch.from_numpy(col))
-    except BitstreamError:
-        raise
-    except Exception as err:  # the range decoder rejects impossible data
-        raise BitstreamError(f"bitstream could not be decoded: {err}") from err
-    return rel
+        return CodingTables.validated(*(state_dict[k] for k in keys), where=prefix or "state dict")
+    except CheckpointError as e:
+        error_msgs.append(str(e))
+        return None
 
 
 class PCEntropyBottleneck(EntropyBottleneck):
@@ -209,21 +167,39 @@ class PCEntropyBottleneck(EntropyBottleneck):
     @property
     def num_symbols(self) -> int:
         """V: the circuit's leaf alphabet size (largest channel alphabet + ESCAPE)."""
-        if self.pc is None:
-            raise RuntimeError("PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)")
-        return self.pc.num_cats
+        return self._require_fitted().num_cats
+
+    # CompressAI's CDF tables, read only by code that runs its C++ coder: a circuit has none.
+    # (Our code uses the private buffers ``_offset``/``_cdf_length``: the alphabets.)
+    @property
+    def quantized_cdf(self) -> Tensor:
+        raise no_cdf_tables(self, "quantized_cdf")
+
+    @property
+    def offset(self) -> Tensor:
+        raise no_cdf_tables(self, "offset")
+
+    @property
+    def cdf_length(self) -> Tensor:
+        raise no_cdf_tables(self, "cdf_length")
+
+    def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise no_cdf_tables(self, "_pmf_to_cdf")
+
+    def _check_cdf_size(self) -> None:  # EntropyModel.compress/decompress: the C++ coder's path
+        raise no_cdf_tables(self, "_quantized_cdf")
 
     def _medians(self) -> Tensor:
         return self.quantiles[:, 0, 1].detach()
 
     def _require_fitted(self) -> HCLT | DiscretizedLogisticTree:
         if self.pc is None:
-            raise RuntimeError("PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)")
+            raise NotFittedError("PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)")
         return self.pc
 
     def _require_tables(self) -> CodingTables:
         if self._pc_root.numel() == 0 or self._offset.numel() == 0:
-            raise RuntimeError("PCEntropyBottleneck has no coding tables: call update() (or model.update()) first")
+            raise NotFittedError("PCEntropyBottleneck has no coding tables: call update() (or model.update()) first")
         return CodingTables(
             self._pc_parent.cpu().numpy(), self._pc_root.double(), self._pc_trans.double(), self._pc_emit.double()
         )
@@ -236,7 +212,21 @@ class PCEntropyBottleneck(EntropyBottleneck):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):  # noqa: ANN001
-        """Resize the circuit's buffers and rebuild the circuit to the shapes being loaded."""
+        """Validate the coding tables being loaded, then resize the buffers and rebuild the circuit."""
+        tables = loaded_tables(state_dict, prefix, error_msgs)
+        if tables is not None:
+            d, _, v = tables.emit.shape
+            off, n = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "_cdf_length")
+            if d != self.channels or off is None or n is None or tuple(off.shape) != (d,) or tuple(n.shape) != (d,) \
+                    or off.dtype.is_floating_point or n.dtype.is_floating_point:
+                error_msgs.append(f"{prefix}: the coding tables are for {d} channels, the alphabets (_offset, "
+                                  f"_cdf_length) must be integer vectors of {self.channels}")
+                return
+            if int(n.min()) < 1 or int(n.max()) > v - 1 or int(off.abs().max()) > MAX_SYMBOL:
+                error_msgs.append(f"{prefix}_cdf_length must lie in 1..{v - 1} and |_offset| <= {MAX_SYMBOL}")
+                return
+        elif any(m.startswith(prefix) for m in error_msgs):
+            return
         for name in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit", "_offset", "_cdf_length", "_quantized_cdf"):
             key = prefix + name
             if key in state_dict:
@@ -256,10 +246,13 @@ class PCEntropyBottleneck(EntropyBottleneck):
                                       unexpected_keys, error_msgs)
 
     # -- fitting --------------------------------------------------------------------------------
+    def _check_latent(self, y: Any) -> None:
+        """``InputError`` unless y is [B, channels, H, W]: the one shape check of every entry point."""
+        check_latent_shape(type(self).__name__, y, self.channels)
+
     def symbols(self, y: Tensor) -> Tensor:
         """Integer symbols round(y - median) [B, C, H, W] (int64), checked finite and in range."""
-        if y.dim() != 4 or y.shape[1] != self.channels:
-            raise ValueError(f"expected a latent of shape [B, {self.channels}, H, W], got {tuple(y.shape)}")
+        self._check_latent(y)
         if not torch.isfinite(y).all():
             raise ValueError("latent contains NaN or infinite values")
         s = torch.round(y.detach() - self._medians().view(1, -1, 1, 1))
@@ -273,6 +266,38 @@ class PCEntropyBottleneck(EntropyBottleneck):
         rel = s - lo
         esc = (rel < 0) | (rel >= n)
         return torch.where(esc, torch.full_like(rel, self.num_symbols - 1), rel), rel, esc
+
+    @classmethod
+    def check_fit_args(cls, **kwargs: Any) -> dict[str, Any]:
+        """Check keyword arguments of ``fit`` without any data: names, types and ranges.
+
+        Returns every keyword argument of ``fit`` (defaults filled in, numbers as int/float);
+        raises ``InputError`` naming the first bad one. ``fit`` and ``fit_prior`` call it first,
+        so a bad argument fails before latents are collected or a structure is learned.
+        """
+        try:
+            bound = inspect.signature(cls.fit).bind(None, None, **kwargs)
+        except TypeError as e:
+            raise InputError(f"{cls.__name__}.fit: {e}") from None
+        bound.apply_defaults()
+        a = {k: v for k, v in bound.arguments.items() if k not in ("self", "values")}
+        if a["leaves"] not in ("categorical", "logistic"):
+            raise InputError(f'leaves must be "categorical" or "logistic", got {a["leaves"]!r}')
+        if a["structure"] not in ("chow-liu", "star"):
+            raise InputError(f'structure must be "chow-liu" or "star", got {a["structure"]!r}')
+        a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
+        a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)
+        a["max_alphabet"] = check_int("max_alphabet", a["max_alphabet"], 1)
+        a["max_items"] = check_int("max_items", a["max_items"], 1, allow_none=True)
+        a["epochs"] = check_int("epochs", a["epochs"], 0)
+        a["batch_size"] = check_int("batch_size", a["batch_size"], 1)
+        a["full_batch_epochs"] = check_int("full_batch_epochs", a["full_batch_epochs"], 0)
+        a["step_size"] = check_step_size(a["step_size"])
+        a["pseudocount"] = check_real("pseudocount", a["pseudocount"], 0.0)
+        a["finetune_steps"] = check_int("finetune_steps", a["finetune_steps"], 0)
+        a["lr"] = check_real("lr", a["lr"], 0.0, low_open=True)
+        a["seed"] = check_int("seed", a["seed"])
+        return a
 
     def fit(
         self, values: Tensor, num_latents: int = 16, *, tail: float = 1e-4, max_alphabet: int = 64,
@@ -290,16 +315,17 @@ class PCEntropyBottleneck(EntropyBottleneck):
         mixture of K factorized models). ``leaves="logistic"`` then converts the categorical
         leaves to discretized logistics (``DiscretizedLogisticTree``) and refines the whole
         circuit by Adam on noisy values for ``finetune_steps`` steps; use it for joint
-        fine-tuning with the codec. Ends with ``update(force=True)``.
+        fine-tuning with the codec. Ends with ``update(force=True)``. Bad arguments raise
+        ``InputError`` before any work (``check_fit_args``).
         """
-        if leaves not in ("categorical", "logistic"):
-            raise ValueError(f'leaves must be "categorical" or "logistic", got {leaves!r}')
-        if structure not in ("chow-liu", "star"):
-            raise ValueError(f'structure must be "chow-liu" or "star", got {structure!r}')
+        a = self.check_fit_args(**{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")})
+        max_items, tail, lr, step_size, pseudocount = a["max_items"], a["tail"], a["lr"], a["step_size"], a["pseudocount"]
+        if not isinstance(values, Tensor):
+            raise InputError(f"values must be a torch.Tensor of shape [N, {self.channels}], got {type(values).__name__}")
         if values.dim() != 2 or values.shape[1] != self.channels:
-            raise ValueError(f"values must have shape [N, {self.channels}], got {tuple(values.shape)}")
+            raise InputError(f"values must have shape [N, {self.channels}], got {tuple(values.shape)}")
         if len(values) == 0:
-            raise ValueError("values is empty: no latent positions to fit on")
+            raise InputError("values is empty: no latent positions to fit on")
         dev = self.quantiles.device
         s = self.symbols(values.to(dev).T[None, :, :, None])[0, :, :, 0].T  # [N, C]
         g = torch.Generator().manual_seed(seed)
@@ -341,7 +367,8 @@ class PCEntropyBottleneck(EntropyBottleneck):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            hist.append({"epoch": len(hist) + 1, "mode": "adam-logistic", "train_bpd": float(loss)})
+            if finetune_steps:  # no steps: no fine-tuning record (and no loss to report)
+                hist.append({"epoch": len(hist) + 1, "mode": "adam-logistic", "train_bpd": float(loss)})
         self.pc = pc
         self.update(force=True)
         return hist
@@ -352,7 +379,8 @@ class PCEntropyBottleneck(EntropyBottleneck):
         if self._pc_root.numel() > 0 and not force:
             return False
         pc = self._require_fitted()
-        t = coding_tables(pc)
+        pc.check_finite()  # NaN or infinite parameters have no coding tables: name the parameter
+        t = coding_tables(pc, refresh=True)  # update() is where tables follow the parameters
         dev = self.quantiles.device
         self._pc_parent = torch.as_tensor(np.asarray(t.parent), dtype=torch.long, device=dev)
         self._pc_root = t.root.to(dev, torch.int32)
@@ -379,18 +407,20 @@ class PCEntropyBottleneck(EntropyBottleneck):
     def log_likelihood(self, s: Tensor) -> Tensor:
         """Code length model: log p of each position's symbols s [B, C, H, W] in nats, [B, H, W]."""
         pc = self._require_fitted()
+        self._check_latent(s)
         b, c, h, w = s.shape
         rows = s.permute(0, 2, 3, 1).reshape(-1, c)
         idx, rel, esc = self._indices(rows)
         leaf = pc.log_emissions().transpose(1, 2)[torch.arange(c, device=idx.device), idx]  # [N, C, K]
         logp = pc.upward(leaf)[0]
-        bits = torch.where(esc, _escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
+        bits = torch.where(esc, escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
 
     def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
         """(x_hat, likelihoods [B, C, H, W]); the product over channels is p(position)."""
         if training is None:
             training = self.training
+        self._check_latent(x)  # before the medians broadcast against a wrong shape
         med = self._medians().view(1, -1, 1, 1).to(x.dtype)
         rounded = torch.round(x - med) + med
         if not training:
@@ -421,34 +451,35 @@ class PCEntropyBottleneck(EntropyBottleneck):
         inc = IncrementalConditionals(tables, b * p, dev)
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
-        encode_symbols(encs, inc, idx, rel.cpu().numpy(), esc.cpu().numpy(), p, n_np)
+        encode_columns(encs, inc, idx, p, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
         fp = self._fingerprint(tables)
-        out = []
-        for enc in encs:
-            out.append(bitstream.pack(MAGIC, FORMAT_VERSION, fp, (h, w), enc.get_compressed().astype("<u4").tobytes()))
-        return out
+        return [framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes()) for enc in encs]
 
     def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
-        """Decode ``compress``'s strings into the dequantized latent [B, C, H, W] (float32)."""
+        """Decode ``compress``'s strings into the dequantized latent [B, C, H, W].
+
+        The latent has the dtype of the module's medians (``quantiles``), as CompressAI's
+        ``EntropyBottleneck.decompress`` returns, so a ``.half()`` or ``.double()`` codec gets its
+        own dtype. ``size`` is the latent's (H, W): two positive integers (a ``torch.Size`` too).
+        """
         if not isinstance(strings, (list, tuple)):
-            raise TypeError(f"strings must be a list of bytes, got {type(strings).__name__}")
-        size = tuple(int(v) for v in size)
-        if len(size) != 2:
-            raise ValueError(f"size must be the latent's (H, W), got {size}")
+            raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
+        size = _check_size(size)
         tables = self._require_tables()
         fp = self._fingerprint(tables)
-        words = [bitstream.unpack(d, MAGIC, FORMAT_VERSION, fp, size, "PCEntropyBottleneck") for d in strings]
+        words = unpack_strings(strings, FORMAT, fp, size, tables, self.channels)
         b, c, (h, w) = len(strings), self.channels, size
         p = h * w
         dev = tables.root.device
         v = tables.emit.shape[-1]
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         decs = range_decoders(words)
-        rel = decode_symbols(decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np)
-        finish_decoding(decs)
+        rel = decode_columns(decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np, FORMAT.name)
+        finish_decoding(decs, FORMAT.name)
         s = rel.to(self._offset.device) + self._offset.long()
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
-        out = torch.empty(b, c, h, w, dtype=torch.float32, device=self._offset.device)
+        med = self._medians()
+        out = torch.empty(b, c, h, w, dtype=med.dtype, device=self._offset.device)
         out.copy_(s.view(b, h, w, c).permute(0, 3, 1, 2))
-        return out.add_(self._medians().float().view(1, -1, 1, 1))
+        return out.add_(med.to(out.device).view(1, -1, 1, 1))

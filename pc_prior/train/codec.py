@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from compressai.losses import RateDistortionLoss
 from torch import Tensor, nn
 
-from ..integrations.api import build_codec, load_codec, pad_to_multiple, read_codec_file
+from ..integrations.api import build_codec, load_codec, pad_to_multiple, save_codec
 
 __all__ = [
     "ZOO_MSE_LAMBDAS", "ZOO_MSSSIM_LAMBDAS", "RDTrainingModule", "CodecModule", "build_codec", "export_codec", "load_codec",
@@ -84,14 +84,7 @@ def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbd
     ``update(force=True)`` on a CPU copy, so the entropy coder tables are in the state dict."""
     net = copy.deepcopy(net).cpu().eval()
     net.update(force=True)
-    state = {"arch": arch, "quality": quality, "lmbda": lmbda, **extra,
-             "state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
+    return save_codec(net, path, arch, quality, lmbda=lmbda, **extra)
 
 
 def _resize_coder_buffers(module: nn.Module, state_dict: dict[str, Tensor], prefix: str = "") -> None:

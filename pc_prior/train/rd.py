@@ -43,7 +43,9 @@ from torch import Tensor, nn
 
 from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
 from ..integrations.leaves import DiscretizedLogisticTree
-from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality, read_codec_file
+from ..files import read_file
+from ..integrations.codec_file import codec_from_content
+from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 
 __all__ = ["RDModule", "load_start_codec"]
 
@@ -62,9 +64,9 @@ def load_start_codec(codec: str | None, arch: str, quality: int,
                                                                 "net_kwargs": net_kwargs, "source": "random init"}
     path = Path(codec).expanduser()
     if path.is_file():
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(ck, dict) and {"arch", "quality", "state_dict"} <= ck.keys():
-            net, ck = read_codec_file(path)
+        content, digested = read_file(path)  # verified, weights only; read once
+        if {"arch", "quality", "state_dict"} <= content.keys():
+            net, ck = codec_from_content(path, content, digested)
             meta = {k: ck[k] for k in ("arch", "quality", "lmbda", "metric", "net_kwargs") if k in ck}
             return net.train(), {**meta, "source": str(path)}
     from ..eval.models import load_model  # zoo specs, CompressAI checkpoints; its errors name the fix
