@@ -134,7 +134,7 @@ def swap_entropy_model(model: nn.Module, name: str | Sequence[str] = "entropy_bo
         new = PCEntropyBottleneck(old.channels, **kwargs).to(old.quantiles.device)
         with torch.no_grad():
             new.quantiles.copy_(old.quantiles.detach())
-    elif isinstance(old, GaussianConditional) and type(old) in (GaussianConditional, PCConditional):
+    else:  # a plain GaussianConditional (or a PCConditional): _check_swappable allows no other
         dev = old.scale_bound.device
         new = PCConditional(None, scale_bound=float(old.scale_bound), tail_mass=old.tail_mass).to(dev)
         new.lower_bound_scale = old.lower_bound_scale

@@ -60,7 +60,7 @@ from ..errors import InputError, NotFittedError
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .context import CheckerboardContext, lattice_masks
-from .entropy_models import check_latent_shape, loaded_tables, no_cdf_tables, unpack_strings
+from .entropy_models import NoCdfTables, check_latent_shape, loaded_tables, unpack_strings
 
 __all__ = ["PCConditional", "ScaleConditionedTree", "CONTEXTS"]
 
@@ -199,7 +199,7 @@ def _contextualize(ctx: CheckerboardContext, anchor_ctx: CheckerboardContext | N
     return s, m
 
 
-class PCConditional(GaussianConditional):
+class PCConditional(NoCdfTables, GaussianConditional):
     """Gaussian conditional whose channels at a position are joined by a latent tree.
 
     Same interface as ``GaussianConditional`` (``forward``, ``build_indexes``, ``compress``,
@@ -227,26 +227,6 @@ class PCConditional(GaussianConditional):
     @property
     def channels(self) -> int:
         return self._require_fitted().num_vars
-
-    # CompressAI's CDF tables, read only by code that runs its C++ coder: a circuit has none.
-    # (Our code uses the private buffers ``_offset``/``_cdf_length``: the alphabet radius.)
-    @property
-    def quantized_cdf(self) -> Tensor:
-        raise no_cdf_tables(self, "quantized_cdf")
-
-    @property
-    def offset(self) -> Tensor:
-        raise no_cdf_tables(self, "offset")
-
-    @property
-    def cdf_length(self) -> Tensor:
-        raise no_cdf_tables(self, "cdf_length")
-
-    def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
-        raise no_cdf_tables(self, "_pmf_to_cdf")
-
-    def _check_cdf_size(self) -> None:  # EntropyModel.compress/decompress: the C++ coder's path
-        raise no_cdf_tables(self, "_quantized_cdf")
 
     @property
     def radius(self) -> int:

@@ -136,7 +136,31 @@ def loaded_tables(state_dict: dict[str, Any], prefix: str, error_msgs: list[str]
         return None
 
 
-class PCEntropyBottleneck(EntropyBottleneck):
+class NoCdfTables:
+    """CompressAI's CDF tables, read only by code that runs its C++ coder: a circuit has none, so
+    every such read raises ``UnsupportedModelError`` instead of handing the coder empty tables (a
+    segfault). The PC entropy models keep their alphabets in the private ``_offset``/``_cdf_length``."""
+
+    @property
+    def quantized_cdf(self) -> Tensor:
+        raise no_cdf_tables(self, "quantized_cdf")
+
+    @property
+    def offset(self) -> Tensor:
+        raise no_cdf_tables(self, "offset")
+
+    @property
+    def cdf_length(self) -> Tensor:
+        raise no_cdf_tables(self, "cdf_length")
+
+    def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise no_cdf_tables(self, "_pmf_to_cdf")
+
+    def _check_cdf_size(self) -> None:  # EntropyModel.compress/decompress: the C++ coder's path
+        raise no_cdf_tables(self, "_quantized_cdf")
+
+
+class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
     """Entropy bottleneck whose prior is a hidden Chow-Liu tree over the channels at a position.
 
     Same interface as ``EntropyBottleneck`` (``forward``, ``compress``, ``decompress``,
@@ -168,26 +192,6 @@ class PCEntropyBottleneck(EntropyBottleneck):
     def num_symbols(self) -> int:
         """V: the circuit's leaf alphabet size (largest channel alphabet + ESCAPE)."""
         return self._require_fitted().num_cats
-
-    # CompressAI's CDF tables, read only by code that runs its C++ coder: a circuit has none.
-    # (Our code uses the private buffers ``_offset``/``_cdf_length``: the alphabets.)
-    @property
-    def quantized_cdf(self) -> Tensor:
-        raise no_cdf_tables(self, "quantized_cdf")
-
-    @property
-    def offset(self) -> Tensor:
-        raise no_cdf_tables(self, "offset")
-
-    @property
-    def cdf_length(self) -> Tensor:
-        raise no_cdf_tables(self, "cdf_length")
-
-    def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
-        raise no_cdf_tables(self, "_pmf_to_cdf")
-
-    def _check_cdf_size(self) -> None:  # EntropyModel.compress/decompress: the C++ coder's path
-        raise no_cdf_tables(self, "_quantized_cdf")
 
     def _medians(self) -> Tensor:
         return self.quantiles[:, 0, 1].detach()
