@@ -18,7 +18,7 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["check_int", "check_real", "check_step_size", "check_rows"]
+__all__ = ["check_int", "check_real", "check_step_size", "check_rows", "check_choice", "fit_keywords"]
 
 
 def check_int(name: str, value: Any, minimum: int | None = None, *, allow_none: bool = False) -> int | None:
@@ -85,3 +85,23 @@ def check_rows(name: str, x: Any, num_vars: int | None = None) -> torch.Tensor:
     if len(x) == 0:
         raise InputError(f"{name} is empty (0 rows)")
     return x
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """``value`` if it is one of ``choices``, else ``InputError`` listing them."""
+    if value not in choices:
+        raise InputError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def fit_keywords(owner: type, fit: Any, data: tuple[str, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``kwargs`` of ``owner.fit`` bound to its signature, defaults filled in,
+    without ``self`` and the ``data`` parameters; unknown names raise ``InputError``."""
+    import inspect
+
+    try:
+        bound = inspect.signature(fit).bind(None, *([None] * len(data)), **kwargs)
+    except TypeError as e:
+        raise InputError(f"{owner.__name__}.fit: {e}") from None
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "self" and k not in data}

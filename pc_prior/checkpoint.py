@@ -17,7 +17,7 @@ import torch
 
 from .coding import MAX_LATENTS, MAX_SYMBOLS, CodingTables, coding_tables, set_coding_tables
 from .errors import CheckpointError, InputError
-from .files import read_file, write_file
+from .files import check_format, read_file, write_file
 from .hclt import HCLT
 from .structure import Tree
 
@@ -65,14 +65,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> H
     device = resolve_device(map_location)
     path = Path(path)
     state, digested = read_file(path)
-    fmt = state.get("format")
-    if fmt != _FORMAT:
-        raise CheckpointError(f"{path} is not a pc-prior HCLT checkpoint (format {fmt!r})")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}; this pc-prior reads "
-                              f"version {CHECKPOINT_VERSION} (see CHANGELOG.md)")
-    if not digested:
-        raise CheckpointError(f"{path} has no content digest (not written by pc-prior.save, or stripped)")
+    check_format(state, path, _FORMAT, CHECKPOINT_VERSION, digested, "pc-prior HCLT checkpoint")
     parent = _field(state, "parent", list, path)
     v = _field(state, "num_cats", int, path)
     k = _field(state, "num_latents", int, path)

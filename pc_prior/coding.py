@@ -56,7 +56,7 @@ __all__ = [
     "CodingTables", "coding_tables", "IncrementalConditionals", "incremental_conditionals",
     "naive_conditionals", "encode", "decode", "BitstreamError", "quantize_probs", "min_item_bits",
     "encode_columns", "decode_columns", "range_decoders", "finish_decoding", "escape_bits", "MAX_SYMBOL",
-    "check_plausible_items", "BLOCK_ITEMS",
+    "check_decode_limit", "check_payload_holds", "BLOCK_ITEMS",
 ]
 
 MESSAGE_BITS = 22  # messages are integers in [0, 2**22)
@@ -198,19 +198,23 @@ def min_item_bits(tables: CodingTables) -> float:
     """
     emit = tables.emit
     v = emit.shape[-1]
-    rows = emit / emit.sum(-1, keepdim=True)
-    pmax = rows.amax(-1).reshape(emit.shape[0], -1).amax(-1).double()  # [D]
+    pmax = (emit.amax(-1) / emit.sum(-1)).reshape(emit.shape[0], -1).amax(-1).double()  # [D]; max(e)/s = max(e/s)
     unit = 2.0**-_CODER_PRECISION
     p = torch.minimum(pmax + (v + 1) * unit, torch.full_like(pmax, 1.0 - (v - 1) * unit))
     return float(-torch.log2(p).sum())
 
 
-def check_plausible_items(items: int, num_vars: int, tables: CodingTables, payload_words: int, name: str) -> None:
-    """Refuse a stream that claims more items than its payload can hold, or than one call may decode."""
+def check_decode_limit(items: int, num_vars: int, name: str) -> None:
+    """Refuse a call that would decode more than ``MAX_DECODE_SYMBOLS`` symbols."""
     if items * num_vars > MAX_DECODE_SYMBOLS:
         raise BitstreamError(f"{name} bitstream claims {items} items of {num_vars} symbols, over the decoder's "
                              f"limit of {MAX_DECODE_SYMBOLS} symbols per call (pc_prior.coding.MAX_DECODE_SYMBOLS)")
-    if items * min_item_bits(tables) > 32 * payload_words + _SLACK_BITS:
+
+
+def check_payload_holds(items: int, item_bits: float, payload_words: int, name: str) -> None:
+    """Refuse a stream whose payload is too short for ``items`` items of at least ``item_bits`` bits
+    each (``min_item_bits``, computed once per call)."""
+    if items * item_bits > 32 * payload_words + _SLACK_BITS:
         raise BitstreamError(f"{name} bitstream corrupted: {items} items cannot fit in a payload of "
                              f"{4 * payload_words} bytes under this model")
 
@@ -524,7 +528,8 @@ def decode(pc: HCLT, data: bytes) -> Tensor:
             raise BitstreamError(f"{name} bitstream has blocks of {block} items; this format has {BLOCK_ITEMS}")
 
     (n, d, _, block), words = framing.unpack(data, framing.LOSSLESS, tables.fingerprint, check_fields)
-    check_plausible_items(n, d, tables, len(words), name)
+    check_decode_limit(n, d, name)
+    check_payload_holds(n, min_item_bits(tables), len(words), name)
     if n == 0:
         if len(words):
             raise BitstreamError(f"{name} bitstream holds no items but has a payload (corrupted?)")

@@ -26,7 +26,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["content_digest", "write_file", "read_file"]
+__all__ = ["content_digest", "write_file", "read_file", "check_format"]
 
 _DIGEST_KEY = "digest"
 
@@ -103,3 +103,14 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], bool]:
     if digest != actual:
         raise CheckpointError(f"{path} is corrupted or was modified: its content does not match its digest")
     return obj, True
+
+
+def check_format(content: dict[str, Any], path: Path, fmt: str, version: int, digested: bool, what: str) -> None:
+    """Refuse a file that is not of format ``fmt`` and ``version`` or carries no digest; ``what`` names the kind."""
+    if content.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a {what} (format {content.get('format')!r}, expected {fmt!r})")
+    if content.get("version") != version:
+        raise CheckpointError(f"{path} has {what} version {content.get('version')!r}; this pc-prior reads "
+                              f"version {version} (see CHANGELOG.md)")
+    if not digested:
+        raise CheckpointError(f"{path} has no content digest (not written by pc-prior, or stripped)")

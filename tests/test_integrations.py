@@ -8,7 +8,7 @@ from compressai.entropy_models import EntropyBottleneck
 from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
 
 from pc_prior import HCLT, BitstreamError
-from pc_prior.integrations import PCEntropyBottleneck, collect_latents, fit_prior, swap_entropy_model
+from pc_prior.integrations import PCEntropyBottleneck, collect_latents, fit_prior, load_codec, save_codec, swap_entropy_model
 from pc_prior.framing import header_bytes
 from pc_prior.integrations.leaves import DiscretizedLogisticTree
 
@@ -366,3 +366,22 @@ def test_header_varints_version_and_checksum():
         framing.unpack(framing.pack(old, b"abcd", (2, 2), payload), fmt, b"abcd")
     with pytest.raises(BitstreamError, match="got a PCConditional bitstream"):
         framing.unpack(framing.pack(framing.CONDITIONAL, b"abcd", (2, 2), payload), fmt, b"abcd")
+
+
+@pytest.mark.parametrize("key, edit, message", [
+    ("entropy_bottleneck._pc_emit", lambda t: t.neg(), "emit has entries outside"),
+    ("entropy_bottleneck._pc_parent", lambda t: t[:-1], "trans has shape"),
+    ("entropy_bottleneck._cdf_length", lambda t: t + 1000, "_cdf_length must lie in"),
+    ("entropy_bottleneck._offset", lambda t: t[:-1], "alphabets"),
+])
+def test_codec_file_with_forged_tables_is_refused(fact, tmp_path, key, edit, message):
+    from pc_prior import CheckpointError
+    from pc_prior.files import read_file, write_file
+
+    save_codec(fact, tmp_path / "c.pt", "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
+    content, _ = read_file(tmp_path / "c.pt")
+    content["state_dict"][key] = edit(content["state_dict"][key])
+    write_file(content, tmp_path / "forged.pt")  # a consistent file (digest recomputed), bad tables
+    with pytest.raises(CheckpointError, match=message):
+        load_codec(tmp_path / "forged.pt")
+    assert torch.equal(load_codec(tmp_path / "c.pt").entropy_bottleneck._pc_emit, fact.entropy_bottleneck._pc_emit)

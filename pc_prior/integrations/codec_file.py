@@ -23,7 +23,7 @@ from torch import nn
 
 from ..devices import resolve_device
 from ..errors import CheckpointError, InputError
-from ..files import read_file, write_file
+from ..files import check_format, read_file, write_file
 
 __all__ = ["CODEC_FORMAT", "CODEC_VERSION", "build_codec", "read_codec_file", "codec_from_content", "load_codec", "save_codec"]
 
@@ -55,15 +55,8 @@ def _float_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_fields(ck: dict[str, Any], path: Path, digested: bool) -> None:
-    fmt = ck.get("format")
-    if fmt is not None:
-        if fmt != CODEC_FORMAT:
-            raise CheckpointError(f"{path} has format {fmt!r}, not a codec file ({CODEC_FORMAT!r})")
-        if ck.get("version") != CODEC_VERSION:
-            raise CheckpointError(f"{path} has codec file version {ck.get('version')!r}; this pc-prior reads "
-                                  f"version {CODEC_VERSION} (see CHANGELOG.md)")
-        if not digested:
-            raise CheckpointError(f"{path} has no content digest (not written by pc-prior, or stripped)")
+    if ck.get("format") is not None:  # without one: a plain CompressAI-style export
+        check_format(ck, path, CODEC_FORMAT, CODEC_VERSION, digested, "codec file")
     missing = [k for k in ("arch", "quality", "state_dict") if k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a codec file: no {', '.join(missing)}")

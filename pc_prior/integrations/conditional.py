@@ -39,7 +39,6 @@ on the continuous (lower-bounded) scales and noisy values, differentiable in y, 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -55,12 +54,12 @@ from tqdm.auto import tqdm
 from .. import framing
 from ..coding import (MAX_SYMBOL, CodingTables, IncrementalConditionals, decode_columns, encode_columns, escape_bits,
                       finish_decoding, quantize_probs, range_decoders)
-from .._checks import check_int, check_real
+from .._checks import check_choice, check_int, check_real, fit_keywords
 from ..errors import InputError, NotFittedError
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .context import CheckerboardContext, lattice_masks
-from .entropy_models import NoCdfTables, check_latent_shape, loaded_tables, unpack_strings
+from .entropy_models import STRUCTURES, NoCdfTables, check_latent_shape, loaded_tables, unpack_strings
 
 __all__ = ["PCConditional", "ScaleConditionedTree", "CONTEXTS"]
 
@@ -425,18 +424,10 @@ class PCConditional(NoCdfTables, GaussianConditional):
         raises ``InputError`` naming the first bad one. ``fit`` and ``fit_prior`` call it first,
         so a bad argument fails before latents are collected or a context is fitted.
         """
-        try:
-            bound = inspect.signature(cls.fit).bind(None, None, None, **kwargs)
-        except TypeError as e:
-            raise InputError(f"{cls.__name__}.fit: {e}") from None
-        bound.apply_defaults()
-        a = {k: v for k, v in bound.arguments.items() if k not in ("self", "symbols", "indexes")}
-        if a["context"] is not None and a["context"] not in CONTEXTS:
-            raise InputError(f"context must be None or one of {CONTEXTS}, got {a['context']!r}")
-        if a["structure"] not in ("chow-liu", "star"):
-            raise InputError(f'structure must be "chow-liu" or "star", got {a["structure"]!r}')
-        if a["init"] not in ("data", "baseline"):
-            raise InputError(f'init must be "data" or "baseline", got {a["init"]!r}')
+        a = fit_keywords(cls, cls.fit, ("symbols", "indexes"), kwargs)
+        check_choice("context", a["context"], (None, *CONTEXTS))
+        check_choice("structure", a["structure"], STRUCTURES)
+        check_choice("init", a["init"], ("data", "baseline"))
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["max_items"] = check_int("max_items", a["max_items"], 1, allow_none=True)
         a["steps"] = check_int("steps", a["steps"], 0)

@@ -23,7 +23,6 @@ model's code length, which is all CompressAI's rate term uses.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 from typing import Any
 
@@ -33,11 +32,12 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from .._checks import check_int, check_real, check_step_size
-from ..errors import BitstreamError, InputError, NotFittedError, UnsupportedModelError
+from .._checks import check_choice, check_int, check_real, check_step_size, fit_keywords
+from ..errors import BitstreamError, CheckpointError, InputError, NotFittedError, UnsupportedModelError
 from .. import framing
-from ..coding import (MAX_SYMBOL, CodingTables, IncrementalConditionals, check_plausible_items, coding_tables,
-                      decode_columns, encode_columns, escape_bits, finish_decoding, range_decoders)
+from ..coding import (MAX_SYMBOL, CodingTables, IncrementalConditionals, check_decode_limit, check_payload_holds,
+                      coding_tables, decode_columns, encode_columns, escape_bits, finish_decoding, min_item_bits,
+                      range_decoders)
 from ..hclt import HCLT
 from ..structure import Tree
 from ..training import fit_em
@@ -46,6 +46,7 @@ from .leaves import DiscretizedLogisticTree
 __all__ = ["PCEntropyBottleneck"]
 
 FORMAT = framing.BOTTLENECK  # magic, version and header fields of this model's strings
+STRUCTURES = ("chow-liu", "star")  # circuit structures over the channels
 LN2 = math.log(2.0)
 
 
@@ -54,12 +55,13 @@ def unpack_strings(strings: Any, fmt: framing.Format, fingerprint: bytes, size: 
     """Check every string's header against this model and latent ``size`` (H, W); their payload words.
 
     Before anything is allocated: the strings are a list of bytes, their headers state ``size``, and
-    each payload is long enough for H·W positions under the model (``check_plausible_items``).
+    each payload is long enough for H·W positions under the model (``check_payload_holds``).
     """
     if not isinstance(strings, (list, tuple)):
         raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
     h, w = size
-    check_plausible_items(len(strings) * h * w, channels, tables, 2**62, fmt.name)  # the per-call limit
+    check_decode_limit(len(strings) * h * w, channels, fmt.name)
+    item_bits = min_item_bits(tables)
     def check_size(fields: tuple[int, ...]) -> None:
         if fields != (h, w):
             raise BitstreamError(f"{fmt.name} bitstream holds a {fields[0]}x{fields[1]} latent, decompress was "
@@ -68,7 +70,7 @@ def unpack_strings(strings: Any, fmt: framing.Format, fingerprint: bytes, size: 
     words = []
     for data in strings:
         _, wd = framing.unpack(data, fmt, fingerprint, check_size)
-        check_plausible_items(h * w, channels, tables, len(wd), fmt.name)
+        check_payload_holds(h * w, item_bits, len(wd), fmt.name)
         words.append(wd)
     return words
 
@@ -279,16 +281,9 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         raises ``InputError`` naming the first bad one. ``fit`` and ``fit_prior`` call it first,
         so a bad argument fails before latents are collected or a structure is learned.
         """
-        try:
-            bound = inspect.signature(cls.fit).bind(None, None, **kwargs)
-        except TypeError as e:
-            raise InputError(f"{cls.__name__}.fit: {e}") from None
-        bound.apply_defaults()
-        a = {k: v for k, v in bound.arguments.items() if k not in ("self", "values")}
-        if a["leaves"] not in ("categorical", "logistic"):
-            raise InputError(f'leaves must be "categorical" or "logistic", got {a["leaves"]!r}')
-        if a["structure"] not in ("chow-liu", "star"):
-            raise InputError(f'structure must be "chow-liu" or "star", got {a["structure"]!r}')
+        a = fit_keywords(cls, cls.fit, ("values",), kwargs)
+        check_choice("leaves", a["leaves"], ("categorical", "logistic"))
+        check_choice("structure", a["structure"], STRUCTURES)
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)
         a["max_alphabet"] = check_int("max_alphabet", a["max_alphabet"], 1)
