@@ -30,11 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-def gaussian_bits(symbols: list[torch.Tensor], indexes: list[torch.Tensor], table: torch.Tensor) -> float:
+def gaussian_bits(
+    symbols: list[torch.Tensor], indexes: list[torch.Tensor], table: torch.Tensor
+) -> float:
     """CompressAI's Gaussian conditional code length (bits) of integer symbols at scale indexes."""
     from pc_prior.integrations.context import _gaussian_bits
 
-    return sum(float(_gaussian_bits(s.double(), table.double()[i.long()]).sum()) for s, i in zip(symbols, indexes))
+    return sum(
+        float(_gaussian_bits(s.double(), table.double()[i.long()]).sum())
+        for s, i in zip(symbols, indexes)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=SHARED / "models")
     ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500" / "train")
     ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
-    ap.add_argument("--variants", nargs="+", default=["checkerboard:16:1000", "three-pass:32:3000"],
-                    help="CONTEXT:K:STEPS, CONTEXT one of three-pass, checkerboard, none")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["checkerboard:16:1000", "three-pass:32:3000"],
+        help="CONTEXT:K:STEPS, CONTEXT one of three-pass, checkerboard, none",
+    )
     ap.add_argument("--max-items", type=int, default=120000)
-    ap.add_argument("--max-images", type=int, default=None, help="training images used (default: all)")
+    ap.add_argument(
+        "--max-images", type=int, default=None, help="training images used (default: all)"
+    )
     ap.add_argument("--kodak-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -55,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from pc_prior.integrations import (PCConditional, collect_conditional_inputs, crop_to_multiple, list_images,
-                                       load_codec, load_image, pad_to_multiple)
+    from pc_prior.integrations import (
+        PCConditional,
+        collect_conditional_inputs,
+        crop_to_multiple,
+        list_images,
+        load_codec,
+        load_image,
+        pad_to_multiple,
+    )
 
     codec = args.models / f"{args.arch}-q{args.quality}.pt"
     for p in (codec, args.train, args.kodak):
@@ -69,37 +87,64 @@ def main(argv: list[str] | None = None) -> int:
     train_files = list_images(args.train)[: args.max_images]
     kodak_files = list_images(args.kodak)[: args.kodak_images]
     with torch.no_grad():
-        tr_sym, tr_idx = collect_conditional_inputs(net, (crop_to_multiple(load_image(f), 64) for f in train_files),
-                                                    maps=True)
-        ko_sym, ko_idx = collect_conditional_inputs(net, (pad_to_multiple(load_image(f), 64) for f in kodak_files),
-                                                    maps=True)
+        tr_sym, tr_idx = collect_conditional_inputs(
+            net, (crop_to_multiple(load_image(f), 64) for f in train_files), maps=True
+        )
+        ko_sym, ko_idx = collect_conditional_inputs(
+            net, (pad_to_multiple(load_image(f), 64) for f in kodak_files), maps=True
+        )
     base = gaussian_bits(ko_sym, ko_idx, table)
-    print(f"q{args.quality}: {len(train_files)} BSDS500 maps, {len(kodak_files)} Kodak maps; "
-          f"Kodak y under the Gaussian: {base:.0f} bits", flush=True)
+    print(
+        f"q{args.quality}: {len(train_files)} BSDS500 maps, {len(kodak_files)} Kodak maps; "
+        f"Kodak y under the Gaussian: {base:.0f} bits",
+        flush=True,
+    )
     rows = []
     for spec in args.variants:
         ctx, k, steps = spec.split(":")
         gc = PCConditional(None)
         gc.scale_table = table.clone()
         t = time.perf_counter()
-        gc.fit(list(tr_sym), list(tr_idx), num_latents=int(k), steps=int(steps), max_items=args.max_items,
-               context=None if ctx == "none" else ctx, progress=False)
+        gc.fit(
+            list(tr_sym),
+            list(tr_idx),
+            num_latents=int(k),
+            steps=int(steps),
+            max_items=args.max_items,
+            context=None if ctx == "none" else ctx,
+            progress=False,
+        )
         fit_s = time.perf_counter() - t
         with torch.no_grad():
-            nats = -sum(float(gc.log_likelihood(s.long(), i.long()).sum()) for s, i in zip(ko_sym, ko_idx))
+            nats = -sum(
+                float(gc.log_likelihood(s.long(), i.long()).sum()) for s, i in zip(ko_sym, ko_idx)
+            )
         bits = nats / math.log(2)
-        row = {"variant": spec, "context": ctx, "latents": int(k), "steps": int(steps), "kodak_y_bits": bits,
-               "saving_pct": 100 * (1 - bits / base), "fit_s": fit_s,
-               "table_mb": gc._pc_emit.numel() * 4 / 2**20}
+        row = {
+            "variant": spec,
+            "context": ctx,
+            "latents": int(k),
+            "steps": int(steps),
+            "kodak_y_bits": bits,
+            "saving_pct": 100 * (1 - bits / base),
+            "fit_s": fit_s,
+            "table_mb": gc._pc_emit.numel() * 4 / 2**20,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| variant (context:K:steps) | Kodak y bits | saving vs Gaussian | fit s | tables MB |\n|---|---|---|---|---|")
+    print(
+        "\n| variant (context:K:steps) | Kodak y bits | saving vs Gaussian | fit s | tables MB |\n|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['variant']} | {r['kodak_y_bits']:.0f} | {r['saving_pct']:.2f}% | {r['fit_s']:.0f} | "
-              f"{r['table_mb']:.0f} |")
+        print(
+            f"| {r['variant']} | {r['kodak_y_bits']:.0f} | {r['saving_pct']:.2f}% | {r['fit_s']:.0f} | "
+            f"{r['table_mb']:.0f} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"quality": args.quality, "gaussian_bits": base, "variants": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"quality": args.quality, "gaussian_bits": base, "variants": rows}, indent=1)
+        )
     return 0
 
 

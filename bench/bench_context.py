@@ -42,7 +42,9 @@ def shift_refit(ctx, train, test, table, mean_fn) -> float:
             a, b, usum, cnt = ctx.features(sym, idx)
             na = ~anchor_mask(*sym.shape[-2:])
             c = sym.shape[1]
-            cell = (torch.arange(c)[None, :, None, None] * ctx.shift.shape[1] + a) * ctx.shift.shape[2] + b
+            cell = (
+                torch.arange(c)[None, :, None, None] * ctx.shift.shape[1] + a
+            ) * ctx.shift.shape[2] + b
             out["r"].append(rows_at(sym - mean_fn(usum, cnt), na))
             out["s"].append(rows_at(idx, na))
             out["cell"].append(rows_at(cell, na))
@@ -55,7 +57,11 @@ def shift_refit(ctx, train, test, table, mean_fn) -> float:
         bits = _gaussian_bits(tr["r"].double(), table[(tr["s"] + d).clamp(0, len(table) - 1)])
         cost[:, k].index_add_(0, tr["cell"].flatten(), bits.flatten())
     shift = cands[cost.argmin(1)]
-    return float(_gaussian_bits(te["r"].double(), table[(te["s"] + shift[te["cell"]]).clamp(0, len(table) - 1)]).sum())
+    return float(
+        _gaussian_bits(
+            te["r"].double(), table[(te["s"] + shift[te["cell"]]).clamp(0, len(table) - 1)]
+        ).sum()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,10 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from pc_prior.integrations import (collect_conditional_inputs, crop_to_multiple, list_images, load_codec,
-                                       load_image, pad_to_multiple, swap_entropy_model)
-    from pc_prior.integrations.context import (CheckerboardContext, _gaussian_bits, anchor_mask,
-                                                 lattice_masks, rounded_mean)
+    from pc_prior.integrations import (
+        collect_conditional_inputs,
+        crop_to_multiple,
+        list_images,
+        load_codec,
+        load_image,
+        pad_to_multiple,
+        swap_entropy_model,
+    )
+    from pc_prior.integrations.context import (
+        CheckerboardContext,
+        _gaussian_bits,
+        anchor_mask,
+        lattice_masks,
+        rounded_mean,
+    )
 
     rows = []
     for q in args.qualities:
@@ -83,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         table = net.gaussian_conditional.scale_table.double()
 
         def maps(files, prep):
-            sym, idx = collect_conditional_inputs(net, (prep(load_image(f)) for f in files), maps=True)
+            sym, idx = collect_conditional_inputs(
+                net, (prep(load_image(f)) for f in files), maps=True
+            )
             return [(s.long(), i.long()) for s, i in zip(sym, idx)]
 
         train = maps(list_images(args.train)[: args.max_images], lambda x: crop_to_multiple(x, 64))
@@ -98,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             b0 = _gaussian_bits(sym.double(), table[idx])
             b1 = _gaussian_bits((sym - m).double(), table[s2])
             base, ctx_bits = base + float(b0.sum()), ctx_bits + float(b1.sum())
-            non_base, non_ctx = non_base + float(b0[..., na].sum()), non_ctx + float(b1[..., na].sum())
+            non_base, non_ctx = (
+                non_base + float(b0[..., na].sum()),
+                non_ctx + float(b1[..., na].sum()),
+            )
         # cross-channel mean: ridge regression of the symbols on all channels' neighbour means
         xs, ys = [], []
         for sym, idx in train:
@@ -106,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             na = ~anchor_mask(*sym.shape[-2:])
             xs.append(rows_at(usum.double() / cnt.clamp_min(1), na))
             ys.append(rows_at(sym, na).double())
-        x1 = torch.cat([torch.cat(xs), torch.ones(sum(len(x) for x in xs), 1, dtype=torch.float64)], 1)
-        w = torch.linalg.solve(x1.T @ x1 + 100 * torch.eye(c + 1, dtype=torch.float64), x1.T @ torch.cat(ys))
+        x1 = torch.cat(
+            [torch.cat(xs), torch.ones(sum(len(x) for x in xs), 1, dtype=torch.float64)], 1
+        )
+        w = torch.linalg.solve(
+            x1.T @ x1 + 100 * torch.eye(c + 1, dtype=torch.float64), x1.T @ torch.cat(ys)
+        )
 
         def cross_mean(usum, cnt):
             x = (usum.double() / cnt.clamp_min(1)).permute(0, 2, 3, 1)
@@ -128,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             d_base += float(_gaussian_bits(sym.double(), table[idx])[..., quarter].sum())
             d_ctx += float(_gaussian_bits((sym - m).double(), table[s2])[..., quarter].sum())
         row = {
-            "quality": q, "kodak_y_bits_gaussian": base, "kodak_y_bits_context": ctx_bits,
+            "quality": q,
+            "kodak_y_bits_gaussian": base,
+            "kodak_y_bits_context": ctx_bits,
             "context_saving_pct": 100 * (1 - ctx_bits / base),
             "non_anchor_saving_pct": 100 * (1 - non_ctx / non_base),
             "mean_coef_abs_mean": float(ctx.coef.double().abs().mean() / 2**12),
@@ -141,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
-    print("\n| codec | context alone (y) | on non-anchors | same-channel mean | cross-channel mean | third pass (y) |")
+    print(
+        "\n| codec | context alone (y) | on non-anchors | same-channel mean | cross-channel mean | third pass (y) |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| hyperprior q{r['quality']} | {r['context_saving_pct']:.2f}% | {r['non_anchor_saving_pct']:.2f}% | "
-              f"{r['same_mean_refit_non_anchor_saving_pct']:.2f}% | {r['cross_mean_refit_non_anchor_saving_pct']:.2f}% | "
-              f"+{r['third_pass_saving_pct_of_all_y']:.2f}% |")
+        print(
+            f"| hyperprior q{r['quality']} | {r['context_saving_pct']:.2f}% | {r['non_anchor_saving_pct']:.2f}% | "
+            f"{r['same_mean_refit_non_anchor_saving_pct']:.2f}% | {r['cross_mean_refit_non_anchor_saving_pct']:.2f}% | "
+            f"+{r['third_pass_saving_pct_of_all_y']:.2f}% |"
+        )
     return 0
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kodak_coding  # noqa: E402
+import kodak_coding
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -54,7 +54,11 @@ NAMES = ("entropy_bottleneck", "gaussian_conditional")
 def code_kodak(net: torch.nn.Module, images: list[torch.Tensor], check_forward: bool) -> dict:
     """``kodak_coding.code_kodak`` with the median encode/decode seconds per image."""
     out = kodak_coding.code_kodak(net, images, check_forward)
-    return {**out, "enc_s": statistics.median(out["enc_times"]), "dec_s": statistics.median(out["dec_times"])}
+    return {
+        **out,
+        "enc_s": statistics.median(out["enc_times"]),
+        "dec_s": statistics.median(out["dec_times"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=SHARED / "models")
     ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500")
     ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
-    ap.add_argument("--max-images", type=int, default=None, help="training images used (default: all)")
-    ap.add_argument("--kodak-images", type=int, default=None, help="Kodak images coded (default: all 24)")
+    ap.add_argument(
+        "--max-images", type=int, default=None, help="training images used (default: all)"
+    )
+    ap.add_argument(
+        "--kodak-images", type=int, default=None, help="Kodak images coded (default: all 24)"
+    )
     # z bottleneck (as bench_integration_rates.py)
     ap.add_argument("--z-latents", type=int, default=16)
     ap.add_argument("--z-max-items", type=int, default=60000)
@@ -76,10 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2000, help="PCConditional Adam steps")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=0.03)
-    ap.add_argument("--max-items", type=int, default=60000, help="y positions subsampled for the fit")
+    ap.add_argument(
+        "--max-items", type=int, default=60000, help="y positions subsampled for the fit"
+    )
     ap.add_argument("--structure", choices=["chow-liu", "star"], default="chow-liu")
-    ap.add_argument("--context", choices=["three-pass", "checkerboard", "none"], default="three-pass",
-                    help="PCConditional spatial context (default: %(default)s)")
+    ap.add_argument(
+        "--context",
+        choices=["three-pass", "checkerboard", "none"],
+        default="three-pass",
+        help="PCConditional spatial context (default: %(default)s)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-progress", action="store_true")
@@ -95,16 +109,41 @@ def main(argv: list[str] | None = None) -> int:
         net = load_codec(path)
         net.update(force=True)
         base = code_kodak(net, kodak, check_forward=False)
-        print(json.dumps({"quality": q, "base_bpp": base["bpp"], "base_y_bpp": base["y_bpp"],
-                          "base_dec_s": base["dec_s"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "quality": q,
+                    "base_bpp": base["bpp"],
+                    "base_y_bpp": base["y_bpp"],
+                    "base_dec_s": base["dec_s"],
+                }
+            ),
+            flush=True,
+        )
         t = time.perf_counter()
         hist = fit_prior(
-            net, args.train, name=NAMES, num_latents=args.z_latents, multiple=64, max_images=args.max_images,
-            max_items=args.z_max_items, epochs=args.z_epochs, full_batch_epochs=2, batch_size=256,
-            step_size=(0.5, 0.02), structure=args.z_structure, progress=not args.no_progress,
-            conditional={"num_latents": args.latents, "steps": args.steps, "batch_size": args.batch_size,
-                         "lr": args.lr, "max_items": args.max_items, "structure": args.structure,
-                         "context": None if args.context == "none" else args.context},
+            net,
+            args.train,
+            name=NAMES,
+            num_latents=args.z_latents,
+            multiple=64,
+            max_images=args.max_images,
+            max_items=args.z_max_items,
+            epochs=args.z_epochs,
+            full_batch_epochs=2,
+            batch_size=256,
+            step_size=(0.5, 0.02),
+            structure=args.z_structure,
+            progress=not args.no_progress,
+            conditional={
+                "num_latents": args.latents,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "max_items": args.max_items,
+                "structure": args.structure,
+                "context": None if args.context == "none" else args.context,
+            },
         )
         fit_s = time.perf_counter() - t
         net.eval()
@@ -112,31 +151,61 @@ def main(argv: list[str] | None = None) -> int:
         same = all(torch.equal(a, b) for a, b in zip(base["recs"], pc["recs"]))
         gc = net.gaussian_conditional
         row = {
-            "model": path.stem, "quality": q, "base_bpp": base["bpp"], "pc_bpp": pc["bpp"],
+            "model": path.stem,
+            "quality": q,
+            "base_bpp": base["bpp"],
+            "pc_bpp": pc["bpp"],
             "saving_pct": 100 * (1 - pc["bpp"] / base["bpp"]),
-            "base_y_bpp": base["y_bpp"], "pc_y_bpp": pc["y_bpp"], "base_z_bpp": base["z_bpp"], "pc_z_bpp": pc["z_bpp"],
-            "base_psnr": base["psnr"], "pc_psnr": pc["psnr"], "same_reconstruction": same,
-            "latents": args.latents, "structure": args.structure, "context": args.context, "radius": gc.radius, "steps": args.steps,
-            "fit_s": fit_s, "conditional_history": hist["gaussian_conditional"],
+            "base_y_bpp": base["y_bpp"],
+            "pc_y_bpp": pc["y_bpp"],
+            "base_z_bpp": base["z_bpp"],
+            "pc_z_bpp": pc["z_bpp"],
+            "base_psnr": base["psnr"],
+            "pc_psnr": pc["psnr"],
+            "same_reconstruction": same,
+            "latents": args.latents,
+            "structure": args.structure,
+            "context": args.context,
+            "radius": gc.radius,
+            "steps": args.steps,
+            "fit_s": fit_s,
+            "conditional_history": hist["gaussian_conditional"],
             "z_train_bpd": hist["entropy_bottleneck"][-1]["train_bpd"],
-            "base_enc_s": base["enc_s"], "base_dec_s": base["dec_s"], "pc_enc_s": pc["enc_s"], "pc_dec_s": pc["dec_s"],
-            "dec_ratio": pc["dec_s"] / base["dec_s"], "table_mb": gc._pc_emit.numel() * 4 / 2**20,
+            "base_enc_s": base["enc_s"],
+            "base_dec_s": base["dec_s"],
+            "pc_enc_s": pc["enc_s"],
+            "pc_dec_s": pc["dec_s"],
+            "dec_ratio": pc["dec_s"] / base["dec_s"],
+            "table_mb": gc._pc_emit.numel() * 4 / 2**20,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:  # rewrite after every quality
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                      for k, v in vars(args).items()}, "rows": rows}, indent=1))
-    print("\n| codec | base bpp (y+z) | PC bpp (y+z) | saving | PSNR (both) | same recon | fit s "
-          "| enc s base/PC | dec s base/PC (ratio) |")
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "args": {
+                            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                        },
+                        "rows": rows,
+                    },
+                    indent=1,
+                )
+            )
+    print(
+        "\n| codec | base bpp (y+z) | PC bpp (y+z) | saving | PSNR (both) | same recon | fit s "
+        "| enc s base/PC | dec s base/PC (ratio) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['base_bpp']:.4f} ({r['base_y_bpp']:.4f}+{r['base_z_bpp']:.4f}) | "
-              f"{r['pc_bpp']:.4f} ({r['pc_y_bpp']:.4f}+{r['pc_z_bpp']:.4f}) | {r['saving_pct']:.1f}% | "
-              f"{r['pc_psnr']:.3f} | {r['same_reconstruction']} | {r['fit_s']:.0f} | "
-              f"{r['base_enc_s']:.2f}/{r['pc_enc_s']:.2f} | {r['base_dec_s']:.2f}/{r['pc_dec_s']:.2f} "
-              f"({r['dec_ratio']:.2f}x) |")
+        print(
+            f"| {r['model']} | {r['base_bpp']:.4f} ({r['base_y_bpp']:.4f}+{r['base_z_bpp']:.4f}) | "
+            f"{r['pc_bpp']:.4f} ({r['pc_y_bpp']:.4f}+{r['pc_z_bpp']:.4f}) | {r['saving_pct']:.1f}% | "
+            f"{r['pc_psnr']:.3f} | {r['same_reconstruction']} | {r['fit_s']:.0f} | "
+            f"{r['base_enc_s']:.2f}/{r['pc_enc_s']:.2f} | {r['base_dec_s']:.2f}/{r['pc_dec_s']:.2f} "
+            f"({r['dec_ratio']:.2f}x) |"
+        )
     return 0 if all(r["same_reconstruction"] for r in rows) else 1
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kodak_coding  # noqa: E402
+import kodak_coding
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -36,7 +36,11 @@ SHARED = ROOT.parent / "shared"
 def code_kodak(net: torch.nn.Module, images: list[torch.Tensor], check_forward: bool) -> dict:
     """``kodak_coding.code_kodak`` with the mean encode/decode seconds per image."""
     out = kodak_coding.code_kodak(net, images, check_forward)
-    return {**out, "enc_s": statistics.mean(out["enc_times"]), "dec_s": statistics.mean(out["dec_times"])}
+    return {
+        **out,
+        "enc_s": statistics.mean(out["enc_times"]),
+        "dec_s": statistics.mean(out["dec_times"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,14 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
     ap.add_argument("--num-latents", type=int, default=16)
     ap.add_argument("--max-items", type=int, default=60000, help="positions subsampled for the fit")
-    ap.add_argument("--max-images", type=int, default=None, help="training images used (default: all)")
+    ap.add_argument(
+        "--max-images", type=int, default=None, help="training images used (default: all)"
+    )
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--full-batch-epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--step-size", type=float, nargs=2, default=(0.5, 0.02))
     ap.add_argument("--structure", choices=["chow-liu", "star"], default="star")
-    ap.add_argument("--leaves", nargs="+", choices=["categorical", "logistic"], default=["categorical"],
-                    help="leaf kinds to fit, each on a fresh copy of the codec (default: categorical)")
+    ap.add_argument(
+        "--leaves",
+        nargs="+",
+        choices=["categorical", "logistic"],
+        default=["categorical"],
+        help="leaf kinds to fit, each on a fresh copy of the codec (default: categorical)",
+    )
     ap.add_argument("--finetune-steps", type=int, default=300, help="Adam steps of logistic leaves")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
@@ -76,35 +87,69 @@ def main(argv: list[str] | None = None) -> int:
             net = load_codec(path)
             t = time.perf_counter()
             hist = fit_prior(
-                net, args.train, num_latents=args.num_latents, multiple=getattr(net, "downsampling_factor", 64),
-                max_images=args.max_images, max_items=args.max_items, epochs=args.epochs,
-                full_batch_epochs=args.full_batch_epochs, batch_size=args.batch_size,
-                step_size=tuple(args.step_size), structure=args.structure, leaves=leaves,
-                finetune_steps=args.finetune_steps, progress=not args.no_progress,
+                net,
+                args.train,
+                num_latents=args.num_latents,
+                multiple=getattr(net, "downsampling_factor", 64),
+                max_images=args.max_images,
+                max_items=args.max_items,
+                epochs=args.epochs,
+                full_batch_epochs=args.full_batch_epochs,
+                batch_size=args.batch_size,
+                step_size=tuple(args.step_size),
+                structure=args.structure,
+                leaves=leaves,
+                finetune_steps=args.finetune_steps,
+                progress=not args.no_progress,
             )
             fit_s = time.perf_counter() - t
             pc = code_kodak(net, kodak, check_forward=True)
             same = all(torch.equal(a, b) for a, b in zip(base["recs"], pc["recs"]))
             eb = net.entropy_bottleneck
             row = {
-                "model": path.stem, "quality": q, "leaves": leaves, "base_bpp": base["bpp"], "pc_bpp": pc["bpp"],
-                "saving_pct": 100 * (1 - pc["bpp"] / base["bpp"]), "base_psnr": base["psnr"],
-                "pc_psnr": pc["psnr"], "same_reconstruction": same, "num_latents": args.num_latents,
-                "structure": args.structure, "num_symbols": eb.num_symbols,
-                "fit_s": fit_s, "train_bpd": hist[-1]["train_bpd"], "base_enc_s": base["enc_s"],
-                "base_dec_s": base["dec_s"], "pc_enc_s": pc["enc_s"], "pc_dec_s": pc["dec_s"],
+                "model": path.stem,
+                "quality": q,
+                "leaves": leaves,
+                "base_bpp": base["bpp"],
+                "pc_bpp": pc["bpp"],
+                "saving_pct": 100 * (1 - pc["bpp"] / base["bpp"]),
+                "base_psnr": base["psnr"],
+                "pc_psnr": pc["psnr"],
+                "same_reconstruction": same,
+                "num_latents": args.num_latents,
+                "structure": args.structure,
+                "num_symbols": eb.num_symbols,
+                "fit_s": fit_s,
+                "train_bpd": hist[-1]["train_bpd"],
+                "base_enc_s": base["enc_s"],
+                "base_dec_s": base["dec_s"],
+                "pc_enc_s": pc["enc_s"],
+                "pc_dec_s": pc["dec_s"],
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| codec | leaves | base bpp | PC bpp | saving | PSNR (both) | same recon | fit s | PC enc/dec s/img |")
+    print(
+        "\n| codec | leaves | base bpp | PC bpp | saving | PSNR (both) | same recon | fit s | PC enc/dec s/img |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['leaves']} | {r['base_bpp']:.4f} | {r['pc_bpp']:.4f} | {r['saving_pct']:.1f}% | "
-              f"{r['pc_psnr']:.3f} | {r['same_reconstruction']} | {r['fit_s']:.0f} | "
-              f"{r['pc_enc_s']:.2f}/{r['pc_dec_s']:.2f} |")
+        print(
+            f"| {r['model']} | {r['leaves']} | {r['base_bpp']:.4f} | {r['pc_bpp']:.4f} | {r['saving_pct']:.1f}% | "
+            f"{r['pc_psnr']:.3f} | {r['same_reconstruction']} | {r['fit_s']:.0f} | "
+            f"{r['pc_enc_s']:.2f}/{r['pc_dec_s']:.2f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(args).items()}, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {
+                        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                    },
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0 if all(r["same_reconstruction"] for r in rows) else 1
 
 

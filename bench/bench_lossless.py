@@ -41,7 +41,9 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def _pyjuice(x_train: torch.Tensor, x_test: torch.Tensor, num_latents: int, batch_size: int, device: str) -> dict:
+def _pyjuice(
+    x_train: torch.Tensor, x_test: torch.Tensor, num_latents: int, batch_size: int, device: str
+) -> dict:
     """Train one epoch of the pyjuice HCLT of the same size; report its epoch time and test bpd."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device (pyjuice needs one)"}
@@ -50,8 +52,13 @@ def _pyjuice(x_train: torch.Tensor, x_test: torch.Tensor, num_latents: int, batc
     try:
         import pyjuice as juice
 
-        root = juice.structures.HCLT(x_train[:20000].float().to(device), num_bins=32, sigma=0.5 / 32,
-                                     num_latents=num_latents, chunk_size=32)
+        root = juice.structures.HCLT(
+            x_train[:20000].float().to(device),
+            num_bins=32,
+            sigma=0.5 / 32,
+            num_latents=num_latents,
+            chunk_size=32,
+        )
         pc = juice.compile(root).to(device)
         xs = x_train.to(device)
         torch.cuda.synchronize()
@@ -64,7 +71,10 @@ def _pyjuice(x_train: torch.Tensor, x_test: torch.Tensor, num_latents: int, batc
         epoch = time.perf_counter() - t0
         with torch.no_grad():
             ll = sum(float(pc(b.to(device)).sum()) for b in x_test.split(batch_size))
-        return {"epoch_seconds": epoch, "bpd_after_one_epoch": -ll / (x_test.numel() * 0.6931471805599453)}
+        return {
+            "epoch_seconds": epoch,
+            "bpd_after_one_epoch": -ll / (x_test.numel() * 0.6931471805599453),
+        }
     except Exception as e:  # report, don't hide, an API mismatch
         return {"skipped": f"pyjuice run failed: {type(e).__name__}: {e}"}
 
@@ -77,7 +87,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="test images to code (default: all)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-images", type=int, default=20)
-    ap.add_argument("--epoch-images", type=int, default=None, help="training images for the epoch timing (default: all)")
+    ap.add_argument(
+        "--epoch-images",
+        type=int,
+        default=None,
+        help="training images for the epoch timing (default: all)",
+    )
     ap.add_argument("--batch-size", type=int, default=512)
     args = ap.parse_args()
 
@@ -85,37 +100,63 @@ def main() -> None:
     x_test = load_mnist(args.data, "test", args.limit)
     x_train = load_mnist(args.data, "train", args.epoch_images)
     n, d = x_test.shape
-    res: dict = {"model": args.model, "device": args.device, "threads": torch.get_num_threads(),
-                 "num_images": n, "num_dims": d, "num_latents": pc.num_latents}
+    res: dict = {
+        "model": args.model,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "num_images": n,
+        "num_dims": d,
+        "num_latents": pc.num_latents,
+    }
 
     res["bpd_theoretical"] = bits_per_dim(pc, x_test)
     t_enc, data = _median_time(lambda: encode(pc, x_test), args.repeats)
     t_dec, y = _median_time(lambda: decode(pc, data), args.repeats)
     if not torch.equal(y, x_test):
         raise SystemExit("round trip failed")
-    res |= {"bpd_coded": len(data) * 8 / (n * d), "coded_bytes": len(data), "round_trip_exact": True,
-            "encode_seconds": t_enc, "decode_seconds": t_dec,
-            "encode_images_per_second": n / t_enc, "decode_images_per_second": n / t_dec}
+    res |= {
+        "bpd_coded": len(data) * 8 / (n * d),
+        "coded_bytes": len(data),
+        "round_trip_exact": True,
+        "encode_seconds": t_enc,
+        "decode_seconds": t_dec,
+        "encode_images_per_second": n / t_enc,
+        "decode_images_per_second": n / t_dec,
+    }
 
     xs = x_test[: args.naive_images]
     t_inc, (order, _) = _median_time(lambda: incremental_conditionals(pc, xs), args.repeats)
     t_naive, _ = _median_time(lambda: naive_conditionals(pc, xs, order), 1)
-    res["conditionals"] = {"images": len(xs), "incremental_seconds": t_inc, "naive_seconds": t_naive,
-                           "naive_over_incremental": t_naive / t_inc}
+    res["conditionals"] = {
+        "images": len(xs),
+        "incremental_seconds": t_inc,
+        "naive_seconds": t_naive,
+        "naive_over_incremental": t_naive / t_inc,
+    }
 
     # A fresh HCLT of the same size, one epoch of mini-batch EM: epoch time and bpd after it,
     # the numbers compared with pyjuice's below.
-    trainee = HCLT.from_data(x_train, pc.num_cats, pc.num_latents, max_samples=10000).to(args.device)
+    trainee = HCLT.from_data(x_train, pc.num_cats, pc.num_latents, max_samples=10000).to(
+        args.device
+    )
     t0 = time.perf_counter()
     fit_em(trainee, x_train, epochs=1, batch_size=args.batch_size, step_size=0.1, progress=False)
     res["train_seconds_per_epoch"] = time.perf_counter() - t0
     res["train_images_per_epoch"] = len(x_train)
     res["fresh_bpd_after_one_epoch"] = bits_per_dim(trainee, x_test)
 
-    pj = _pyjuice(x_train, x_test, pc.num_latents, args.batch_size, args.device if args.device != "cpu" else "cuda")
+    pj = _pyjuice(
+        x_train,
+        x_test,
+        pc.num_latents,
+        args.batch_size,
+        args.device if args.device != "cpu" else "cuda",
+    )
     if "epoch_seconds" in pj:
         pj["ours_over_pyjuice_epoch_time"] = res["train_seconds_per_epoch"] / pj["epoch_seconds"]
-        pj["ours_over_pyjuice_bpd_after_one_epoch"] = res["fresh_bpd_after_one_epoch"] / pj["bpd_after_one_epoch"]
+        pj["ours_over_pyjuice_bpd_after_one_epoch"] = (
+            res["fresh_bpd_after_one_epoch"] / pj["bpd_after_one_epoch"]
+        )
     res["pyjuice"] = pj
     print(json.dumps(res, indent=1))
 

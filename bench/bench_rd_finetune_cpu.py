@@ -34,25 +34,48 @@ def main() -> None:
 
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    dm = ImageFolderDataModule(args.train, None, patch_size=128, batch_size=8, num_workers=0, pin_memory=False)
+    dm = ImageFolderDataModule(
+        args.train, None, patch_size=128, batch_size=8, num_workers=0, pin_memory=False
+    )
     dm.setup("fit")
-    model = RDModule(codec=args.codec, num_latents=16, structure="star", prior_max_items=30000, prior_epochs=3,
-                     prior_finetune_steps=200, lr=args.lr, prior_lr=1e-3, lr_decay_at=None, coded_val_batches=0,
-                     export_path=f"{args.out}/after.pt")
-    idx = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(0))[:200].tolist()
+    model = RDModule(
+        codec=args.codec,
+        num_latents=16,
+        structure="star",
+        prior_max_items=30000,
+        prior_epochs=3,
+        prior_finetune_steps=200,
+        lr=args.lr,
+        prior_lr=1e-3,
+        lr_decay_at=None,
+        coded_val_batches=0,
+        export_path=f"{args.out}/after.pt",
+    )
+    idx = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(0))[
+        :200
+    ].tolist()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         crops = [dm.train_set[i] for i in idx]
     t = time.time()
-    hist = model.fit_prior([torch.stack(crops[i:i + 8]) for i in range(0, len(crops), 8)])
+    hist = model.fit_prior([torch.stack(crops[i : i + 8]) for i in range(0, len(crops), 8)])
     print("prior fit", round(time.time() - t, 1), "s", hist[-1], flush=True)
     model.export(f"{args.out}/before.pt")
     t = time.time()
-    trainer = pl.Trainer(accelerator="cpu", max_steps=args.steps, max_time={"minutes": args.minutes},
-                         limit_val_batches=0, logger=pl.loggers.CSVLogger(args.out, name="csv"),
-                         enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=10)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=args.steps,
+        max_time={"minutes": args.minutes},
+        limit_val_batches=0,
+        logger=pl.loggers.CSVLogger(args.out, name="csv"),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
     trainer.fit(model, dm)
-    print("joint training", round(time.time() - t, 1), "s,", trainer.global_step, "steps", flush=True)
+    print(
+        "joint training", round(time.time() - t, 1), "s,", trainer.global_step, "steps", flush=True
+    )
 
 
 if __name__ == "__main__":

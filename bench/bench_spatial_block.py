@@ -33,7 +33,10 @@ def latent_symbols(net: torch.nn.Module, files: list[Path], multiple: int) -> li
 
     med = net.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
     with torch.no_grad():
-        return [torch.round(net.g_a(crop_to_multiple(load_image(f), multiple)) - med).long() for f in files]
+        return [
+            torch.round(net.g_a(crop_to_multiple(load_image(f), multiple)) - med).long()
+            for f in files
+        ]
 
 
 def blocks(ys: list[torch.Tensor], b: int) -> torch.Tensor:
@@ -52,9 +55,18 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=1)
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--latents", type=int, default=16)
-    ap.add_argument("--positions", type=int, default=240000, help="training positions (all, for 2x2 blocks)")
-    ap.add_argument("--train-images", type=int, default=None, help="use only the first N BSDS500 images (smoke runs)")
-    ap.add_argument("--epochs", type=int, default=6, help="mini-batch EM epochs (then 2 full-batch)")
+    ap.add_argument(
+        "--positions", type=int, default=240000, help="training positions (all, for 2x2 blocks)"
+    )
+    ap.add_argument(
+        "--train-images",
+        type=int,
+        default=None,
+        help="use only the first N BSDS500 images (smoke runs)",
+    )
+    ap.add_argument(
+        "--epochs", type=int, default=6, help="mini-batch EM epochs (then 2 full-batch)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     from pc_prior.hclt import HCLT
@@ -70,7 +82,9 @@ def main() -> None:
         t = time.time()
         train, test = blocks(train_y, b), blocks(test_y, b)
         g = torch.Generator().manual_seed(0)
-        per_block = 60000 if b == 1 else args.positions // (b * b)  # same position budget as the bottleneck's fit
+        per_block = (
+            60000 if b == 1 else args.positions // (b * b)
+        )  # same position budget as the bottleneck's fit
         train = train[torch.randperm(len(train), generator=g)[:per_block]]
         c = train.shape[1] // (b * b)
         lo = train.min(0).values.clamp(min=-31).reshape(-1, c).min(0).values.repeat(b * b)
@@ -81,12 +95,24 @@ def main() -> None:
         hub = int(tr.double().var(0).argmax())
         pc = HCLT(Tree(tuple(-1 if i == hub else hub for i in range(d))), v, args.latents)
         pc.init_params(tr, seed=0)
-        fit_em(pc, tr, epochs=args.epochs, batch_size=256, full_batch_epochs=2, step_size=(0.5, 0.02), pseudocount=0.1,
-               seed=0, progress=False)
+        fit_em(
+            pc,
+            tr,
+            epochs=args.epochs,
+            batch_size=256,
+            full_batch_epochs=2,
+            step_size=(0.5, 0.02),
+            pseudocount=0.1,
+            seed=0,
+            progress=False,
+        )
         with torch.no_grad():
             bits = float(-pc.log_prob(te).sum() / math.log(2))
-        print(f"q{args.quality} block {b}x{b}: {len(tr)} items, Kodak {bits / pixels:.4f} bpp "
-              f"(model code length), {time.time() - t:.0f} s", flush=True)
+        print(
+            f"q{args.quality} block {b}x{b}: {len(tr)} items, Kodak {bits / pixels:.4f} bpp "
+            f"(model code length), {time.time() - t:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ SHARED = ROOT.parent / "shared"
 
 
 @torch.no_grad()
-def integers(net: torch.nn.Module, images: list[torch.Tensor], threads: int) -> list[tuple[torch.Tensor, ...]]:
+def integers(
+    net: torch.nn.Module, images: list[torch.Tensor], threads: int
+) -> list[tuple[torch.Tensor, ...]]:
     """(round(y), z_hat, scale indexes) per image at ``threads`` threads."""
     torch.set_num_threads(threads)
     eb, gc = net.entropy_bottleneck, net.gaussian_conditional
@@ -40,8 +42,12 @@ def integers(net: torch.nn.Module, images: list[torch.Tensor], threads: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--codec", type=Path, default=SHARED / "models" / "bmshj2018-hyperprior-q3.pt",
-                    help="a ScaleHyperprior codec file")
+    ap.add_argument(
+        "--codec",
+        type=Path,
+        default=SHARED / "models" / "bmshj2018-hyperprior-q3.pt",
+        help="a ScaleHyperprior codec file",
+    )
     ap.add_argument("--images", type=Path, default=SHARED / "data" / "kodak")
     ap.add_argument("--threads", type=int, nargs=2, default=(1, 2))
     args = ap.parse_args(argv)
@@ -50,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     net = load_codec(args.codec).eval()
     if not all(hasattr(net, a) for a in ("g_a", "h_a", "h_s", "gaussian_conditional")):
-        raise SystemExit(f"{args.codec} is not a scale-hyperprior codec (needs g_a, h_a, h_s, gaussian_conditional)")
+        raise SystemExit(
+            f"{args.codec} is not a scale-hyperprior codec (needs g_a, h_a, h_s, gaussian_conditional)"
+        )
     net.update(force=True)
     images = [pad_to_multiple(load_image(f), 64) for f in list_images(args.images)]
     a, b = (integers(net, images, t) for t in args.threads)
@@ -58,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         diff = sum(int((u[k] != v[k]).sum()) for u, v in zip(a, b))
         total = sum(u[k].numel() for u in a)
         where = sum(int(bool((u[k] != v[k]).any())) for u, v in zip(a, b))
-        print(f"{name}: {diff:,} of {total:,} differ between {args.threads[0]} and {args.threads[1]} threads "
-              f"({where} of {len(images)} images)")
+        print(
+            f"{name}: {diff:,} of {total:,} differ between {args.threads[0]} and {args.threads[1]} threads "
+            f"({where} of {len(images)} images)"
+        )
     return 0
 
 

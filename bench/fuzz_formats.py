@@ -28,8 +28,12 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.perf_counter()
     report = run_fuzz(args.cases, seed=args.seed, progress=True)
-    summary = {"seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
-               "seed": args.seed, **report.summary()}
+    summary = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "threads": torch.get_num_threads(),
+        "seed": args.seed,
+        **report.summary(),
+    }
     text = json.dumps(summary, indent=1)
     print(text)
     if args.out:

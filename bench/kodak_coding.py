@@ -29,12 +29,21 @@ def code_kodak(net: torch.nn.Module, images: list[torch.Tensor], check_forward: 
         if check_forward:
             ref = net(xp)["x_hat"].clamp(0, 1)
             if not torch.equal(rec, ref):
-                raise AssertionError("decompress does not reproduce the eval-mode forward reconstruction")
+                raise AssertionError(
+                    "decompress does not reproduce the eval-mode forward reconstruction"
+                )
         rec = rec[..., :h, :w]
         bits += 8 * sum(len(s) for group in enc["strings"] for s in group)
         ybits += 8 * sum(len(s) for s in enc["strings"][0])
         pixels += h * w
         ps.append(float(-10 * torch.log10(((rec - x) ** 2).mean())))
         recs.append(rec)
-    return {"bpp": bits / pixels, "y_bpp": ybits / pixels, "z_bpp": (bits - ybits) / pixels,
-            "psnr": sum(ps) / len(ps), "recs": recs, "enc_times": t_enc, "dec_times": t_dec}
+    return {
+        "bpp": bits / pixels,
+        "y_bpp": ybits / pixels,
+        "z_bpp": (bits - ybits) / pixels,
+        "psnr": sum(ps) / len(ps),
+        "recs": recs,
+        "enc_times": t_enc,
+        "dec_times": t_dec,
+    }

@@ -18,16 +18,30 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["check_int", "check_real", "check_step_size", "check_rows", "check_choice", "fit_keywords"]
+__all__ = [
+    "check_choice",
+    "check_int",
+    "check_real",
+    "check_rows",
+    "check_step_size",
+    "fit_keywords",
+]
 
 
-def check_int(name: str, value: Any, minimum: int | None = None, *, allow_none: bool = False) -> int | None:
+def check_int(
+    name: str, value: Any, minimum: int | None = None, *, allow_none: bool = False
+) -> int | None:
     """``value`` as an int, refusing non-integers (bools and floats included) and values below ``minimum``."""
     if value is None and allow_none:
         return None
-    want = "an integer" + (f" >= {minimum}" if minimum is not None else "") + (" or None" if allow_none else "")
+    want = (
+        "an integer"
+        + (f" >= {minimum}" if minimum is not None else "")
+        + (" or None" if allow_none else "")
+    )
     if isinstance(value, (bool, np.bool_, float, np.floating)) or (
-        isinstance(value, torch.Tensor) and (value.dtype.is_floating_point or value.dtype == torch.bool)
+        isinstance(value, torch.Tensor)
+        and (value.dtype.is_floating_point or value.dtype == torch.bool)
     ):
         raise InputError(f"{name} must be {want}, got {value!r}")
     try:
@@ -39,8 +53,16 @@ def check_int(name: str, value: Any, minimum: int | None = None, *, allow_none: 
     return v
 
 
-def check_real(name: str, value: Any, low: float | None = None, high: float | None = None, *,
-               low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> float | None:
+def check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> float | None:
     """``value`` as a float in the interval from ``low`` to ``high`` (open ends as flagged); NaN is refused."""
     if value is None and allow_none:
         return None
@@ -55,9 +77,13 @@ def check_real(name: str, value: Any, low: float | None = None, high: float | No
     if not ok_type:
         raise InputError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
     v = float(value)
-    if math.isnan(v) or (low is not None and (v <= low if low_open else v < low)) \
-            or (high is not None and (v >= high if high_open else v > high)) \
-            or (low is None and v == -math.inf) or (high is None and v == math.inf):
+    if (
+        math.isnan(v)
+        or (low is not None and (v <= low if low_open else v < low))
+        or (high is not None and (v >= high if high_open else v > high))
+        or (low is None and v == -math.inf)
+        or (high is None and v == math.inf)
+    ):
         raise InputError(f"{name} must be {want}, got {v}")
     return v
 
@@ -66,10 +92,14 @@ def check_step_size(value: Any, name: str = "step_size") -> float | tuple[float,
     """An EM step size: a number in (0, 1], or a (start, end) pair of them (annealed linearly)."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise InputError(f"{name} must be a number in (0, 1] or a (start, end) pair of them, "
-                             f"got a sequence of {len(value)}")
-        return (check_real(f"{name}[0] (start)", value[0], 0.0, 1.0, low_open=True),
-                check_real(f"{name}[1] (end)", value[1], 0.0, 1.0, low_open=True))
+            raise InputError(
+                f"{name} must be a number in (0, 1] or a (start, end) pair of them, "
+                f"got a sequence of {len(value)}"
+            )
+        return (
+            check_real(f"{name}[0] (start)", value[0], 0.0, 1.0, low_open=True),
+            check_real(f"{name}[1] (end)", value[1], 0.0, 1.0, low_open=True),
+        )
     try:
         return check_real(name, value, 0.0, 1.0, low_open=True)  # type: ignore[return-value]
     except InputError as e:
@@ -79,7 +109,9 @@ def check_step_size(value: Any, name: str = "step_size") -> float | tuple[float,
 def check_rows(name: str, x: Any, num_vars: int | None = None) -> torch.Tensor:
     """A non-empty 2-D tensor [N, D] (with D = ``num_vars`` if given)."""
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"{name} must be a torch.Tensor of shape [N, {num_vars or 'D'}], got {type(x).__name__}")
+        raise InputError(
+            f"{name} must be a torch.Tensor of shape [N, {num_vars or 'D'}], got {type(x).__name__}"
+        )
     if x.dim() != 2 or (num_vars is not None and x.shape[1] != num_vars):
         raise InputError(f"{name} must have shape [N, {num_vars or 'D'}], got {tuple(x.shape)}")
     if len(x) == 0:
@@ -94,7 +126,9 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
     return value
 
 
-def fit_keywords(owner: type, fit: Any, data: tuple[str, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def fit_keywords(
+    owner: type, fit: Any, data: tuple[str, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """The keyword arguments ``kwargs`` of ``owner.fit`` bound to its signature, defaults filled in,
     without ``self`` and the ``data`` parameters; unknown names raise ``InputError``."""
     import inspect

@@ -21,7 +21,7 @@ from .files import check_format, read_file, write_file
 from .hclt import HCLT
 from .structure import Tree
 
-__all__ = ["save", "load", "CHECKPOINT_VERSION", "CheckpointError"]
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "load", "save"]
 
 CHECKPOINT_VERSION = 2  # 2: content digest, tables validated on load (CHANGELOG.md)
 _FORMAT = "pc-prior/hclt"
@@ -36,17 +36,20 @@ def save(pc: HCLT, path: str | os.PathLike, **metadata: Any) -> None:
     dtype = str(pc.root_logits.dtype).removeprefix("torch.")
     if dtype not in _DTYPES:
         raise InputError(f"save supports float32 and float64 circuits, this one is {dtype}")
-    write_file({
-        "format": _FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "parent": list(pc.tree.parent),
-        "num_cats": pc.num_cats,
-        "num_latents": pc.num_latents,
-        "dtype": dtype,
-        "params": {k: v.detach().cpu() for k, v in pc.state_dict().items()},
-        "coding_tables": coding_tables(pc).state(),
-        "metadata": metadata,
-    }, path)
+    write_file(
+        {
+            "format": _FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "parent": list(pc.tree.parent),
+            "num_cats": pc.num_cats,
+            "num_latents": pc.num_latents,
+            "dtype": dtype,
+            "params": {k: v.detach().cpu() for k, v in pc.state_dict().items()},
+            "coding_tables": coding_tables(pc).state(),
+            "metadata": metadata,
+        },
+        path,
+    )
 
 
 def _field(state: dict, key: str, kind: type | tuple[type, ...], path: Path) -> Any:
@@ -72,22 +75,32 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> H
     dtype_name = _field(state, "dtype", str, path)
     params = _field(state, "params", dict, path)
     d = len(parent)
-    if not 1 <= d <= MAX_VARIABLES or not all(isinstance(p, int) and not isinstance(p, bool) for p in parent):
-        raise CheckpointError(f"{path}: 'parent' must list 1..{MAX_VARIABLES} integer parents, got {d} entries")
+    if not 1 <= d <= MAX_VARIABLES or not all(
+        isinstance(p, int) and not isinstance(p, bool) for p in parent
+    ):
+        raise CheckpointError(
+            f"{path}: 'parent' must list 1..{MAX_VARIABLES} integer parents, got {d} entries"
+        )
     if not 2 <= v <= MAX_SYMBOLS or not 1 <= k <= MAX_LATENTS:
-        raise CheckpointError(f"{path}: num_cats {v} (allowed 2..{MAX_SYMBOLS}) or num_latents {k} "
-                              f"(allowed 1..{MAX_LATENTS}) out of range")
+        raise CheckpointError(
+            f"{path}: num_cats {v} (allowed 2..{MAX_SYMBOLS}) or num_latents {k} "
+            f"(allowed 1..{MAX_LATENTS}) out of range"
+        )
     if dtype_name not in _DTYPES:
         raise CheckpointError(f"{path}: dtype {dtype_name!r} is not one of {', '.join(_DTYPES)}")
     dtype = _DTYPES[dtype_name]
     expected = {"root_logits": (k,), "transition_logits": (d, k, k), "emission_logits": (d, k, v)}
     if set(params) != set(expected):
-        raise CheckpointError(f"{path}: params has keys {sorted(params)}, expected {sorted(expected)}")
+        raise CheckpointError(
+            f"{path}: params has keys {sorted(params)}, expected {sorted(expected)}"
+        )
     for name, shape in expected.items():
         t = params[name]
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-            raise CheckpointError(f"{path}: params.{name} is {getattr(t, 'dtype', type(t).__name__)} "
-                                  f"{tuple(getattr(t, 'shape', ()))}, expected {dtype_name} {shape}")
+            raise CheckpointError(
+                f"{path}: params.{name} is {getattr(t, 'dtype', type(t).__name__)} "
+                f"{tuple(getattr(t, 'shape', ()))}, expected {dtype_name} {shape}"
+            )
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{path}: params.{name} has NaN or infinite values")
     try:

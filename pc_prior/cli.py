@@ -15,6 +15,7 @@ import warnings
 
 from .errors import PCPriorError
 
+
 def command_modules() -> list[str]:
     """``pc_prior.lossless`` plus every ``pc_prior.<sub-package>.cli`` that exists, sorted."""
     import pkgutil
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="pc-prior", description="Probabilistic circuits as entropy models for learned image compression."
+        prog="pc-prior",
+        description="Probabilistic circuits as entropy models for learned image compression.",
     )
     parser.add_argument("--version", action="version", version=f"pc-prior {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # CompressAI scripts its entropy-model helpers with torch.jit.script, which torch now flags
     # as deprecated on every import; that is CompressAI's business, not the user's.
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+    )
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
@@ -52,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (PCPriorError, FileNotFoundError, ValueError, TypeError) as e:  # user errors: one clear line, no traceback
+    except (
+        PCPriorError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+    ) as e:  # user errors: one clear line, no traceback
         print(f"pc-prior {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -38,9 +38,10 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import constriction
 import numpy as np
@@ -53,10 +54,25 @@ from .hclt import HCLT, LatentTreeCircuit, check_symbols
 from .structure import Tree
 
 __all__ = [
-    "CodingTables", "coding_tables", "IncrementalConditionals", "incremental_conditionals",
-    "naive_conditionals", "encode", "decode", "BitstreamError", "quantize_probs", "min_item_bits",
-    "encode_columns", "decode_columns", "range_decoders", "finish_decoding", "escape_bits", "MAX_SYMBOL",
-    "check_decode_limit", "check_payload_holds", "BLOCK_ITEMS",
+    "BLOCK_ITEMS",
+    "MAX_SYMBOL",
+    "BitstreamError",
+    "CodingTables",
+    "IncrementalConditionals",
+    "check_decode_limit",
+    "check_payload_holds",
+    "coding_tables",
+    "decode",
+    "decode_columns",
+    "encode",
+    "encode_columns",
+    "escape_bits",
+    "finish_decoding",
+    "incremental_conditionals",
+    "min_item_bits",
+    "naive_conditionals",
+    "quantize_probs",
+    "range_decoders",
 ]
 
 MESSAGE_BITS = 22  # messages are integers in [0, 2**22)
@@ -95,59 +111,86 @@ class CodingTables:
             h.update(t.detach().cpu().to(torch.int32).numpy().astype("<i4").tobytes())
         return h.digest()[:8]
 
-    def to(self, device: torch.device | str) -> "CodingTables":
-        return CodingTables(self.parent, self.root.to(device), self.trans.to(device), self.emit.to(device))
+    def to(self, device: torch.device | str) -> CodingTables:
+        return CodingTables(
+            self.parent, self.root.to(device), self.trans.to(device), self.emit.to(device)
+        )
 
     def state(self) -> dict:
         """Compact, device-free form for checkpoints."""
-        return {k: getattr(self, k).detach().cpu().to(torch.int32) for k in ("root", "trans", "emit")} | {
-            "parent": torch.as_tensor(np.asarray(self.parent), dtype=torch.long)
-        }
+        return {
+            k: getattr(self, k).detach().cpu().to(torch.int32) for k in ("root", "trans", "emit")
+        } | {"parent": torch.as_tensor(np.asarray(self.parent), dtype=torch.long)}
 
     @classmethod
-    def from_state(cls, state: Any, where: str = "coding tables") -> "CodingTables":
+    def from_state(cls, state: Any, where: str = "coding tables") -> CodingTables:
         """Tables from ``state()``'s dict (or integer tensors), validated: see ``validated``."""
         if not isinstance(state, dict) or not {"parent", "root", "trans", "emit"} <= state.keys():
             raise _invalid(where, "needs parent, root, trans and emit")
         return cls.validated(state["parent"], state["root"], state["trans"], state["emit"], where)
 
     @classmethod
-    def validated(cls, parent: Any, root: Any, trans: Any, emit: Any, where: str = "coding tables") -> "CodingTables":
+    def validated(
+        cls, parent: Any, root: Any, trans: Any, emit: Any, where: str = "coding tables"
+    ) -> CodingTables:
         """Check shapes, dtypes, the tree and every entry's range before the tables are trusted.
 
         ``where`` names the file or module in the ``CheckpointError``.
         """
         for name, t in (("parent", parent), ("root", root), ("trans", trans), ("emit", emit)):
-            if not isinstance(t, Tensor) or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-                raise _invalid(where, f"{name} must be an integer tensor, got "
-                                      f"{getattr(t, 'dtype', type(t).__name__)}")
+            if (
+                not isinstance(t, Tensor)
+                or t.dtype.is_floating_point
+                or t.dtype.is_complex
+                or t.dtype == torch.bool
+            ):
+                raise _invalid(
+                    where,
+                    f"{name} must be an integer tensor, got "
+                    f"{getattr(t, 'dtype', type(t).__name__)}",
+                )
         if parent.dim() != 1 or root.dim() != 1 or trans.dim() != 3 or emit.dim() not in (3, 4):
-            raise _invalid(where, f"table ranks parent {parent.dim()}, root {root.dim()}, trans {trans.dim()}, "
-                                  f"emit {emit.dim()}; expected 1, 1, 3 and 3 or 4")
+            raise _invalid(
+                where,
+                f"table ranks parent {parent.dim()}, root {root.dim()}, trans {trans.dim()}, "
+                f"emit {emit.dim()}; expected 1, 1, 3 and 3 or 4",
+            )
         d, k = len(parent), len(root)
         if d == 0 or not 1 <= k <= MAX_LATENTS:
-            raise _invalid(where, f"{d} variables and {k} latent states; expected >= 1 and 1..{MAX_LATENTS}")
+            raise _invalid(
+                where, f"{d} variables and {k} latent states; expected >= 1 and 1..{MAX_LATENTS}"
+            )
         if tuple(trans.shape) != (d, k, k):
             raise _invalid(where, f"trans has shape {tuple(trans.shape)}, expected {(d, k, k)}")
         if emit.shape[0] != d or emit.shape[-2] != k or not 2 <= emit.shape[-1] <= MAX_SYMBOLS:
-            raise _invalid(where, f"emit has shape {tuple(emit.shape)}, expected [{d}, (S,) {k}, V] with V >= 2")
+            raise _invalid(
+                where,
+                f"emit has shape {tuple(emit.shape)}, expected [{d}, (S,) {k}, V] with V >= 2",
+            )
         for name, t in (("root", root), ("trans", trans), ("emit", emit)):
             if t.numel() and (int(t.min()) < 1 or int(t.max()) > MAX_PARAM):
-                raise _invalid(where, f"{name} has entries outside 1..{MAX_PARAM} (min {int(t.min())}, "
-                                      f"max {int(t.max())})")
+                raise _invalid(
+                    where,
+                    f"{name} has entries outside 1..{MAX_PARAM} (min {int(t.min())}, "
+                    f"max {int(t.max())})",
+                )
         try:
             Tree(tuple(int(p) for p in parent.tolist()))
         except ValueError as e:
             raise _invalid(where, f"parent is not a tree: {e}") from e
-        return cls(parent.cpu().numpy().astype(np.int64), root.double(), trans.double(), emit.double())
+        return cls(
+            parent.cpu().numpy().astype(np.int64), root.double(), trans.double(), emit.double()
+        )
 
 
 def quantize_probs(p: Tensor) -> Tensor:
     """floor(p * 2**PARAM_BITS) + 1: exact elementwise float ops, identical on every device."""
     p = p.detach().double()
     if not torch.isfinite(p).all() or (p.numel() and float(p.min()) < 0):
-        raise InputError("the circuit's probabilities contain NaN, infinite or negative values: its parameters "
-                         "are not finite (check the training run that produced them)")
+        raise InputError(
+            "the circuit's probabilities contain NaN, infinite or negative values: its parameters "
+            "are not finite (check the training run that produced them)"
+        )
     return torch.floor(p * 2.0**PARAM_BITS) + 1.0
 
 
@@ -161,7 +204,9 @@ def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
     checkpoints store them, so a model saved on one device codes identically after loading on another.
     """
     if pc.num_latents > MAX_LATENTS:
-        raise InputError(f"coding supports at most {MAX_LATENTS} latent states, model has {pc.num_latents}")
+        raise InputError(
+            f"coding supports at most {MAX_LATENTS} latent states, model has {pc.num_latents}"
+        )
     root, trans, emit = (getattr(pc, n) for n in _TABLE_BUFFERS)
     if refresh or root.numel() == 0:
         pc.check_finite()  # NaN or infinite parameters have no tables: name the parameter
@@ -169,20 +214,30 @@ def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
             root = quantize_probs(pc.log_root().exp())
             trans = quantize_probs(pc.log_transitions().exp())
             emit = quantize_probs(pc.log_emissions().exp())  # type: ignore[operator]
-        set_coding_tables(pc, CodingTables(np.asarray(pc.tree.parent, dtype=np.int64), root, trans, emit))
+        set_coding_tables(
+            pc, CodingTables(np.asarray(pc.tree.parent, dtype=np.int64), root, trans, emit)
+        )
         root, trans, emit = (getattr(pc, n) for n in _TABLE_BUFFERS)
-    return CodingTables(np.asarray(pc.tree.parent, dtype=np.int64), root.double(), trans.double(), emit.double())
+    return CodingTables(
+        np.asarray(pc.tree.parent, dtype=np.int64), root.double(), trans.double(), emit.double()
+    )
 
 
 def set_coding_tables(pc: LatentTreeCircuit, tables: CodingTables) -> None:
     """Store ``tables`` (checked against the circuit's shapes) in the circuit's buffers."""
     d, k = pc.num_vars, pc.num_latents
     v = getattr(pc, "num_cats", tables.emit.shape[-1])
-    if tuple(tables.parent) != tuple(pc.tree.parent) or tuple(tables.root.shape) != (k,) or \
-            tuple(tables.trans.shape) != (d, k, k) or tuple(tables.emit.shape) != (d, k, v):
-        raise CheckpointError(f"coding tables do not fit the circuit (D={d}, K={k}, V={v}): root "
-                              f"{tuple(tables.root.shape)}, trans {tuple(tables.trans.shape)}, emit "
-                              f"{tuple(tables.emit.shape)}, or another tree")
+    if (
+        tuple(tables.parent) != tuple(pc.tree.parent)
+        or tuple(tables.root.shape) != (k,)
+        or tuple(tables.trans.shape) != (d, k, k)
+        or tuple(tables.emit.shape) != (d, k, v)
+    ):
+        raise CheckpointError(
+            f"coding tables do not fit the circuit (D={d}, K={k}, V={v}): root "
+            f"{tuple(tables.root.shape)}, trans {tuple(tables.trans.shape)}, emit "
+            f"{tuple(tables.emit.shape)}, or another tree"
+        )
     dev = pc.root_logits.device
     for name, t in zip(_TABLE_BUFFERS, (tables.root, tables.trans, tables.emit)):
         setattr(pc, name, t.to(dev, torch.int32))
@@ -198,7 +253,9 @@ def min_item_bits(tables: CodingTables) -> float:
     """
     emit = tables.emit
     v = emit.shape[-1]
-    pmax = (emit.amax(-1) / emit.sum(-1)).reshape(emit.shape[0], -1).amax(-1).double()  # [D]; max(e)/s = max(e/s)
+    pmax = (
+        (emit.amax(-1) / emit.sum(-1)).reshape(emit.shape[0], -1).amax(-1).double()
+    )  # [D]; max(e)/s = max(e/s)
     unit = 2.0**-_CODER_PRECISION
     p = torch.minimum(pmax + (v + 1) * unit, torch.full_like(pmax, 1.0 - (v - 1) * unit))
     return float(-torch.log2(p).sum())
@@ -207,22 +264,27 @@ def min_item_bits(tables: CodingTables) -> float:
 def check_decode_limit(items: int, num_vars: int, name: str) -> None:
     """Refuse a call that would decode more than ``MAX_DECODE_SYMBOLS`` symbols."""
     if items * num_vars > MAX_DECODE_SYMBOLS:
-        raise BitstreamError(f"{name} bitstream claims {items} items of {num_vars} symbols, over the decoder's "
-                             f"limit of {MAX_DECODE_SYMBOLS} symbols per call (pc_prior.coding.MAX_DECODE_SYMBOLS)")
+        raise BitstreamError(
+            f"{name} bitstream claims {items} items of {num_vars} symbols, over the decoder's "
+            f"limit of {MAX_DECODE_SYMBOLS} symbols per call (pc_prior.coding.MAX_DECODE_SYMBOLS)"
+        )
 
 
 def check_payload_holds(items: int, item_bits: float, payload_words: int, name: str) -> None:
     """Refuse a stream whose payload is too short for ``items`` items of at least ``item_bits`` bits
     each (``min_item_bits``, computed once per call)."""
     if items * item_bits > 32 * payload_words + _SLACK_BITS:
-        raise BitstreamError(f"{name} bitstream corrupted: {items} items cannot fit in a payload of "
-                             f"{4 * payload_words} bytes under this model")
+        raise BitstreamError(
+            f"{name} bitstream corrupted: {items} items cannot fit in a payload of "
+            f"{4 * payload_words} bytes under this model"
+        )
 
 
 def _renorm(x: Tensor) -> Tensor:
     """Scale each row by a power of two so its max lies in [2**(B-1), 2**B), then floor. Exact."""
     _, e = torch.frexp(x.amax(-1, keepdim=True))  # max < 2**e
     return torch.floor(torch.ldexp(x, MESSAGE_BITS - e))
+
 
 class IncrementalConditionals:
     """Step-by-step conditionals p(x_i | x_<i) in the tree's preorder, batched over N items.
@@ -236,17 +298,28 @@ class IncrementalConditionals:
     a sum of K products of integers below 2**22 and 2**22 + 1, as with shared tables.
     """
 
-    def __init__(self, tables: CodingTables, n: int, device: torch.device | str = "cpu",
-                 groups: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        tables: CodingTables,
+        n: int,
+        device: torch.device | str = "cpu",
+        groups: Tensor | None = None,
+    ) -> None:
         self.t = tables.to(device)
         self.n = n
         if (tables.emit.dim() == 4) != (groups is not None):
-            raise ValueError("groups [N, D] are needed exactly when the emission tables are [D, S, K, V]")
+            raise ValueError(
+                "groups [N, D] are needed exactly when the emission tables are [D, S, K, V]"
+            )
         if groups is not None:
             if tuple(groups.shape) != (n, tables.emit.shape[0]):
-                raise ValueError(f"groups must have shape [{n}, {tables.emit.shape[0]}], got {tuple(groups.shape)}")
+                raise ValueError(
+                    f"groups must have shape [{n}, {tables.emit.shape[0]}], got {tuple(groups.shape)}"
+                )
             groups = groups.to(self.t.emit.device).long()
-            if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= tables.emit.shape[1]):
+            if groups.numel() and (
+                int(groups.min()) < 0 or int(groups.max()) >= tables.emit.shape[1]
+            ):
                 raise ValueError(f"groups must lie in 0..{tables.emit.shape[1] - 1}")
         self.groups = groups
         parent = np.asarray(tables.parent)
@@ -374,8 +447,11 @@ def _encode_escapes(enc: Any, rel: np.ndarray, n: np.ndarray) -> None:
         sel = b > 0
         if sel.any():
             chunk = (r[sel] >> shift) & ((np.int64(1) << b[sel]) - 1)
-            enc.encode(chunk.astype(np.int32), constriction.stream.model.Uniform(),
-                       (np.int64(1) << b[sel]).astype(np.int32))
+            enc.encode(
+                chunk.astype(np.int32),
+                constriction.stream.model.Uniform(),
+                (np.int64(1) << b[sel]).astype(np.int32),
+            )
 
 
 def _decode_escapes(dec: Any, n: np.ndarray) -> np.ndarray:
@@ -387,7 +463,9 @@ def _decode_escapes(dec: Any, n: np.ndarray) -> np.ndarray:
         b = np.clip(nbits - shift, 0, 16)
         sel = b > 0
         if sel.any():
-            chunk = dec.decode(constriction.stream.model.Uniform(), (np.int64(1) << b[sel]).astype(np.int32))
+            chunk = dec.decode(
+                constriction.stream.model.Uniform(), (np.int64(1) << b[sel]).astype(np.int32)
+            )
             r[sel] |= chunk.astype(np.int64) << shift
     e = (np.int64(1) << nbits) + r - 1
     return np.where(side == 1, n + e, -1 - e)
@@ -400,9 +478,15 @@ def escape_bits(rel: Tensor, n: Tensor) -> Tensor:
     return 1.0 + math.log2(_LEN_ALPHABET) + nbits
 
 
-def encode_columns(encoders: list[Any], inc: IncrementalConditionals, idx: Tensor, items_per_string: int,
-                   rel: np.ndarray | None = None, esc: np.ndarray | None = None,
-                   alphabet: np.ndarray | None = None) -> None:
+def encode_columns(
+    encoders: list[Any],
+    inc: IncrementalConditionals,
+    idx: Tensor,
+    items_per_string: int,
+    rel: np.ndarray | None = None,
+    esc: np.ndarray | None = None,
+    alphabet: np.ndarray | None = None,
+) -> None:
     """Range-encode the items of every string, one variable at a time in ``inc.order``.
 
     String j (``encoders[j]``) takes items ``j*items_per_string ..``; ``idx`` [N, D] are the coded
@@ -445,11 +529,19 @@ def finish_decoding(decoders: list[Any], name: str = "pc-prior") -> None:
     """Raise ``BitstreamError`` if a string holds data beyond what was decoded."""
     for dec in decoders:
         if dec.maybe_exhausted() is False:
-            raise BitstreamError(f"{name} bitstream has trailing data beyond what the model decodes (corrupted?)")
+            raise BitstreamError(
+                f"{name} bitstream has trailing data beyond what the model decodes (corrupted?)"
+            )
 
 
-def decode_columns(decoders: list[Any], inc: IncrementalConditionals, items_per_string: int,
-                   escape: int | None = None, alphabet: np.ndarray | None = None, name: str = "pc-prior") -> Tensor:
+def decode_columns(
+    decoders: list[Any],
+    inc: IncrementalConditionals,
+    items_per_string: int,
+    escape: int | None = None,
+    alphabet: np.ndarray | None = None,
+    name: str = "pc-prior",
+) -> Tensor:
     """Range-decode the items of every string, one variable at a time in ``inc.order``.
 
     String j (``decoders[j]``) holds items ``j*items_per_string ..``. With ``escape`` and
@@ -476,7 +568,9 @@ def decode_columns(decoders: list[Any], inc: IncrementalConditionals, items_per_
                     continue
                 e = col[sl] == escape
                 if ((col[sl] >= alphabet[i]) & ~e).any():  # type: ignore[index]
-                    raise BitstreamError(f"{name} bitstream decodes to a symbol outside variable {i}'s alphabet")
+                    raise BitstreamError(
+                        f"{name} bitstream decodes to a symbol outside variable {i}'s alphabet"
+                    )
                 if e.any():
                     val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), alphabet[i]))  # type: ignore[index]
             rel[:, i] = torch.from_numpy(val)
@@ -506,7 +600,9 @@ def encode(pc: HCLT, x: Tensor) -> bytes:
         encode_columns([enc], inc, block, len(block))
         enc.encode(np.array(_block_check(xs[s : s + BLOCK_ITEMS]), dtype=np.int32), _HALF)
     payload = enc.get_compressed().astype("<u4").tobytes()
-    return framing.pack(framing.LOSSLESS, tables.fingerprint, (n, pc.num_vars, pc.num_cats, BLOCK_ITEMS), payload)
+    return framing.pack(
+        framing.LOSSLESS, tables.fingerprint, (n, pc.num_vars, pc.num_cats, BLOCK_ITEMS), payload
+    )
 
 
 def decode(pc: HCLT, data: bytes) -> Tensor:
@@ -522,12 +618,18 @@ def decode(pc: HCLT, data: bytes) -> Tensor:
     def check_fields(fields: tuple[int, ...]) -> None:
         _, d, v, block = fields
         if (d, v) != (pc.num_vars, pc.num_cats):
-            raise BitstreamError(f"{name} bitstream holds data of {d} variables with {v} symbols; "
-                                 f"this model has {pc.num_vars} and {pc.num_cats}")
+            raise BitstreamError(
+                f"{name} bitstream holds data of {d} variables with {v} symbols; "
+                f"this model has {pc.num_vars} and {pc.num_cats}"
+            )
         if block != BLOCK_ITEMS:
-            raise BitstreamError(f"{name} bitstream has blocks of {block} items; this format has {BLOCK_ITEMS}")
+            raise BitstreamError(
+                f"{name} bitstream has blocks of {block} items; this format has {BLOCK_ITEMS}"
+            )
 
-    (n, d, _, block), words = framing.unpack(data, framing.LOSSLESS, tables.fingerprint, check_fields)
+    (n, d, _, block), words = framing.unpack(
+        data, framing.LOSSLESS, tables.fingerprint, check_fields
+    )
     check_decode_limit(n, d, name)
     check_payload_holds(n, min_item_bits(tables), len(words), name)
     if n == 0:
@@ -535,7 +637,9 @@ def decode(pc: HCLT, data: bytes) -> Tensor:
             raise BitstreamError(f"{name} bitstream holds no items but has a payload (corrupted?)")
         return torch.empty(0, d, dtype=torch.long)
     if 32 * -(-n // block) > 32 * len(words) + _SLACK_BITS:
-        raise BitstreamError(f"{name} bitstream corrupted: {n} items need more block checks than the payload holds")
+        raise BitstreamError(
+            f"{name} bitstream corrupted: {n} items need more block checks than the payload holds"
+        )
     dec = constriction.stream.queue.RangeDecoder(words)
     parts = []
     with decoding(name):
@@ -545,8 +649,10 @@ def decode(pc: HCLT, data: bytes) -> Tensor:
             vals = decode_columns([dec], inc, m, name=name)
             got = tuple(int(c) for c in dec.decode(_HALF, 2))
             if got != _block_check(vals.numpy()):
-                raise BitstreamError(f"{name} bitstream corrupted or truncated: block check of items {s}..{s + m - 1} "
-                                     "does not match")
+                raise BitstreamError(
+                    f"{name} bitstream corrupted or truncated: block check of items {s}..{s + m - 1} "
+                    "does not match"
+                )
             parts.append(vals)
     finish_decoding([dec], name)
     return torch.cat(parts)

@@ -26,22 +26,36 @@ def resolve_device(device: Any) -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError, ValueError):
-            raise InputError(f"{device!r} is not a torch device (use e.g. 'cpu', 'cuda' or 'cuda:1')") from None
+            raise InputError(
+                f"{device!r} is not a torch device (use e.g. 'cpu', 'cuda' or 'cuda:1')"
+            ) from None
     else:
-        raise InputError(f"a device must be a string such as 'cpu' or 'cuda:1', or a torch.device, got "
-                         f"{type(device).__name__} {device!r}")
+        raise InputError(
+            f"a device must be a string such as 'cpu' or 'cuda:1', or a torch.device, got "
+            f"{type(device).__name__} {device!r}"
+        )
     if dev.type in ("cpu", "meta"):
         return dev
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"device {str(device)!r} is not available: no CUDA GPU found; use --device cpu")
+            raise InputError(
+                f"device {str(device)!r} is not available: no CUDA GPU found; use --device cpu"
+            )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise InputError(f"device {str(device)!r} is not available: this machine has {count} CUDA GPU"
-                             f"{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})")
+            raise InputError(
+                f"device {str(device)!r} is not available: this machine has {count} CUDA GPU"
+                f"{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
+            )
         return dev
-    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    backend = (
+        getattr(torch.backends, dev.type, None)
+        if dev.type == "mps"
+        else getattr(torch, dev.type, None)
+    )
     available = getattr(backend, "is_available", None)
     if callable(available) and not available():
-        raise InputError(f"device {str(device)!r} is not available: no {dev.type} device found; use --device cpu")
+        raise InputError(
+            f"device {str(device)!r} is not available: no {dev.type} device found; use --device cpu"
+        )
     return dev

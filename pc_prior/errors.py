@@ -10,8 +10,13 @@ models keeps catching what it caught before.
 from __future__ import annotations
 
 __all__ = [
-    "PCPriorError", "BitstreamError", "CheckpointError", "InputError", "NotFittedError",
-    "UnsupportedModelError", "ModelLoadError",
+    "BitstreamError",
+    "CheckpointError",
+    "InputError",
+    "ModelLoadError",
+    "NotFittedError",
+    "PCPriorError",
+    "UnsupportedModelError",
 ]
 
 

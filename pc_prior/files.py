@@ -26,7 +26,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["content_digest", "write_file", "read_file", "check_format"]
+__all__ = ["check_format", "content_digest", "read_file", "write_file"]
 
 _DIGEST_KEY = "digest"
 
@@ -46,10 +46,14 @@ def _feed(h: Any, obj: Any) -> None:
         h.update((b"L" if isinstance(obj, list) else b"U") + b"%d" % len(obj))
         for v in obj:
             _feed(h, v)
-    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype, torch.Size, torch.device)):
+    elif obj is None or isinstance(
+        obj, (bool, int, float, str, bytes, torch.dtype, torch.Size, torch.device)
+    ):
         h.update(type(obj).__name__.encode() + b":" + repr(obj).encode() + b";")
     else:
-        raise TypeError(f"cannot digest a {type(obj).__name__} (files hold tensors and plain values only)")
+        raise TypeError(
+            f"cannot digest a {type(obj).__name__} (files hold tensors and plain values only)"
+        )
 
 
 def content_digest(obj: Any) -> str:
@@ -81,7 +85,9 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], bool]:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-        raise CheckpointError(f"{path} is not a readable torch file (corrupted or truncated zip archive: {e})") from e
+        raise CheckpointError(
+            f"{path} is not a readable torch file (corrupted or truncated zip archive: {e})"
+        ) from e
     except Exception as e:  # zlib / struct errors inside a damaged member
         raise CheckpointError(f"{path} is corrupted: {e}") from e
     if bad is not None:
@@ -89,8 +95,10 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], bool]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, unsafe globals, bad records: torch raises many types
-        raise CheckpointError(f"{path} is not a weights-only torch file (pc-prior never runs code from a file): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise CheckpointError(
+            f"{path} is not a weights-only torch file (pc-prior never runs code from a file): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict")
     digest = obj.pop(_DIGEST_KEY, None)
@@ -101,16 +109,26 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], bool]:
     except TypeError as e:
         raise CheckpointError(f"{path}: {e}") from e
     if digest != actual:
-        raise CheckpointError(f"{path} is corrupted or was modified: its content does not match its digest")
+        raise CheckpointError(
+            f"{path} is corrupted or was modified: its content does not match its digest"
+        )
     return obj, True
 
 
-def check_format(content: dict[str, Any], path: Path, fmt: str, version: int, digested: bool, what: str) -> None:
+def check_format(
+    content: dict[str, Any], path: Path, fmt: str, version: int, digested: bool, what: str
+) -> None:
     """Refuse a file that is not of format ``fmt`` and ``version`` or carries no digest; ``what`` names the kind."""
     if content.get("format") != fmt:
-        raise CheckpointError(f"{path} is not a {what} (format {content.get('format')!r}, expected {fmt!r})")
+        raise CheckpointError(
+            f"{path} is not a {what} (format {content.get('format')!r}, expected {fmt!r})"
+        )
     if content.get("version") != version:
-        raise CheckpointError(f"{path} has {what} version {content.get('version')!r}; this pc-prior reads "
-                              f"version {version} (see CHANGELOG.md)")
+        raise CheckpointError(
+            f"{path} has {what} version {content.get('version')!r}; this pc-prior reads "
+            f"version {version} (see CHANGELOG.md)"
+        )
     if not digested:
-        raise CheckpointError(f"{path} has no content digest (not written by pc-prior, or stripped)")
+        raise CheckpointError(
+            f"{path} has no content digest (not written by pc-prior, or stripped)"
+        )

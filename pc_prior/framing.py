@@ -22,15 +22,25 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .errors import BitstreamError, InputError
 
-__all__ = ["Format", "FORMATS", "LOSSLESS", "BOTTLENECK", "CONDITIONAL", "FINGERPRINT_BYTES", "pack", "unpack",
-           "header_bytes"]
+__all__ = [
+    "BOTTLENECK",
+    "CONDITIONAL",
+    "FINGERPRINT_BYTES",
+    "FORMATS",
+    "LOSSLESS",
+    "Format",
+    "header_bytes",
+    "pack",
+    "unpack",
+]
 
 FINGERPRINT_BYTES = 4
 MAX_FIELD = 2**32 - 1
@@ -48,7 +58,9 @@ class Format:
     name: str
 
 
-LOSSLESS = Format(b"PL", 2, 4, "pc-prior lossless")  # fields: N items, D variables, V symbols, block size
+LOSSLESS = Format(
+    b"PL", 2, 4, "pc-prior lossless"
+)  # fields: N items, D variables, V symbols, block size
 BOTTLENECK = Format(b"PB", 3, 2, "PCEntropyBottleneck")  # fields: latent H, W
 CONDITIONAL = Format(b"PG", 3, 2, "PCConditional")  # fields: latent H, W
 FORMATS = {f.magic: f for f in (LOSSLESS, BOTTLENECK, CONDITIONAL)}
@@ -71,9 +83,13 @@ def _read_varint(data: bytes, pos: int, name: str) -> tuple[int, int]:
     value, shift = 0, 0
     while True:
         if pos >= len(data):
-            raise BitstreamError(f"{name} bitstream truncated: {len(data)} bytes end inside the header")
+            raise BitstreamError(
+                f"{name} bitstream truncated: {len(data)} bytes end inside the header"
+            )
         if shift > 28:
-            raise BitstreamError(f"{name} bitstream corrupted: a header field is longer than 5 bytes")
+            raise BitstreamError(
+                f"{name} bitstream corrupted: a header field is longer than 5 bytes"
+            )
         byte = data[pos]
         value |= (byte & 0x7F) << shift
         pos, shift = pos + 1, shift + 7
@@ -92,12 +108,18 @@ def pack(fmt: Format, fingerprint: bytes, fields: tuple[int, ...], payload: byte
     """Header + payload; ``fingerprint`` is the model's (truncated to ``FINGERPRINT_BYTES``)."""
     if len(fields) != fmt.num_fields:
         raise InputError(f"{fmt.name} headers have {fmt.num_fields} fields, got {len(fields)}")
-    head = _FIXED.pack(fmt.magic, fmt.version, fingerprint[:FINGERPRINT_BYTES]) + b"".join(map(_varint, fields))
+    head = _FIXED.pack(fmt.magic, fmt.version, fingerprint[:FINGERPRINT_BYTES]) + b"".join(
+        map(_varint, fields)
+    )
     return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
-def unpack(data: Any, fmt: Format, fingerprint: bytes,
-           check_fields: Callable[[tuple[int, ...]], None] | None = None) -> tuple[tuple[int, ...], np.ndarray]:
+def unpack(
+    data: Any,
+    fmt: Format,
+    fingerprint: bytes,
+    check_fields: Callable[[tuple[int, ...]], None] | None = None,
+) -> tuple[tuple[int, ...], np.ndarray]:
     """Check ``data``'s header and checksum against ``fmt`` and the model; (fields, payload words uint32).
 
     ``check_fields(fields)`` runs after the checksum and before the fingerprint, so a stream for
@@ -109,18 +131,28 @@ def unpack(data: Any, fmt: Format, fingerprint: bytes,
     name = fmt.name
     for magic, (legacy, at) in _LEGACY.items():
         if legacy is fmt and data[: len(magic)] == magic and len(data) > at:
-            raise BitstreamError(f"{name} bitstream format version {data[at]}, this pc-prior reads version "
-                                 f"{fmt.version} (see CHANGELOG.md)")
+            raise BitstreamError(
+                f"{name} bitstream format version {data[at]}, this pc-prior reads version "
+                f"{fmt.version} (see CHANGELOG.md)"
+            )
     if len(data) < _FIXED.size:
-        raise BitstreamError(f"{name} bitstream truncated: {len(data)} bytes, shorter than its header")
+        raise BitstreamError(
+            f"{name} bitstream truncated: {len(data)} bytes, shorter than its header"
+        )
     smagic, sversion, sfp = _FIXED.unpack_from(data)
     if smagic != fmt.magic:
         other = FORMATS.get(smagic)
-        what = f"a {other.name} bitstream" if other is not None else "not a pc-prior bitstream (bad magic bytes)"
+        what = (
+            f"a {other.name} bitstream"
+            if other is not None
+            else "not a pc-prior bitstream (bad magic bytes)"
+        )
         raise BitstreamError(f"expected a {name} bitstream, got {what}")
     if sversion != fmt.version:
-        raise BitstreamError(f"{name} bitstream format version {sversion}, this pc-prior reads version "
-                             f"{fmt.version} (see CHANGELOG.md), or the stream is corrupted")
+        raise BitstreamError(
+            f"{name} bitstream format version {sversion}, this pc-prior reads version "
+            f"{fmt.version} (see CHANGELOG.md), or the stream is corrupted"
+        )
     pos, fields = _FIXED.size, []
     for _ in range(fmt.num_fields):
         v, pos = _read_varint(data, pos, name)
@@ -128,13 +160,17 @@ def unpack(data: Any, fmt: Format, fingerprint: bytes,
     if len(data) < pos + _CRC.size:
         raise BitstreamError(f"{name} bitstream truncated: {len(data)} bytes end inside the header")
     (crc,) = _CRC.unpack_from(data, pos)
-    payload = data[pos + _CRC.size:]
+    payload = data[pos + _CRC.size :]
     if zlib.crc32(payload, zlib.crc32(data[:pos])) != crc:
         raise BitstreamError(f"{name} bitstream corrupted or truncated: checksum mismatch")
     if len(payload) % 4:
-        raise BitstreamError(f"{name} bitstream corrupted: payload is not a whole number of 32-bit words")
+        raise BitstreamError(
+            f"{name} bitstream corrupted: payload is not a whole number of 32-bit words"
+        )
     if check_fields is not None:
         check_fields(tuple(fields))
     if sfp != fingerprint[:FINGERPRINT_BYTES]:
-        raise BitstreamError(f"{name} bitstream was made by another model or another fit (fingerprint mismatch)")
+        raise BitstreamError(
+            f"{name} bitstream was made by another model or another fit (fingerprint mismatch)"
+        )
     return tuple(fields), np.frombuffer(payload, dtype="<u4").astype(np.uint32)

@@ -28,9 +28,10 @@ import resource
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -59,17 +60,26 @@ class FuzzReport:
 
     @property
     def defects(self) -> int:
-        return sum(self.count(o) for o in ("silent_wrong", "foreign_error", "slow")) + int(self.code_executed)
+        return sum(self.count(o) for o in ("silent_wrong", "foreign_error", "slow")) + int(
+            self.code_executed
+        )
 
     def summary(self) -> dict[str, Any]:
         by_target: dict[str, Counter] = {}
         for (t, _, o), v in self.outcomes.items():
             by_target.setdefault(t, Counter())[o] += v
-        return {"cases": self.cases, **{o: self.count(o) for o in ("rejected", "same", "silent_wrong",
-                                                                    "foreign_error", "slow")},
-                "code_executed": self.code_executed, "slowest_seconds": round(self.slowest_seconds, 3),
-                "peak_rss_growth_mb": round(self.peak_rss_growth_mb, 1),
-                "by_target": {t: dict(c) for t, c in sorted(by_target.items())}, "examples": self.examples}
+        return {
+            "cases": self.cases,
+            **{
+                o: self.count(o)
+                for o in ("rejected", "same", "silent_wrong", "foreign_error", "slow")
+            },
+            "code_executed": self.code_executed,
+            "slowest_seconds": round(self.slowest_seconds, 3),
+            "peak_rss_growth_mb": round(self.peak_rss_growth_mb, 1),
+            "by_target": {t: dict(c) for t, c in sorted(by_target.items())},
+            "examples": self.examples,
+        }
 
 
 def _rss_mb() -> float:
@@ -100,8 +110,22 @@ def _setbyte(data: bytes, rng: random.Random) -> bytes:
 
 
 def _field_value(v: int, rng: random.Random) -> int:
-    return rng.choice((0, 1, 2, v - 1, v + 1, 2 * v, v + 4096, 2**16, 2**24, 2**31, 2**32 - 1,
-                       rng.randrange(2**32)))
+    return rng.choice(
+        (
+            0,
+            1,
+            2,
+            v - 1,
+            v + 1,
+            2 * v,
+            v + 4096,
+            2**16,
+            2**24,
+            2**31,
+            2**32 - 1,
+            rng.randrange(2**32),
+        )
+    )
 
 
 def _forge_header(data: bytes, fmt: framing.Format, rng: random.Random) -> bytes:
@@ -123,7 +147,10 @@ def _forge_header(data: bytes, fmt: framing.Format, rng: random.Random) -> bytes
 
 
 _BYTE_MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
-    "bitflip": _bitflip, "truncate": _truncate, "append": _append, "setbyte": _setbyte,
+    "bitflip": _bitflip,
+    "truncate": _truncate,
+    "append": _append,
+    "setbyte": _setbyte,
 }
 
 
@@ -148,41 +175,72 @@ def _stream_targets(g: torch.Generator) -> list[_Target]:
         for p in pc.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 1.5)
     xs = [pc.sample(n, generator=g) for n in (1, 7, 40)]
-    lossless = _Target("lossless", [encode(pc, x) for x in xs], lambda i, d: decode(pc, d),
-                       lambda i, out: torch.equal(out, xs[i]), framing.LOSSLESS, weight=3.0)
+    lossless = _Target(
+        "lossless",
+        [encode(pc, x) for x in xs],
+        lambda i, d: decode(pc, d),
+        lambda i, out: torch.equal(out, xs[i]),
+        framing.LOSSLESS,
+        weight=3.0,
+    )
 
     eb, y = _bottleneck(g)
     ys = [y[:1], y[1:2, :, :2, :3]]
     eb_strings = [eb.compress(t)[0] for t in ys]
     eb_out = [eb.decompress([s], t.shape[-2:]) for s, t in zip(eb_strings, ys)]
-    bottleneck = _Target("bottleneck", eb_strings, lambda i, d: eb.decompress([d], ys[i].shape[-2:]),
-                         lambda i, out: torch.equal(out, eb_out[i]), framing.BOTTLENECK, weight=3.0)
+    bottleneck = _Target(
+        "bottleneck",
+        eb_strings,
+        lambda i, d: eb.decompress([d], ys[i].shape[-2:]),
+        lambda i, out: torch.equal(out, eb_out[i]),
+        framing.BOTTLENECK,
+        weight=3.0,
+    )
 
     gc, sym, idx = _conditional(g)
-    gc_strings = [gc.compress(sym[i : i + 1].float(), idx[i : i + 1]) [0] for i in range(2)]
+    gc_strings = [gc.compress(sym[i : i + 1].float(), idx[i : i + 1])[0] for i in range(2)]
     gc_out = [gc.decompress([s], idx[i : i + 1]) for i, s in enumerate(gc_strings)]
-    conditional = _Target("conditional", gc_strings, lambda i, d: gc.decompress([d], idx[i : i + 1]),
-                          lambda i, out: torch.equal(out, gc_out[i]), framing.CONDITIONAL, weight=3.0)
+    conditional = _Target(
+        "conditional",
+        gc_strings,
+        lambda i, d: gc.decompress([d], idx[i : i + 1]),
+        lambda i, out: torch.equal(out, gc_out[i]),
+        framing.CONDITIONAL,
+        weight=3.0,
+    )
 
     # strings handed to the wrong decoder, and forged latent sizes that match a forged header
     others = [*lossless.data, *eb_strings, *gc_strings]
 
-    kinds = [1] * len(lossless.data) + [2] * len(eb_strings) + [0] * len(gc_strings)  # another kind's decoder
+    kinds = (
+        [1] * len(lossless.data) + [2] * len(eb_strings) + [0] * len(gc_strings)
+    )  # another kind's decoder
 
     def wrong_decoder(i: int, d: bytes) -> Any:
-        return (lambda: decode(pc, d), lambda: eb.decompress([d], (2, 3)), lambda: gc.decompress([d], idx[:1]))[kinds[i]]()
+        return (
+            lambda: decode(pc, d),
+            lambda: eb.decompress([d], (2, 3)),
+            lambda: gc.decompress([d], idx[:1]),
+        )[kinds[i]]()
 
     cross = _Target("cross-kind", others, wrong_decoder, lambda i, out: False, weight=0.5)
 
     def forged_size(i: int, d: bytes) -> Any:
         rng = random.Random(d)
         h, w = rng.choice(((1, 1), (16384, 16384), (4096, 1), (3, 64), (2**20, 2**12), (5, 6)))
-        fields, words = framing.unpack(eb_strings[i], framing.BOTTLENECK, eb_strings[i][3:7])
-        forged = framing.pack(framing.BOTTLENECK, eb_strings[i][3:7], (h, w), words.astype("<u4").tobytes())
+        _fields, words = framing.unpack(eb_strings[i], framing.BOTTLENECK, eb_strings[i][3:7])
+        forged = framing.pack(
+            framing.BOTTLENECK, eb_strings[i][3:7], (h, w), words.astype("<u4").tobytes()
+        )
         return eb.decompress([forged], (h, w))
 
-    sizes = _Target("bottleneck-forged-size", eb_strings, forged_size,
-                    lambda i, out: torch.equal(out, eb_out[i]), weight=0.5)
+    sizes = _Target(
+        "bottleneck-forged-size",
+        eb_strings,
+        forged_size,
+        lambda i, out: torch.equal(out, eb_out[i]),
+        weight=0.5,
+    )
     return [lossless, bottleneck, conditional, cross, sizes]
 
 
@@ -204,8 +262,14 @@ def _conditional(g: torch.Generator) -> tuple[Any, torch.Tensor, torch.Tensor]:
     table = gc._scale_table_or_default()
     idx = torch.randint(0, len(table), (3, 3, 6, 5), generator=g)
     sym = torch.round(torch.randn(3, 3, 6, 5, generator=g) * table[idx]).long()
-    gc.fit(list(sym[:, None].unbind(0)), list(idx[:, None].unbind(0)), 3, context="three-pass", steps=5,
-           progress=False)
+    gc.fit(
+        list(sym[:, None].unbind(0)),
+        list(idx[:, None].unbind(0)),
+        3,
+        context="three-pass",
+        steps=5,
+        progress=False,
+    )
     gc.eval()
     return gc, sym, idx
 
@@ -231,9 +295,11 @@ def _file_targets(g: torch.Generator, folder: Path, marker: Path) -> list[_Targe
     def run_ckpt(i: int, d: bytes) -> Any:
         return decode(load(load_bytes(d, "case.pt")), ref_stream)
 
-    checkpoint = _Target("checkpoint-file", [ckpt], run_ckpt, lambda i, out: torch.equal(out, x), weight=0.6)
+    checkpoint = _Target(
+        "checkpoint-file", [ckpt], run_ckpt, lambda i, out: torch.equal(out, x), weight=0.6
+    )
 
-    codec, xin, enc, ref_hat = _codec()
+    codec, _xin, enc, ref_hat = _codec()
     from .integrations import load_codec, save_codec
 
     save_codec(codec, folder / "codec.pt", "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
@@ -244,46 +310,73 @@ def _file_targets(g: torch.Generator, folder: Path, marker: Path) -> list[_Targe
         with torch.no_grad():
             return net.decompress(enc["strings"], enc["shape"])["x_hat"]
 
-    codec_file = _Target("codec-file", [cbytes], run_codec, lambda i, out: torch.equal(out, ref_hat), weight=0.4)
+    codec_file = _Target(
+        "codec-file", [cbytes], run_codec, lambda i, out: torch.equal(out, ref_hat), weight=0.4
+    )
 
     # consistent files (digest recomputed) with one field changed: must be refused or decode right
     def forged_file(i: int, d: bytes) -> Any:
         rng = random.Random(d)
         if i == 0:
             state, _ = read_file(folder / "ref.pt")
-            key = rng.choice(("num_cats", "num_latents", "dtype", "parent", "coding_tables", "params", "version"))
+            key = rng.choice(
+                ("num_cats", "num_latents", "dtype", "parent", "coding_tables", "params", "version")
+            )
             state[key] = _forge_value(state[key], rng)
             write_file(state, folder / "forged.pt")
             return decode(load(folder / "forged.pt"), ref_stream)
         state, _ = read_file(folder / "codec.pt")
         sd = state["state_dict"]
-        key = rng.choice([k for k in sd if "entropy_bottleneck" in k] + ["arch", "quality", "pc_modules", "version"])
+        key = rng.choice(
+            [k for k in sd if "entropy_bottleneck" in k]
+            + ["arch", "quality", "pc_modules", "version"]
+        )
         if key in sd:
             sd[key] = _forge_value(sd[key], rng)
         else:
             state[key] = _forge_value(state[key], rng)
         write_file(state, folder / "forged-codec.pt")
         with torch.no_grad():
-            return load_codec(folder / "forged-codec.pt").decompress(enc["strings"], enc["shape"])["x_hat"]
+            return load_codec(folder / "forged-codec.pt").decompress(enc["strings"], enc["shape"])[
+                "x_hat"
+            ]
 
-    forged = _Target("file-forged-fields", [ckpt, cbytes], forged_file,
-                     lambda i, out: torch.equal(out, x if i == 0 else ref_hat), weight=0.4)
+    forged = _Target(
+        "file-forged-fields",
+        [ckpt, cbytes],
+        forged_file,
+        lambda i, out: torch.equal(out, x if i == 0 else ref_hat),
+        weight=0.4,
+    )
 
     class _Evil:
         def __reduce__(self) -> tuple:
             return (os.system, (f"touch {marker}",))
 
     buf = io.BytesIO()
-    torch.save({"format": "pc-prior/hclt", "arch": "bmshj2018-factorized", "quality": 1, "state_dict": _Evil()},
-               buf, pickle_module=pickle)
+    torch.save(
+        {
+            "format": "pc-prior/hclt",
+            "arch": "bmshj2018-factorized",
+            "quality": 1,
+            "state_dict": _Evil(),
+        },
+        buf,
+        pickle_module=pickle,
+    )
     evil = buf.getvalue()
 
     def run_other(i: int, d: bytes) -> Any:  # files of the other kind, streams as files, code
         p = load_bytes(d, "other.pt")
         return (lambda: load(p), lambda: load_codec(p))[i % 2]()
 
-    other = _Target("file-other-kind", [cbytes, ckpt, evil, evil, ref_stream, ref_stream], run_other,
-                    lambda i, out: False, weight=0.1)
+    other = _Target(
+        "file-other-kind",
+        [cbytes, ckpt, evil, evil, ref_stream, ref_stream],
+        run_other,
+        lambda i, out: False,
+        weight=0.1,
+    )
     return [checkpoint, codec_file, forged, other]
 
 
@@ -292,8 +385,9 @@ def _forge_value(v: Any, rng: random.Random) -> Any:
         t = v.clone()
         choice = rng.randrange(5)
         if choice == 0 and t.numel():
-            t.view(-1)[rng.randrange(t.numel())] = rng.choice((-1, 0, 2**31 - 1, float("nan")) if t.is_floating_point()
-                                                              else (-1, 0, 2**30))
+            t.view(-1)[rng.randrange(t.numel())] = rng.choice(
+                (-1, 0, 2**31 - 1, float("nan")) if t.is_floating_point() else (-1, 0, 2**30)
+            )
             return t
         if choice == 1 and t.dim():
             return t[:-1] if len(t) > 1 else t.repeat(2, *([1] * (t.dim() - 1)))
@@ -328,7 +422,9 @@ def _codec() -> tuple[Any, torch.Tensor, dict, torch.Tensor]:
     net = FactorizedPrior(N=8, M=12).eval()
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(1, 3, 32, 32, generator=g) for _ in range(4)]
-    fit_prior(net, images, num_latents=3, epochs=1, full_batch_epochs=0, progress=False, max_items=500)
+    fit_prior(
+        net, images, num_latents=3, epochs=1, full_batch_epochs=0, progress=False, max_items=500
+    )
     net.update(force=True)
     x = torch.rand(1, 3, 32, 48, generator=g)
     with torch.no_grad():
@@ -338,8 +434,13 @@ def _codec() -> tuple[Any, torch.Tensor, dict, torch.Tensor]:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def run_fuzz(cases: int = 3000, seed: int = 0, slow_seconds: float = 10.0, files: bool = True,
-             progress: bool = False) -> FuzzReport:
+def run_fuzz(
+    cases: int = 3000,
+    seed: int = 0,
+    slow_seconds: float = 10.0,
+    files: bool = True,
+    progress: bool = False,
+) -> FuzzReport:
     """Run ``cases`` fuzz cases over every format (see the module docstring); returns the report."""
     from tqdm.auto import tqdm
 
@@ -350,22 +451,39 @@ def run_fuzz(cases: int = 3000, seed: int = 0, slow_seconds: float = 10.0, files
         folder = Path(tmp)
         marker = folder / "code-ran"
         targets = _stream_targets(g) + (_file_targets(g, folder, marker) if files else [])
-        for t in targets:  # the unmutated references must decode right, or the run would measure nothing
+        for t in (
+            targets
+        ):  # the unmutated references must decode right, or the run would measure nothing
             if t.name in ("lossless", "bottleneck", "conditional", "checkpoint-file", "codec-file"):
                 for i, data in enumerate(t.data):
                     if not t.same(i, t.run(i, data)):
-                        raise RuntimeError(f"fuzz target {t.name}: reference {i} does not decode to itself")
+                        raise RuntimeError(
+                            f"fuzz target {t.name}: reference {i} does not decode to itself"
+                        )
         weights = [t.weight for t in targets]
         rss0 = _rss_mb()
-        for _ in tqdm(range(cases), desc="fuzz", unit="case", disable=not progress, mininterval=5.0):
+        for _ in tqdm(
+            range(cases), desc="fuzz", unit="case", disable=not progress, mininterval=5.0
+        ):
             t = rng.choices(targets, weights)[0]
             i = rng.randrange(len(t.data))
             data = t.data[i]
             kinds = list(_BYTE_MUTATIONS) + (["forge"] * 2 if t.fmt is not None else [])
-            kind = "as-is" if t.name in ("cross-kind", "bottleneck-forged-size", "file-forged-fields",
-                                         "file-other-kind") else rng.choice(kinds)
-            mutated = data if kind == "as-is" else (_forge_header(data, t.fmt, rng) if kind == "forge"
-                                                    else _BYTE_MUTATIONS[kind](data, rng))
+            kind = (
+                "as-is"
+                if t.name
+                in ("cross-kind", "bottleneck-forged-size", "file-forged-fields", "file-other-kind")
+                else rng.choice(kinds)
+            )
+            mutated = (
+                data
+                if kind == "as-is"
+                else (
+                    _forge_header(data, t.fmt, rng)
+                    if kind == "forge"
+                    else _BYTE_MUTATIONS[kind](data, rng)
+                )
+            )
             if kind == "as-is" and t.name in ("bottleneck-forged-size", "file-forged-fields"):
                 mutated = data + rng.randbytes(8)  # a seed for the case's own choices
             start = time.perf_counter()
@@ -374,7 +492,7 @@ def run_fuzz(cases: int = 3000, seed: int = 0, slow_seconds: float = 10.0, files
                 outcome = "same" if t.same(i, out) else "silent_wrong"
             except (PCPriorError, FileNotFoundError):
                 outcome = "rejected"
-            except Exception as e:  # noqa: BLE001 - the point is to count these
+            except Exception as e:
                 outcome = "foreign_error"
                 if len(report.examples) < 10:
                     report.examples.append(f"{t.name}/{kind}: {type(e).__name__}: {str(e)[:200]}")
@@ -382,7 +500,9 @@ def run_fuzz(cases: int = 3000, seed: int = 0, slow_seconds: float = 10.0, files
             if dt > slow_seconds:
                 outcome = "slow"
             if outcome == "silent_wrong" and len(report.examples) < 10:
-                report.examples.append(f"{t.name}/{kind}: decoded without error to a different output")
+                report.examples.append(
+                    f"{t.name}/{kind}: decoded without error to a different output"
+                )
             report.slowest_seconds = max(report.slowest_seconds, dt)
             report.outcomes[(t.name, kind, outcome)] += 1
         report.peak_rss_growth_mb = _rss_mb() - rss0

@@ -13,8 +13,6 @@ categoricals over 0..V-1; the CompressAI integrations: discretized continuous le
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -23,7 +21,7 @@ from ._checks import check_int
 from .errors import InputError
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
 
-__all__ = ["LatentTreeCircuit", "HCLT", "check_symbols"]
+__all__ = ["HCLT", "LatentTreeCircuit", "check_symbols"]
 
 
 def _logmatmulexp(a: Tensor, w: Tensor) -> Tensor:
@@ -76,14 +74,22 @@ class LatentTreeCircuit(nn.Module):
             self.register_buffer(name, torch.zeros(0, dtype=torch.int32), persistent=False)
         levels = tree.levels()
         for lvl, idx in enumerate(levels):
-            self.register_buffer(f"_level{lvl}", torch.as_tensor(idx, dtype=torch.long), persistent=False)
+            self.register_buffer(
+                f"_level{lvl}", torch.as_tensor(idx, dtype=torch.long), persistent=False
+            )
             if lvl:
                 pos = {int(n): j for j, n in enumerate(levels[lvl - 1])}
                 local = [pos[int(tree.parent[n])] for n in idx]
-                self.register_buffer(f"_plocal{lvl}", torch.as_tensor(local, dtype=torch.long), persistent=False)
+                self.register_buffer(
+                    f"_plocal{lvl}", torch.as_tensor(local, dtype=torch.long), persistent=False
+                )
         self.num_levels = len(levels)
         self.level_sizes = [len(idx) for idx in levels]
-        self.register_buffer("level_order", torch.as_tensor(np.concatenate(levels), dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "level_order",
+            torch.as_tensor(np.concatenate(levels), dtype=torch.long),
+            persistent=False,
+        )
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -121,7 +127,10 @@ class LatentTreeCircuit(nn.Module):
 
     # -- passes ------------------------------------------------------------------------------
     def upward(
-        self, leaf: Tensor, log_root: Tensor | None = None, log_trans: Tensor | None = None,
+        self,
+        leaf: Tensor,
+        log_root: Tensor | None = None,
+        log_trans: Tensor | None = None,
         keep: bool = False,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Inside pass on leaf log-likelihoods ``leaf`` [N, D, K].
@@ -216,9 +225,16 @@ class HCLT(LatentTreeCircuit):
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_data(
-        cls, x: Tensor, num_cats: int, num_latents: int, *, num_bins: int = 16,
-        max_samples: int = 20000, dtype: torch.dtype = torch.float32, seed: int = 0,
-    ) -> "HCLT":
+        cls,
+        x: Tensor,
+        num_cats: int,
+        num_latents: int,
+        *,
+        num_bins: int = 16,
+        max_samples: int = 20000,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> HCLT:
         """Learn the Chow-Liu tree of ``x`` [N, D] and initialize parameters around the data."""
         if not isinstance(x, Tensor) or x.dim() != 2:
             what = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
@@ -227,7 +243,9 @@ class HCLT(LatentTreeCircuit):
         x = check_symbols(x, x.shape[1], num_cats)
         if x.shape[0] == 0:
             raise InputError("x has no rows to learn a structure from")
-        mi = pairwise_mutual_information(x, num_cats, num_bins=num_bins, max_samples=max_samples, seed=seed)
+        mi = pairwise_mutual_information(
+            x, num_cats, num_bins=num_bins, max_samples=max_samples, seed=seed
+        )
         pc = cls(chow_liu_tree(mi), num_cats, num_latents, dtype=dtype)
         pc.init_params(x, seed=seed)
         return pc
@@ -277,7 +295,9 @@ class HCLT(LatentTreeCircuit):
             if not isinstance(missing, Tensor) or missing.dtype != torch.bool:
                 raise TypeError("missing must be a bool tensor of shape [N, D] or [D]")
             if missing.shape not in (x.shape, x.shape[1:]):
-                raise ValueError(f"missing must have shape {tuple(x.shape)} or [{x.shape[1]}], got {tuple(missing.shape)}")
+                raise ValueError(
+                    f"missing must have shape {tuple(x.shape)} or [{x.shape[1]}], got {tuple(missing.shape)}"
+                )
             missing = missing.to(x.device).expand_as(x)
             x = x.masked_fill(missing, 0)
         return x, missing
@@ -302,10 +322,16 @@ class HCLT(LatentTreeCircuit):
         outs = []
         for s in range(0, len(x), chunk):
             ms = None if missing is None else missing[s : s + chunk]
-            ctx = self.posterior_context(self.leaf_log_probs(x[s : s + chunk], ms, log_emit))  # [n, D, K]
+            ctx = self.posterior_context(
+                self.leaf_log_probs(x[s : s + chunk], ms, log_emit)
+            )  # [n, D, K]
             joint = _logmatmulexp(ctx.transpose(0, 1), log_emit.exp()).transpose(0, 1)  # [n, D, V]
             outs.append(joint - torch.logsumexp(joint, -1, keepdim=True))
-        return torch.cat(outs) if outs else x.new_empty(0, self.num_vars, self.num_cats, dtype=log_emit.dtype)
+        return (
+            torch.cat(outs)
+            if outs
+            else x.new_empty(0, self.num_vars, self.num_cats, dtype=log_emit.dtype)
+        )
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -313,8 +339,12 @@ class HCLT(LatentTreeCircuit):
         z = self.sample_latents(n, generator)
         emit = self.log_emissions().exp()
         probs = emit[torch.arange(self.num_vars, device=z.device)[None, :], z]  # [n, D, V]
-        return torch.multinomial(probs.reshape(-1, self.num_cats), 1, generator=generator).view(n, self.num_vars)
+        return torch.multinomial(probs.reshape(-1, self.num_cats), 1, generator=generator).view(
+            n, self.num_vars
+        )
 
     def extra_repr(self) -> str:
-        return (f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, "
-                f"height={self.tree.height}")
+        return (
+            f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, "
+            f"height={self.tree.height}"
+        )

@@ -14,38 +14,71 @@ import numpy as np
 import torch
 
 _ARRAY_MAGIC = b"PCNPY"
-_ARRAY_VERSION = 2  # 2: the header (magic, version, meta) is under a CRC32; meta is validated (CHANGELOG.md)
+_ARRAY_VERSION = (
+    2  # 2: the header (magic, version, meta) is under a CRC32; meta is validated (CHANGELOG.md)
+)
 _ARRAY_HEAD = struct.Struct("<BII")  # version, meta length, CRC32 of everything before the stream
 _ARRAY_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8")
 _MAX_META = 4096
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lossless", help="lossless coding of discrete images with an HCLT (MNIST and alike)")
+    p = sub.add_parser(
+        "lossless", help="lossless coding of discrete images with an HCLT (MNIST and alike)"
+    )
     g = p.add_subparsers(dest="lossless_command", metavar="ACTION", required=True)
 
     fit = g.add_parser("fit", help="learn an HCLT on the training split and save it")
     _data_args(fit)
-    fit.add_argument("--out", default="runs/lossless/hclt.pt",
-                     help="checkpoint path, rewritten after every epoch (default: %(default)s)")
-    fit.add_argument("--latents", type=int, default=32, help="latent states per variable (default: %(default)s)")
-    fit.add_argument("--epochs", type=int, default=20, help="mini-batch EM epochs (default: %(default)s)")
-    fit.add_argument("--full-batch-epochs", type=int, default=2, help="full-batch EM epochs after (default: %(default)s)")
+    fit.add_argument(
+        "--out",
+        default="runs/lossless/hclt.pt",
+        help="checkpoint path, rewritten after every epoch (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--latents", type=int, default=32, help="latent states per variable (default: %(default)s)"
+    )
+    fit.add_argument(
+        "--epochs", type=int, default=20, help="mini-batch EM epochs (default: %(default)s)"
+    )
+    fit.add_argument(
+        "--full-batch-epochs",
+        type=int,
+        default=2,
+        help="full-batch EM epochs after (default: %(default)s)",
+    )
     fit.add_argument("--batch-size", type=int, default=512)
-    fit.add_argument("--step-size", type=float, nargs=2, default=(0.2, 0.02), metavar=("START", "END"),
-                     help="EM step size, annealed linearly (default: %(default)s)")
+    fit.add_argument(
+        "--step-size",
+        type=float,
+        nargs=2,
+        default=(0.2, 0.02),
+        metavar=("START", "END"),
+        help="EM step size, annealed linearly (default: %(default)s)",
+    )
     fit.add_argument("--pseudocount", type=float, default=0.1)
-    fit.add_argument("--num-bins", type=int, default=16, help="bins per variable for mutual information")
-    fit.add_argument("--structure-samples", type=int, default=10000, help="rows used to learn the tree")
+    fit.add_argument(
+        "--num-bins", type=int, default=16, help="bins per variable for mutual information"
+    )
+    fit.add_argument(
+        "--structure-samples", type=int, default=10000, help="rows used to learn the tree"
+    )
     fit.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    fit.add_argument("--valid", type=int, default=2000, help="test images used for per-epoch validation bpd")
+    fit.add_argument(
+        "--valid", type=int, default=2000, help="test images used for per-epoch validation bpd"
+    )
     fit.add_argument("--float64", action="store_true", help="train in float64")
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(func=_fit)
 
-    bench = g.add_parser("bench", help="test-set bits per dimension (theoretical and coded) and coding time; prints JSON")
+    bench = g.add_parser(
+        "bench",
+        help="test-set bits per dimension (theoretical and coded) and coding time; prints JSON",
+    )
     _data_args(bench)
-    bench.add_argument("--model", required=True, help="checkpoint written by 'pc-prior lossless fit'")
+    bench.add_argument(
+        "--model", required=True, help="checkpoint written by 'pc-prior lossless fit'"
+    )
     bench.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     bench.add_argument("--out", default=None, help="also write the JSON here")
     bench.set_defaults(func=_bench)
@@ -66,7 +99,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="folder with the idx[.gz] files (default: ../shared/data/mnist)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="folder with the idx[.gz] files (default: ../shared/data/mnist)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
 
 
@@ -83,26 +120,58 @@ def _fit(args: argparse.Namespace) -> int:
     num_cats = 256 if int(x.max()) < 256 else int(x.max()) + 1
     dtype = torch.float64 if args.float64 else torch.float32
     t0 = time.perf_counter()
-    pc = HCLT.from_data(x, num_cats, args.latents, num_bins=args.num_bins,
-                        max_samples=args.structure_samples, dtype=dtype, seed=args.seed)
+    pc = HCLT.from_data(
+        x,
+        num_cats,
+        args.latents,
+        num_bins=args.num_bins,
+        max_samples=args.structure_samples,
+        dtype=dtype,
+        seed=args.seed,
+    )
     t_struct = time.perf_counter() - t0
     pc.to(args.device)
-    print(f"structure: {pc.num_vars} variables, tree height {pc.tree.height}, {t_struct:.1f}s", flush=True)
+    print(
+        f"structure: {pc.num_vars} variables, tree height {pc.tree.height}, {t_struct:.1f}s",
+        flush=True,
+    )
     run_args = {k: v for k, v in vars(args).items() if k != "func"}
     history: list[dict] = []
 
-    def checkpoint(epoch: int, rec: dict) -> None:  # after every epoch, so an interrupted fit keeps its progress
+    def checkpoint(
+        epoch: int, rec: dict
+    ) -> None:  # after every epoch, so an interrupted fit keeps its progress
         history.append(rec)
-        save(pc, args.out, history=history, train_seconds=time.perf_counter() - t0,
-             structure_seconds=t_struct, num_train=len(x), args=run_args)
+        save(
+            pc,
+            args.out,
+            history=history,
+            train_seconds=time.perf_counter() - t0,
+            structure_seconds=t_struct,
+            num_train=len(x),
+            args=run_args,
+        )
 
     t0 = time.perf_counter()
-    hist = fit_em(pc, x, epochs=args.epochs, batch_size=args.batch_size, step_size=tuple(args.step_size),
-                  pseudocount=args.pseudocount, full_batch_epochs=args.full_batch_epochs, x_valid=xv,
-                  seed=args.seed, callback=checkpoint)
+    hist = fit_em(
+        pc,
+        x,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        step_size=tuple(args.step_size),
+        pseudocount=args.pseudocount,
+        full_batch_epochs=args.full_batch_epochs,
+        x_valid=xv,
+        seed=args.seed,
+        callback=checkpoint,
+    )
     t_train = time.perf_counter() - t0
-    line = {"checkpoint": str(args.out), "train_seconds": round(t_train, 1),
-            "seconds_per_epoch": round(t_train / max(len(hist), 1), 2), "final_train_bpd": hist[-1]["train_bpd"]}
+    line = {
+        "checkpoint": str(args.out),
+        "train_seconds": round(t_train, 1),
+        "seconds_per_epoch": round(t_train / max(len(hist), 1), 2),
+        "final_train_bpd": hist[-1]["train_bpd"],
+    }
     if xv is not None:
         line["valid_bpd"] = bits_per_dim(pc, xv)
     print(json.dumps(line))
@@ -125,10 +194,16 @@ def lossless_bench(pc, x: torch.Tensor) -> dict:
     if not torch.equal(y, x.cpu()):
         raise RuntimeError("round trip failed: decoded data differ from the input")
     return {
-        "num_images": n, "num_dims": d,
-        "bpd_theoretical": bpd_theory, "bpd_coded": len(data) * 8 / (n * d),
-        "coded_bytes": len(data), "encode_seconds": t_enc, "decode_seconds": t_dec,
-        "round_trip_exact": True, "device": str(pc.root_logits.device), "threads": torch.get_num_threads(),
+        "num_images": n,
+        "num_dims": d,
+        "bpd_theoretical": bpd_theory,
+        "bpd_coded": len(data) * 8 / (n * d),
+        "coded_bytes": len(data),
+        "encode_seconds": t_enc,
+        "decode_seconds": t_dec,
+        "round_trip_exact": True,
+        "device": str(pc.root_logits.device),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -156,17 +231,23 @@ def pack_array_container(arr: np.ndarray, stream: bytes) -> bytes:
     return head + struct.pack("<I", zlib.crc32(meta, zlib.crc32(head))) + meta + stream
 
 
-def unpack_array_container(raw: bytes, name: str = "input") -> tuple[tuple[int, ...], np.dtype, bytes]:
+def unpack_array_container(
+    raw: bytes, name: str = "input"
+) -> tuple[tuple[int, ...], np.dtype, bytes]:
     """(shape, dtype, stream) of a ``.pcnpy`` file, every header field checked."""
     from .errors import BitstreamError
 
     n = len(_ARRAY_MAGIC)
     if len(raw) < n + _ARRAY_HEAD.size or raw[:n] != _ARRAY_MAGIC:
-        raise BitstreamError(f"{name} is not a file made by 'pc-prior lossless compress' (bad magic or too short)")
+        raise BitstreamError(
+            f"{name} is not a file made by 'pc-prior lossless compress' (bad magic or too short)"
+        )
     version, mlen, crc = _ARRAY_HEAD.unpack_from(raw, n)
     if version != _ARRAY_VERSION:
-        raise BitstreamError(f"{name} has container version {version}, this pc-prior reads {_ARRAY_VERSION} "
-                             "(see CHANGELOG.md)")
+        raise BitstreamError(
+            f"{name} has container version {version}, this pc-prior reads {_ARRAY_VERSION} "
+            "(see CHANGELOG.md)"
+        )
     start = n + _ARRAY_HEAD.size
     if mlen > _MAX_META or len(raw) < start + mlen:
         raise BitstreamError(f"{name}: corrupted or truncated container header")
@@ -179,9 +260,14 @@ def unpack_array_container(raw: bytes, name: str = "input") -> tuple[tuple[int, 
         dtype = meta["dtype"]
     except (ValueError, KeyError, TypeError) as e:
         raise BitstreamError(f"{name}: corrupted container header") from e
-    if dtype not in _ARRAY_DTYPES or not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                                         for v in shape):
-        raise BitstreamError(f"{name}: container holds an unsupported array ({dtype!r}, shape {shape})")
+    if (
+        dtype not in _ARRAY_DTYPES
+        or not shape
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)
+    ):
+        raise BitstreamError(
+            f"{name}: container holds an unsupported array ({dtype!r}, shape {shape})"
+        )
     return shape, np.dtype(dtype), raw[start + mlen :]
 
 
@@ -193,15 +279,30 @@ def _compress(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # --device: before anything is read
     pc = load(args.model, map_location=args.device)
     arr = np.load(args.input, allow_pickle=False)
-    if arr.ndim < 1 or not np.issubdtype(arr.dtype, np.integer) or arr.dtype.str not in _ARRAY_DTYPES:
-        raise InputError(f"{args.input} must hold an integer array of shape [N, ...], got {arr.dtype} {arr.shape}")
+    if (
+        arr.ndim < 1
+        or not np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype.str not in _ARRAY_DTYPES
+    ):
+        raise InputError(
+            f"{args.input} must hold an integer array of shape [N, ...], got {arr.dtype} {arr.shape}"
+        )
     flat = arr.reshape(len(arr), -1)
     if flat.shape[1] != pc.num_vars:
-        raise InputError(f"{args.input}: each item has {flat.shape[1]} values, the model expects {pc.num_vars}")
+        raise InputError(
+            f"{args.input}: each item has {flat.shape[1]} values, the model expects {pc.num_vars}"
+        )
     stream = encode(pc, torch.from_numpy(flat.astype(np.int64)))
     Path(args.output).write_bytes(pack_array_container(arr, stream))
-    print(json.dumps({"input_bytes": arr.nbytes, "output_bytes": Path(args.output).stat().st_size,
-                      "bits_per_dim": Path(args.output).stat().st_size * 8 / max(flat.size, 1)}))
+    print(
+        json.dumps(
+            {
+                "input_bytes": arr.nbytes,
+                "output_bytes": Path(args.output).stat().st_size,
+                "bits_per_dim": Path(args.output).stat().st_size * 8 / max(flat.size, 1),
+            }
+        )
+    )
     return 0
 
 
@@ -215,9 +316,13 @@ def _decompress(args: argparse.Namespace) -> int:
     pc = load(args.model, map_location=args.device)
     x = decode(pc, stream)
     if shape[0] != len(x) or math.prod(shape) != x.numel():
-        raise BitstreamError(f"{args.input}: the container's shape {shape} does not match the {tuple(x.shape)} "
-                             "decoded items")
+        raise BitstreamError(
+            f"{args.input}: the container's shape {shape} does not match the {tuple(x.shape)} "
+            "decoded items"
+        )
     if x.numel() and int(x.max()) > np.iinfo(dtype).max:
-        raise BitstreamError(f"{args.input}: decoded values do not fit the container's dtype {dtype}")
+        raise BitstreamError(
+            f"{args.input}: decoded values do not fit the container's dtype {dtype}"
+        )
     np.save(args.output, x.numpy().astype(dtype).reshape(shape))
     return 0

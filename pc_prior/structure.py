@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
-__all__ = ["Tree", "pairwise_mutual_information", "chow_liu_tree"]
+__all__ = ["Tree", "chow_liu_tree", "pairwise_mutual_information"]
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,16 @@ def pairwise_mutual_information(
     marg = joint.sum(-1)  # [D, D, b]: marginal of the first variable of each pair
     pi = marg.diagonal(dim1=0, dim2=1).T  # [D, b]
     # The diagonal (i, i) is not a real pair; its value is never used by the spanning tree.
-    mi = (joint * (joint.log() - pi[:, None, :, None].log() - pi[None, :, None, :].log())).sum((-1, -2))
+    mi = (joint * (joint.log() - pi[:, None, :, None].log() - pi[None, :, None, :].log())).sum(
+        (-1, -2)
+    )
     mi.fill_diagonal_(0.0)
     return mi.clamp_min(0.0).float()
 
 
 def _center(adj) -> int:
     """A node minimizing the height of the tree when used as root (middle of a longest path)."""
+
     def farthest(src: int) -> tuple[int, np.ndarray]:
         order, pred = breadth_first_order(adj, src, directed=False, return_predecessors=True)
         return int(order[-1]), pred

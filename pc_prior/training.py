@@ -8,18 +8,18 @@ expected flow through theta); autograd computes all of them in one backward pass
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .coding import coding_tables
 from ._checks import check_int, check_real, check_step_size
+from .coding import coding_tables
 from .errors import InputError
 from .hclt import HCLT, check_symbols
 
-__all__ = ["fit_em", "fit_adam", "em_step_counts", "bits_per_dim"]
+__all__ = ["bits_per_dim", "em_step_counts", "fit_adam", "fit_em"]
 
 LN2 = math.log(2.0)
 
@@ -39,7 +39,10 @@ def bits_per_dim(pc: HCLT, x: Tensor, batch_size: int = 1024) -> float:
 
 def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
     """Expected sufficient statistics (root, transitions, emissions) on a batch, and its log-likelihood."""
-    params = [p.detach().requires_grad_(True) for p in (pc.log_root(), pc.log_transitions(), pc.log_emissions())]
+    params = [
+        p.detach().requires_grad_(True)
+        for p in (pc.log_root(), pc.log_transitions(), pc.log_emissions())
+    ]
     lr, lt, le = params
     ll = pc.upward(pc.leaf_log_probs(x, log_emit=le), log_root=lr, log_trans=lt)[0].sum()
     # A one-variable tree uses no transition (the root's row is never read): its counts are zero.
@@ -121,7 +124,11 @@ def fit_em(
     dev = pc.root_logits.device
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    sched = _schedule(*step_size, epochs * steps_per_epoch) if isinstance(step_size, tuple) else (lambda t: step_size)
+    sched = (
+        _schedule(*step_size, epochs * steps_per_epoch)
+        if isinstance(step_size, tuple)
+        else (lambda t: step_size)
+    )
     history: list[dict] = []
     t = 0
     denom = pc.num_vars * LN2
@@ -141,10 +148,16 @@ def fit_em(
                 _apply(pc, counts, sched(t), pseudocount)
                 t += 1
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}", mode="full" if full else "mini")
+            bar.set_postfix(
+                epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}", mode="full" if full else "mini"
+            )
         if full and acc is not None:
             _apply(pc, acc, 1.0, pseudocount)
-        rec = {"epoch": epoch + 1, "mode": "full" if full else "mini", "train_bpd": nll / seen / denom}
+        rec = {
+            "epoch": epoch + 1,
+            "mode": "full" if full else "mini",
+            "train_bpd": nll / seen / denom,
+        }
         if x_valid is not None:
             rec["valid_bpd"] = bits_per_dim(pc, x_valid, batch_size)
         history.append(rec)

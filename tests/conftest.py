@@ -17,7 +17,9 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
-def random_hclt(parent=(1, -1, 1, 0, 0, 2), num_cats=3, num_latents=4, seed=0, dtype=torch.float64) -> HCLT:
+def random_hclt(
+    parent=(1, -1, 1, 0, 0, 2), num_cats=3, num_latents=4, seed=0, dtype=torch.float64
+) -> HCLT:
     """A tiny HCLT with well-spread random parameters."""
     g = torch.Generator().manual_seed(seed)
     pc = HCLT(Tree(tuple(parent)), num_cats, num_latents, dtype=dtype)

@@ -1,5 +1,5 @@
 """Dataset loaders (no downloads: every loader takes a local path)."""
 
-from .idx import load_idx, load_mnist, default_data_root
+from .idx import default_data_root, load_idx, load_mnist
 
-__all__ = ["load_idx", "load_mnist", "default_data_root"]
+__all__ = ["default_data_root", "load_idx", "load_mnist"]

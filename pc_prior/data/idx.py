@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["load_idx", "load_mnist", "default_data_root"]
+__all__ = ["default_data_root", "load_idx", "load_mnist"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _SPLITS = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
@@ -38,8 +38,14 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     dtype = np.dtype(_DTYPES[data[2]])
     need = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != need:
-        raise ValueError(f"{path} holds {len(data) - header} data bytes, expected {need} for shape {shape}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+        raise ValueError(
+            f"{path} holds {len(data) - header} data bytes, expected {need} for shape {shape}"
+        )
+    return (
+        np.frombuffer(data, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -51,7 +57,9 @@ def _find(root: Path, stem: str) -> Path:
     )
 
 
-def load_mnist(root: str | os.PathLike | None = None, split: str = "train", limit: int | None = None) -> torch.Tensor:
+def load_mnist(
+    root: str | os.PathLike | None = None, split: str = "train", limit: int | None = None
+) -> torch.Tensor:
     """Images of an idx-format dataset (MNIST layout) flattened to LongTensor [N, H*W] in 0..255."""
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")

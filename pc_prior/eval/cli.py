@@ -10,72 +10,155 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="fit a PC prior into a codec on a few photos, code other photos: table and plot",
-                       description="Fit a probabilistic-circuit entropy model into a frozen base codec on training "
-                                   "photos, then compress and decompress disjoint test photos with the base codec "
-                                   "and with the PC codec (real bitstreams, identical reconstructions). Default: "
-                                   "the shipped codec and scikit-image's photos, no downloads. Writes table.txt, "
-                                   "demo.png, demo.json, base.json, pc.json and pc-codec.pt under --out.")
+    d = sub.add_parser(
+        "demo",
+        help="fit a PC prior into a codec on a few photos, code other photos: table and plot",
+        description="Fit a probabilistic-circuit entropy model into a frozen base codec on training "
+        "photos, then compress and decompress disjoint test photos with the base codec "
+        "and with the PC codec (real bitstreams, identical reconstructions). Default: "
+        "the shipped codec and scikit-image's photos, no downloads. Writes table.txt, "
+        "demo.png, demo.json, base.json, pc.json and pc-codec.pt under --out.",
+    )
     d.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    d.add_argument("--data", default=None, help="folder of test images, e.g. Kodak (default: scikit-image's "
-                                                 "astronaut, coffee, chelsea)")
-    d.add_argument("--train-data", default=None, help="folder of training images, e.g. BSDS500 (default: seven "
-                                                       "other scikit-image photos)")
-    d.add_argument("--codec", default=None, help="base codec: a codec file or zoo name as for 'pc-prior eval' "
-                                                  "(default: the shipped bmshj2018-factorized q2)")
-    d.add_argument("--arch", default=None, help="architecture of a plain state-dict --codec (zoo name)")
-    d.add_argument("--latents", type=int, default=16, help="latent states K of the circuit (default: %(default)s)")
-    d.add_argument("--structure", choices=["star", "chow-liu"], default="star",
-                   help="circuit structure over the channels (default: %(default)s)")
-    d.add_argument("--epochs", type=int, default=3, help="mini-batch EM epochs (default: %(default)s)")
-    d.add_argument("--max-items", type=int, default=60000, help="latent positions used to fit (default: %(default)s)")
+    d.add_argument(
+        "--data",
+        default=None,
+        help="folder of test images, e.g. Kodak (default: scikit-image's "
+        "astronaut, coffee, chelsea)",
+    )
+    d.add_argument(
+        "--train-data",
+        default=None,
+        help="folder of training images, e.g. BSDS500 (default: seven other scikit-image photos)",
+    )
+    d.add_argument(
+        "--codec",
+        default=None,
+        help="base codec: a codec file or zoo name as for 'pc-prior eval' "
+        "(default: the shipped bmshj2018-factorized q2)",
+    )
+    d.add_argument(
+        "--arch", default=None, help="architecture of a plain state-dict --codec (zoo name)"
+    )
+    d.add_argument(
+        "--latents",
+        type=int,
+        default=16,
+        help="latent states K of the circuit (default: %(default)s)",
+    )
+    d.add_argument(
+        "--structure",
+        choices=["star", "chow-liu"],
+        default="star",
+        help="circuit structure over the channels (default: %(default)s)",
+    )
+    d.add_argument(
+        "--epochs", type=int, default=3, help="mini-batch EM epochs (default: %(default)s)"
+    )
+    d.add_argument(
+        "--max-items",
+        type=int,
+        default=60000,
+        help="latent positions used to fit (default: %(default)s)",
+    )
     aug = d.add_mutually_exclusive_group()
-    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
-                     help="add mirrored and downscaled copies of the training images (default: when they give "
-                          "fewer than --max-items positions)")
+    aug.add_argument(
+        "--augment",
+        dest="augment",
+        action="store_true",
+        default=None,
+        help="add mirrored and downscaled copies of the training images (default: when they give "
+        "fewer than --max-items positions)",
+    )
     aug.add_argument("--no-augment", dest="augment", action="store_false")
     d.add_argument("--limit", type=int, default=None, help="code only the first N test images")
-    d.add_argument("--max-train-images", type=int, default=None, help="fit on only the first N training images")
-    d.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default: %(default)s; the circuit's coding loop runs many small ops, "
-                        "which more threads slow down on a busy machine)")
+    d.add_argument(
+        "--max-train-images", type=int, default=None, help="fit on only the first N training images"
+    )
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default: %(default)s; the circuit's coding loop runs many small ops, "
+        "which more threads slow down on a busy machine)",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 
-    p = sub.add_parser("eval", help="rate-distortion of codecs on an image folder (real bitstreams), CompressAI JSON",
-                       description="Compress and decompress every image of --data with each MODEL; write means "
-                                   "and per-image rows as CompressAI results JSON.")
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="a codec file (shared/models format, CompressAI checkpoint or state dict with --arch, "
-                        "pc-prior codec) or a zoo name with quality, e.g. bmshj2018-factorized:q2 (needs network)")
+    p = sub.add_parser(
+        "eval",
+        help="rate-distortion of codecs on an image folder (real bitstreams), CompressAI JSON",
+        description="Compress and decompress every image of --data with each MODEL; write means "
+        "and per-image rows as CompressAI results JSON.",
+    )
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="a codec file (shared/models format, CompressAI checkpoint or state dict with --arch, "
+        "pc-prior codec) or a zoo name with quality, e.g. bmshj2018-factorized:q2 (needs network)",
+    )
     p.add_argument("--data", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--arch", default=None, help="architecture of plain state-dict checkpoints (zoo name)")
-    p.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"], help="zoo weights' training metric")
+    p.add_argument(
+        "--arch", default=None, help="architecture of plain state-dict checkpoints (zoo name)"
+    )
+    p.add_argument(
+        "--metric", default="mse", choices=["mse", "ms-ssim"], help="zoo weights' training metric"
+    )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument("--output", "-o", default=None, help="write the results JSON here (default: print only)")
-    p.add_argument("--name", default=None, help="curve name in the JSON (default: from the first model)")
+    p.add_argument(
+        "--output", "-o", default=None, help="write the results JSON here (default: print only)"
+    )
+    p.add_argument(
+        "--name", default=None, help="curve name in the JSON (default: from the first model)"
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--entropy-coder", default=None, help="CompressAI entropy coder (default: CompressAI's default)")
+    p.add_argument(
+        "--entropy-coder",
+        default=None,
+        help="CompressAI entropy coder (default: CompressAI's default)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
-    c = sub.add_parser("compare", help="rate savings per quality, BD-rates and an RD plot of two eval JSON files")
+    c = sub.add_parser(
+        "compare", help="rate savings per quality, BD-rates and an RD plot of two eval JSON files"
+    )
     c.add_argument("baseline", help="baseline results JSON (CompressAI format)")
     c.add_argument("candidate", help="candidate results JSON")
-    c.add_argument("--plot", default=None, help="RD plot PNG (default: <candidate>-vs-<baseline>.png beside candidate)")
+    c.add_argument(
+        "--plot",
+        default=None,
+        help="RD plot PNG (default: <candidate>-vs-<baseline>.png beside candidate)",
+    )
     c.add_argument("--no-plot", action="store_true")
-    c.add_argument("--method", default="akima", choices=["akima", "pchip", "cubic"],
-                   help="BD interpolation (default: %(default)s)")
+    c.add_argument(
+        "--method",
+        default="akima",
+        choices=["akima", "pchip", "cubic"],
+        help="BD interpolation (default: %(default)s)",
+    )
     c.add_argument("--json", default=None, help="also write the comparison as JSON here")
     c.set_defaults(func=_compare)
 
-    r = sub.add_parser("report-lossless", help="bpd table of 'pc-prior lossless bench' JSON files beside references")
-    r.add_argument("results", nargs="+", help="JSON files written by 'pc-prior lossless bench --out'")
-    r.add_argument("--dataset", default="mnist", help="which reference numbers to show (default: %(default)s)")
-    r.add_argument("--label", action="append", default=None, help="row label per file (repeat, in order)")
-    r.add_argument("--reference", action="append", default=[], metavar="NAME=BPD", help="extra reference row")
+    r = sub.add_parser(
+        "report-lossless",
+        help="bpd table of 'pc-prior lossless bench' JSON files beside references",
+    )
+    r.add_argument(
+        "results", nargs="+", help="JSON files written by 'pc-prior lossless bench --out'"
+    )
+    r.add_argument(
+        "--dataset", default="mnist", help="which reference numbers to show (default: %(default)s)"
+    )
+    r.add_argument(
+        "--label", action="append", default=None, help="row label per file (repeat, in order)"
+    )
+    r.add_argument(
+        "--reference", action="append", default=[], metavar="NAME=BPD", help="extra reference row"
+    )
     r.add_argument("--output", "-o", default=None, help="also write the Markdown table here")
     r.set_defaults(func=_report_lossless)
 
@@ -88,10 +171,22 @@ def _demo(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ValueError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
-    res = run_demo(args.out, data=args.data, train_data=args.train_data, codec=args.codec, arch=args.arch,
-                   latents=args.latents, structure=args.structure, epochs=args.epochs, max_items=args.max_items,
-                   augment=args.augment, limit=args.limit, max_train_images=args.max_train_images, seed=args.seed,
-                   progress=not args.no_progress)
+    res = run_demo(
+        args.out,
+        data=args.data,
+        train_data=args.train_data,
+        codec=args.codec,
+        arch=args.arch,
+        latents=args.latents,
+        structure=args.structure,
+        epochs=args.epochs,
+        max_items=args.max_items,
+        augment=args.augment,
+        limit=args.limit,
+        max_train_images=args.max_train_images,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     return 0 if res["reconstructions_identical"] else 1
 
 
@@ -102,7 +197,9 @@ def _eval(args: argparse.Namespace) -> int:
     from .models import load_model
     from .rd import collect_images, evaluate_model, results_json
 
-    resolve_device(args.device)  # a missing or unknown device fails before any image or model is read
+    resolve_device(
+        args.device
+    )  # a missing or unknown device fails before any image or model is read
     if args.threads:
         torch.set_num_threads(args.threads)
     images = collect_images(args.data)  # fail on a bad folder before loading any model
@@ -114,24 +211,39 @@ def _eval(args: argparse.Namespace) -> int:
         import compressai
 
         if args.entropy_coder not in compressai.available_entropy_coders():
-            raise ValueError(f"unknown entropy coder {args.entropy_coder!r}; available: "
-                             f"{', '.join(compressai.available_entropy_coders())}")
+            raise ValueError(
+                f"unknown entropy coder {args.entropy_coder!r}; available: "
+                f"{', '.join(compressai.available_entropy_coders())}"
+            )
         compressai.set_entropy_coder(args.entropy_coder)
-    loaded = [load_model(m, arch=args.arch, device=args.device, metric=args.metric) for m in args.models]
+    loaded = [
+        load_model(m, arch=args.arch, device=args.device, metric=args.metric) for m in args.models
+    ]
     runs = []
     for lm in loaded:
         res = evaluate_model(lm.net, images, progress=not args.no_progress, desc=lm.name)
         runs.append({"model": lm.name, "quality": lm.quality, **res})
         m = res["mean"]
-        print(f"{lm.name}: bpp {m['bpp']:.4f} (estimated {m['bpp_estimated']:.4f}), PSNR-RGB {m['psnr-rgb']:.3f} dB, "
-              f"MS-SSIM {m['ms-ssim-rgb']:.4f}, enc {1000 * m['encoding_time']:.1f} ms, "
-              f"dec {1000 * m['decoding_time']:.1f} ms ({len(images)} images)", file=sys.stderr)
+        print(
+            f"{lm.name}: bpp {m['bpp']:.4f} (estimated {m['bpp_estimated']:.4f}), PSNR-RGB {m['psnr-rgb']:.3f} dB, "
+            f"MS-SSIM {m['ms-ssim-rgb']:.4f}, enc {1000 * m['encoding_time']:.1f} ms, "
+            f"dec {1000 * m['decoding_time']:.1f} ms ({len(images)} images)",
+            file=sys.stderr,
+        )
     import compressai
 
     name = args.name or (loaded[0].arch if loaded[0].arch else loaded[0].name)
-    out = results_json(runs, name=name, description=f"Inference ({compressai.get_entropy_coder()})",
-                       extra={"dataset": str(args.data), "num_images": len(images), "device": args.device,
-                              "sources": [lm.source for lm in loaded]})
+    out = results_json(
+        runs,
+        name=name,
+        description=f"Inference ({compressai.get_entropy_coder()})",
+        extra={
+            "dataset": str(args.data),
+            "num_images": len(images),
+            "device": args.device,
+            "sources": [lm.source for lm in loaded],
+        },
+    )
     text = json.dumps(out, indent=2)
     if args.output:
         path = Path(args.output)
@@ -150,8 +262,13 @@ def _compare(args: argparse.Namespace) -> int:
     base, cand = res.pop("_curves")
     print(format_comparison(res))
     if not args.no_plot:
-        plot = Path(args.plot) if args.plot else Path(args.candidate).with_name(
-            f"{Path(args.candidate).stem}-vs-{Path(args.baseline).stem}.png")
+        plot = (
+            Path(args.plot)
+            if args.plot
+            else Path(args.candidate).with_name(
+                f"{Path(args.candidate).stem}-vs-{Path(args.baseline).stem}.png"
+            )
+        )
         plot_rd(base, cand, plot, title=f"{cand.name} vs {base.name}")
         print(f"\nRD plot: {plot}")
         res["plot"] = str(plot)
@@ -173,7 +290,9 @@ def _report_lossless(args: argparse.Namespace) -> int:
             sep = ""
         if not sep or not name:
             raise ValueError(f"--reference expects NAME=BPD, got {spec!r}")
-    table = lossless_table(args.results, dataset=args.dataset, labels=args.label, extra_references=refs)
+    table = lossless_table(
+        args.results, dataset=args.dataset, labels=args.label, extra_references=refs
+    )
     print(table)
     if args.output:
         Path(args.output).write_text(table + "\n")

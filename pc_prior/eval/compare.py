@@ -10,8 +10,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Curve", "load_curve", "ms_ssim_db", "bd_rate", "rate_savings", "compare", "format_comparison",
-           "plot_rd"]
+__all__ = [
+    "Curve",
+    "bd_rate",
+    "compare",
+    "format_comparison",
+    "load_curve",
+    "ms_ssim_db",
+    "plot_rd",
+    "rate_savings",
+]
 
 
 @dataclass
@@ -37,18 +45,28 @@ def load_curve(path: str | Path, name: str | None = None) -> Curve:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     res = data.get("results", data) if isinstance(data, dict) else None
     if not isinstance(res, dict) or "bpp" not in res or "psnr-rgb" not in res:
-        raise ValueError(f"{path} is not an RD results file: it needs results.bpp and results['psnr-rgb']")
+        raise ValueError(
+            f"{path} is not an RD results file: it needs results.bpp and results['psnr-rgb']"
+        )
     bpp = np.asarray(res["bpp"], dtype=float)
     psnr = np.asarray(res["psnr-rgb"], dtype=float)
     if bpp.shape != psnr.shape or bpp.ndim != 1 or bpp.size == 0:
-        raise ValueError(f"{path}: results.bpp and results['psnr-rgb'] must be lists of the same non-zero length")
+        raise ValueError(
+            f"{path}: results.bpp and results['psnr-rgb'] must be lists of the same non-zero length"
+        )
     ms = np.asarray(res["ms-ssim-rgb"], dtype=float) if "ms-ssim-rgb" in res else None
     n = bpp.size
     quality = list(res.get("quality") or [None] * n)
     model = list(res.get("model") or [None] * n)
     order = np.argsort(bpp, kind="stable")
-    return Curve(name or data.get("name") or path.stem, bpp[order], psnr[order],
-                 None if ms is None else ms[order], [quality[i] for i in order], [model[i] for i in order])
+    return Curve(
+        name or data.get("name") or path.stem,
+        bpp[order],
+        psnr[order],
+        None if ms is None else ms[order],
+        [quality[i] for i in order],
+        [model[i] for i in order],
+    )
 
 
 def ms_ssim_db(v: np.ndarray) -> np.ndarray:
@@ -56,8 +74,13 @@ def ms_ssim_db(v: np.ndarray) -> np.ndarray:
     return -10 * np.log10(1 - np.asarray(v, dtype=float))
 
 
-def bd_rate(base_bpp: np.ndarray, base_dist: np.ndarray, cand_bpp: np.ndarray, cand_dist: np.ndarray,
-            method: str = "akima") -> float:
+def bd_rate(
+    base_bpp: np.ndarray,
+    base_dist: np.ndarray,
+    cand_bpp: np.ndarray,
+    cand_dist: np.ndarray,
+    method: str = "akima",
+) -> float:
     """Bjøntegaard-delta rate (percent; negative = candidate saves rate) via the ``bjontegaard`` package.
 
     Needs at least 2 points per curve with increasing distortion; NaN when the curves cannot be compared.
@@ -67,12 +90,22 @@ def bd_rate(base_bpp: np.ndarray, base_dist: np.ndarray, cand_bpp: np.ndarray, c
     import bjontegaard
 
     base_dist, cand_dist = np.asarray(base_dist, float), np.asarray(cand_dist, float)
-    if min(len(base_bpp), len(cand_bpp)) < 2 or not (np.isfinite(base_dist).all() and np.isfinite(cand_dist).all()):
+    if min(len(base_bpp), len(cand_bpp)) < 2 or not (
+        np.isfinite(base_dist).all() and np.isfinite(cand_dist).all()
+    ):
         return float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(bjontegaard.bd_rate(np.asarray(base_bpp, float), base_dist, np.asarray(cand_bpp, float),
-                                         cand_dist, method=method, require_matching_points=False))
+        return float(
+            bjontegaard.bd_rate(
+                np.asarray(base_bpp, float),
+                base_dist,
+                np.asarray(cand_bpp, float),
+                cand_dist,
+                method=method,
+                require_matching_points=False,
+            )
+        )
 
 
 def _pairs(base: Curve, cand: Curve) -> list[tuple[int, int, Any]]:
@@ -95,9 +128,14 @@ def rate_savings(base: Curve, cand: Curve) -> list[dict[str, Any]]:
     """
     rows = []
     for i, j, q in _pairs(base, cand):
-        row = {"quality": q, "bpp_base": float(base.bpp[i]), "bpp_cand": float(cand.bpp[j]),
-               "saving_pct": 100.0 * (1.0 - cand.bpp[j] / base.bpp[i]),
-               "psnr_base": float(base.psnr[i]), "d_psnr": float(cand.psnr[j] - base.psnr[i])}
+        row = {
+            "quality": q,
+            "bpp_base": float(base.bpp[i]),
+            "bpp_cand": float(cand.bpp[j]),
+            "saving_pct": 100.0 * (1.0 - cand.bpp[j] / base.bpp[i]),
+            "psnr_base": float(base.psnr[i]),
+            "d_psnr": float(cand.psnr[j] - base.psnr[i]),
+        }
         if base.ms_ssim is not None and cand.ms_ssim is not None:
             row["d_ms_ssim"] = float(cand.ms_ssim[j] - base.ms_ssim[i])
         rows.append(row)
@@ -107,11 +145,16 @@ def rate_savings(base: Curve, cand: Curve) -> list[dict[str, Any]]:
 def compare(base_path: str | Path, cand_path: str | Path, method: str = "akima") -> dict[str, Any]:
     """Rate savings per quality and BD-rates (PSNR, MS-SSIM in dB) of ``cand_path`` against ``base_path``."""
     base, cand = load_curve(base_path), load_curve(cand_path)
-    out: dict[str, Any] = {"baseline": base.name, "candidate": cand.name, "per_quality": rate_savings(base, cand),
-                           "bd_rate_psnr": bd_rate(base.bpp, base.psnr, cand.bpp, cand.psnr, method)}
+    out: dict[str, Any] = {
+        "baseline": base.name,
+        "candidate": cand.name,
+        "per_quality": rate_savings(base, cand),
+        "bd_rate_psnr": bd_rate(base.bpp, base.psnr, cand.bpp, cand.psnr, method),
+    }
     if base.ms_ssim is not None and cand.ms_ssim is not None:
-        out["bd_rate_ms_ssim"] = bd_rate(base.bpp, ms_ssim_db(base.ms_ssim), cand.bpp, ms_ssim_db(cand.ms_ssim),
-                                         method)
+        out["bd_rate_ms_ssim"] = bd_rate(
+            base.bpp, ms_ssim_db(base.ms_ssim), cand.bpp, ms_ssim_db(cand.ms_ssim), method
+        )
     else:
         out["bd_rate_ms_ssim"] = float("nan")
     out["_curves"] = (base, cand)
@@ -124,17 +167,26 @@ def _f(v: float, fmt: str) -> str:
 
 def format_comparison(res: dict[str, Any]) -> str:
     """A plain-text table of :func:`compare`'s result."""
-    lines = [f"baseline:  {res['baseline']}", f"candidate: {res['candidate']}", "",
-             f"{'quality':>8} {'bpp base':>9} {'bpp cand':>9} {'saving':>8} {'PSNR base':>10} {'dPSNR':>7}"
-             f" {'dMS-SSIM':>9}"]
+    lines = [
+        f"baseline:  {res['baseline']}",
+        f"candidate: {res['candidate']}",
+        "",
+        f"{'quality':>8} {'bpp base':>9} {'bpp cand':>9} {'saving':>8} {'PSNR base':>10} {'dPSNR':>7}"
+        f" {'dMS-SSIM':>9}",
+    ]
     for r in res["per_quality"]:
-        lines.append(f"{str(r['quality']):>8} {r['bpp_base']:9.4f} {r['bpp_cand']:9.4f} {r['saving_pct']:7.2f}%"
-                     f" {r['psnr_base']:10.3f} {r['d_psnr']:+7.3f} {_f(r.get('d_ms_ssim'), '+9.5f'):>9}")
+        lines.append(
+            f"{r['quality']!s:>8} {r['bpp_base']:9.4f} {r['bpp_cand']:9.4f} {r['saving_pct']:7.2f}%"
+            f" {r['psnr_base']:10.3f} {r['d_psnr']:+7.3f} {_f(r.get('d_ms_ssim'), '+9.5f'):>9}"
+        )
     if not res["per_quality"]:
         lines.append("   (no points at matching qualities)")
-    lines += ["", f"BD-rate (PSNR-RGB):    {_f(res['bd_rate_psnr'], '+.2f')}%",
-              f"BD-rate (MS-SSIM dB):  {_f(res['bd_rate_ms_ssim'], '+.2f')}%",
-              "(negative = the candidate needs less rate for the same quality)"]
+    lines += [
+        "",
+        f"BD-rate (PSNR-RGB):    {_f(res['bd_rate_psnr'], '+.2f')}%",
+        f"BD-rate (MS-SSIM dB):  {_f(res['bd_rate_ms_ssim'], '+.2f')}%",
+        "(negative = the candidate needs less rate for the same quality)",
+    ]
     return "\n".join(lines)
 
 

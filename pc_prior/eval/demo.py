@@ -26,12 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TRAIN_PHOTOS", "TEST_PHOTOS", "skimage_photo", "run_demo", "format_table", "plot_demo"]
+__all__ = ["TEST_PHOTOS", "TRAIN_PHOTOS", "format_table", "plot_demo", "run_demo", "skimage_photo"]
 
 # Colour photos that scikit-image's wheel ships (no pooch download). The three famous natural photos
 # are the test set; everything else trains the circuit (the two motorcycle views stay together).
-TRAIN_PHOTOS = ("rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field", "retina",
-                "immunohistochemistry", "colorwheel")
+TRAIN_PHOTOS = (
+    "rocket",
+    "motorcycle_left",
+    "motorcycle_right",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "colorwheel",
+)
 TEST_PHOTOS = ("astronaut", "coffee", "chelsea")
 AUG_SCALES = (0.75, 0.5)
 
@@ -77,8 +84,11 @@ def _augment(x: Tensor) -> list[Tensor]:
     out = [x, x.flip(-1)]
     for s in AUG_SCALES:
         if min(x.shape[-2:]) * s >= 64:
-            out.append(F.interpolate(x, scale_factor=s, mode="bicubic", antialias=True,
-                                     align_corners=False).clamp(0, 1))
+            out.append(
+                F.interpolate(
+                    x, scale_factor=s, mode="bicubic", antialias=True, align_corners=False
+                ).clamp(0, 1)
+            )
     return out
 
 
@@ -98,7 +108,9 @@ class _Recorder(nn.Module):
     def decompress(self, strings: Any, shape: Any) -> dict:
         out = self.net.decompress(strings, shape)
         x_hat = out["x_hat"]
-        self.hashes.append(hashlib.sha256(x_hat.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+        self.hashes.append(
+            hashlib.sha256(x_hat.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        )
         if len(self.decoded) < self.max_thumbs:
             self.decoded.append(x_hat.detach().cpu())
         return out
@@ -116,8 +128,10 @@ def _load_base(codec: str | Path | None, arch: str | None):
     if path.is_file():
         obj = read_checkpoint(path)
         if isinstance(obj, dict) and obj.get("pc_modules"):
-            raise ValueError(f"{path} already has a PC entropy model ({', '.join(obj['pc_modules'])}); "
-                             "pass the base codec it was made from")
+            raise ValueError(
+                f"{path} already has a PC entropy model ({', '.join(obj['pc_modules'])}); "
+                "pass the base codec it was made from"
+            )
     lm = load_model(spec, arch=arch)
     if codec is None:
         lm.name = "shipped " + lm.name
@@ -134,7 +148,9 @@ def _thumbnail(x_hat: Tensor, height: int, width: int, side: int = 256) -> np.nd
     t = F.pad(x_hat, unpad)[0].clamp(0, 1)
     s = side / max(t.shape[-2:])
     if s < 1:
-        t = F.interpolate(t[None], scale_factor=s, mode="bilinear", antialias=True, align_corners=False)[0]
+        t = F.interpolate(
+            t[None], scale_factor=s, mode="bilinear", antialias=True, align_corners=False
+        )[0]
     return (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
@@ -144,20 +160,29 @@ def _fmt_ms(a: float, b: float) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]], mean: dict[str, Any]) -> str:
     """Plain-text table: per test image and mean, base and PC bpp, saving, PSNR, encode/decode ms."""
-    head = (f"{'test image':<24} {'size':>9} {'bpp base':>9} {'bpp PC':>8} {'saving':>7} {'PSNR dB':>8}"
-            f" {'enc ms base/PC':>15} {'dec ms base/PC':>15}")
+    head = (
+        f"{'test image':<24} {'size':>9} {'bpp base':>9} {'bpp PC':>8} {'saving':>7} {'PSNR dB':>8}"
+        f" {'enc ms base/PC':>15} {'dec ms base/PC':>15}"
+    )
     lines = [head, "-" * len(head)]
     for r in list(rows) + [mean]:
         if r is mean:
             lines.append("-" * len(head))
-        lines.append(f"{r['image'][:24]:<24} {r['size']:>9} {r['bpp_base']:9.4f} {r['bpp_pc']:8.4f}"
-                     f" {r['saving_pct']:6.2f}% {r['psnr']:8.3f} {_fmt_ms(r['enc_base'], r['enc_pc']):>15}"
-                     f" {_fmt_ms(r['dec_base'], r['dec_pc']):>15}")
+        lines.append(
+            f"{r['image'][:24]:<24} {r['size']:>9} {r['bpp_base']:9.4f} {r['bpp_pc']:8.4f}"
+            f" {r['saving_pct']:6.2f}% {r['psnr']:8.3f} {_fmt_ms(r['enc_base'], r['enc_pc']):>15}"
+            f" {_fmt_ms(r['dec_base'], r['dec_pc']):>15}"
+        )
     return "\n".join(lines)
 
 
-def plot_demo(rows: Sequence[dict[str, Any]], mean: dict[str, Any], thumbs: Sequence[np.ndarray], output: Path,
-              title: str) -> Path:
+def plot_demo(
+    rows: Sequence[dict[str, Any]],
+    mean: dict[str, Any],
+    thumbs: Sequence[np.ndarray],
+    output: Path,
+    title: str,
+) -> Path:
     """PNG: decoded test images captioned with both rates, and bars of bpp per image (base vs PC)."""
     import matplotlib
 
@@ -173,8 +198,11 @@ def plot_demo(rows: Sequence[dict[str, Any]], mean: dict[str, Any], thumbs: Sequ
         ax.imshow(im)
         ax.set_axis_off()
         r = rows[i]
-        ax.set_title(f"{r['image']} (decoded by the PC codec)\n"
-                     f"{r['bpp_base']:.3f} → {r['bpp_pc']:.3f} bpp ({-r['saving_pct']:+.1f}%)", fontsize=9)
+        ax.set_title(
+            f"{r['image']} (decoded by the PC codec)\n"
+            f"{r['bpp_base']:.3f} → {r['bpp_pc']:.3f} bpp ({-r['saving_pct']:+.1f}%)",
+            fontsize=9,
+        )
     ax = fig.add_subplot(gs[-1, :])
     labels = [r["image"].rsplit(".", 1)[0] for r in rows] + ["mean"]
     base = [r["bpp_base"] for r in rows] + [mean["bpp_base"]]
@@ -184,10 +212,15 @@ def plot_demo(rows: Sequence[dict[str, Any]], mean: dict[str, Any], thumbs: Sequ
     w = 0.38
     ax.bar(xs - w / 2, base, w, label="base codec (its own factorized prior)", color="#9aa5b1")
     ax.bar(xs + w / 2, pc, w, label="same codec, PC prior", color="#2b7bba")
-    for x, b, p, s in zip(xs, base, pc, sav):
+    for x, _b, p, s in zip(xs, base, pc, sav):
         ax.text(x + w / 2, p, f"{-s:+.1f}%", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(xs, labels, rotation=30 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center",
-                  fontsize=8)
+    ax.set_xticks(
+        xs,
+        labels,
+        rotation=30 if len(labels) > 8 else 0,
+        ha="right" if len(labels) > 8 else "center",
+        fontsize=8,
+    )
     ax.set_ylabel("bits per pixel (real bitstreams)")
     ax.set_title("identical reconstructions; lower is better", fontsize=9)
     ax.set_ylim(0, 1.3 * max(base + pc))
@@ -201,11 +234,25 @@ def plot_demo(rows: Sequence[dict[str, Any]], mean: dict[str, Any], thumbs: Sequ
     return output
 
 
-def run_demo(out: str | Path = "runs/demo", *, data: str | Path | None = None, train_data: str | Path | None = None,
-             codec: str | Path | None = None, arch: str | None = None, latents: int = 16, structure: str = "star",
-             epochs: int = 3, full_batch_epochs: int = 1, max_items: int = 60000, augment: bool | None = None,
-             limit: int | None = None, max_train_images: int | None = None, seed: int = 0, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "runs/demo",
+    *,
+    data: str | Path | None = None,
+    train_data: str | Path | None = None,
+    codec: str | Path | None = None,
+    arch: str | None = None,
+    latents: int = 16,
+    structure: str = "star",
+    epochs: int = 3,
+    full_batch_epochs: int = 1,
+    max_items: int = 60000,
+    augment: bool | None = None,
+    limit: int | None = None,
+    max_train_images: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Fit a PC prior into a frozen base codec on training photos, code the test photos with both codecs.
 
     ``data`` / ``train_data``: image folders (default: the scikit-image photos ``TEST_PHOTOS`` /
@@ -246,10 +293,15 @@ def run_demo(out: str | Path = "runs/demo", *, data: str | Path | None = None, t
         if q is not None:
             overlap.append(f"{p} = {q}")
     if overlap:
-        raise ValueError("training and test images must be disjoint, but these are the same picture: "
-                         + "; ".join(overlap[:5]) + (" ..." if len(overlap) > 5 else ""))
+        raise ValueError(
+            "training and test images must be disjoint, but these are the same picture: "
+            + "; ".join(overlap[:5])
+            + (" ..." if len(overlap) > 5 else "")
+        )
 
-    multiple = 64 if hasattr(base, "h_a") else 16  # whole latent positions (hyperprior: whole z positions)
+    multiple = (
+        64 if hasattr(base, "h_a") else 16
+    )  # whole latent positions (hyperprior: whole z positions)
     crops = [crop_to_multiple(x, multiple) for x in train_x]
     positions = sum((x.shape[-2] // 16) * (x.shape[-1] // 16) for x in crops)
     if augment is None:
@@ -258,25 +310,41 @@ def run_demo(out: str | Path = "runs/demo", *, data: str | Path | None = None, t
     fit_images = [crop_to_multiple(a, multiple) for a in fit_images]
 
     log(f"base codec:   {lm.name} ({lm.source})")
-    log(f"train images: {len(train_paths)} ({train_data or 'scikit-image: ' + ', '.join(TRAIN_PHOTOS)}); "
+    log(
+        f"train images: {len(train_paths)} ({train_data or 'scikit-image: ' + ', '.join(TRAIN_PHOTOS)}); "
         f"{len(fit_images)} pictures with augmentation (mirror, x{', x'.join(map(str, AUG_SCALES))})"
-        if augment else
-        f"train images: {len(train_paths)} ({train_data or 'scikit-image: ' + ', '.join(TRAIN_PHOTOS)}), "
-        "no augmentation")
-    log(f"test images:  {len(test_paths)} ({data or 'scikit-image: ' + ', '.join(TEST_PHOTOS)}); "
-        "disjoint from the training images (checked on pixels)")
+        if augment
+        else f"train images: {len(train_paths)} ({train_data or 'scikit-image: ' + ', '.join(TRAIN_PHOTOS)}), "
+        "no augmentation"
+    )
+    log(
+        f"test images:  {len(test_paths)} ({data or 'scikit-image: ' + ', '.join(TEST_PHOTOS)}); "
+        "disjoint from the training images (checked on pixels)"
+    )
 
     pc = copy.deepcopy(base)
     t0 = time.perf_counter()
-    hist = fit_prior(pc, fit_images, num_latents=latents, structure=structure, max_items=max_items, epochs=epochs,
-                     full_batch_epochs=full_batch_epochs, batch_size=256, step_size=(0.5, 0.02), seed=seed,
-                     progress=progress)
+    hist = fit_prior(
+        pc,
+        fit_images,
+        num_latents=latents,
+        structure=structure,
+        max_items=max_items,
+        epochs=epochs,
+        full_batch_epochs=full_batch_epochs,
+        batch_size=256,
+        step_size=(0.5, 0.02),
+        seed=seed,
+        progress=progress,
+    )
     pc.update(force=True)
     pc.eval()
     t_fit = time.perf_counter() - t0
     eb = pc.entropy_bottleneck
-    log(f"fitted PC prior: K={latents} latent states, {structure} structure over {eb.channels} channels, "
-        f"{sum(p.numel() for p in eb.pc.parameters())} parameters, {t_fit:.1f} s")
+    log(
+        f"fitted PC prior: K={latents} latent states, {structure} structure over {eb.channels} channels, "
+        f"{sum(p.numel() for p in eb.pc.parameters())} parameters, {t_fit:.1f} s"
+    )
 
     rec_base, rec_pc = _Recorder(base), _Recorder(pc, thumbs=6)
     t0 = time.perf_counter()
@@ -290,26 +358,57 @@ def run_demo(out: str | Path = "runs/demo", *, data: str | Path | None = None, t
         with Image.open(p) as im:
             size = f"{im.width}x{im.height}"
             sizes.append((im.height, im.width))
-        rows.append({"image": b["image"], "size": size, "bpp_base": b["bpp"], "bpp_pc": c["bpp"],
-                     "bits_base": b["bits"], "bits_pc": c["bits"],
-                     "saving_pct": 100.0 * (1.0 - c["bpp"] / b["bpp"]), "psnr": c["psnr-rgb"],
-                     "psnr_base": b["psnr-rgb"], "ms_ssim": c["ms-ssim-rgb"],
-                     "enc_base": b["encoding_time"], "enc_pc": c["encoding_time"],
-                     "dec_base": b["decoding_time"], "dec_pc": c["decoding_time"]})
+        rows.append(
+            {
+                "image": b["image"],
+                "size": size,
+                "bpp_base": b["bpp"],
+                "bpp_pc": c["bpp"],
+                "bits_base": b["bits"],
+                "bits_pc": c["bits"],
+                "saving_pct": 100.0 * (1.0 - c["bpp"] / b["bpp"]),
+                "psnr": c["psnr-rgb"],
+                "psnr_base": b["psnr-rgb"],
+                "ms_ssim": c["ms-ssim-rgb"],
+                "enc_base": b["encoding_time"],
+                "enc_pc": c["encoding_time"],
+                "dec_base": b["decoding_time"],
+                "dec_pc": c["decoding_time"],
+            }
+        )
     mb, mc = res_base["mean"], res_pc["mean"]
-    mean = {"image": f"mean of {len(rows)}", "size": "", "bpp_base": mb["bpp"], "bpp_pc": mc["bpp"],
-            "saving_pct": 100.0 * (1.0 - mc["bpp"] / mb["bpp"]), "psnr": mc["psnr-rgb"],
-            "enc_base": mb["encoding_time"], "enc_pc": mc["encoding_time"],
-            "dec_base": mb["decoding_time"], "dec_pc": mc["decoding_time"]}
+    mean = {
+        "image": f"mean of {len(rows)}",
+        "size": "",
+        "bpp_base": mb["bpp"],
+        "bpp_pc": mc["bpp"],
+        "saving_pct": 100.0 * (1.0 - mc["bpp"] / mb["bpp"]),
+        "psnr": mc["psnr-rgb"],
+        "enc_base": mb["encoding_time"],
+        "enc_pc": mc["encoding_time"],
+        "dec_base": mb["decoding_time"],
+        "dec_pc": mc["decoding_time"],
+    }
 
     out.mkdir(parents=True, exist_ok=True)
     name = lm.arch or lm.name
-    extra = {"dataset": str(data) if data else "skimage.data: " + ", ".join(TEST_PHOTOS), "num_images": len(rows),
-             "device": "cpu"}
-    base_json = results_json([{"model": lm.name, "quality": lm.quality, **res_base}], name=name,
-                             description="base codec, own entropy bottleneck", extra=extra)
-    pc_json = results_json([{"model": lm.name + " + PC prior", "quality": lm.quality, **res_pc}],
-                           name=name + " + PC prior", description=f"PC prior K={latents} {structure}", extra=extra)
+    extra = {
+        "dataset": str(data) if data else "skimage.data: " + ", ".join(TEST_PHOTOS),
+        "num_images": len(rows),
+        "device": "cpu",
+    }
+    base_json = results_json(
+        [{"model": lm.name, "quality": lm.quality, **res_base}],
+        name=name,
+        description="base codec, own entropy bottleneck",
+        extra=extra,
+    )
+    pc_json = results_json(
+        [{"model": lm.name + " + PC prior", "quality": lm.quality, **res_pc}],
+        name=name + " + PC prior",
+        description=f"PC prior K={latents} {structure}",
+        extra=extra,
+    )
     (out / "base.json").write_text(json.dumps(base_json, indent=2) + "\n")
     (out / "pc.json").write_text(json.dumps(pc_json, indent=2) + "\n")
     savings = rate_savings(load_curve(out / "base.json"), load_curve(out / "pc.json"))
@@ -317,26 +416,58 @@ def run_demo(out: str | Path = "runs/demo", *, data: str | Path | None = None, t
     codec_path = None
     if lm.arch is not None and lm.quality is not None:
         codec_path = out / "pc-codec.pt"
-        save_codec(pc, codec_path, lm.arch, lm.quality, fit_history=hist, base_codec=lm.source,
-                   train_images=[str(p) for p in train_paths])
+        save_codec(
+            pc,
+            codec_path,
+            lm.arch,
+            lm.quality,
+            fit_history=hist,
+            base_codec=lm.source,
+            train_images=[str(p) for p in train_paths],
+        )
 
     table = format_table(rows, mean)
-    title = f"{lm.name}: its own entropy model vs a PC prior fitted on {len(train_paths)} other photos"
+    title = (
+        f"{lm.name}: its own entropy model vs a PC prior fitted on {len(train_paths)} other photos"
+    )
     thumbs = [_thumbnail(x, h, w) for x, (h, w) in zip(rec_pc.decoded, sizes)]
     plot = plot_demo(rows, mean, thumbs, out / "demo.png", title)
     wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
     summary = {
-        "codec": lm.source, "arch": lm.arch, "quality": lm.quality,
-        "train_images": [str(p) for p in train_paths], "test_images": [str(p) for p in test_paths],
-        "disjoint": True, "augment": bool(augment), "fit_pictures": len(fit_images),
-        "fit": {"num_latents": latents, "structure": structure, "epochs": epochs,
-                "full_batch_epochs": full_batch_epochs, "max_items": max_items, "seed": seed,
-                "history": hist, "seconds": t_fit},
-        "reconstructions_identical": all(identical), "identical_per_image": identical,
-        "images": rows, "mean": mean, "saving_of_mean_bpp": savings,
-        "eval_seconds": t_eval, "wall_seconds": wall, "cpu_seconds": cpu, "threads": torch.get_num_threads(),
-        "files": {"table": str(out / "table.txt"), "plot": str(plot), "base_json": str(out / "base.json"),
-                  "pc_json": str(out / "pc.json"), "codec": str(codec_path) if codec_path else None},
+        "codec": lm.source,
+        "arch": lm.arch,
+        "quality": lm.quality,
+        "train_images": [str(p) for p in train_paths],
+        "test_images": [str(p) for p in test_paths],
+        "disjoint": True,
+        "augment": bool(augment),
+        "fit_pictures": len(fit_images),
+        "fit": {
+            "num_latents": latents,
+            "structure": structure,
+            "epochs": epochs,
+            "full_batch_epochs": full_batch_epochs,
+            "max_items": max_items,
+            "seed": seed,
+            "history": hist,
+            "seconds": t_fit,
+        },
+        "reconstructions_identical": all(identical),
+        "identical_per_image": identical,
+        "images": rows,
+        "mean": mean,
+        "saving_of_mean_bpp": savings,
+        "eval_seconds": t_eval,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "threads": torch.get_num_threads(),
+        "files": {
+            "table": str(out / "table.txt"),
+            "plot": str(plot),
+            "base_json": str(out / "base.json"),
+            "pc_json": str(out / "pc.json"),
+            "codec": str(codec_path) if codec_path else None,
+        },
     }
     (out / "table.txt").write_text(table + "\n")
     (out / "demo.json").write_text(json.dumps(_clean(summary), indent=2, default=str) + "\n")
@@ -345,13 +476,19 @@ def run_demo(out: str | Path = "runs/demo", *, data: str | Path | None = None, t
     log(table)
     log("")
     same = sum(identical)
-    log(f"reconstructions identical (PC vs base, bit for bit): {'yes' if all(identical) else 'NO'} "
-        f"({same}/{len(identical)} images); rates are 8 x the bytes of the real bitstreams")
+    log(
+        f"reconstructions identical (PC vs base, bit for bit): {'yes' if all(identical) else 'NO'} "
+        f"({same}/{len(identical)} images); rates are 8 x the bytes of the real bitstreams"
+    )
     log(f"mean saving: {mean['saving_pct']:.2f}% at {mean['psnr']:.3f} dB PSNR-RGB")
-    log(f"time: {wall:.0f} s wall, {cpu:.0f} s CPU, torch threads: {torch.get_num_threads()} "
-        f"(fit {t_fit:.0f} s, coding both codecs {t_eval:.0f} s)")
-    log(f"wrote {out / 'table.txt'}, {plot}, {out / 'demo.json'}, {out / 'base.json'}, {out / 'pc.json'}"
-        + (f", {codec_path}" if codec_path else ""))
+    log(
+        f"time: {wall:.0f} s wall, {cpu:.0f} s CPU, torch threads: {torch.get_num_threads()} "
+        f"(fit {t_fit:.0f} s, coding both codecs {t_eval:.0f} s)"
+    )
+    log(
+        f"wrote {out / 'table.txt'}, {plot}, {out / 'demo.json'}, {out / 'base.json'}, {out / 'pc.json'}"
+        + (f", {codec_path}" if codec_path else "")
+    )
     return summary
 
 

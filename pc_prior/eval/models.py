@@ -14,17 +14,25 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ModelLoadError
 
-__all__ = ["LoadedModel", "ModelLoadError", "register_model_loader", "unregister_model_loader",
-           "registered_model_loaders", "load_model", "read_checkpoint"]
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "load_model",
+    "read_checkpoint",
+    "register_model_loader",
+    "registered_model_loaders",
+    "unregister_model_loader",
+]
 
 
 @dataclass
@@ -55,7 +63,9 @@ def register_model_loader(predicate: Predicate, loader: Loader) -> Loader:
     factory's result).
     """
     if not callable(predicate) or not callable(loader):
-        raise TypeError("register_model_loader expects two callables: predicate(path, obj) and loader(path, obj, device)")
+        raise TypeError(
+            "register_model_loader expects two callables: predicate(path, obj) and loader(path, obj, device)"
+        )
     _LOADERS.insert(0, (predicate, loader))
     return loader
 
@@ -74,8 +84,13 @@ def _import_integrations() -> None:
     """Import ``pc_prior.integrations`` so that it can register its loaders; never fatal."""
     try:
         importlib.import_module(_SENTINEL_INTEGRATIONS)
-    except Exception as e:  # a half-built integrations package must not break evaluation of plain codecs
-        warnings.warn(f"could not import {_SENTINEL_INTEGRATIONS} ({e}); only built-in model loaders are available")
+    except (
+        Exception
+    ) as e:  # a half-built integrations package must not break evaluation of plain codecs
+        warnings.warn(
+            f"could not import {_SENTINEL_INTEGRATIONS} ({e}); only built-in model loaders are available",
+            stacklevel=2,
+        )
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -108,7 +123,9 @@ def _zoo() -> dict[str, Callable[..., nn.Module]]:
 
 
 def _float_state(sd: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in sd.items()}
+    return {
+        k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in sd.items()
+    }
 
 
 def _load_file(path: Path, arch: str | None, device: str | torch.device) -> LoadedModel:
@@ -120,21 +137,31 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
                 out.net = out.net.to(device).eval()
                 return out
             if not isinstance(out, nn.Module):
-                raise ModelLoadError(f"the loader registered for {path} returned {type(out).__name__}, not a codec")
+                raise ModelLoadError(
+                    f"the loader registered for {path} returned {type(out).__name__}, not a codec"
+                )
             return LoadedModel(out.to(device).eval(), name=path.stem, source=str(path))
     if obj is None:
         raise ModelLoadError(f"{reason}; no registered model loader accepts it")
     if not isinstance(obj, dict):
-        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state dict")
+        raise ModelLoadError(
+            f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state dict"
+        )
     fmt = obj.get("format")
     if isinstance(fmt, str) and fmt.startswith("pc-prior/") and fmt != "pc-prior/codec":
         if fmt == "pc-prior/hclt":
-            raise ModelLoadError(f"{path} is a pc-prior HCLT (lossless) checkpoint, not an image codec; "
-                                 "use 'pc-prior lossless bench' and 'pc-prior report-lossless'")
-        raise ModelLoadError(f"{path} has format {fmt!r} but no model loader for it is registered "
-                             f"(expected from {_SENTINEL_INTEGRATIONS} via register_model_loader)")
-    zoo, archs = _zoo(), _architectures()
-    if "state_dict" in obj and "arch" in obj and "quality" in obj:  # the project's codec format: one loader
+            raise ModelLoadError(
+                f"{path} is a pc-prior HCLT (lossless) checkpoint, not an image codec; "
+                "use 'pc-prior lossless bench' and 'pc-prior report-lossless'"
+            )
+        raise ModelLoadError(
+            f"{path} has format {fmt!r} but no model loader for it is registered "
+            f"(expected from {_SENTINEL_INTEGRATIONS} via register_model_loader)"
+        )
+    archs = _architectures()
+    if (
+        "state_dict" in obj and "arch" in obj and "quality" in obj
+    ):  # the project's codec format: one loader
         from pc_prior.integrations.codec_file import codec_from_content
 
         a, q = obj["arch"], obj["quality"]
@@ -145,16 +172,22 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> Load
         except ValueError as e:
             raise ModelLoadError(str(e)) from e
         info = {k: obj[k] for k in ("lmbda", "steps", "kodak") if k in obj}
-        return LoadedModel(net.to(device).eval(), name=path.stem, arch=a, quality=q, source=str(path), info=info)
+        return LoadedModel(
+            net.to(device).eval(), name=path.stem, arch=a, quality=q, source=str(path), info=info
+        )
     state = obj
     for key in ("network", "state_dict", "model_state_dict"):  # CompressAI eval_model's convention
         if key in obj and isinstance(obj[key], dict):
             state = obj[key]
     if not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ModelLoadError(f"{path} is neither a codec file (arch, quality, state_dict) nor a state dict")
+        raise ModelLoadError(
+            f"{path} is neither a codec file (arch, quality, state_dict) nor a state dict"
+        )
     if arch is None:
-        raise ModelLoadError(f"{path} is a plain state dict: pass its architecture with --arch "
-                             f"(one of {', '.join(sorted(archs))})")
+        raise ModelLoadError(
+            f"{path} is a plain state dict: pass its architecture with --arch "
+            f"(one of {', '.join(sorted(archs))})"
+        )
     if arch not in archs:
         raise ModelLoadError(f"unknown architecture {arch!r}; known: {', '.join(sorted(archs))}")
     try:
@@ -173,7 +206,8 @@ def _load_zoo(spec: str, metric: str, device: str | torch.device) -> LoadedModel
     zoo = _zoo()
     if m is None or m["arch"] not in zoo:
         raise ModelLoadError(
-            f"unknown model {spec!r}: not an existing file, and not ARCH:qN with ARCH one of {', '.join(sorted(zoo))}")
+            f"unknown model {spec!r}: not an existing file, and not ARCH:qN with ARCH one of {', '.join(sorted(zoo))}"
+        )
     arch, quality = m["arch"], int(m["quality"])
     try:
         net = zoo[arch](quality=quality, metric=metric, pretrained=True, progress=False)
@@ -183,13 +217,23 @@ def _load_zoo(spec: str, metric: str, device: str | torch.device) -> LoadedModel
         raise ModelLoadError(
             f"could not get pretrained weights for {spec} (metric {metric}): {e}. They are downloaded from the "
             "CompressAI model zoo, which needs network access; offline, pass a local checkpoint file instead "
-            "(with --arch for a plain state dict)") from e
-    return LoadedModel(net.to(device).eval(), name=f"{arch}-{metric}-q{quality}", arch=arch, quality=quality,
-                       source=f"zoo:{spec}")
+            "(with --arch for a plain state dict)"
+        ) from e
+    return LoadedModel(
+        net.to(device).eval(),
+        name=f"{arch}-{metric}-q{quality}",
+        arch=arch,
+        quality=quality,
+        source=f"zoo:{spec}",
+    )
 
 
-def load_model(spec: str | Path, arch: str | None = None, device: str | torch.device = "cpu",
-               metric: str = "mse") -> LoadedModel:
+def load_model(
+    spec: str | Path,
+    arch: str | None = None,
+    device: str | torch.device = "cpu",
+    metric: str = "mse",
+) -> LoadedModel:
     """Load the codec named by ``spec`` (see the module docstring) in eval mode on ``device``.
 
     A device that is no torch device or not on this machine raises ``InputError`` before loading.
@@ -204,6 +248,8 @@ def load_model(spec: str | Path, arch: str | None = None, device: str | torch.de
         return _load_file(path, arch, device)
     if path.exists():
         raise ModelLoadError(f"{path} is a directory, not a model file")
-    if _ZOO_SPEC.match(spec_s) is None and (path.suffix in {".pt", ".pth", ".tar", ".ckpt"} or "/" in spec_s):
+    if _ZOO_SPEC.match(spec_s) is None and (
+        path.suffix in {".pt", ".pth", ".tar", ".ckpt"} or "/" in spec_s
+    ):
         raise FileNotFoundError(f"model file not found: {path}")
     return _load_zoo(spec_s, metric, device)

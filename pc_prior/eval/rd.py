@@ -19,8 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["IMG_EXTENSIONS", "collect_images", "read_image", "count_bytes", "compute_metrics",
-           "evaluate_image", "evaluate_model", "results_json", "MIN_DIV"]
+__all__ = [
+    "IMG_EXTENSIONS",
+    "MIN_DIV",
+    "collect_images",
+    "compute_metrics",
+    "count_bytes",
+    "evaluate_image",
+    "evaluate_model",
+    "read_image",
+    "results_json",
+]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MIN_DIV = 64  # CompressAI pads to allow 6 stride-2 stages
@@ -56,7 +65,9 @@ def count_bytes(strings: Any) -> int:
         return len(strings)
     if isinstance(strings, (list, tuple)):
         return sum(count_bytes(s) for s in strings)
-    raise TypeError(f"compress() strings must be nested lists of bytes, found {type(strings).__name__}")
+    raise TypeError(
+        f"compress() strings must be nested lists of bytes, found {type(strings).__name__}"
+    )
 
 
 def _psnr(a: Tensor, b: Tensor, max_val: float = 255.0) -> float:
@@ -130,18 +141,28 @@ def evaluate_image(net: nn.Module, x: Tensor, min_div: int = MIN_DIV) -> dict[st
 
     nbytes = count_bytes(enc["strings"])
     out = compute_metrics(x, x_hat)
-    out.update(bpp=nbytes * 8.0 / num_pixels, bits=nbytes * 8, encoding_time=t_enc, decoding_time=t_dec)
+    out.update(
+        bpp=nbytes * 8.0 / num_pixels, bits=nbytes * 8, encoding_time=t_enc, decoding_time=t_dec
+    )
 
     fwd = net(x_pad)
-    lik = fwd["likelihoods"].values() if isinstance(fwd["likelihoods"], dict) else fwd["likelihoods"]
+    lik = (
+        fwd["likelihoods"].values() if isinstance(fwd["likelihoods"], dict) else fwd["likelihoods"]
+    )
     bits_est = sum(float(-torch.log2(v.double()).sum()) for v in lik)
     out["bpp_estimated"] = bits_est / num_pixels
     out["psnr-rgb_forward"] = compute_metrics(x, F.pad(fwd["x_hat"], unpad))["psnr-rgb"]
     return out
 
 
-def evaluate_model(net: nn.Module, images: Sequence[str | Path] | Iterable[str | Path], *, progress: bool = True,
-                   desc: str = "eval", min_div: int = MIN_DIV) -> dict[str, Any]:
+def evaluate_model(
+    net: nn.Module,
+    images: Sequence[str | Path] | Iterable[str | Path],
+    *,
+    progress: bool = True,
+    desc: str = "eval",
+    min_div: int = MIN_DIV,
+) -> dict[str, Any]:
     """Evaluate ``net`` on image files: ``{"mean": {...}, "images": [{"image": name, ...}, ...]}``."""
     from tqdm import tqdm
 
@@ -155,12 +176,16 @@ def evaluate_model(net: nn.Module, images: Sequence[str | Path] | Iterable[str |
     keys = [k for k in rows[0] if k != "image"]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     if any(math.isnan(r["ms-ssim-rgb"]) for r in rows):
-        warnings.warn("MS-SSIM is NaN for images with a side of 160 pixels or less")
+        warnings.warn("MS-SSIM is NaN for images with a side of 160 pixels or less", stacklevel=2)
     return {"mean": mean, "images": rows}
 
 
-def results_json(runs: Sequence[dict[str, Any]], name: str, description: str = "Inference (ans)",
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def results_json(
+    runs: Sequence[dict[str, Any]],
+    name: str,
+    description: str = "Inference (ans)",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """CompressAI's results format: ``{"name", "description", "results": {metric: [one value per run]}}``.
 
     Each run is ``{"model": label, "quality": int|None, "mean": {...}, "images": [...]}``; the results
@@ -173,8 +198,12 @@ def results_json(runs: Sequence[dict[str, Any]], name: str, description: str = "
             results[k].append(run["mean"][k])
         results["model"].append(run["model"])
         results["quality"].append(run.get("quality"))
-    out = {"name": name, "description": description, "results": results,
-           "per_image": {run["model"]: run["images"] for run in runs}}
+    out = {
+        "name": name,
+        "description": description,
+        "results": results,
+        "per_image": {run["model"]: run["images"] for run in runs},
+    }
     if extra:
         out.update(extra)
     return out

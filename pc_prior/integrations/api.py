@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +19,18 @@ from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
 
 __all__ = [
-    "swap_entropy_model", "collect_latents", "collect_conditional_inputs", "fit_prior", "load_image",
-    "pad_to_multiple", "crop_to_multiple", "list_images", "build_codec", "read_codec_file", "load_codec", "save_codec",
+    "build_codec",
+    "collect_conditional_inputs",
+    "collect_latents",
+    "crop_to_multiple",
+    "fit_prior",
+    "list_images",
+    "load_codec",
+    "load_image",
+    "pad_to_multiple",
+    "read_codec_file",
+    "save_codec",
+    "swap_entropy_model",
 ]
 
 PC_MODULES = (PCEntropyBottleneck, PCConditional)
@@ -41,14 +52,19 @@ def _parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 # Served (one parallel call per map): FactorizedPrior(ReLU), ScaleHyperprior, MeanScaleHyperprior,
 # their VBR versions, and SimpleVAECompressionModel's latent codecs (Cheng2020AnchorCheckerboard,
 # Elic2022*) but for RasterScanLatentCodec; every known model's entropy bottleneck.
-_SERIAL_CONDITIONAL = ("JointAutoregressiveHierarchicalPriors", "JointAutoregressiveHierarchicalPriorsVbr")
+_SERIAL_CONDITIONAL = (
+    "JointAutoregressiveHierarchicalPriors",
+    "JointAutoregressiveHierarchicalPriorsVbr",
+)
 _PER_POSITION_CONDITIONAL = ("JointAutoregressiveHierarchicalPriorsVbr",)
 
 
 def _compressai_models(names: Sequence[str]) -> tuple[type, ...]:
     import compressai.models
 
-    return tuple(c for c in (getattr(compressai.models, n, None) for n in names) if isinstance(c, type))
+    return tuple(
+        c for c in (getattr(compressai.models, n, None) for n in names) if isinstance(c, type)
+    )
 
 
 def _defined_by(cls: type, attr: str) -> type | None:
@@ -69,26 +85,34 @@ def _unsupported_reason(model: nn.Module, name: str, old: nn.Module) -> str | No
     for i in range(1, len(parts)):
         head = ".".join(parts[:i])
         if isinstance(model.get_submodule(head), RasterScanLatentCodec):
-            return (f"it sits in a RasterScanLatentCodec (model.{head}), whose compress()/decompress() code it "
-                    "serially, position by position in raster order, with CompressAI's own C++ coder from its CDF "
-                    "tables (quantized_cdf, cdf_length, offset), which a PC entropy model does not have")
+            return (
+                f"it sits in a RasterScanLatentCodec (model.{head}), whose compress()/decompress() code it "
+                "serially, position by position in raster order, with CompressAI's own C++ coder from its CDF "
+                "tables (quantized_cdf, cdf_length, offset), which a PC entropy model does not have"
+            )
     if not isinstance(old, GaussianConditional):
-        return None  # every known model codes its bottleneck with one compress() call on forward's map
+        return (
+            None  # every known model codes its bottleneck with one compress() call on forward's map
+        )
     cls = type(model)
     if _defined_by(cls, "forward") in _compressai_models(_PER_POSITION_CONDITIONAL):
         owner = _defined_by(cls, "forward").__name__  # type: ignore[union-attr]
-        return (f"its forward() ({owner}'s) calls the conditional once per 1x1 latent position (a raster scan), so "
-                "no latent map reaches it to fit or code, and its compress()/decompress() code the conditional "
-                "serially with CompressAI's own C++ coder from the CDF tables (quantized_cdf, cdf_length, "
-                "offset), which a PC entropy model does not have")
+        return (
+            f"its forward() ({owner}'s) calls the conditional once per 1x1 latent position (a raster scan), so "
+            "no latent map reaches it to fit or code, and its compress()/decompress() code the conditional "
+            "serially with CompressAI's own C++ coder from the CDF tables (quantized_cdf, cdf_length, "
+            "offset), which a PC entropy model does not have"
+        )
     serial = _compressai_models(_SERIAL_CONDITIONAL)
     for method in ("compress", "decompress"):
         owner = _defined_by(cls, method)
         if owner in serial:
-            return (f"its {method}() ({owner.__name__}'s, the autoregressive context model) codes the conditional "  # type: ignore[union-attr]
-                    "serially, position by position in raster order, with CompressAI's own C++ coder from the "
-                    "conditional's CDF tables (quantized_cdf, cdf_length, offset), which a PC entropy model does "
-                    "not have")
+            return (
+                f"its {method}() ({owner.__name__}'s, the autoregressive context model) codes the conditional "  # type: ignore[union-attr]
+                "serially, position by position in raster order, with CompressAI's own C++ coder from the "
+                "conditional's CDF tables (quantized_cdf, cdf_length, offset), which a PC entropy model does "
+                "not have"
+            )
     return None
 
 
@@ -102,10 +126,13 @@ def check_model_support(model: nn.Module, name: str, module: nn.Module | None = 
             f"{type(model).__name__} is not supported: a PC entropy model cannot replace model.{name} "
             f"({type(module).__name__}) because {why}. Keep CompressAI's entropy model there (swap only "
             "model.entropy_bottleneck), or use a model that codes its latents in parallel (FactorizedPrior, "
-            "ScaleHyperprior, MeanScaleHyperprior, checkerboard/ELIC latent codecs)")
+            "ScaleHyperprior, MeanScaleHyperprior, checkerboard/ELIC latent codecs)"
+        )
 
 
-def swap_entropy_model(model: nn.Module, name: str | Sequence[str] = "entropy_bottleneck", **kwargs):
+def swap_entropy_model(
+    model: nn.Module, name: str | Sequence[str] = "entropy_bottleneck", **kwargs
+):
     """Replace entropy models of ``model`` by unfitted circuit-backed ones; returns the new module(s).
 
     ``name`` is a (dotted) module name or a sequence of them, e.g.
@@ -136,7 +163,9 @@ def swap_entropy_model(model: nn.Module, name: str | Sequence[str] = "entropy_bo
             new.quantiles.copy_(old.quantiles.detach())
     else:  # a plain GaussianConditional (or a PCConditional): _check_swappable allows no other
         dev = old.scale_bound.device
-        new = PCConditional(None, scale_bound=float(old.scale_bound), tail_mass=old.tail_mass).to(dev)
+        new = PCConditional(None, scale_bound=float(old.scale_bound), tail_mass=old.tail_mass).to(
+            dev
+        )
         new.lower_bound_scale = old.lower_bound_scale
         new.scale_table = old.scale_table.detach().clone()
     setattr(parent, attr, new)
@@ -149,13 +178,19 @@ def _check_swappable(model: nn.Module, name: str) -> nn.Module:
         raise InputError(f"name must be a (dotted) module name, got {name!r}")
     parent, attr = _parent_and_attr(model, name)
     old = getattr(parent, attr, None)
-    if isinstance(old, GaussianConditional) and type(old) not in (GaussianConditional, PCConditional):
+    if isinstance(old, GaussianConditional) and type(old) not in (
+        GaussianConditional,
+        PCConditional,
+    ):
         raise UnsupportedModelError(
             f"model.{name} is {type(old).__name__}, a GaussianConditional subclass with its own likelihood, which "
-            "a PCConditional cannot replace: expected an EntropyBottleneck or a GaussianConditional to replace")
+            "a PCConditional cannot replace: expected an EntropyBottleneck or a GaussianConditional to replace"
+        )
     if not isinstance(old, (EntropyBottleneck, GaussianConditional)):
-        raise UnsupportedModelError(f"model.{name} is {type(old).__name__}, expected an EntropyBottleneck or a "
-                                    "GaussianConditional to replace")
+        raise UnsupportedModelError(
+            f"model.{name} is {type(old).__name__}, expected an EntropyBottleneck or a "
+            "GaussianConditional to replace"
+        )
     check_model_support(model, name, old)
     return old
 
@@ -167,13 +202,20 @@ class _Stop(Exception):
 def _passthrough(module: nn.Module):
     """Forward of a circuit-backed module that only quantizes (eval mode), for latent collection."""
     if isinstance(module, PCEntropyBottleneck):
+
         def forward(x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
             med = module._medians().view(1, -1, 1, 1).to(x.dtype)
             return torch.round(x - med) + med, torch.ones_like(x)
     else:
-        def forward(inputs: Tensor, scales: Tensor, means: Tensor | None = None,
-                    training: bool | None = None) -> tuple[Tensor, Tensor]:
+
+        def forward(
+            inputs: Tensor,
+            scales: Tensor,
+            means: Tensor | None = None,
+            training: bool | None = None,
+        ) -> tuple[Tensor, Tensor]:
             return module.quantize(inputs, "dequantize", means), torch.ones_like(inputs)
+
     return forward
 
 
@@ -200,19 +242,29 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                 scales = args[1] if len(args) > 1 else kwargs["scales"]
                 means = args[2] if len(args) > 2 else kwargs.get("means")
                 if tuple(scales.shape) != tuple(y.shape):
-                    raise ValueError(f"model.{n} got scales of shape {tuple(scales.shape)} for a latent of shape "
-                                     f"{tuple(y.shape)}: the image size must be a multiple of the codec's total "
-                                     "downsampling (64 for the zoo's hyperprior models)")
+                    raise ValueError(
+                        f"model.{n} got scales of shape {tuple(scales.shape)} for a latent of shape "
+                        f"{tuple(y.shape)}: the image size must be a multiple of the codec's total "
+                        "downsampling (64 for the zoo's hyperprior models)"
+                    )
                 sym = module.quantize(y, "symbols", means)
-                got[n].append((sym.detach().cpu().to(torch.int32), module.build_indexes(scales).cpu().to(torch.int16)))
+                got[n].append(
+                    (
+                        sym.detach().cpu().to(torch.int32),
+                        module.build_indexes(scales).cpu().to(torch.int16),
+                    )
+                )
             else:
                 if args[0].dim() != 4:
-                    raise InputError(f"model.{n} got a latent of shape {tuple(args[0].shape)}: expected [B, C, H, W] "
-                                     "(PC entropy models take 4-D image latents only)")
+                    raise InputError(
+                        f"model.{n} got a latent of shape {tuple(args[0].shape)}: expected [B, C, H, W] "
+                        "(PC entropy models take 4-D image latents only)"
+                    )
                 got[n].append(_rows(args[0]))
             seen.add(n)
             if len(seen) == len(names):
                 raise _Stop
+
         return hook
 
     for n in names:
@@ -231,10 +283,8 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
     try:
         for x in images:
             seen.clear()
-            try:
+            with contextlib.suppress(_Stop):
                 model(x)
-            except _Stop:
-                pass
             if len(seen) != len(names):
                 missing = sorted(set(names) - seen)
                 raise RuntimeError(f"the model's forward did not reach {', '.join(missing)}")
@@ -258,7 +308,9 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
     return out
 
 
-def collect_latents(model: nn.Module, images: Iterable[Tensor], name: str = "entropy_bottleneck") -> Tensor:
+def collect_latents(
+    model: nn.Module, images: Iterable[Tensor], name: str = "entropy_bottleneck"
+) -> Tensor:
     """The values entering ``model.<name>`` for each image, as rows [N positions, C].
 
     Runs the model's own ``forward`` in eval mode and stops it at the bottleneck (a pre-hook),
@@ -267,8 +319,12 @@ def collect_latents(model: nn.Module, images: Iterable[Tensor], name: str = "ent
     return _collect(model, images, [name])[name]  # type: ignore[return-value]
 
 
-def collect_conditional_inputs(model: nn.Module, images: Iterable[Tensor], name: str = "gaussian_conditional",
-                               maps: bool = False) -> tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
+def collect_conditional_inputs(
+    model: nn.Module,
+    images: Iterable[Tensor],
+    name: str = "gaussian_conditional",
+    maps: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
     """Symbols ``round(y - means)`` (int32) and scale indexes (int16) at ``model.<name>``.
 
     As rows [N, C] (positions x channels), or with ``maps=True`` as lists of per-image maps
@@ -343,18 +399,24 @@ def fit_prior(
     fitted: afterwards every parameter's ``requires_grad`` is as it was (new parameters, such as
     the circuits', require grad), so a training script's optimizers see the whole model again.
     """
-    names = [name] if isinstance(name, str) else list(name) if isinstance(name, (list, tuple)) else None
+    names = (
+        [name] if isinstance(name, str) else list(name) if isinstance(name, (list, tuple)) else None
+    )
     if names is None or not all(isinstance(n, str) for n in names):
         raise InputError(f"name must be a module name or a sequence of them, got {name!r}")
     if not names:
         raise InputError("name must name at least one entropy model")
     if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module (a CompressAI codec), got {type(model).__name__}")
+        raise InputError(
+            f"model must be a torch.nn.Module (a CompressAI codec), got {type(model).__name__}"
+        )
     multiple = check_int("multiple", multiple, 1)
     max_images = check_int("max_images", max_images, 1, allow_none=True)
     if conditional is not None and not isinstance(conditional, dict):
-        raise InputError(f"conditional must be a dict of PCConditional.fit arguments or None, got "
-                         f"{type(conditional).__name__}")
+        raise InputError(
+            f"conditional must be a dict of PCConditional.fit arguments or None, got "
+            f"{type(conditional).__name__}"
+        )
     modules: dict[str, nn.Module] = {}
     for n in names:
         try:
@@ -366,26 +428,43 @@ def fit_prior(
     if any(isinstance(m, EntropyBottleneck) for m in modules.values()):
         PCEntropyBottleneck.check_fit_args(**bottleneck_kw)
     elif fit_kwargs:
-        raise InputError(f"keyword arguments {', '.join(sorted(fit_kwargs))} are PCEntropyBottleneck.fit's, but "
-                         f"no entropy bottleneck is named ({', '.join(names)}); pass PCConditional.fit's in "
-                         "conditional={...}")
+        raise InputError(
+            f"keyword arguments {', '.join(sorted(fit_kwargs))} are PCEntropyBottleneck.fit's, but "
+            f"no entropy bottleneck is named ({', '.join(names)}); pass PCConditional.fit's in "
+            "conditional={...}"
+        )
     if any(isinstance(m, GaussianConditional) for m in modules.values()):
         PCConditional.check_fit_args(**cond_kw)
     if isinstance(images, (str, Path)):
         images = Path(images)
     else:
         if isinstance(images, Tensor) or not isinstance(images, Iterable):
-            raise InputError("images must be a folder or a sequence of image tensors [B, 3, H, W], got "
-                             f"{type(images).__name__}" + (" (for a batch tensor pass [batch])" if
-                                                            isinstance(images, Tensor) else ""))
+            raise InputError(
+                "images must be a folder or a sequence of image tensors [B, 3, H, W], got "
+                f"{type(images).__name__}"
+                + (" (for a batch tensor pass [batch])" if isinstance(images, Tensor) else "")
+            )
         images = list(images)
         if not images:
             raise InputError("images is empty: no images to collect latents from")
         for i, x in enumerate(images):
-            if not isinstance(x, Tensor) or x.dim() != 4 or not x.dtype.is_floating_point or x.shape[0] == 0:
-                what = (f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__)
-                raise InputError(f"images[{i}] must be a float image tensor [B, 3, H, W] (B >= 1), got {what}")
-    ref = next(model.parameters(), torch.zeros(()))  # images go to the codec's device and dtype (a .double() codec too)
+            if (
+                not isinstance(x, Tensor)
+                or x.dim() != 4
+                or not x.dtype.is_floating_point
+                or x.shape[0] == 0
+            ):
+                what = (
+                    f"{x.dtype} tensor of shape {tuple(x.shape)}"
+                    if isinstance(x, Tensor)
+                    else type(x).__name__
+                )
+                raise InputError(
+                    f"images[{i}] must be a float image tensor [B, 3, H, W] (B >= 1), got {what}"
+                )
+    ref = next(
+        model.parameters(), torch.zeros(())
+    )  # images go to the codec's device and dtype (a .double() codec too)
     dev, dt = ref.device, ref.dtype
     swapped: list[str] = []
     try:
@@ -405,7 +484,9 @@ def fit_prior(
     try:
         if isinstance(images, Path):
             files = list_images(images)[:max_images]
-            seq: Iterable[Tensor] = (crop_to_multiple(load_image(f), multiple).to(dev, dt) for f in files)
+            seq: Iterable[Tensor] = (
+                crop_to_multiple(load_image(f), multiple).to(dev, dt) for f in files
+            )
             total = len(files)
         else:
             seq, total = (x.to(dev, dt) for x in images), len(images)

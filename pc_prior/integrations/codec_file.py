@@ -25,7 +25,15 @@ from ..devices import resolve_device
 from ..errors import CheckpointError, InputError
 from ..files import check_format, read_file, write_file
 
-__all__ = ["CODEC_FORMAT", "CODEC_VERSION", "build_codec", "read_codec_file", "codec_from_content", "load_codec", "save_codec"]
+__all__ = [
+    "CODEC_FORMAT",
+    "CODEC_VERSION",
+    "build_codec",
+    "codec_from_content",
+    "load_codec",
+    "read_codec_file",
+    "save_codec",
+]
 
 CODEC_FORMAT = "pc-prior/codec"
 CODEC_VERSION = 1
@@ -40,7 +48,9 @@ def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = Non
     if net_kwargs:
         cls = getattr(compressai.models, arch, None)
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise InputError(f"net_kwargs given, so arch must be a compressai.models class name; got {arch!r}")
+            raise InputError(
+                f"net_kwargs given, so arch must be a compressai.models class name; got {arch!r}"
+            )
         return cls(**net_kwargs)
     if arch in image_models:
         return image_models[arch](quality=quality, pretrained=False)
@@ -51,7 +61,10 @@ def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = Non
 
 
 def _float_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
+    return {
+        k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in state.items()
+    }
 
 
 def _check_fields(ck: dict[str, Any], path: Path, digested: bool) -> None:
@@ -60,18 +73,28 @@ def _check_fields(ck: dict[str, Any], path: Path, digested: bool) -> None:
     missing = [k for k in ("arch", "quality", "state_dict") if k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a codec file: no {', '.join(missing)}")
-    if not isinstance(ck["arch"], str) or not isinstance(ck["quality"], int) or isinstance(ck["quality"], bool):
-        raise CheckpointError(f"{path}: arch must be a string and quality an integer, got "
-                              f"{type(ck['arch']).__name__} and {type(ck['quality']).__name__}")
+    if (
+        not isinstance(ck["arch"], str)
+        or not isinstance(ck["quality"], int)
+        or isinstance(ck["quality"], bool)
+    ):
+        raise CheckpointError(
+            f"{path}: arch must be a string and quality an integer, got "
+            f"{type(ck['arch']).__name__} and {type(ck['quality']).__name__}"
+        )
     sd = ck["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+    if not isinstance(sd, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()
+    ):
         raise CheckpointError(f"{path}: state_dict must map names to tensors")
     pcm = ck.get("pc_modules") or []
     if not isinstance(pcm, list) or not all(isinstance(n, str) for n in pcm):
         raise CheckpointError(f"{path}: pc_modules must be a list of module names")
     if pcm and not digested:
-        raise CheckpointError(f"{path} holds PC entropy models but no content digest: refusing it, since a "
-                              "changed weight would decode to another image without error; re-save it with save_codec")
+        raise CheckpointError(
+            f"{path} holds PC entropy models but no content digest: refusing it, since a "
+            "changed weight would decode to another image without error; re-save it with save_codec"
+        )
     nk = ck.get("net_kwargs")
     if nk is not None and not (isinstance(nk, dict) and all(isinstance(k, str) for k in nk)):
         raise CheckpointError(f"{path}: net_kwargs must be a dict of keyword arguments")
@@ -89,7 +112,9 @@ def read_codec_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return codec_from_content(path, *read_file(path))
 
 
-def codec_from_content(path: Path, ck: dict[str, Any], digested: bool) -> tuple[nn.Module, dict[str, Any]]:
+def codec_from_content(
+    path: Path, ck: dict[str, Any], digested: bool
+) -> tuple[nn.Module, dict[str, Any]]:
     """``read_codec_file`` for a file already read by ``pc_prior.files.read_file`` (so it is read once)."""
     from compressai.zoo.image import model_architectures
 
@@ -100,22 +125,30 @@ def codec_from_content(path: Path, ck: dict[str, Any], digested: bool) -> tuple[
     try:
         net = build_codec(ck["arch"], ck["quality"], ck.get("net_kwargs"))
     except (InputError, TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: cannot build {ck['arch']!r} (quality {ck['quality']}): {e}") from e
+        raise CheckpointError(
+            f"{path}: cannot build {ck['arch']!r} (quality {ck['quality']}): {e}"
+        ) from e
     if ck.get("pc_modules"):
         try:
             swap_entropy_model(net, list(ck["pc_modules"]))
         except (AttributeError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: pc_modules {ck['pc_modules']} do not fit {ck['arch']}: {e}") from e
+            raise CheckpointError(
+                f"{path}: pc_modules {ck['pc_modules']} do not fit {ck['arch']}: {e}"
+            ) from e
     try:
         net.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as e:
         if ck.get("pc_modules") or ck.get("net_kwargs") or ck["arch"] not in model_architectures:
-            raise CheckpointError(f"{path}: its weights do not fit {ck['arch']} (quality {ck['quality']}): "
-                                  f"{str(e).strip()}") from e
+            raise CheckpointError(
+                f"{path}: its weights do not fit {ck['arch']} (quality {ck['quality']}): "
+                f"{str(e).strip()}"
+            ) from e
         try:  # not the zoo's channel counts for this quality: take them from the weights
             net = model_architectures[ck["arch"]].from_state_dict(state)
         except Exception as e2:
-            raise CheckpointError(f"{path}: its weights do not fit architecture {ck['arch']}: {e2}") from e2
+            raise CheckpointError(
+                f"{path}: its weights do not fit architecture {ck['arch']}: {e2}"
+            ) from e2
     return net, ck
 
 
@@ -131,5 +164,15 @@ def save_codec(model: nn.Module, path: str | Path, arch: str, quality: int, **ex
 
     pc_modules = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return write_file({**extra, "format": CODEC_FORMAT, "version": CODEC_VERSION, "arch": arch, "quality": int(quality),
-                       "pc_modules": pc_modules, "state_dict": state}, path)
+    return write_file(
+        {
+            **extra,
+            "format": CODEC_FORMAT,
+            "version": CODEC_VERSION,
+            "arch": arch,
+            "quality": int(quality),
+            "pc_modules": pc_modules,
+            "state_dict": state,
+        },
+        path,
+    )

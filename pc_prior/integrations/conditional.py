@@ -52,16 +52,31 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import framing
-from ..coding import (MAX_SYMBOL, CodingTables, IncrementalConditionals, decode_columns, encode_columns, escape_bits,
-                      finish_decoding, quantize_probs, range_decoders)
 from .._checks import check_choice, check_int, check_real, fit_keywords
+from ..coding import (
+    MAX_SYMBOL,
+    CodingTables,
+    IncrementalConditionals,
+    decode_columns,
+    encode_columns,
+    escape_bits,
+    finish_decoding,
+    quantize_probs,
+    range_decoders,
+)
 from ..errors import InputError, NotFittedError
 from ..hclt import LatentTreeCircuit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .context import CheckerboardContext, lattice_masks
-from .entropy_models import STRUCTURES, NoCdfTables, check_latent_shape, loaded_tables, unpack_strings
+from .entropy_models import (
+    STRUCTURES,
+    NoCdfTables,
+    check_latent_shape,
+    loaded_tables,
+    unpack_strings,
+)
 
-__all__ = ["PCConditional", "ScaleConditionedTree", "CONTEXTS"]
+__all__ = ["CONTEXTS", "PCConditional", "ScaleConditionedTree"]
 
 FORMAT = framing.CONDITIONAL  # magic, version and header fields of this model's strings
 LIKELIHOOD_BOUND = 1e-9
@@ -82,7 +97,9 @@ class ScaleConditionedTree(LatentTreeCircuit):
     [u - 1/2, u + 1/2]. ``scale_offset`` [D, S] recalibrates each channel's scale per index.
     """
 
-    def __init__(self, tree: Tree, num_latents: int, num_scales: int = 64, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, tree: Tree, num_latents: int, num_scales: int = 64, dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__(tree, num_latents, dtype)
         d, k = tree.num_vars, self.num_latents
         self.loc = nn.Parameter(torch.zeros(d, k, dtype=dtype))
@@ -100,7 +117,11 @@ class ScaleConditionedTree(LatentTreeCircuit):
         g = torch.Generator().manual_seed(seed)
         d, k = self.num_vars, self.num_latents
         dt = self.root_logits.dtype
-        steps = torch.linspace(-0.5, 0.5, k, dtype=torch.float64) if k > 1 else torch.zeros(1, dtype=torch.float64)
+        steps = (
+            torch.linspace(-0.5, 0.5, k, dtype=torch.float64)
+            if k > 1
+            else torch.zeros(1, dtype=torch.float64)
+        )
         self.loc.zero_()
         self.scale_power.zero_()
         self.scale_offset.zero_()
@@ -110,7 +131,9 @@ class ScaleConditionedTree(LatentTreeCircuit):
         self.transition_logits.copy_((coupling * torch.eye(k, dtype=torch.float64) + noise).to(dt))
 
     @torch.no_grad()
-    def init_from_data(self, u: Tensor, sigma: Tensor, pseudocount: float = 1.0, seed: int = 0) -> None:
+    def init_from_data(
+        self, u: Tensor, sigma: Tensor, pseudocount: float = 1.0, seed: int = 0
+    ) -> None:
         """Hard-assignment start: state k of channel d = bin k of its standardized value u/σ.
 
         Bins are equally spaced over [-2.5, 2.5] in units of σ (the outer ones open-ended);
@@ -125,7 +148,9 @@ class ScaleConditionedTree(LatentTreeCircuit):
         dt = self.loc.dtype
         edges = torch.linspace(-2.5, 2.5, k - 1, dtype=torch.float64)
         width = float(edges[1] - edges[0]) if k > 2 else 2.5
-        centres = torch.cat([edges[:1] - width / 2, (edges[1:] + edges[:-1]) / 2, edges[-1:] + width / 2])
+        centres = torch.cat(
+            [edges[:1] - width / 2, (edges[1:] + edges[:-1]) / 2, edges[-1:] + width / 2]
+        )
         z = (u.double() / sigma.double()).cpu()
         b = torch.bucketize(z, edges)  # [N, D] in 0..K-1
         self.loc.copy_(centres.expand(d, k).to(dt))
@@ -137,13 +162,17 @@ class ScaleConditionedTree(LatentTreeCircuit):
         trans = torch.full((d, k, k), pseudocount, dtype=torch.float64)
         for i in range(d):
             if parent[i] >= 0:
-                trans[i].view(-1).index_add_(0, b[:, parent[i]] * k + b[:, i], torch.ones(len(b), dtype=torch.float64))
+                trans[i].view(-1).index_add_(
+                    0, b[:, parent[i]] * k + b[:, i], torch.ones(len(b), dtype=torch.float64)
+                )
         self.transition_logits.copy_((trans / trans.sum(-1, keepdim=True)).log().to(dt))
 
     def _loc_scale(self, sigma: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         sig = sigma[..., None].to(self.loc.dtype)
         off = self.scale_offset[torch.arange(self.num_vars, device=s.device), s.long()]  # [N, D]
-        scale = torch.exp(self.log_scale + off[..., None] + torch.log(sig) * (1.0 + self.scale_power))
+        scale = torch.exp(
+            self.log_scale + off[..., None] + torch.log(sig) * (1.0 + self.scale_power)
+        )
         return sig * self.loc, scale
 
     def leaf_log_probs(self, u: Tensor, sigma: Tensor, s: Tensor) -> Tensor:
@@ -168,11 +197,17 @@ class ScaleConditionedTree(LatentTreeCircuit):
         s = scale_table.double().to(self.loc.device)
         d, n_s = self.num_vars, len(s)
         if n_s != self.scale_offset.shape[1]:
-            raise ValueError(f"the circuit has scale offsets for {self.scale_offset.shape[1]} scales, the table has {n_s}")
-        loc, log_scale, power = (p.detach().double() for p in (self.loc, self.log_scale, self.scale_power))
+            raise ValueError(
+                f"the circuit has scale offsets for {self.scale_offset.shape[1]} scales, the table has {n_s}"
+            )
+        loc, log_scale, power = (
+            p.detach().double() for p in (self.loc, self.log_scale, self.scale_power)
+        )
         off = self.scale_offset.detach().double()[:, :, None]  # [D, S, 1]
         mu = s[None, :, None] * loc[:, None, :]  # [D, S, K]
-        scale = torch.exp(log_scale[:, None, :] + off + torch.log(s)[None, :, None] * (1.0 + power[:, None, :]))
+        scale = torch.exp(
+            log_scale[:, None, :] + off + torch.log(s)[None, :, None] * (1.0 + power[:, None, :])
+        )
         vals = torch.arange(-radius, radius + 1, dtype=torch.float64, device=s.device)
         v = (vals - mu[..., None]).abs()  # [D, S, K, 2R+1]
         sc = scale[..., None]
@@ -183,11 +218,17 @@ class ScaleConditionedTree(LatentTreeCircuit):
         return out
 
     def extra_repr(self) -> str:
-        return f"num_vars={self.num_vars}, num_latents={self.num_latents}, height={self.tree.height}"
+        return (
+            f"num_vars={self.num_vars}, num_latents={self.num_latents}, height={self.tree.height}"
+        )
 
 
-def _contextualize(ctx: CheckerboardContext, anchor_ctx: CheckerboardContext | None, symbols: Tensor,
-                   indexes: Tensor) -> tuple[Tensor, Tensor]:
+def _contextualize(
+    ctx: CheckerboardContext,
+    anchor_ctx: CheckerboardContext | None,
+    symbols: Tensor,
+    indexes: Tensor,
+) -> tuple[Tensor, Tensor]:
     """Indexes and means under the cross-lattice context and, if any, the diagonal one (whose
     targets are anchors, which the cross context leaves alone)."""
     s, m = ctx(symbols, indexes)
@@ -215,7 +256,9 @@ class PCConditional(NoCdfTables, GaussianConditional):
         self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
         self.register_buffer("_pc_emit", torch.zeros(0, 0, 0, 0, dtype=torch.int32))
         self.context: CheckerboardContext | None = None  # cross lattice: non-anchors given anchors
-        self.anchor_context: CheckerboardContext | None = None  # diagonal lattice, only with context
+        self.anchor_context: CheckerboardContext | None = (
+            None  # diagonal lattice, only with context
+        )
         self._tables_cache: tuple | None = None
 
     # -- state ----------------------------------------------------------------------------------
@@ -231,23 +274,43 @@ class PCConditional(NoCdfTables, GaussianConditional):
     def radius(self) -> int:
         """R: symbols -R..R are coded by the circuit, the rest escape to the bypass code."""
         if self._offset.numel() == 0:
-            raise NotFittedError("PCConditional has no coding tables: call update() (or model.update()) first")
+            raise NotFittedError(
+                "PCConditional has no coding tables: call update() (or model.update()) first"
+            )
         return -int(self._offset[0])
 
     def _require_fitted(self) -> ScaleConditionedTree:
         if self.pc is None:
-            raise NotFittedError("PCConditional is not fitted: call fit_prior(model, ...) or .fit(symbols, indexes)")
+            raise NotFittedError(
+                "PCConditional is not fitted: call fit_prior(model, ...) or .fit(symbols, indexes)"
+            )
         return self.pc
 
     def _require_tables(self) -> tuple[CodingTables, bytes]:
         if self._pc_root.numel() == 0 or self._offset.numel() == 0:
-            raise NotFittedError("PCConditional has no coding tables: call update() (or model.update()) first")
+            raise NotFittedError(
+                "PCConditional has no coding tables: call update() (or model.update()) first"
+            )
         ctx = [b for m in (self.context, self.anchor_context) if m is not None for b in m.buffers()]
-        key = tuple((b.data_ptr(), b._version) for b in (self._pc_parent, self._pc_root, self._pc_trans,
-                                                         self._pc_emit, self._offset, self.scale_table, *ctx))
+        key = tuple(
+            (b.data_ptr(), b._version)
+            for b in (
+                self._pc_parent,
+                self._pc_root,
+                self._pc_trans,
+                self._pc_emit,
+                self._offset,
+                self.scale_table,
+                *ctx,
+            )
+        )
         if self._tables_cache is None or self._tables_cache[0] != key:
-            tables = CodingTables(self._pc_parent.cpu().numpy(), self._pc_root.double(), self._pc_trans.double(),
-                                  self._pc_emit.double())
+            tables = CodingTables(
+                self._pc_parent.cpu().numpy(),
+                self._pc_root.double(),
+                self._pc_trans.double(),
+                self._pc_emit.double(),
+            )
             h = hashlib.sha256(tables.fingerprint)
             for t in (self._offset.to(torch.int32), self.scale_table.float(), *ctx):
                 h.update(t.cpu().contiguous().numpy().tobytes())
@@ -259,51 +322,91 @@ class PCConditional(NoCdfTables, GaussianConditional):
             self.scale_table = get_scale_table().to(self.scale_table.device)
         return self.scale_table
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):  # noqa: ANN001
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         """Validate the coding tables being loaded, then resize the buffers and rebuild the circuit."""
         tables = loaded_tables(state_dict, prefix, error_msgs)
         if tables is not None:
             off, table = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "scale_table")
             shape = tuple(tables.emit.shape)
-            if off is None or table is None or tuple(off.shape) != (1,) or off.dtype.is_floating_point or \
-                    len(shape) != 4 or shape[-1] != 2 - 2 * int(off[0]) or int(off[0]) > -1 or \
-                    shape[1] != len(table) or not torch.isfinite(table).all() or float(table.min()) <= 0:
-                error_msgs.append(f"{prefix}: coding tables of shape {shape} do not match the radius (_offset) and "
-                                  "the positive scale_table: expected [M, len(scale_table), K, 2R+2] with _offset = [-R]")
+            if (
+                off is None
+                or table is None
+                or tuple(off.shape) != (1,)
+                or off.dtype.is_floating_point
+                or len(shape) != 4
+                or shape[-1] != 2 - 2 * int(off[0])
+                or int(off[0]) > -1
+                or shape[1] != len(table)
+                or not torch.isfinite(table).all()
+                or float(table.min()) <= 0
+            ):
+                error_msgs.append(
+                    f"{prefix}: coding tables of shape {shape} do not match the radius (_offset) and "
+                    "the positive scale_table: expected [M, len(scale_table), K, 2R+2] with _offset = [-R]"
+                )
                 return
         elif any(m.startswith(prefix) for m in error_msgs):
             return
-        for name in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit", "_offset", "_cdf_length",
-                     "_quantized_cdf", "scale_table"):
+        for name in (
+            "_pc_parent",
+            "_pc_root",
+            "_pc_trans",
+            "_pc_emit",
+            "_offset",
+            "_cdf_length",
+            "_quantized_cdf",
+            "scale_table",
+        ):
             key = prefix + name
             if key in state_dict:
                 buf = getattr(self, name)
-                setattr(self, name, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
+                setattr(
+                    self,
+                    name,
+                    torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device),
+                )
         for attr, lattice in (("context", "cross"), ("anchor_context", "diagonal")):
             key = f"{prefix}{attr}."
             if key + "coef" in state_dict:
                 if getattr(self, attr) is None:
                     n_s = state_dict[key + "inv_scale"].shape[0]
-                    setattr(self, attr, CheckerboardContext(state_dict[key + "coef"].shape[0], torch.ones(n_s),
-                                                            lattice=lattice).to(self.scale_bound.device))
+                    setattr(
+                        self,
+                        attr,
+                        CheckerboardContext(
+                            state_dict[key + "coef"].shape[0], torch.ones(n_s), lattice=lattice
+                        ).to(self.scale_bound.device),
+                    )
             elif prefix + "pc.loc" in state_dict:
                 setattr(self, attr, None)
         if prefix + "pc.loc" in state_dict:
             loc = state_dict[prefix + "pc.loc"]
             parent = state_dict.get(prefix + "_pc_parent")
             if parent is None or len(parent) != loc.shape[0]:
-                error_msgs.append(f"{prefix}_pc_parent does not match the circuit's {loc.shape[0]} channels")
+                error_msgs.append(
+                    f"{prefix}_pc_parent does not match the circuit's {loc.shape[0]} channels"
+                )
             else:
                 n_s = state_dict[prefix + "pc.scale_offset"].shape[1]
-                self.pc = ScaleConditionedTree(Tree(tuple(int(p) for p in parent)), loc.shape[1], n_s,
-                                               dtype=loc.dtype).to(self.scale_bound.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+                self.pc = ScaleConditionedTree(
+                    Tree(tuple(int(p) for p in parent)), loc.shape[1], n_s, dtype=loc.dtype
+                ).to(self.scale_bound.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # -- symbols --------------------------------------------------------------------------------
-    def _check(self, inputs: Tensor, indexes: Tensor | None = None, *, scales: Tensor | None = None,
-               means: Tensor | None = None, what: str = "latent") -> None:
+    def _check(
+        self,
+        inputs: Tensor,
+        indexes: Tensor | None = None,
+        *,
+        scales: Tensor | None = None,
+        means: Tensor | None = None,
+        what: str = "latent",
+    ) -> None:
         """The one shape check of every entry point; ``InputError`` (never a broadcast) unless
         ``inputs`` is [B, channels, H, W], ``indexes`` (integers of the scale table) and ``scales``
         have its shape, and ``means`` has it or 1 along a dimension (as CompressAI allows)."""
@@ -313,20 +416,37 @@ class PCConditional(NoCdfTables, GaussianConditional):
         for name, t in (("indexes", indexes), ("scales", scales)):
             if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != shape):
                 got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise InputError(f"{owner}: {name} have shape {got}, the {what} {shape}: expected the same shape")
-        if means is not None:
-            if not isinstance(means, Tensor) or means.dim() != 4 or any(m not in (1, s) for m, s in zip(means.shape, shape)):
-                got = tuple(means.shape) if isinstance(means, Tensor) else type(means).__name__
-                raise InputError(f"{owner}: means have shape {got}, the {what} {shape}: expected the same shape "
-                                 "(or 1 along a dimension)")
+                raise InputError(
+                    f"{owner}: {name} have shape {got}, the {what} {shape}: expected the same shape"
+                )
+        if means is not None and (
+            not isinstance(means, Tensor)
+            or means.dim() != 4
+            or any(m not in (1, s) for m, s in zip(means.shape, shape))
+        ):
+            got = tuple(means.shape) if isinstance(means, Tensor) else type(means).__name__
+            raise InputError(
+                f"{owner}: means have shape {got}, the {what} {shape}: expected the same shape "
+                "(or 1 along a dimension)"
+            )
         if indexes is not None:
-            if indexes.dtype.is_floating_point or indexes.dtype.is_complex or indexes.dtype == torch.bool:
-                raise InputError(f"{owner}: indexes must be integers (from build_indexes), got {indexes.dtype}")
-            if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(self.scale_table)):
+            if (
+                indexes.dtype.is_floating_point
+                or indexes.dtype.is_complex
+                or indexes.dtype == torch.bool
+            ):
+                raise InputError(
+                    f"{owner}: indexes must be integers (from build_indexes), got {indexes.dtype}"
+                )
+            if indexes.numel() and (
+                int(indexes.min()) < 0 or int(indexes.max()) >= len(self.scale_table)
+            ):
                 raise InputError(f"{owner}: indexes must lie in 0..{len(self.scale_table) - 1}")
 
     def _symbols(self, inputs: Tensor, means: Tensor | None) -> Tensor:
-        if not torch.isfinite(inputs).all() or (means is not None and not torch.isfinite(means).all()):
+        if not torch.isfinite(inputs).all() or (
+            means is not None and not torch.isfinite(means).all()
+        ):
             raise ValueError("latent contains NaN or infinite values")
         s = inputs.detach().clone()  # quantize(..., "symbols") without its int32 cast, which wraps
         if means is not None:
@@ -337,33 +457,57 @@ class PCConditional(NoCdfTables, GaussianConditional):
         return s.long()
 
     @staticmethod
-    def _check_maps(symbols: Sequence[Tensor], indexes: Sequence[Tensor],
-                    table: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
-        if not isinstance(symbols, (list, tuple)) or not isinstance(indexes, (list, tuple)) or len(symbols) != len(indexes):
-            raise InputError("give symbols and indexes both as rows [N, C] or both as lists of maps of equal length")
+    def _check_maps(
+        symbols: Sequence[Tensor], indexes: Sequence[Tensor], table: Tensor | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        if (
+            not isinstance(symbols, (list, tuple))
+            or not isinstance(indexes, (list, tuple))
+            or len(symbols) != len(indexes)
+        ):
+            raise InputError(
+                "give symbols and indexes both as rows [N, C] or both as lists of maps of equal length"
+            )
         if not symbols:
             raise InputError("no latent maps to fit on")
         out = []
         for sy, sx in zip(symbols, indexes):
             PCConditional._check_integers(sy, sx, table)
-            if sy.dim() != 4 or tuple(sy.shape) != tuple(sx.shape) or sy.shape[1] != symbols[0].shape[1]:
-                raise InputError(f"latent maps must be pairs of equal shape [B, C, H, W], got {tuple(sy.shape)} "
-                                 f"and {tuple(sx.shape)}")
+            if (
+                sy.dim() != 4
+                or tuple(sy.shape) != tuple(sx.shape)
+                or sy.shape[1] != symbols[0].shape[1]
+            ):
+                raise InputError(
+                    f"latent maps must be pairs of equal shape [B, C, H, W], got {tuple(sy.shape)} "
+                    f"and {tuple(sx.shape)}"
+                )
             out.append((sy.long().cpu(), sx.long().cpu()))
         return out
 
     @staticmethod
     def _check_integers(symbols: Any, indexes: Any, table: Tensor | None) -> None:
         """``fit``'s symbols and indexes: integer tensors, indexes within the scale table (else ``InputError``)."""
-        for name, t, what in (("symbols", symbols, "round(y - means)"), ("indexes", indexes, "from build_indexes")):
+        for name, t, what in (
+            ("symbols", symbols, "round(y - means)"),
+            ("indexes", indexes, "from build_indexes"),
+        ):
             if not isinstance(t, Tensor):
-                raise InputError(f"{name} must be a torch.Tensor (rows [N, C]) or a list of maps [B, C, H, W], "
-                                 f"got {type(t).__name__}")
+                raise InputError(
+                    f"{name} must be a torch.Tensor (rows [N, C]) or a list of maps [B, C, H, W], "
+                    f"got {type(t).__name__}"
+                )
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
                 raise InputError(f"{name} must be integers ({what}), got {t.dtype}")
-        if table is not None and indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= len(table)):
-            raise InputError(f"indexes must lie in 0..{len(table) - 1} (the scale table's {len(table)} entries), "
-                             f"got {int(indexes.min())}..{int(indexes.max())}")
+        if (
+            table is not None
+            and indexes.numel()
+            and (int(indexes.min()) < 0 or int(indexes.max()) >= len(table))
+        ):
+            raise InputError(
+                f"indexes must lie in 0..{len(table) - 1} (the scale table's {len(table)} entries), "
+                f"got {int(indexes.min())}..{int(indexes.max())}"
+            )
 
     def _pass_masks(self, h: int, w: int) -> list[Tensor]:
         """Positions coded in each pass (non-empty): all at once; the checkerboard's anchors then the
@@ -371,7 +515,11 @@ class PCConditional(NoCdfTables, GaussianConditional):
         if self.context is None:
             return [torch.ones(h, w, dtype=torch.bool)]
         anchors, rest = lattice_masks(h, w, "cross")
-        masks = [*lattice_masks(h, w, "diagonal"), rest] if self.anchor_context is not None else [anchors, rest]
+        masks = (
+            [*lattice_masks(h, w, "diagonal"), rest]
+            if self.anchor_context is not None
+            else [anchors, rest]
+        )
         return [m for m in masks if m.any()]
 
     def _apply_context(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
@@ -398,8 +546,10 @@ class PCConditional(NoCdfTables, GaussianConditional):
         """
         pc = self._require_fitted()
         self._check(symbols, indexes, what="symbol map")
-        b, c, h, w = symbols.shape
-        if self.context is not None:  # later passes: shifted indexes, symbols less their integer means
+        b, _c, h, w = symbols.shape
+        if (
+            self.context is not None
+        ):  # later passes: shifted indexes, symbols less their integer means
             indexes, m = self._apply_context(symbols.long(), indexes)
             symbols = symbols - m
         u, s = self._rows(symbols), self._rows(indexes).long()
@@ -411,7 +561,9 @@ class PCConditional(NoCdfTables, GaussianConditional):
             esc = u.abs() > r
             if esc.any():
                 leaf = torch.where(esc[..., None], pc.escape_log_probs(r, sigma, s), leaf)
-                bits = torch.where(esc, escape_bits(u + r, torch.full_like(u, 2 * r + 1)), 0.0).sum(-1)
+                bits = torch.where(esc, escape_bits(u + r, torch.full_like(u, 2 * r + 1)), 0.0).sum(
+                    -1
+                )
         logp = pc.upward(leaf)[0]
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
 
@@ -440,10 +592,22 @@ class PCConditional(NoCdfTables, GaussianConditional):
         return a
 
     def fit(
-        self, symbols: Tensor | Sequence[Tensor], indexes: Tensor | Sequence[Tensor], num_latents: int = 32, *,
-        context: str | None = None, structure: str = "chow-liu",
-        max_items: int | None = None, steps: int = 6000, batch_size: int = 512, lr: float = 0.03,
-        holdout: float = 0.1, tail: float = 1e-5, max_radius: int = 64, init: str = "baseline", seed: int = 0,
+        self,
+        symbols: Tensor | Sequence[Tensor],
+        indexes: Tensor | Sequence[Tensor],
+        num_latents: int = 32,
+        *,
+        context: str | None = None,
+        structure: str = "chow-liu",
+        max_items: int | None = None,
+        steps: int = 6000,
+        batch_size: int = 512,
+        lr: float = 0.03,
+        holdout: float = 0.1,
+        tail: float = 1e-5,
+        max_radius: int = 64,
+        init: str = "baseline",
+        seed: int = 0,
         progress: bool = True,
     ) -> list[dict]:
         """Learn the context, structure, alphabet radius and leaves from the frozen codec's latents.
@@ -464,9 +628,19 @@ class PCConditional(NoCdfTables, GaussianConditional):
         after the context; the context's own training bits on its targets). Bad arguments raise
         ``InputError`` before any work (``check_fit_args``).
         """
-        a = self.check_fit_args(**{k: v for k, v in locals().items()
-                                   if k not in ("self", "symbols", "indexes", "__class__")})
-        num_latents, max_items, steps, batch_size = a["num_latents"], a["max_items"], a["steps"], a["batch_size"]
+        a = self.check_fit_args(
+            **{
+                k: v
+                for k, v in locals().items()
+                if k not in ("self", "symbols", "indexes", "__class__")
+            }
+        )
+        num_latents, max_items, steps, batch_size = (
+            a["num_latents"],
+            a["max_items"],
+            a["steps"],
+            a["batch_size"],
+        )
         lr, holdout, tail, max_radius = a["lr"], a["holdout"], a["tail"], a["max_radius"]
         table = self._scale_table_or_default()
         ctx, actx, ctx_info = None, None, {}
@@ -479,19 +653,26 @@ class PCConditional(NoCdfTables, GaussianConditional):
                     actx = CheckerboardContext(maps[0][0].shape[1], table.cpu(), lattice="diagonal")
                     ctx_info |= {f"anchor_{k}": v for k, v in actx.fit(maps, table.cpu()).items()}
                 coded = []
-                for sy, sx in maps:  # what the coder sees: shifted indexes, symbols less their means
+                for (
+                    sy,
+                    sx,
+                ) in maps:  # what the coder sees: shifted indexes, symbols less their means
                     s_ctx, m = _contextualize(ctx, actx, sy, sx)
                     coded.append((sy - m, s_ctx))
                 maps = coded
             symbols = torch.cat([self._rows(sy) for sy, _ in maps])
             indexes = torch.cat([self._rows(sx) for _, sx in maps])
         elif context is not None:
-            raise InputError(f"the {context} context needs latent maps [B, C, H, W] (a list per image), not rows")
+            raise InputError(
+                f"the {context} context needs latent maps [B, C, H, W] (a list per image), not rows"
+            )
         else:
             self._check_integers(symbols, indexes, table)
         if symbols.dim() != 2 or tuple(indexes.shape) != tuple(symbols.shape):
-            raise InputError(f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
-                             f"and {tuple(indexes.shape)}")
+            raise InputError(
+                f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
+                f"and {tuple(indexes.shape)}"
+            )
         if len(symbols) == 0:
             raise InputError("no latent positions to fit on")
         dev = self.scale_bound.device
@@ -505,7 +686,7 @@ class PCConditional(NoCdfTables, GaussianConditional):
         hold, train = perm[:n_hold], perm[n_hold:]
         c = u.shape[1]
         mag = u.abs().flatten().sort().values
-        radius = int(mag[min(len(mag) - 1, int(math.ceil((1.0 - tail) * (len(mag) - 1))))]) + 1
+        radius = int(mag[min(len(mag) - 1, math.ceil((1.0 - tail) * (len(mag) - 1)))]) + 1
         radius = max(4, min(max_radius, radius))
         s = s.to(dev)
         sigma = table.to(dev)[s].float()
@@ -531,8 +712,15 @@ class PCConditional(NoCdfTables, GaussianConditional):
                 ut, st, it = u[hold.to(dev)], sigma[hold.to(dev)], s[hold.to(dev)]
                 mass = _std_cdf((0.5 - ut.abs()) / st) - _std_cdf((-0.5 - ut.abs()) / st)
                 base = -torch.log(mass.clamp_min(LIKELIHOOD_BOUND)).sum(-1).mean() / LN2
-                circ = -torch.cat([pc.log_prob(ut[i:i + 4096], st[i:i + 4096], it[i:i + 4096])
-                                   for i in range(0, len(ut), 4096)]).mean() / LN2
+                circ = (
+                    -torch.cat(
+                        [
+                            pc.log_prob(ut[i : i + 4096], st[i : i + 4096], it[i : i + 4096])
+                            for i in range(0, len(ut), 4096)
+                        ]
+                    ).mean()
+                    / LN2
+                )
             return {"holdout_base_bits": float(base), "holdout_pc_bits": float(circ)}
 
         hist.append({"step": 0, **held_out_bits(), **ctx_info})
@@ -542,7 +730,9 @@ class PCConditional(NoCdfTables, GaussianConditional):
         train_dev = train.to(dev)
         loss = torch.zeros(())
         for step in bar:
-            rows = train_dev[torch.randint(len(train), (min(batch_size, len(train)),), generator=g).to(dev)]
+            rows = train_dev[
+                torch.randint(len(train), (min(batch_size, len(train)),), generator=g).to(dev)
+            ]
             loss = -pc.log_prob(u[rows], sigma[rows], s[rows]).mean() / LN2
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -570,7 +760,9 @@ class PCConditional(NoCdfTables, GaussianConditional):
         table = self._scale_table_or_default()
         dev = self.scale_bound.device
         with torch.no_grad():
-            self._pc_parent = torch.as_tensor(np.asarray(pc.tree.parent), dtype=torch.long, device=dev)
+            self._pc_parent = torch.as_tensor(
+                np.asarray(pc.tree.parent), dtype=torch.long, device=dev
+            )
             self._pc_root = quantize_probs(pc.log_root().exp()).to(dev, torch.int32)
             self._pc_trans = quantize_probs(pc.log_transitions().exp()).to(dev, torch.int32)
             self._pc_emit = quantize_probs(pc.emission_probs(r, table)).to(dev, torch.int32)
@@ -585,8 +777,13 @@ class PCConditional(NoCdfTables, GaussianConditional):
         self.update()
         return True
 
-    def forward(self, inputs: Tensor, scales: Tensor, means: Tensor | None = None,
-                training: bool | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        inputs: Tensor,
+        scales: Tensor,
+        means: Tensor | None = None,
+        training: bool | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """(y_hat, likelihoods [B, C, H, W]); the product over channels is p(position's symbols)."""
         if training is None:
             training = self.training
@@ -605,7 +802,9 @@ class PCConditional(NoCdfTables, GaussianConditional):
                 values, s = values - m.to(values.dtype), s_ctx
             logp = pc.log_prob(self._rows(values), self._rows(sigma), self._rows(s)).view(b, h, w)
         else:
-            logp = self.log_likelihood(torch.round(values.detach()).long(), self.build_indexes(scales))
+            logp = self.log_likelihood(
+                torch.round(values.detach()).long(), self.build_indexes(scales)
+            )
         lik = torch.exp(logp / c)[:, None].expand(-1, c, -1, -1)
         return outputs, lik.to(inputs.dtype)
 
@@ -634,10 +833,18 @@ class PCConditional(NoCdfTables, GaussianConditional):
             idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
             inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(s, mask))
             encode_columns(encs, inc, idx, n, rel.numpy(), esc.numpy(), alphabet)
-        return [framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes()) for enc in encs]
+        return [
+            framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
+            for enc in encs
+        ]
 
-    def decompress(self, strings: list[bytes], indexes: Tensor, dtype: torch.dtype = torch.float,
-                   means: Tensor | None = None) -> Tensor:
+    def decompress(
+        self,
+        strings: list[bytes],
+        indexes: Tensor,
+        dtype: torch.dtype = torch.float,
+        means: Tensor | None = None,
+    ) -> Tensor:
         """Decode ``compress``'s strings given the same ``indexes`` (and means) into y_hat [B, C, H, W]."""
         if not isinstance(strings, (list, tuple)):
             raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
@@ -658,12 +865,16 @@ class PCConditional(NoCdfTables, GaussianConditional):
             if k > 0:  # the earlier passes are decoded: this pass's context
                 groups, m = self._apply_context(u, s)
             n = int(mask.sum())
-            inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(groups, mask))
+            inc = IncrementalConditionals(
+                tables, b * n, "cpu", groups=self._pass_rows(groups, mask)
+            )
             rel = decode_columns(decs, inc, n, 2 * r + 1, alphabet, FORMAT.name)
             vals = (rel - r).view(b, n, c).permute(0, 2, 1)
             u[..., mask] = vals + m[..., mask] if m is not None else vals
         finish_decoding(decs, FORMAT.name)
         dev = indexes.device
-        sym = torch.empty(b, c, h, w, dtype=torch.float32, device=dev)  # standard strides, as forward's
+        sym = torch.empty(
+            b, c, h, w, dtype=torch.float32, device=dev
+        )  # standard strides, as forward's
         sym.copy_(u)
         return self.dequantize(sym, means, dtype)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CheckerboardContext", "LATTICES", "anchor_mask", "lattice_masks", "rounded_mean"]
+__all__ = ["LATTICES", "CheckerboardContext", "anchor_mask", "lattice_masks", "rounded_mean"]
 
 FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
 COEF_BITS = 12  # fixed point of the mean coefficients
@@ -51,7 +51,9 @@ def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
     return lattice_masks(h, w, "cross", device)[0]
 
 
-def lattice_masks(h: int, w: int, lattice: str = "cross", device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+def lattice_masks(
+    h: int, w: int, lattice: str = "cross", device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
     """[H, W] bool masks (sources, targets) of a lattice: targets are coded after the sources.
 
     ``"cross"``: the anchors (row + column even), then the rest. ``"diagonal"``: the (even, even)
@@ -102,8 +104,14 @@ class CheckerboardContext(nn.Module):
     (indexes, means); see the module docstring. The lattice is not a buffer: its owner knows it.
     """
 
-    def __init__(self, channels: int, scale_table: Tensor, channel_bins: int = 8, total_bins: int = 8,
-                 lattice: str = "cross") -> None:
+    def __init__(
+        self,
+        channels: int,
+        scale_table: Tensor,
+        channel_bins: int = 8,
+        total_bins: int = 8,
+        lattice: str = "cross",
+    ) -> None:
         super().__init__()
         if channels < 1 or channel_bins < 1 or total_bins < 1:
             raise ValueError("channels and bin counts must be positive")
@@ -114,20 +122,31 @@ class CheckerboardContext(nn.Module):
         self.register_buffer("channel_edges", torch.zeros(channel_bins - 1, dtype=torch.long))
         self.register_buffer("total_edges", torch.zeros(total_bins - 1, dtype=torch.long))
         self.register_buffer("coef", torch.zeros(channels, dtype=torch.long))
-        self.register_buffer("shift", torch.zeros(channels, channel_bins, total_bins, dtype=torch.long))
+        self.register_buffer(
+            "shift", torch.zeros(channels, channel_bins, total_bins, dtype=torch.long)
+        )
 
     @property
     def channels(self) -> int:
         return self.coef.numel()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):  # noqa: ANN001
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         for name in ("inv_scale", "channel_edges", "total_edges", "coef", "shift"):
             if prefix + name in state_dict:
-                setattr(self, name, torch.empty(state_dict[prefix + name].shape, dtype=torch.long,
-                                                device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+                setattr(
+                    self,
+                    name,
+                    torch.empty(
+                        state_dict[prefix + name].shape,
+                        dtype=torch.long,
+                        device=getattr(self, name).device,
+                    ),
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # -- features (integer) ---------------------------------------------------------------------
     def neighbour_sums(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,9 +186,15 @@ class CheckerboardContext(nn.Module):
         Off the targets the indexes are returned unchanged and the means are 0; at the targets the
         index is ``clamp(s + shift[c, a, b])`` and the mean ``round(coef[c] · usum / count)``.
         """
-        if symbols.shape != indexes.shape or symbols.dim() != 4 or symbols.shape[1] != self.channels:
-            raise ValueError(f"expected symbols and indexes of shape [B, {self.channels}, H, W], got "
-                             f"{tuple(symbols.shape)} and {tuple(indexes.shape)}")
+        if (
+            symbols.shape != indexes.shape
+            or symbols.dim() != 4
+            or symbols.shape[1] != self.channels
+        ):
+            raise ValueError(
+                f"expected symbols and indexes of shape [B, {self.channels}, H, W], got "
+                f"{tuple(symbols.shape)} and {tuple(indexes.shape)}"
+            )
         dev = symbols.device
         h, w = symbols.shape[-2:]
         a, b, usum, count = self.features(symbols, indexes)
@@ -185,8 +210,16 @@ class CheckerboardContext(nn.Module):
 
     # -- fitting --------------------------------------------------------------------------------
     @torch.no_grad()
-    def fit(self, maps: list[tuple[Tensor, Tensor]], scale_table: Tensor, *, max_shift: int = 12,
-            coef_grid: Tensor | None = None, shrink: float = 200.0, rounds: int = 2) -> dict:
+    def fit(
+        self,
+        maps: list[tuple[Tensor, Tensor]],
+        scale_table: Tensor,
+        *,
+        max_shift: int = 12,
+        coef_grid: Tensor | None = None,
+        shrink: float = 200.0,
+        rounds: int = 2,
+    ) -> dict:
         """Choose bin edges, ``coef`` and ``shift`` on training maps [(symbols, indexes)] ([B, C, H, W]).
 
         Edges: quantiles of the non-zero activities (channel: the zero bin plus quantiles; total:
@@ -198,16 +231,22 @@ class CheckerboardContext(nn.Module):
         """
         table = scale_table.double()
         if len(table) != len(self.inv_scale):
-            raise ValueError(f"scale table has {len(table)} entries, the context {len(self.inv_scale)}")
+            raise ValueError(
+                f"scale table has {len(table)} entries, the context {len(self.inv_scale)}"
+            )
         na, nb = self.shift.shape[1:]
-        rows: dict[str, list[Tensor]] = {k: [] for k in ("u", "s", "a_same", "a_all", "usum", "cnt", "ch")}
+        rows: dict[str, list[Tensor]] = {
+            k: [] for k in ("u", "s", "a_same", "a_all", "usum", "cnt", "ch")
+        }
         for sym, idx in maps:
             sym, idx = sym.long().cpu(), idx.long().cpu()
             if sym.dim() != 4 or sym.shape != idx.shape or sym.shape[1] != self.channels:
-                raise ValueError(f"training maps must be [B, {self.channels}, H, W] pairs, got {tuple(sym.shape)}")
+                raise ValueError(
+                    f"training maps must be [B, {self.channels}, H, W] pairs, got {tuple(sym.shape)}"
+                )
             a_same, usum, count = self.neighbour_sums(sym, idx)  # the integer sums features() bins
             sel = lattice_masks(*sym.shape[-2:], self.lattice)[1] & (count > 0)
-            per = lambda t: t.permute(0, 2, 3, 1)[:, sel].reshape(-1)  # noqa: E731  [B*n*C]
+            per = lambda t, sel=sel: t.permute(0, 2, 3, 1)[:, sel].reshape(-1)  # noqa: E731  [B*n*C]
             rows["u"].append(per(sym))
             rows["s"].append(per(idx))
             rows["a_same"].append(per(a_same))
@@ -217,15 +256,23 @@ class CheckerboardContext(nn.Module):
             rows["ch"].append(per(torch.arange(self.channels)[None, :, None, None].expand_as(sym)))
         d = {k: torch.cat(v) for k, v in rows.items()}
         if len(d["u"]) == 0:
-            raise ValueError(f"no target positions of the {self.lattice} lattice in the training maps")
+            raise ValueError(
+                f"no target positions of the {self.lattice} lattice in the training maps"
+            )
         cnt = d["cnt"]
         g = torch.Generator().manual_seed(0)
         act_ch = d["a_same"].double() / (cnt * 2.0**FRAC_BITS)  # mean |u|/σ of the neighbours
         act_all = d["a_all"].double() / (cnt * self.channels * 2.0**FRAC_BITS)
         nz = act_ch[act_ch > 0]
         nz = nz[torch.randperm(len(nz), generator=g)[:1_000_000]]
-        ch_edges = torch.quantile(nz, torch.linspace(0, 1, na, dtype=torch.float64)[1:-1]) if len(nz) else nz
-        ch_edges = torch.cat([torch.tensor([1.0 / 2**FRAC_BITS], dtype=torch.float64), ch_edges])[: na - 1]
+        ch_edges = (
+            torch.quantile(nz, torch.linspace(0, 1, na, dtype=torch.float64)[1:-1])
+            if len(nz)
+            else nz
+        )
+        ch_edges = torch.cat([torch.tensor([1.0 / 2**FRAC_BITS], dtype=torch.float64), ch_edges])[
+            : na - 1
+        ]
         tot = act_all[torch.randperm(len(act_all), generator=g)[:1_000_000]]
         tot_edges = torch.quantile(tot, torch.linspace(0, 1, nb + 1, dtype=torch.float64)[1:-1])
         self.channel_edges = torch.ceil(ch_edges * 2.0**FRAC_BITS).long().to(self.coef.device)
@@ -236,8 +283,14 @@ class CheckerboardContext(nn.Module):
         u_c = d["u"].clamp(-LUT_SIZE + 1, LUT_SIZE - 1)
         us_c = d["usum"].clamp(-4 * LUT_SIZE, 4 * LUT_SIZE)
         key = d["ch"]
-        for v, n in ((a, na), (b, nb), (d["s"], len(table)), (u_c + LUT_SIZE, 2 * LUT_SIZE),
-                     (us_c + 4 * LUT_SIZE, 8 * LUT_SIZE + 1), (cnt, 5)):
+        for v, n in (
+            (a, na),
+            (b, nb),
+            (d["s"], len(table)),
+            (u_c + LUT_SIZE, 2 * LUT_SIZE),
+            (us_c + 4 * LUT_SIZE, 8 * LUT_SIZE + 1),
+            (cnt, 5),
+        ):
             key = key * n + v
         del d, a, b, u_c, us_c, act_ch, act_all
         key, weight = torch.unique(key, return_counts=True)
@@ -250,18 +303,27 @@ class CheckerboardContext(nn.Module):
         weight = weight.double()
         cell = (ch * na + a) * nb + b
         n_cells = self.channels * na * nb
-        grid = coef_grid if coef_grid is not None else torch.arange(-32, 33, dtype=torch.float64) / 16
-        grid = grid.double()[grid.double().abs().argsort(stable=True)]  # ties go to the smallest |coef|
+        grid = (
+            coef_grid if coef_grid is not None else torch.arange(-32, 33, dtype=torch.float64) / 16
+        )
+        grid = grid.double()[
+            grid.double().abs().argsort(stable=True)
+        ]  # ties go to the smallest |coef|
         coef_q = torch.round(grid * 2**COEF_BITS).long()
         shift = torch.zeros(n_cells, dtype=torch.long)
         coef = torch.zeros(self.channels, dtype=torch.long)
-        lut = _gaussian_bits(torch.arange(LUT_SIZE, dtype=torch.float64)[None], table[:, None])  # [S, V]
+        lut = _gaussian_bits(
+            torch.arange(LUT_SIZE, dtype=torch.float64)[None], table[:, None]
+        )  # [S, V]
 
         def means(cq: Tensor) -> Tensor:
             return rounded_mean(cq, usum, cnt)
 
         def total_bits(m: Tensor, sh: Tensor) -> Tensor:
-            return weight * lut[(s + sh).clamp(0, len(table) - 1), (u - m).abs().clamp(max=LUT_SIZE - 1)]
+            return (
+                weight
+                * lut[(s + sh).clamp(0, len(table) - 1), (u - m).abs().clamp(max=LUT_SIZE - 1)]
+            )
 
         base = float(total_bits(torch.zeros_like(s), torch.zeros_like(s)).sum())
         for _ in range(rounds):
@@ -269,7 +331,8 @@ class CheckerboardContext(nn.Module):
             best = torch.full((self.channels,), math.inf, dtype=torch.float64)
             for cq in coef_q:
                 bits = torch.zeros(self.channels, dtype=torch.float64).index_add_(
-                    0, ch, total_bits(means(cq), sh_el))
+                    0, ch, total_bits(means(cq), sh_el)
+                )
                 better = bits < best
                 best = torch.where(better, bits, best)
                 coef = torch.where(better, cq, coef)
@@ -286,4 +349,8 @@ class CheckerboardContext(nn.Module):
         self.coef = coef.to(self.coef.device)
         self.shift = shift.view(self.channels, na, nb).to(self.coef.device)
         after = float(total_bits(means(coef[ch]), shift[cell]).sum())
-        return {"context_base_bits": base, "context_bits": after, "target_elements": int(weight.sum())}
+        return {
+            "context_base_bits": base,
+            "context_bits": after,
+            "target_elements": int(weight.sum()),
+        }

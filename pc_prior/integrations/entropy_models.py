@@ -32,12 +32,29 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_real, check_step_size, fit_keywords
-from ..errors import BitstreamError, CheckpointError, InputError, NotFittedError, UnsupportedModelError
 from .. import framing
-from ..coding import (MAX_SYMBOL, CodingTables, IncrementalConditionals, check_decode_limit, check_payload_holds,
-                      coding_tables, decode_columns, encode_columns, escape_bits, finish_decoding, min_item_bits,
-                      range_decoders)
+from .._checks import check_choice, check_int, check_real, check_step_size, fit_keywords
+from ..coding import (
+    MAX_SYMBOL,
+    CodingTables,
+    IncrementalConditionals,
+    check_decode_limit,
+    check_payload_holds,
+    coding_tables,
+    decode_columns,
+    encode_columns,
+    escape_bits,
+    finish_decoding,
+    min_item_bits,
+    range_decoders,
+)
+from ..errors import (
+    BitstreamError,
+    CheckpointError,
+    InputError,
+    NotFittedError,
+    UnsupportedModelError,
+)
 from ..hclt import HCLT
 from ..structure import Tree
 from ..training import fit_em
@@ -50,8 +67,14 @@ STRUCTURES = ("chow-liu", "star")  # circuit structures over the channels
 LN2 = math.log(2.0)
 
 
-def unpack_strings(strings: Any, fmt: framing.Format, fingerprint: bytes, size: tuple[int, int],
-                   tables: CodingTables, channels: int) -> list[np.ndarray]:
+def unpack_strings(
+    strings: Any,
+    fmt: framing.Format,
+    fingerprint: bytes,
+    size: tuple[int, int],
+    tables: CodingTables,
+    channels: int,
+) -> list[np.ndarray]:
     """Check every string's header against this model and latent ``size`` (H, W); their payload words.
 
     Before anything is allocated: the strings are a list of bytes, their headers state ``size``, and
@@ -62,10 +85,13 @@ def unpack_strings(strings: Any, fmt: framing.Format, fingerprint: bytes, size: 
     h, w = size
     check_decode_limit(len(strings) * h * w, channels, fmt.name)
     item_bits = min_item_bits(tables)
+
     def check_size(fields: tuple[int, ...]) -> None:
         if fields != (h, w):
-            raise BitstreamError(f"{fmt.name} bitstream holds a {fields[0]}x{fields[1]} latent, decompress was "
-                                 f"asked for {h}x{w}")
+            raise BitstreamError(
+                f"{fmt.name} bitstream holds a {fields[0]}x{fields[1]} latent, decompress was "
+                f"asked for {h}x{w}"
+            )
 
     words = []
     for data in strings:
@@ -83,14 +109,20 @@ def check_latent_shape(owner: str, x: Any, channels: int, what: str = "latent") 
     another channel count would broadcast against the per-channel medians into a wrong shape.
     """
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"{owner}: expected a {what} tensor of shape [B, {channels}, H, W], got {type(x).__name__}")
+        raise InputError(
+            f"{owner}: expected a {what} tensor of shape [B, {channels}, H, W], got {type(x).__name__}"
+        )
     shape = tuple(x.shape)
     if x.dim() != 4:
-        raise InputError(f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({x.dim()}-D; "
-                         "only 4-D image latents [B, C, H, W] are supported)")
+        raise InputError(
+            f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({x.dim()}-D; "
+            "only 4-D image latents [B, C, H, W] are supported)"
+        )
     if shape[1] != channels:
-        raise InputError(f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({shape[1]} "
-                         f"channels, the model has {channels})")
+        raise InputError(
+            f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({shape[1]} "
+            f"channels, the model has {channels})"
+        )
 
 
 def no_cdf_tables(module: Any, attr: str) -> UnsupportedModelError:
@@ -107,20 +139,27 @@ def no_cdf_tables(module: Any, attr: str) -> UnsupportedModelError:
         "coder (serially, e.g. the compress() of mbt2018/cheng2020 models or a RasterScanLatentCodec), which "
         "a PC entropy model cannot serve: keep CompressAI's entropy model there (swap_entropy_model refuses "
         "such models), or use a codec whose compress() calls the entropy model's compress() (FactorizedPrior, "
-        "ScaleHyperprior, MeanScaleHyperprior, ...)")
+        "ScaleHyperprior, MeanScaleHyperprior, ...)"
+    )
 
 
 def _check_size(size: Any) -> tuple[int, int]:
     """A latent size (H, W): a sequence (tuple, list, ``torch.Size``) of two positive integers."""
     if not isinstance(size, (tuple, list, torch.Size)):
-        raise InputError(f"size must be the latent's (H, W), a sequence of two positive integers, "
-                         f"got {type(size).__name__} {size!r}")
+        raise InputError(
+            f"size must be the latent's (H, W), a sequence of two positive integers, "
+            f"got {type(size).__name__} {size!r}"
+        )
     if len(size) != 2:
-        raise InputError(f"size must be the latent's (H, W), two positive integers, got {len(size)} values {tuple(size)}")
+        raise InputError(
+            f"size must be the latent's (H, W), two positive integers, got {len(size)} values {tuple(size)}"
+        )
     return check_int("size[0] (H)", size[0], 1), check_int("size[1] (W)", size[1], 1)  # type: ignore[return-value]
 
 
-def loaded_tables(state_dict: dict[str, Any], prefix: str, error_msgs: list[str]) -> CodingTables | None:
+def loaded_tables(
+    state_dict: dict[str, Any], prefix: str, error_msgs: list[str]
+) -> CodingTables | None:
     """The validated coding tables (``_pc_parent``, ``_pc_root``, ``_pc_trans``, ``_pc_emit``) of a PC
     entropy model's state dict, or None if it has none; a problem goes to ``error_msgs``, so
     ``load_state_dict`` fails naming it instead of coding with tables it should not trust."""
@@ -172,7 +211,9 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
     output, CompressAI's default) or ``"ste"`` (straight-through rounding).
     """
 
-    def __init__(self, channels: int, *args: Any, quantization: str = "noise", **kwargs: Any) -> None:
+    def __init__(
+        self, channels: int, *args: Any, quantization: str = "noise", **kwargs: Any
+    ) -> None:
         super().__init__(channels, *args, **kwargs)
         if quantization not in ("noise", "ste"):
             raise ValueError(f'quantization must be "noise" or "ste", got {quantization!r}')
@@ -200,44 +241,79 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
 
     def _require_fitted(self) -> HCLT | DiscretizedLogisticTree:
         if self.pc is None:
-            raise NotFittedError("PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)")
+            raise NotFittedError(
+                "PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)"
+            )
         return self.pc
 
     def _require_tables(self) -> CodingTables:
         if self._pc_root.numel() == 0 or self._offset.numel() == 0:
-            raise NotFittedError("PCEntropyBottleneck has no coding tables: call update() (or model.update()) first")
+            raise NotFittedError(
+                "PCEntropyBottleneck has no coding tables: call update() (or model.update()) first"
+            )
         return CodingTables(
-            self._pc_parent.cpu().numpy(), self._pc_root.double(), self._pc_trans.double(), self._pc_emit.double()
+            self._pc_parent.cpu().numpy(),
+            self._pc_root.double(),
+            self._pc_trans.double(),
+            self._pc_emit.double(),
         )
 
     def _fingerprint(self, tables: CodingTables) -> bytes:
         h = hashlib.sha256(tables.fingerprint)
-        for t in (self._offset.to(torch.int32), self._cdf_length.to(torch.int32), self._medians().float()):
+        for t in (
+            self._offset.to(torch.int32),
+            self._cdf_length.to(torch.int32),
+            self._medians().float(),
+        ):
             h.update(t.cpu().contiguous().numpy().tobytes())
         return h.digest()[:8]
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):  # noqa: ANN001
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         """Validate the coding tables being loaded, then resize the buffers and rebuild the circuit."""
         tables = loaded_tables(state_dict, prefix, error_msgs)
         if tables is not None:
             d, _, v = tables.emit.shape
             off, n = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "_cdf_length")
-            if d != self.channels or off is None or n is None or tuple(off.shape) != (d,) or tuple(n.shape) != (d,) \
-                    or off.dtype.is_floating_point or n.dtype.is_floating_point:
-                error_msgs.append(f"{prefix}: the coding tables are for {d} channels, the alphabets (_offset, "
-                                  f"_cdf_length) must be integer vectors of {self.channels}")
+            if (
+                d != self.channels
+                or off is None
+                or n is None
+                or tuple(off.shape) != (d,)
+                or tuple(n.shape) != (d,)
+                or off.dtype.is_floating_point
+                or n.dtype.is_floating_point
+            ):
+                error_msgs.append(
+                    f"{prefix}: the coding tables are for {d} channels, the alphabets (_offset, "
+                    f"_cdf_length) must be integer vectors of {self.channels}"
+                )
                 return
             if int(n.min()) < 1 or int(n.max()) > v - 1 or int(off.abs().max()) > MAX_SYMBOL:
-                error_msgs.append(f"{prefix}_cdf_length must lie in 1..{v - 1} and |_offset| <= {MAX_SYMBOL}")
+                error_msgs.append(
+                    f"{prefix}_cdf_length must lie in 1..{v - 1} and |_offset| <= {MAX_SYMBOL}"
+                )
                 return
         elif any(m.startswith(prefix) for m in error_msgs):
             return
-        for name in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit", "_offset", "_cdf_length", "_quantized_cdf"):
+        for name in (
+            "_pc_parent",
+            "_pc_root",
+            "_pc_trans",
+            "_pc_emit",
+            "_offset",
+            "_cdf_length",
+            "_quantized_cdf",
+        ):
             key = prefix + name
             if key in state_dict:
                 buf = getattr(self, name)
-                setattr(self, name, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
+                setattr(
+                    self,
+                    name,
+                    torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device),
+                )
         for key, cls in (("pc.emission_logits", HCLT), ("pc.loc", DiscretizedLogisticTree)):
             if prefix + key not in state_dict or prefix + "_pc_emit" not in state_dict:
                 continue
@@ -245,11 +321,16 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
             d, k, v = state_dict[prefix + "_pc_emit"].shape
             dt = state_dict[prefix + "pc.transition_logits"].dtype
             if len(parent) != d:
-                error_msgs.append(f"{prefix}_pc_parent has {len(parent)} entries, the circuit has {d} variables")
+                error_msgs.append(
+                    f"{prefix}_pc_parent has {len(parent)} entries, the circuit has {d} variables"
+                )
             else:
-                self.pc = cls(Tree(tuple(int(p) for p in parent)), v, k, dtype=dt).to(self.quantiles.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+                self.pc = cls(Tree(tuple(int(p) for p in parent)), v, k, dtype=dt).to(
+                    self.quantiles.device
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # -- fitting --------------------------------------------------------------------------------
     def _check_latent(self, y: Any) -> None:
@@ -299,11 +380,24 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         return a
 
     def fit(
-        self, values: Tensor, num_latents: int = 16, *, tail: float = 1e-4, max_alphabet: int = 64,
-        max_items: int | None = 60000, epochs: int = 4, batch_size: int = 1024, full_batch_epochs: int = 1,
-        step_size: float | tuple[float, float] = (0.1, 0.01), pseudocount: float = 0.1,
-        structure: str = "chow-liu", leaves: str = "categorical", finetune_steps: int = 300,
-        lr: float = 0.01, seed: int = 0, progress: bool = True,
+        self,
+        values: Tensor,
+        num_latents: int = 16,
+        *,
+        tail: float = 1e-4,
+        max_alphabet: int = 64,
+        max_items: int | None = 60000,
+        epochs: int = 4,
+        batch_size: int = 1024,
+        full_batch_epochs: int = 1,
+        step_size: float | tuple[float, float] = (0.1, 0.01),
+        pseudocount: float = 0.1,
+        structure: str = "chow-liu",
+        leaves: str = "categorical",
+        finetune_steps: int = 300,
+        lr: float = 0.01,
+        seed: int = 0,
+        progress: bool = True,
     ) -> list[dict]:
         """Learn alphabets, structure and parameters from latent values [N, C] (one row per position).
 
@@ -317,12 +411,24 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         fine-tuning with the codec. Ends with ``update(force=True)``. Bad arguments raise
         ``InputError`` before any work (``check_fit_args``).
         """
-        a = self.check_fit_args(**{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")})
-        max_items, tail, lr, step_size, pseudocount = a["max_items"], a["tail"], a["lr"], a["step_size"], a["pseudocount"]
+        a = self.check_fit_args(
+            **{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")}
+        )
+        max_items, tail, lr, step_size, pseudocount = (
+            a["max_items"],
+            a["tail"],
+            a["lr"],
+            a["step_size"],
+            a["pseudocount"],
+        )
         if not isinstance(values, Tensor):
-            raise InputError(f"values must be a torch.Tensor of shape [N, {self.channels}], got {type(values).__name__}")
+            raise InputError(
+                f"values must be a torch.Tensor of shape [N, {self.channels}], got {type(values).__name__}"
+            )
         if values.dim() != 2 or values.shape[1] != self.channels:
-            raise InputError(f"values must have shape [N, {self.channels}], got {tuple(values.shape)}")
+            raise InputError(
+                f"values must have shape [N, {self.channels}], got {tuple(values.shape)}"
+            )
         if len(values) == 0:
             raise InputError("values is empty: no latent positions to fit on")
         dev = self.quantiles.device
@@ -331,8 +437,8 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         if max_items is not None and len(s) > max_items:
             s = s[torch.randperm(len(s), generator=g)[:max_items].to(dev)]
         srt = s.sort(0).values  # per-channel order statistics (torch.quantile caps input size)
-        lo = srt[int(math.floor(tail * (len(s) - 1)))]
-        hi = srt[int(math.ceil((1.0 - tail) * (len(s) - 1)))]
+        lo = srt[math.floor(tail * (len(s) - 1))]
+        hi = srt[math.ceil((1.0 - tail) * (len(s) - 1))]
         width = hi - lo + 1
         over = width > max_alphabet  # keep the central max_alphabet symbols around the median 0
         lo = torch.where(over, torch.clamp(lo, min=-(max_alphabet // 2)), lo)
@@ -348,18 +454,29 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         idx = torch.where(esc, torch.full_like(rel, v - 1), rel)
         if structure == "star":
             hub = int(idx.double().var(0).argmax()) if len(idx) > 1 else 0
-            pc = HCLT(Tree(tuple(-1 if i == hub else hub for i in range(self.channels))), v, num_latents)
+            pc = HCLT(
+                Tree(tuple(-1 if i == hub else hub for i in range(self.channels))), v, num_latents
+            )
             pc.init_params(idx.cpu(), seed=seed)
             pc = pc.to(dev)
         else:
             pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
-        hist = fit_em(pc, idx, epochs=epochs, batch_size=batch_size, full_batch_epochs=full_batch_epochs,
-                      step_size=step_size, pseudocount=pseudocount, seed=seed, progress=progress)
+        hist = fit_em(
+            pc,
+            idx,
+            epochs=epochs,
+            batch_size=batch_size,
+            full_batch_epochs=full_batch_epochs,
+            step_size=step_size,
+            pseudocount=pseudocount,
+            seed=seed,
+            progress=progress,
+        )
         if leaves == "logistic":
             pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
             u = values.to(dev) - self._medians()
             opt = torch.optim.Adam(pc.parameters(), lr=lr)
-            for step in range(finetune_steps):
+            for _step in range(finetune_steps):
                 rows = u[torch.randint(len(u), (batch_size,), generator=g).to(dev)]
                 rows = rows + (torch.rand(rows.shape, generator=g, dtype=rows.dtype) - 0.5).to(dev)
                 loss = -pc.log_prob_values(rows).mean() / (self.channels * LN2)
@@ -367,7 +484,9 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
                 loss.backward()
                 opt.step()
             if finetune_steps:  # no steps: no fine-tuning record (and no loss to report)
-                hist.append({"epoch": len(hist) + 1, "mode": "adam-logistic", "train_bpd": float(loss)})
+                hist.append(
+                    {"epoch": len(hist) + 1, "mode": "adam-logistic", "train_bpd": float(loss)}
+                )
         self.pc = pc
         self.update(force=True)
         return hist
@@ -398,9 +517,13 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         aux optimizers train) describing the directly coded support. Medians are left alone.
         """
         if self._offset.numel() == 0:
-            return (self.quantiles[:, 0, [0, 2]] - self.quantiles[:, 0, [0, 2]].detach()).abs().sum()
+            return (
+                (self.quantiles[:, 0, [0, 2]] - self.quantiles[:, 0, [0, 2]].detach()).abs().sum()
+            )
         m = self._medians()
-        target = torch.stack([m + self._offset - 0.5, m + self._offset + self._cdf_length - 0.5], -1)
+        target = torch.stack(
+            [m + self._offset - 0.5, m + self._offset + self._cdf_length - 0.5], -1
+        )
         return (self.quantiles[:, 0, [0, 2]] - target).abs().sum()
 
     def log_likelihood(self, s: Tensor) -> Tensor:
@@ -410,7 +533,9 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         b, c, h, w = s.shape
         rows = s.permute(0, 2, 3, 1).reshape(-1, c)
         idx, rel, esc = self._indices(rows)
-        leaf = pc.log_emissions().transpose(1, 2)[torch.arange(c, device=idx.device), idx]  # [N, C, K]
+        leaf = pc.log_emissions().transpose(1, 2)[
+            torch.arange(c, device=idx.device), idx
+        ]  # [N, C, K]
         logp = pc.upward(leaf)[0]
         bits = torch.where(esc, escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
@@ -428,7 +553,9 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
             out = x + torch.empty_like(x).uniform_(-0.5, 0.5)
         else:
             out = x + (rounded - x).detach()
-        if training and isinstance(self.pc, DiscretizedLogisticTree):  # smooth in x: the rate trains g_a
+        if training and isinstance(
+            self.pc, DiscretizedLogisticTree
+        ):  # smooth in x: the rate trains g_a
             b, c, h, w = out.shape
             u = (out - med).permute(0, 2, 3, 1).reshape(-1, c)
             logp = self.pc.log_prob_values(u).view(b, h, w)
@@ -452,7 +579,10 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
         encode_columns(encs, inc, idx, p, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
         fp = self._fingerprint(tables)
-        return [framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes()) for enc in encs]
+        return [
+            framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
+            for enc in encs
+        ]
 
     def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
         """Decode ``compress``'s strings into the dequantized latent [B, C, H, W].
@@ -473,7 +603,9 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         v = tables.emit.shape[-1]
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         decs = range_decoders(words)
-        rel = decode_columns(decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np, FORMAT.name)
+        rel = decode_columns(
+            decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np, FORMAT.name
+        )
         finish_decoding(decs, FORMAT.name)
         s = rel.to(self._offset.device) + self._offset.long()
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last

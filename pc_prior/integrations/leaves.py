@@ -33,7 +33,9 @@ def _bin_mass(upper: Tensor, lower: Tensor) -> Tensor:
 class DiscretizedLogisticTree(LatentTreeCircuit):
     """Latent tree with discretized logistic leaves on alphabets ``lo_d .. lo_d + n_d - 1`` + ESCAPE."""
 
-    def __init__(self, tree: Tree, num_cats: int, num_latents: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, tree: Tree, num_cats: int, num_latents: int, dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__(tree, num_latents, dtype)
         if num_cats < 2:
             raise ValueError(f"num_cats must be >= 2, got {num_cats}")
@@ -46,9 +48,11 @@ class DiscretizedLogisticTree(LatentTreeCircuit):
 
     @classmethod
     @torch.no_grad()
-    def from_hclt(cls, pc: HCLT, lo: Tensor, n: Tensor) -> "DiscretizedLogisticTree":
+    def from_hclt(cls, pc: HCLT, lo: Tensor, n: Tensor) -> DiscretizedLogisticTree:
         """Same tree, root and transitions; each state's leaf matches its categorical's mean and spread."""
-        new = cls(pc.tree, pc.num_cats, pc.num_latents, dtype=pc.root_logits.dtype).to(pc.root_logits.device)
+        new = cls(pc.tree, pc.num_cats, pc.num_latents, dtype=pc.root_logits.dtype).to(
+            pc.root_logits.device
+        )
         new.root_logits.copy_(pc.root_logits)
         new.transition_logits.copy_(pc.transition_logits)
         new.alphabet_lo.copy_(lo)
@@ -82,7 +86,9 @@ class DiscretizedLogisticTree(LatentTreeCircuit):
         v = self.num_cats
         scale = self._scale()[..., None]
         j = torch.arange(v - 1, device=self.loc.device, dtype=self.loc.dtype)
-        centers = self.alphabet_lo[:, None, None].to(j.dtype) + j - self.loc[..., None]  # [D, K, V-1]
+        centers = (
+            self.alphabet_lo[:, None, None].to(j.dtype) + j - self.loc[..., None]
+        )  # [D, K, V-1]
         inside = _bin_mass((centers + 0.5) / scale, (centers - 0.5) / scale)
         inside = inside * (j < self.alphabet_n[:, None, None])
         escape = (1.0 - inside.sum(-1, keepdim=True)).clamp_min(0.0)

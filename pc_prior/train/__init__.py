@@ -7,6 +7,14 @@ from .prior import EMOptimizer, PriorModule
 from .rd import RDModule
 
 __all__ = [
-    "PriorModule", "EMOptimizer", "CodecModule", "RDModule", "export_codec", "load_codec", "lambda_for_quality",
-    "ImageFolderDataModule", "MNISTDataModule", "InterruptCheckpoint",
+    "CodecModule",
+    "EMOptimizer",
+    "ImageFolderDataModule",
+    "InterruptCheckpoint",
+    "MNISTDataModule",
+    "PriorModule",
+    "RDModule",
+    "export_codec",
+    "lambda_for_quality",
+    "load_codec",
 ]

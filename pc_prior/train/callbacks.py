@@ -31,7 +31,9 @@ class InterruptCheckpoint(Callback):
             return Path(cb.dirpath)
         return Path(trainer.default_root_dir) / "checkpoints"
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if trainer.state.fn != "fit" or trainer.global_step == 0:
             return  # nothing trained yet (e.g. the data failed to load): keep the original error alone
         path = self._dir(trainer) / self.filename

@@ -15,24 +15,33 @@ from typing import Any
 
 __all__ = ["register", "run_lightning_cli"]
 
-FIT_HELP = ("train a model with LightningCLI, e.g. pc-prior fit --config configs/mnist_hclt.yaml "
-            "--trainer.max_epochs 1, or joint codec + PC prior fine-tuning with --config configs/rd_factorized.yaml "
-            "(any LightningModule/DataModule by class_path)")
-CODEC_HELP = ("train a CompressAI codec from scratch (CodecModule + ImageFolderDataModule), e.g. "
-              "pc-prior train-codec --data.train_dir DIR --data.val_dir DIR --model.quality 2 --trainer.max_steps 10000")
+FIT_HELP = (
+    "train a model with LightningCLI, e.g. pc-prior fit --config configs/mnist_hclt.yaml "
+    "--trainer.max_epochs 1, or joint codec + PC prior fine-tuning with --config configs/rd_factorized.yaml "
+    "(any LightningModule/DataModule by class_path)"
+)
+CODEC_HELP = (
+    "train a CompressAI codec from scratch (CodecModule + ImageFolderDataModule), e.g. "
+    "pc-prior train-codec --data.train_dir DIR --data.val_dir DIR --model.quality 2 --trainer.max_steps 10000"
+)
 
 
 def _cli_class():
-    from pytorch_lightning.cli import LightningCLI
     from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.cli import LightningCLI
 
     class PCPriorCLI(LightningCLI):
         """LightningCLI with an always-on ModelCheckpoint (``checkpoint``), interrupt checkpoints and default loggers."""
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_epochs": 1,
-                                 "checkpoint.save_top_k": 1})
+            parser.set_defaults(
+                {
+                    "checkpoint.save_last": True,
+                    "checkpoint.every_n_epochs": 1,
+                    "checkpoint.save_top_k": 1,
+                }
+            )
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
             from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
@@ -41,7 +50,10 @@ def _cli_class():
 
             if config.get("logger") in (None, True):
                 root = config.get("default_root_dir") or os.getcwd()
-                config["logger"] = [CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tensorboard")]
+                config["logger"] = [
+                    CSVLogger(root, name="csv"),
+                    TensorBoardLogger(root, name="tensorboard"),
+                ]
             callbacks = [*callbacks, InterruptCheckpoint()]
             return super()._instantiate_trainer(config, callbacks)
 
@@ -50,9 +62,9 @@ def _cli_class():
 
 def run_lightning_cli(args: list[str], model_class=None, datamodule_class=None) -> Any:
     """Run ``fit`` through LightningCLI with ``args``; subclass mode (``class_path``) unless classes are given."""
-    import pytorch_lightning as pl
-
     import warnings
+
+    import pytorch_lightning as pl
 
     cli = _cli_class()
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -84,7 +96,14 @@ def _train_codec(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fit`` and ``train-codec`` to the ``pc-prior`` command line."""
     for name, help_, func in (("fit", FIT_HELP, _fit), ("train-codec", CODEC_HELP, _train_codec)):
-        p = subparsers.add_parser(name, help=help_, description=help_ + ". Run with --help for LightningCLI's options.",
-                                  add_help=False, prefix_chars="\0")
-        p.add_argument("lightning_args", nargs=argparse.REMAINDER, help="arguments for LightningCLI fit")
+        p = subparsers.add_parser(
+            name,
+            help=help_,
+            description=help_ + ". Run with --help for LightningCLI's options.",
+            add_help=False,
+            prefix_chars="\0",
+        )
+        p.add_argument(
+            "lightning_args", nargs=argparse.REMAINDER, help="arguments for LightningCLI fit"
+        )
         p.set_defaults(func=func)

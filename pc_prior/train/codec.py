@@ -26,15 +26,42 @@ from torch import Tensor, nn
 from ..integrations.api import build_codec, load_codec, pad_to_multiple, save_codec
 
 __all__ = [
-    "ZOO_MSE_LAMBDAS", "ZOO_MSSSIM_LAMBDAS", "RDTrainingModule", "CodecModule", "build_codec", "export_codec", "load_codec",
-    "split_parameters", "rd_metrics", "pad_to_multiple", "lambda_for_quality",
+    "ZOO_MSE_LAMBDAS",
+    "ZOO_MSSSIM_LAMBDAS",
+    "CodecModule",
+    "RDTrainingModule",
+    "build_codec",
+    "export_codec",
+    "lambda_for_quality",
+    "load_codec",
+    "pad_to_multiple",
+    "rd_metrics",
+    "split_parameters",
 ]
 
 # λ of CompressAI's zoo models trained for MSE, by quality 1..8 (CompressAI docs, "Training";
 # the same list is compressai.models.vbr's ``lmbda``).
-ZOO_MSE_LAMBDAS: dict[int, float] = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+ZOO_MSE_LAMBDAS: dict[int, float] = {
+    1: 0.0018,
+    2: 0.0035,
+    3: 0.0067,
+    4: 0.0130,
+    5: 0.0250,
+    6: 0.0483,
+    7: 0.0932,
+    8: 0.1800,
+}
 # λ of the zoo models trained for MS-SSIM (loss λ·(1 − MS-SSIM) + bpp), same source.
-ZOO_MSSSIM_LAMBDAS: dict[int, float] = {1: 2.40, 2: 4.58, 3: 8.73, 4: 16.64, 5: 31.73, 6: 60.50, 7: 115.37, 8: 220.0}
+ZOO_MSSSIM_LAMBDAS: dict[int, float] = {
+    1: 2.40,
+    2: 4.58,
+    3: 8.73,
+    4: 16.64,
+    5: 31.73,
+    6: 60.50,
+    7: 115.37,
+    8: 220.0,
+}
 METRICS = ("mse", "ms-ssim")
 
 
@@ -57,8 +84,9 @@ def split_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parame
     return main, aux
 
 
-def rd_metrics(out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | None = None,
-               metric: str = "mse") -> dict[str, Tensor]:
+def rd_metrics(
+    out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | None = None, metric: str = "mse"
+) -> dict[str, Tensor]:
     """``loss``, ``bpp``, ``mse`` and ``psnr`` (plus ``ms_ssim`` for that metric) of a codec's forward
     output on ``x`` in [0, 1]; ``loss`` is ``λ·255²·MSE + bpp`` or ``λ·(1 − MS-SSIM) + bpp``.
 
@@ -76,10 +104,18 @@ def rd_metrics(out: dict[str, Any], x: Tensor, lmbda: float, num_pixels: int | N
     from pytorch_msssim import ms_ssim
 
     msssim = ms_ssim(out["x_hat"], x, data_range=1.0)
-    return {"loss": lmbda * (1 - msssim) + bpp, "bpp": bpp, "mse": mse, "psnr": psnr, "ms_ssim": msssim}
+    return {
+        "loss": lmbda * (1 - msssim) + bpp,
+        "bpp": bpp,
+        "mse": mse,
+        "psnr": psnr,
+        "ms_ssim": msssim,
+    }
 
 
-def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbda: float, **extra: Any) -> Path:
+def export_codec(
+    net: nn.Module, path: str | Path, arch: str, quality: int, lmbda: float, **extra: Any
+) -> Path:
     """Write ``{"arch", "quality", "lmbda", "state_dict", ...}`` (the ``shared/models`` format) after
     ``update(force=True)`` on a CPU copy, so the entropy coder tables are in the state dict."""
     net = copy.deepcopy(net).cpu().eval()
@@ -87,17 +123,24 @@ def export_codec(net: nn.Module, path: str | Path, arch: str, quality: int, lmbd
     return save_codec(net, path, arch, quality, lmbda=lmbda, **extra)
 
 
-def _resize_coder_buffers(module: nn.Module, state_dict: dict[str, Tensor], prefix: str = "") -> None:
+def _resize_coder_buffers(
+    module: nn.Module, state_dict: dict[str, Tensor], prefix: str = ""
+) -> None:
     """Give entropy coder buffers (``_quantized_cdf``, ``_offset``, ``_cdf_length``, ``scale_table``)
     the shapes they have in ``state_dict``, which ``update()`` may have changed, so a Lightning
     checkpoint loads (CompressAI's own ``load_state_dict`` does this only at the model's top level)."""
     for name, buf in list(module.named_buffers()):
         key = prefix + name
         owner_name, _, leaf = name.rpartition(".")
-        if leaf in {"_quantized_cdf", "_offset", "_cdf_length", "scale_table"} and key in state_dict \
-                and state_dict[key].shape != buf.shape:
+        if (
+            leaf in {"_quantized_cdf", "_offset", "_cdf_length", "scale_table"}
+            and key in state_dict
+            and state_dict[key].shape != buf.shape
+        ):
             owner = module.get_submodule(owner_name) if owner_name else module
-            owner.register_buffer(leaf, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device))
+            owner.register_buffer(
+                leaf, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device)
+            )
 
 
 class RDTrainingModule(pl.LightningModule):
@@ -118,7 +161,9 @@ class RDTrainingModule(pl.LightningModule):
 
     def _init_rd(self) -> None:
         self.automatic_optimization = False
-        self.rd_loss = RateDistortionLoss(lmbda=self.lmbda, metric=self.metric)  # CompressAI's own loss
+        self.rd_loss = RateDistortionLoss(
+            lmbda=self.lmbda, metric=self.metric
+        )  # CompressAI's own loss
 
     @property
     def lmbda(self) -> float:
@@ -145,10 +190,15 @@ class RDTrainingModule(pl.LightningModule):
         opt = torch.optim.Adam(self.param_groups(main), lr=hp.lr)
         aux_opt = torch.optim.Adam(aux, lr=hp.aux_lr)
         total = self.trainer.estimated_stepping_batches if self.trainer is not None else math.inf
-        decay_step = int(hp.lr_decay_at * total) if hp.lr_decay_at is not None and math.isfinite(total) else None
+        decay_step = (
+            int(hp.lr_decay_at * total)
+            if hp.lr_decay_at is not None and math.isfinite(total)
+            else None
+        )
         factor = hp.lr_decay_factor
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: factor if decay_step is not None and step >= decay_step else 1.0)
+            opt, lambda step: factor if decay_step is not None and step >= decay_step else 1.0
+        )
         return [opt, aux_opt], [{"scheduler": sched, "interval": "step"}]
 
     def aux_loss(self) -> Tensor:
@@ -174,13 +224,25 @@ class RDTrainingModule(pl.LightningModule):
         aux_opt.zero_grad()
         self.manual_backward(loss + aux_loss)
         if self.hparams.clip_max_norm > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip_max_norm, gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                opt, gradient_clip_val=self.hparams.clip_max_norm, gradient_clip_algorithm="norm"
+            )
         opt.step()
         aux_opt.optimizer.step()  # raw step: global_step counts batches, not optimizer calls
         self.lr_schedulers().step()
-        mse = losses["mse_loss"].detach() if "mse_loss" in losses else F.mse_loss(out["x_hat"].detach(), x)
-        m = {"loss": losses["loss"].detach(), "bpp": losses["bpp_loss"].detach(), "mse": mse,
-             "psnr": 10 * torch.log10(1.0 / mse.clamp_min(1e-10)), "aux_loss": aux_loss.detach(), **logs}
+        mse = (
+            losses["mse_loss"].detach()
+            if "mse_loss" in losses
+            else F.mse_loss(out["x_hat"].detach(), x)
+        )
+        m = {
+            "loss": losses["loss"].detach(),
+            "bpp": losses["bpp_loss"].detach(),
+            "mse": mse,
+            "psnr": 10 * torch.log10(1.0 / mse.clamp_min(1e-10)),
+            "aux_loss": aux_loss.detach(),
+            **logs,
+        }
         if "ms_ssim_loss" in losses:
             m["ms_ssim"] = losses["ms_ssim_loss"].detach()
         return m
@@ -188,8 +250,10 @@ class RDTrainingModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         precision = str(self.trainer.precision)
         if precision.startswith("16"):
-            raise ValueError(f"{type(self).__name__} supports precision 32 or bf16-mixed "
-                             "(16-mixed's scaler needs every step counted)")
+            raise ValueError(
+                f"{type(self).__name__} supports precision 32 or bf16-mixed "
+                "(16-mixed's scaler needs every step counted)"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _resize_coder_buffers(self, checkpoint.get("state_dict", {}))
@@ -198,7 +262,9 @@ class RDTrainingModule(pl.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         m = self.rd_step(x)
         self.log_dict({f"train_{k}": v for k, v in m.items()}, prog_bar=False, batch_size=len(x))
-        self.log_dict({"bpp": m["bpp"], "psnr": m["psnr"]}, prog_bar=True, logger=False, batch_size=len(x))
+        self.log_dict(
+            {"bpp": m["bpp"], "psnr": m["psnr"]}, prog_bar=True, logger=False, batch_size=len(x)
+        )
         self.log("lr", self.optimizers()[0].param_groups[0]["lr"], batch_size=len(x))
         return m["loss"]
 
@@ -218,13 +284,22 @@ class RDTrainingModule(pl.LightningModule):
         out = self.net(xp)
         out["x_hat"] = out["x_hat"][..., :h, :w].clamp(0, 1)
         m = rd_metrics(out, x, self.lmbda, num_pixels=n * h * w, metric=self.metric)
-        self.log_dict({f"val_{k}": v for k, v in m.items()}, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict(
+            {f"val_{k}": v for k, v in m.items()}, prog_bar=True, batch_size=n, sync_dist=True
+        )
         if self._coded_val(batch_idx):  # real bitstreams
             enc = self.net.compress(xp)
             nbytes = sum(len(s) for group in enc["strings"] for s in group)
-            self.log("val_bpp_coded", torch.tensor(8.0 * nbytes / (n * h * w), device=self.device),
-                     prog_bar=True, batch_size=n, sync_dist=True)
-            self.log("val_bpp_est_coded", m["bpp"], batch_size=n, sync_dist=True)  # same images' estimate
+            self.log(
+                "val_bpp_coded",
+                torch.tensor(8.0 * nbytes / (n * h * w), device=self.device),
+                prog_bar=True,
+                batch_size=n,
+                sync_dist=True,
+            )
+            self.log(
+                "val_bpp_est_coded", m["bpp"], batch_size=n, sync_dist=True
+            )  # same images' estimate
 
     def export(self, path: str | Path) -> Path:
         raise NotImplementedError

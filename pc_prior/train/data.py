@@ -18,7 +18,13 @@ from torchvision import transforms
 
 from ..data import load_mnist
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageFolderDataModule", "MNISTDataModule", "list_images"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "list_images",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -29,7 +35,9 @@ def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(
+        p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
     return files
@@ -48,7 +56,11 @@ class ImageFolder(Dataset):
     def __getitem__(self, i: int) -> Tensor:
         with Image.open(self.files[i]) as im:
             img = im.convert("RGB")
-        return self.transform(img) if self.transform is not None else transforms.functional.to_tensor(img)
+        return (
+            self.transform(img)
+            if self.transform is not None
+            else transforms.functional.to_tensor(img)
+        )
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -79,30 +91,55 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = ImageFolder(hp.train_dir, transforms.Compose([
-                transforms.RandomCrop(hp.patch_size, pad_if_needed=True, padding_mode="reflect"),
-                transforms.RandomHorizontalFlip(),
-                transforms.RandomVerticalFlip(),
-                transforms.ToTensor(),
-            ]))
+            self.train_set = ImageFolder(
+                hp.train_dir,
+                transforms.Compose(
+                    [
+                        transforms.RandomCrop(
+                            hp.patch_size, pad_if_needed=True, padding_mode="reflect"
+                        ),
+                        transforms.RandomHorizontalFlip(),
+                        transforms.RandomVerticalFlip(),
+                        transforms.ToTensor(),
+                    ]
+                ),
+            )
         if hp.val_dir is not None and self.val_set is None:
             tf = [transforms.CenterCrop(hp.val_patch_size)] if hp.val_patch_size else []
             val = ImageFolder(hp.val_dir, transforms.Compose([*tf, transforms.ToTensor()]))
             if hp.val_patch_size is None and hp.val_batch_size != 1:
-                raise ValueError("whole-image validation (val_patch_size=None) needs val_batch_size=1")
-            self.val_set = torch.utils.data.Subset(val, range(min(hp.val_limit, len(val)))) if hp.val_limit else val
+                raise ValueError(
+                    "whole-image validation (val_patch_size=None) needs val_batch_size=1"
+                )
+            self.val_set = (
+                torch.utils.data.Subset(val, range(min(hp.val_limit, len(val))))
+                if hp.val_limit
+                else val
+            )
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.train_set, batch_size=hp.batch_size, shuffle=True, drop_last=len(self.train_set) >= hp.batch_size,
-                          num_workers=hp.num_workers, pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=hp.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) >= hp.batch_size,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         hp = self.hparams
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=hp.val_batch_size, shuffle=False,
-                          num_workers=min(hp.num_workers, 2), pin_memory=hp.pin_memory)
+        return DataLoader(
+            self.val_set,
+            batch_size=hp.val_batch_size,
+            shuffle=False,
+            num_workers=min(hp.num_workers, 2),
+            pin_memory=hp.pin_memory,
+        )
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -133,13 +170,15 @@ class MNISTDataModule(pl.LightningDataModule):
     @property
     def num_cats(self) -> int:
         """Symbols per variable: 2 ** bits."""
-        return 2 ** self.hparams.bits
+        return 2**self.hparams.bits
 
     def _load(self, split: str, limit: int | None) -> Tensor:
         try:
             x = load_mnist(self.hparams.data, split, limit)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e} (MNISTDataModule: set data, e.g. --data.init_args.data DIR)") from None
+            raise FileNotFoundError(
+                f"{e} (MNISTDataModule: set data, e.g. --data.init_args.data DIR)"
+            ) from None
         if len(x) == 0:
             raise ValueError(f"the {split} split in {self.hparams.data} holds no images")
         return x >> (8 - self.hparams.bits)
@@ -156,9 +195,17 @@ class MNISTDataModule(pl.LightningDataModule):
         return self.x_train[:n]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.x_train), batch_size=self.hparams.batch_size, shuffle=True,
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(
+            TensorDataset(self.x_train),
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(self.x_val), batch_size=self.hparams.val_batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(
+            TensorDataset(self.x_val),
+            batch_size=self.hparams.val_batch_size,
+            shuffle=False,
+            num_workers=self.hparams.num_workers,
+        )

@@ -18,8 +18,9 @@ already symbols), the hook through which a frozen codec's latents can be the tra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -117,7 +118,9 @@ class PriorModule(pl.LightningModule):
         else:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not isinstance(x, Tensor) or x.dim() != 2:
-            raise ValueError(f"PriorModule expects symbols of shape [N, D], got {getattr(x, 'shape', type(x))}")
+            raise ValueError(
+                f"PriorModule expects symbols of shape [N, D], got {getattr(x, 'shape', type(x))}"
+            )
         return x.long()
 
     def build(self, x: Tensor) -> HCLT:
@@ -132,7 +135,9 @@ class PriorModule(pl.LightningModule):
             return
         dm = self.trainer.datamodule if self.trainer is not None else None
         if dm is None or not hasattr(dm, "structure_sample"):
-            raise ValueError("PriorModule needs a datamodule with structure_sample(n), or call build(x) first")
+            raise ValueError(
+                "PriorModule needs a datamodule with structure_sample(n), or call build(x) first"
+            )
         if self.hparams.num_cats is None and hasattr(dm, "num_cats") and self.latent_fn is None:
             self.hparams.num_cats = int(dm.num_cats)
         sample = dm.structure_sample(self.hparams.structure_samples)
@@ -142,16 +147,22 @@ class PriorModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         pc = self._require_pc()
         checkpoint["pc_structure"] = {
-            "parent": [int(p) for p in pc.tree.parent], "num_cats": pc.num_cats,
-            "num_latents": pc.num_latents, "dtype": str(pc.root_logits.dtype).removeprefix("torch."),
+            "parent": [int(p) for p in pc.tree.parent],
+            "num_cats": pc.num_cats,
+            "num_latents": pc.num_latents,
+            "dtype": str(pc.root_logits.dtype).removeprefix("torch."),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         s = checkpoint.get("pc_structure")
         if s is None:
             raise ValueError("checkpoint has no 'pc_structure': it was not written by PriorModule")
-        self.pc = HCLT(Tree(tuple(s["parent"])), s["num_cats"], s["num_latents"],
-                       dtype=getattr(torch, s["dtype"])).to(self.device)
+        self.pc = HCLT(
+            Tree(tuple(s["parent"])),
+            s["num_cats"],
+            s["num_latents"],
+            dtype=getattr(torch, s["dtype"]),
+        ).to(self.device)
 
     def _require_pc(self) -> HCLT:
         if self.pc is None:
@@ -163,12 +174,17 @@ class PriorModule(pl.LightningModule):
         pc, hp = self._require_pc(), self.hparams
         if hp.method == "adam":
             return torch.optim.Adam(pc.parameters(), lr=hp.lr)
-        opt = EMOptimizer([pc.root_logits, pc.transition_logits, pc.emission_logits],
-                          lr=hp.lr, pseudocount=hp.pseudocount)
+        opt = EMOptimizer(
+            [pc.root_logits, pc.transition_logits, pc.emission_logits],
+            lr=hp.lr,
+            pseudocount=hp.pseudocount,
+        )
         total = self.trainer.estimated_stepping_batches if self.trainer is not None else math.inf
         if hp.lr_end is None or not math.isfinite(total):
             return opt
-        sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, hp.lr_end / hp.lr, total_iters=max(int(total) - 1, 1))
+        sched = torch.optim.lr_scheduler.LinearLR(
+            opt, 1.0, hp.lr_end / hp.lr, total_iters=max(int(total) - 1, 1)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _reduce_sum(self, t: Tensor) -> Tensor:
@@ -190,13 +206,19 @@ class PriorModule(pl.LightningModule):
             counts, ll_f = em_step_counts(pc, x)
             sizes = [c.numel() for c in counts]
             flat = self._reduce_sum(torch.cat([c.reshape(-1) for c in counts]))
-            for p, c in zip((pc.root_logits, pc.transition_logits, pc.emission_logits), flat.split(sizes)):
+            for p, c in zip(
+                (pc.root_logits, pc.transition_logits, pc.emission_logits), flat.split(sizes)
+            ):
                 p.grad = c.view_as(p)
             opt.step()
             opt.zero_grad()
             ll = torch.tensor(ll_f, device=self.device, dtype=torch.float64)
         # global bpd of this step: sum log-likelihood and rows over ranks
-        stats = self._reduce_sum(torch.stack([ll.double(), torch.tensor(float(len(x)), device=self.device, dtype=torch.float64)]))
+        stats = self._reduce_sum(
+            torch.stack(
+                [ll.double(), torch.tensor(float(len(x)), device=self.device, dtype=torch.float64)]
+            )
+        )
         bpd = -stats[0] / (stats[1] * pc.num_vars * LN2)
         sched = self.lr_schedulers()
         if sched is not None:
@@ -221,8 +243,13 @@ class PriorModule(pl.LightningModule):
     def export(self, path: str | Path, **metadata: Any) -> Path:
         """Write the circuit with ``pc_prior.save`` (loadable by ``pc_prior.load``)."""
         path = Path(path)
-        save_pc(_cpu_copy(self._require_pc()), path, trainer="PriorModule",
-                global_step=int(self.global_step), **metadata)
+        save_pc(
+            _cpu_copy(self._require_pc()),
+            path,
+            trainer="PriorModule",
+            global_step=int(self.global_step),
+            **metadata,
+        )
         return path
 
     def on_fit_end(self) -> None:

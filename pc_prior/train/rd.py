@@ -34,24 +34,30 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor, nn
 
-from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
-from ..integrations.leaves import DiscretizedLogisticTree
 from ..files import read_file
+from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
 from ..integrations.codec_file import codec_from_content
+from ..integrations.leaves import DiscretizedLogisticTree
 from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 
 __all__ = ["RDModule", "load_start_codec"]
 
 
-def load_start_codec(codec: str | None, arch: str, quality: int,
-                     net_kwargs: dict[str, Any] | None = None, metric: str = "mse") -> tuple[nn.Module, dict[str, Any]]:
+def load_start_codec(
+    codec: str | None,
+    arch: str,
+    quality: int,
+    net_kwargs: dict[str, Any] | None = None,
+    metric: str = "mse",
+) -> tuple[nn.Module, dict[str, Any]]:
     """The codec to start from (train mode, CPU) and what is known about it (``arch``, ``quality``, ``lmbda``...).
 
     ``codec``: a codec file with ``arch``/``quality``/``state_dict`` (see
@@ -60,20 +66,31 @@ def load_start_codec(codec: str | None, arch: str, quality: int,
     ``ARCH:qN`` (pretrained, needs the network), or ``None`` for a fresh ``build_codec(arch, quality, net_kwargs)``.
     """
     if codec is None:
-        return build_codec(arch, quality, net_kwargs).train(), {"arch": arch, "quality": quality,
-                                                                "net_kwargs": net_kwargs, "source": "random init"}
+        return build_codec(arch, quality, net_kwargs).train(), {
+            "arch": arch,
+            "quality": quality,
+            "net_kwargs": net_kwargs,
+            "source": "random init",
+        }
     path = Path(codec).expanduser()
     if path.is_file():
         content, digested = read_file(path)  # verified, weights only; read once
         if {"arch", "quality", "state_dict"} <= content.keys():
             net, ck = codec_from_content(path, content, digested)
-            meta = {k: ck[k] for k in ("arch", "quality", "lmbda", "metric", "net_kwargs") if k in ck}
+            meta = {
+                k: ck[k] for k in ("arch", "quality", "lmbda", "metric", "net_kwargs") if k in ck
+            }
             return net.train(), {**meta, "source": str(path)}
-    from ..eval.models import load_model  # zoo specs, CompressAI checkpoints; its errors name the fix
+    from ..eval.models import (
+        load_model,
+    )  # zoo specs, CompressAI checkpoints; its errors name the fix
 
     loaded = load_model(codec, arch=arch if path.is_file() else None, metric=metric)
-    return loaded.net.cpu().train(), {"arch": loaded.arch or arch, "quality": loaded.quality or quality,
-                                      "source": loaded.source}
+    return loaded.net.cpu().train(), {
+        "arch": loaded.arch or arch,
+        "quality": loaded.quality or quality,
+        "source": loaded.source,
+    }
 
 
 class RDModule(RDTrainingModule):
@@ -140,7 +157,11 @@ class RDModule(RDTrainingModule):
         net, meta = load_start_codec(codec, arch, quality, net_kwargs, metric)
         if lmbda is None:
             same_metric = meta.get("metric", "mse") == metric
-            lmbda = meta["lmbda"] if meta.get("lmbda") and same_metric else lambda_for_quality(int(meta["quality"]), metric)
+            lmbda = (
+                meta["lmbda"]
+                if meta.get("lmbda") and same_metric
+                else lambda_for_quality(int(meta["quality"]), metric)
+            )
         if lmbda <= 0:
             raise ValueError(f"lmbda must be > 0, got {lmbda}")
         self.save_hyperparameters()
@@ -148,7 +169,9 @@ class RDModule(RDTrainingModule):
         self.codec_info = {k: v for k, v in meta.items() if v is not None}
         old = getattr(net, bottleneck, None)
         if not isinstance(old, EntropyBottleneck):
-            raise TypeError(f"the codec's {bottleneck!r} is {type(old).__name__}, not an EntropyBottleneck")
+            raise TypeError(
+                f"the codec's {bottleneck!r} is {type(old).__name__}, not an EntropyBottleneck"
+            )
         for p in net.parameters():
             p.requires_grad_(True)
         if isinstance(old, PCEntropyBottleneck):
@@ -178,22 +201,34 @@ class RDModule(RDTrainingModule):
         if dataset is None and dm is not None:
             dataset = dm.train_dataloader().dataset
         if dataset is None:
-            raise ValueError("RDModule needs prior_images (a folder) or a datamodule with a training set "
-                             "to fit the circuit on")
+            raise ValueError(
+                "RDModule needs prior_images (a folder) or a datamodule with a training set "
+                "to fit the circuit on"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hp.seed)
             idx = torch.randperm(len(dataset))[: hp.prior_max_images].tolist()
             items = [dataset[i] for i in idx]
         items = [x[0] if isinstance(x, (tuple, list)) else x for x in items]
-        return [torch.stack(items[i:i + 8]) for i in range(0, len(items), 8)]
+        return [torch.stack(items[i : i + 8]) for i in range(0, len(items), 8)]
 
     def fit_prior(self, images: list[Tensor] | None = None) -> list[dict]:
         """Fit the circuit on the current codec's latents (``images``: default :meth:`_prior_images`)."""
         hp = self.hparams
         images = self._prior_images() if images is None else images
-        hist = fit_prior(self.net, images, name=hp.bottleneck, num_latents=hp.num_latents, structure=hp.structure,
-                         leaves=hp.leaves, max_items=hp.prior_max_items, epochs=hp.prior_epochs,
-                         finetune_steps=hp.prior_finetune_steps, seed=hp.seed, progress=False)
+        hist = fit_prior(
+            self.net,
+            images,
+            name=hp.bottleneck,
+            num_latents=hp.num_latents,
+            structure=hp.structure,
+            leaves=hp.leaves,
+            max_items=hp.prior_max_items,
+            epochs=hp.prior_epochs,
+            finetune_steps=hp.prior_finetune_steps,
+            seed=hp.seed,
+            progress=False,
+        )
         for p in self.net.parameters():  # fit_prior froze the codec
             p.requires_grad_(True)
         return hist
@@ -201,7 +236,9 @@ class RDModule(RDTrainingModule):
     def _convert_leaves(self) -> None:
         eb = self.pc_bottleneck
         if self.hparams.leaves == "logistic" and not isinstance(eb.pc, DiscretizedLogisticTree):
-            eb.pc = DiscretizedLogisticTree.from_hclt(eb.pc, eb._offset.long(), eb._cdf_length.long())
+            eb.pc = DiscretizedLogisticTree.from_hclt(
+                eb.pc, eb._offset.long(), eb._cdf_length.long()
+            )
             with torch.no_grad():
                 eb.update(force=True)
 
@@ -220,15 +257,19 @@ class RDModule(RDTrainingModule):
         prior_lr = self.hparams.prior_lr
         if prior_lr is None:
             return [{"params": main}]
-        density = {id(p) for p in self.pc_bottleneck.parameters()}  # the plain bottleneck trains at lr, as in CompressAI
+        density = {
+            id(p) for p in self.pc_bottleneck.parameters()
+        }  # the plain bottleneck trains at lr, as in CompressAI
         codec = [p for p in main if id(p) not in density]
         prior = [p for p in main if id(p) in density]
         return [{"params": codec}, {"params": prior, "lr": prior_lr}]
 
     def configure_optimizers(self):
         if not self.pc_bottleneck.fitted:
-            raise RuntimeError("the PC bottleneck is not fitted: RDModule fits it in setup('fit') "
-                               "(or call fit_prior(images) first)")
+            raise RuntimeError(
+                "the PC bottleneck is not fitted: RDModule fits it in setup('fit') "
+                "(or call fit_prior(images) first)"
+            )
         return super().configure_optimizers()
 
     @contextlib.contextmanager
@@ -271,16 +312,26 @@ class RDModule(RDTrainingModule):
             super().validation_step(batch, batch_idx)
         if self.plain_bottleneck is not None and seen:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self.log("val_bpp_plain", self._plain_bpp(seen[0], x), batch_size=len(x), sync_dist=True)
+            self.log(
+                "val_bpp_plain", self._plain_bpp(seen[0], x), batch_size=len(x), sync_dist=True
+            )
 
     # -- export ---------------------------------------------------------------------------------
     def _file_meta(self) -> tuple[str, int, dict[str, Any]]:
         info = self.codec_info
-        extra: dict[str, Any] = {"lmbda": self.lmbda, "metric": self.metric, "steps": int(self.global_step),
-                                 "start": info.get("source")}
+        extra: dict[str, Any] = {
+            "lmbda": self.lmbda,
+            "metric": self.metric,
+            "steps": int(self.global_step),
+            "start": info.get("source"),
+        }
         if info.get("net_kwargs"):
             extra["net_kwargs"] = dict(info["net_kwargs"])
-        return info.get("arch", self.hparams.arch), int(info.get("quality", self.hparams.quality)), extra
+        return (
+            info.get("arch", self.hparams.arch),
+            int(info.get("quality", self.hparams.quality)),
+            extra,
+        )
 
     def export(self, path: str | Path) -> Path:
         """Write the codec with its circuit (``save_codec`` format, coding tables up to date) to ``path``,

@@ -2,73 +2,29 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
-from pathlib import Path
-
-import numpy as np
-
-
-def write_idx(path: Path, arr: np.ndarray) -> None:
-    arr = np.asarray(arr, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">I", s) for s in arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.tobytes())
-
-
-def structured_digits(n: int, seed: int, size: int = 8) -> np.ndarray:
-    """[n, size, size] uint8 images with strong row correlations (so structure and EM matter)."""
-    g = np.random.default_rng(seed)
-    rows = g.random((n, size, 1)) < 0.5
-    return (np.repeat(rows, size, axis=2) * 200 + g.integers(0, 50, (n, size, size))).astype(np.uint8)
-
-
-def make_mnist(root: Path, n_train: int = 256, n_test: int = 64) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    write_idx(root / "train-images-idx3-ubyte.gz", structured_digits(n_train, 0))
-    write_idx(root / "t10k-images-idx3-ubyte.gz", structured_digits(n_test, 1))
-    return root
-
-
-def make_pngs(root: Path, n: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    g = np.random.default_rng(seed)
-    for i in range(n):
-        h, w = size
-        smooth = np.kron(g.integers(0, 256, (h // 8, w // 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
-        Image.fromarray(smooth).save(root / f"img{i:02d}.png")
-    return root
-
-
 # -- tests of the modules (tiny synthetic data) --------------------------------------------------
-import math  # noqa: E402
+import pytest
+import torch
+from helpers import make_mnist, make_pngs, tiny_trainer
 
-import pytest  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-import pc_prior  # noqa: E402
-from pc_prior.train import (  # noqa: E402
-    CodecModule, EMOptimizer, ImageFolderDataModule, MNISTDataModule, PriorModule, lambda_for_quality, load_codec,
+import pc_prior
+from pc_prior.train import (
+    CodecModule,
+    EMOptimizer,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    PriorModule,
+    lambda_for_quality,
+    load_codec,
 )
-from pc_prior.train.codec import pad_to_multiple, split_parameters  # noqa: E402
-
-
-def tiny_trainer(**kw) -> pl.Trainer:
-    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    args.update(kw)
-    return pl.Trainer(**args)
+from pc_prior.train.codec import pad_to_multiple, split_parameters
 
 
 def test_mnist_datamodule_reads_idx_and_reduces_bits(tmp_path):
     dm = MNISTDataModule(str(make_mnist(tmp_path / "m", 40, 10)), batch_size=16, bits=2)
     dm.setup("fit")
     assert dm.x_train.shape == (40, 64) and dm.x_train.dtype == torch.long
-    assert dm.num_cats == 4 and 0 <= int(dm.x_train.min()) and int(dm.x_train.max()) <= 3
+    assert dm.num_cats == 4 and int(dm.x_train.min()) >= 0 and int(dm.x_train.max()) <= 3
     assert torch.equal(dm.structure_sample(5), dm.x_train[:5])
     (xb,) = next(iter(dm.train_dataloader()))
     assert xb.shape == (16, 64)
@@ -76,7 +32,9 @@ def test_mnist_datamodule_reads_idx_and_reduces_bits(tmp_path):
 
 def test_prior_em_lowers_bpd_and_exports_loadable_circuit(tmp_path):
     dm = MNISTDataModule(str(make_mnist(tmp_path / "m")), batch_size=64, bits=2)
-    model = PriorModule(num_latents=4, lr=0.3, lr_end=0.1, coded_items=8, export_path=str(tmp_path / "h.pt"))
+    model = PriorModule(
+        num_latents=4, lr=0.3, lr_end=0.1, coded_items=8, export_path=str(tmp_path / "h.pt")
+    )
     trainer = tiny_trainer(max_epochs=2)
     before = trainer.validate(model, dm, verbose=False)[0]["val_bpd"]
     trainer.fit(model, dm)
@@ -102,13 +60,16 @@ def test_prior_adam_trains(tmp_path):
 
 def test_em_optimizer_full_batch_step_matches_core_em():
     from conftest import random_hclt
+
     from pc_prior.training import _apply, em_step_counts
 
     pc, ref = random_hclt(seed=1), random_hclt(seed=1)
     x = torch.randint(0, 3, (50, 6), generator=torch.Generator().manual_seed(0))
     counts, _ = em_step_counts(pc, x)
     _apply(ref, counts, 0.5, 0.1)
-    opt = EMOptimizer([pc.root_logits, pc.transition_logits, pc.emission_logits], lr=0.5, pseudocount=0.1)
+    opt = EMOptimizer(
+        [pc.root_logits, pc.transition_logits, pc.emission_logits], lr=0.5, pseudocount=0.1
+    )
     for p, c in zip((pc.root_logits, pc.transition_logits, pc.emission_logits), counts):
         p.grad = c
     opt.step()
@@ -130,12 +91,23 @@ def test_prior_checkpoint_restores_structure(tmp_path):
 
 def test_codec_module_trains_and_exports(tmp_path):
     torch.manual_seed(0)
-    dm = ImageFolderDataModule(str(make_pngs(tmp_path / "train", 8)), str(make_pngs(tmp_path / "val", 2, (40, 72), 1)),
-                               patch_size=64, batch_size=4, num_workers=0, pin_memory=False)
-    model = CodecModule(arch="FactorizedPrior", net_kwargs={"N": 8, "M": 12}, quality=2, lr=1e-2,
-                        export_path=str(tmp_path / "codec.pt"))
+    dm = ImageFolderDataModule(
+        str(make_pngs(tmp_path / "train", 8)),
+        str(make_pngs(tmp_path / "val", 2, (40, 72), 1)),
+        patch_size=64,
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+    )
+    model = CodecModule(
+        arch="FactorizedPrior",
+        net_kwargs={"N": 8, "M": 12},
+        quality=2,
+        lr=1e-2,
+        export_path=str(tmp_path / "codec.pt"),
+    )
     assert model.lmbda == lambda_for_quality(2) == 0.0035
-    main, aux = split_parameters(model.net)
+    _main, aux = split_parameters(model.net)
     assert len(aux) == 1 and aux[0] is model.net.entropy_bottleneck.quantiles
     trainer = tiny_trainer(max_steps=4, limit_val_batches=2)
     before = trainer.validate(model, dm, verbose=False)[0]["val_loss"]
@@ -143,7 +115,14 @@ def test_codec_module_trains_and_exports(tmp_path):
     assert trainer.global_step == 4  # the aux optimizer does not count as a step
     m = trainer.callback_metrics
     assert m["val_loss"].item() < before
-    assert {"train_bpp", "train_psnr", "train_loss", "train_aux_loss", "val_psnr", "val_bpp"} <= m.keys()
+    assert {
+        "train_bpp",
+        "train_psnr",
+        "train_loss",
+        "train_aux_loss",
+        "val_psnr",
+        "val_bpp",
+    } <= m.keys()
     ck = torch.load(tmp_path / "codec.pt", map_location="cpu", weights_only=False)
     assert {"arch", "quality", "lmbda", "state_dict"} <= ck.keys() and ck["lmbda"] == 0.0035
     net = load_codec(tmp_path / "codec.pt")

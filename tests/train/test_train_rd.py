@@ -11,18 +11,23 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from compressai.models import FactorizedPrior
 from conftest import shared_path
-from test_train import make_pngs, tiny_trainer
+from helpers import make_pngs, tiny_trainer
 
 from pc_prior.cli import main
 from pc_prior.integrations import PCEntropyBottleneck, fit_prior, save_codec
 from pc_prior.integrations.leaves import DiscretizedLogisticTree
 from pc_prior.train import ImageFolderDataModule, RDModule, load_codec
-from pc_prior.train.codec import build_codec, export_codec, split_parameters
+from pc_prior.train.codec import build_codec, export_codec
 from pc_prior.train.rd import load_start_codec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {"arch": "FactorizedPrior", "net_kwargs": {"N": 8, "M": 12}, "quality": 2}
-FAST_PRIOR = {"num_latents": 3, "prior_max_images": 8, "prior_epochs": 1, "prior_finetune_steps": 20}
+FAST_PRIOR = {
+    "num_latents": 3,
+    "prior_max_images": 8,
+    "prior_epochs": 1,
+    "prior_finetune_steps": 20,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +38,17 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def datamodule(tmp_path: Path, size: int = 64, val_size: tuple[int, int] = (40, 72)) -> ImageFolderDataModule:
-    return ImageFolderDataModule(str(make_pngs(tmp_path / "train", 8, (size, size))),
-                                 str(make_pngs(tmp_path / "val", 2, val_size, 1)),
-                                 patch_size=size, batch_size=4, num_workers=0, pin_memory=False)
+def datamodule(
+    tmp_path: Path, size: int = 64, val_size: tuple[int, int] = (40, 72)
+) -> ImageFolderDataModule:
+    return ImageFolderDataModule(
+        str(make_pngs(tmp_path / "train", 8, (size, size))),
+        str(make_pngs(tmp_path / "val", 2, val_size, 1)),
+        patch_size=size,
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+    )
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -50,18 +62,27 @@ def test_joint_steps_change_codec_and_circuit(tmp_path):
     assert isinstance(model.pc_bottleneck, PCEntropyBottleneck) and not model.pc_bottleneck.fitted
     assert isinstance(model.plain_bottleneck, EntropyBottleneck) and model.lmbda == 0.0035
     dm.setup("fit")
-    model.fit_prior([torch.stack([dm.train_set[i] for i in range(4)])])  # fit first, to snapshot the circuit
+    model.fit_prior(
+        [torch.stack([dm.train_set[i] for i in range(4)])]
+    )  # fit first, to snapshot the circuit
     assert isinstance(model.pc_bottleneck.pc, DiscretizedLogisticTree)
     trainer = tiny_trainer(max_steps=3, limit_val_batches=1)
     before = snapshot(model)
     trainer.fit(model, dm)  # setup sees a fitted circuit and keeps it
     after = snapshot(model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert any(k.startswith("net.g_a.") for k in changed) and any(k.startswith("net.g_s.") for k in changed)
-    assert {"net.entropy_bottleneck.pc.loc", "net.entropy_bottleneck.pc.transition_logits"} <= changed
+    assert any(k.startswith("net.g_a.") for k in changed) and any(
+        k.startswith("net.g_s.") for k in changed
+    )
+    assert {
+        "net.entropy_bottleneck.pc.loc",
+        "net.entropy_bottleneck.pc.transition_logits",
+    } <= changed
     assert any(k.startswith("plain_bottleneck.") for k in changed)
     m = trainer.callback_metrics
-    assert all(math.isfinite(float(m[k])) for k in ("train_loss", "train_bpp", "val_loss", "val_bpp_coded"))
+    assert all(
+        math.isfinite(float(m[k])) for k in ("train_loss", "train_bpp", "val_loss", "val_bpp_coded")
+    )
     opt, aux_opt = model.optimizers()
     aux = {id(p) for g in aux_opt.optimizer.param_groups for p in g["params"]}
     assert aux == {id(p) for n, p in model.named_parameters() if n.endswith(".quantiles")}
@@ -79,7 +100,9 @@ def test_rate_gradient_reaches_the_encoder(tmp_path):
     model.fit_prior(images)
     net = model.net.train()
     out = net(images[0])
-    bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * 2 * 64 * 64)
+    bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (
+        -math.log(2) * 2 * 64 * 64
+    )
     net.zero_grad()
     bpp.backward()
     grads = [p.grad for p in net.g_a.parameters()]
@@ -137,8 +160,16 @@ def test_zoo_arch_export_reads_with_integrations_and_eval_loaders(tmp_path):
     from pc_prior.integrations import load_codec as integrations_load_codec
 
     torch.manual_seed(0)
-    model = RDModule(arch="bmshj2018-factorized", quality=1, num_latents=2, structure="star", prior_epochs=1,
-                     prior_finetune_steps=5, keep_plain_bottleneck=False, export_path="")
+    model = RDModule(
+        arch="bmshj2018-factorized",
+        quality=1,
+        num_latents=2,
+        structure="star",
+        prior_epochs=1,
+        prior_finetune_steps=5,
+        keep_plain_bottleneck=False,
+        export_path="",
+    )
     model.fit_prior([torch.rand(1, 3, 64, 64)])
     model.export(tmp_path / "codec.pt")
     assert not (tmp_path / "codec-plain-state-dict.pt").exists()
@@ -155,18 +186,27 @@ def test_zoo_arch_export_reads_with_integrations_and_eval_loaders(tmp_path):
 def test_starts_from_a_prior_fit_output_and_plain_files(tmp_path):
     torch.manual_seed(0)
     base = build_codec(**TINY)
-    export_codec(base, tmp_path / "base.pt", "FactorizedPrior", 2, 0.0035, net_kwargs=TINY["net_kwargs"])
+    export_codec(
+        base, tmp_path / "base.pt", "FactorizedPrior", 2, 0.0035, net_kwargs=TINY["net_kwargs"]
+    )
     net, meta = load_start_codec(str(tmp_path / "base.pt"), "bmshj2018-factorized", 3)
     assert meta["lmbda"] == 0.0035 and isinstance(net, FactorizedPrior) and net.training
-    fit_prior(net, [torch.rand(1, 3, 64, 64)], num_latents=2, epochs=1, progress=False)  # categorical leaves
+    fit_prior(
+        net, [torch.rand(1, 3, 64, 64)], num_latents=2, epochs=1, progress=False
+    )  # categorical leaves
     save_codec(net, tmp_path / "swapped.pt", "FactorizedPrior", 2, net_kwargs=TINY["net_kwargs"])
     model = RDModule(codec=str(tmp_path / "swapped.pt"), lmbda=0.01, export_path="")
     assert model.lmbda == 0.01 and model.pc_bottleneck.fitted
     assert all(p.requires_grad for p in model.parameters())
-    assert isinstance(model.plain_bottleneck, EntropyBottleneck) and model.plain_bottleneck is not model.pc_bottleneck
+    assert (
+        isinstance(model.plain_bottleneck, EntropyBottleneck)
+        and model.plain_bottleneck is not model.pc_bottleneck
+    )
     model._trainer = type("T", (), {"ckpt_path": None})()  # setup("fit") only needs ckpt_path here
     model.setup("fit")
-    assert isinstance(model.pc_bottleneck.pc, DiscretizedLogisticTree)  # converted for joint training
+    assert isinstance(
+        model.pc_bottleneck.pc, DiscretizedLogisticTree
+    )  # converted for joint training
     # a plain CompressAI state dict needs the architecture
     torch.save(base.state_dict(), tmp_path / "plain.pth")
     with pytest.raises(ValueError, match="--arch"):
@@ -201,18 +241,56 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 
 def cli_args(tmp_path: Path, steps: int) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs" / "rd_factorized.yaml"),
-            "--model.init_args.codec", "null", "--model.init_args.arch", "FactorizedPrior",
-            "--model.init_args.net_kwargs", '{"N": 8, "M": 12}', "--model.init_args.quality", "2",
-            "--model.init_args.num_latents", "3", "--model.init_args.prior_max_images", "8",
-            "--model.init_args.prior_epochs", "1", "--model.init_args.prior_finetune_steps", "10",
-            "--model.init_args.lr", "1e-3",
-            "--data.init_args.train_dir", str(tmp_path / "train"), "--data.init_args.val_dir", str(tmp_path / "val"),
-            "--data.init_args.patch_size", "64", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
-            "--data.init_args.pin_memory", "false", "--trainer.accelerator", "cpu",
-            "--trainer.max_steps", str(steps), "--trainer.check_val_every_n_epoch", "1",
-            "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-            "--trainer.default_root_dir", str(tmp_path / "run"), "--checkpoint.dirpath", str(tmp_path / "ckpt"), *QUIET]
+    return [
+        "fit",
+        "--config",
+        str(REPO / "configs" / "rd_factorized.yaml"),
+        "--model.init_args.codec",
+        "null",
+        "--model.init_args.arch",
+        "FactorizedPrior",
+        "--model.init_args.net_kwargs",
+        '{"N": 8, "M": 12}',
+        "--model.init_args.quality",
+        "2",
+        "--model.init_args.num_latents",
+        "3",
+        "--model.init_args.prior_max_images",
+        "8",
+        "--model.init_args.prior_epochs",
+        "1",
+        "--model.init_args.prior_finetune_steps",
+        "10",
+        "--model.init_args.lr",
+        "1e-3",
+        "--data.init_args.train_dir",
+        str(tmp_path / "train"),
+        "--data.init_args.val_dir",
+        str(tmp_path / "val"),
+        "--data.init_args.patch_size",
+        "64",
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.pin_memory",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
+        *QUIET,
+    ]
 
 
 def test_cli_fit_with_config_checkpoints_exports_and_resumes(tmp_path):
@@ -231,6 +309,8 @@ def test_cli_fit_with_config_checkpoints_exports_and_resumes(tmp_path):
     assert (second["epoch"], second["global_step"]) == (1, 4)  # continued, not restarted
     key = "net.entropy_bottleneck.pc.loc"
     assert second["state_dict"][key].shape == first["state_dict"][key].shape
-    assert not torch.equal(second["state_dict"][key], first["state_dict"][key])  # the resumed optimizer trains it
+    assert not torch.equal(
+        second["state_dict"][key], first["state_dict"][key]
+    )  # the resumed optimizer trains it
     net = load_codec(tmp_path / "run" / "csv" / "version_1" / "codec.pt")
     assert torch.equal(net.entropy_bottleneck.pc.loc, second["state_dict"][key])

@@ -7,21 +7,38 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_train import make_mnist, make_pngs
+from helpers import make_mnist, make_pngs
 
 from pc_prior.cli import main
 from pc_prior.train import InterruptCheckpoint, MNISTDataModule, PriorModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def fit_args(tmp_path: Path, data: Path, epochs: int) -> list[str]:
-    return ["fit", "--config", str(REPO / "configs" / "mnist_hclt.yaml"),
-            "--data.init_args.data", str(data), "--data.init_args.bits", "2", "--data.init_args.batch_size", "64",
-            "--model.init_args.num_latents", "3", "--model.init_args.coded_items", "4",
-            "--trainer.default_root_dir", str(tmp_path / "run"), "--checkpoint.dirpath", str(tmp_path / "ckpt"),
-            "--trainer.max_epochs", str(epochs), *QUIET]
+    return [
+        "fit",
+        "--config",
+        str(REPO / "configs" / "mnist_hclt.yaml"),
+        "--data.init_args.data",
+        str(data),
+        "--data.init_args.bits",
+        "2",
+        "--data.init_args.batch_size",
+        "64",
+        "--model.init_args.num_latents",
+        "3",
+        "--model.init_args.coded_items",
+        "4",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--checkpoint.dirpath",
+        str(tmp_path / "ckpt"),
+        "--trainer.max_epochs",
+        str(epochs),
+        *QUIET,
+    ]
 
 
 def test_fit_writes_checkpoints_logs_and_resumes(tmp_path):
@@ -51,8 +68,14 @@ class StopAt(pl.Callback):
 
 def test_interrupt_saves_checkpoint_that_resumes(tmp_path):
     dm = MNISTDataModule(str(make_mnist(tmp_path / "m", 128, 32)), batch_size=32, bits=2)
-    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-              default_root_dir=str(tmp_path), max_epochs=2)
+    kw = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        max_epochs=2,
+    )
     saver = InterruptCheckpoint()
     trainer = pl.Trainer(callbacks=[StopAt(6), saver], **kw)
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl+C
@@ -60,7 +83,9 @@ def test_interrupt_saves_checkpoint_that_resumes(tmp_path):
     assert saver.last_path == tmp_path / "checkpoints" / "interrupted.ckpt"
     assert torch.load(saver.last_path, weights_only=False)["global_step"] == 6
     trainer = pl.Trainer(**kw)
-    trainer.fit(PriorModule(num_latents=3, coded_items=0, export_path=""), dm, ckpt_path=saver.last_path)
+    trainer.fit(
+        PriorModule(num_latents=3, coded_items=0, export_path=""), dm, ckpt_path=saver.last_path
+    )
     assert trainer.global_step == 8 and trainer.current_epoch == 2
 
 
@@ -73,14 +98,37 @@ def test_fit_missing_data_is_one_clear_error(tmp_path, capsys):
 
 def test_train_codec_command_and_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    args = ["train-codec", "--data.train_dir", str(tmp_path / "empty"), "--data.num_workers", "0", *QUIET,
-            "--trainer.default_root_dir", str(tmp_path / "run")]
+    args = [
+        "train-codec",
+        "--data.train_dir",
+        str(tmp_path / "empty"),
+        "--data.num_workers",
+        "0",
+        *QUIET,
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 1
     assert "no images" in capsys.readouterr().err
     args[2] = str(make_pngs(tmp_path / "train", 4))
-    args += ["--model.arch", "FactorizedPrior", "--model.net_kwargs", '{"N": 8, "M": 12}', "--data.patch_size", "64",
-             "--data.batch_size", "2", "--data.pin_memory", "false", "--trainer.max_steps", "2",
-             "--trainer.accelerator", "cpu", "--model.export_path", str(tmp_path / "codec.pt")]
+    args += [
+        "--model.arch",
+        "FactorizedPrior",
+        "--model.net_kwargs",
+        '{"N": 8, "M": 12}',
+        "--data.patch_size",
+        "64",
+        "--data.batch_size",
+        "2",
+        "--data.pin_memory",
+        "false",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--model.export_path",
+        str(tmp_path / "codec.pt"),
+    ]
     assert main(args) == 0
     ck = torch.load(tmp_path / "codec.pt", weights_only=False)
     assert ck["arch"] == "FactorizedPrior" and ck["steps"] == 2 and ck["lmbda"] == 0.0067

@@ -14,7 +14,6 @@ from pc_prior import HCLT, InputError, NotFittedError, Tree, bits_per_dim, fit_a
 from pc_prior.cli import main
 from pc_prior.devices import resolve_device
 from pc_prior.integrations import PCConditional, PCEntropyBottleneck, fit_prior
-from pc_prior.integrations.conditional import ScaleConditionedTree
 
 NAN = float("nan")
 
@@ -71,23 +70,26 @@ def _is_project_error(e: BaseException, kind: type) -> None:
 
 
 # -- training.py --------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, match", [
-    ({"batch_size": 0}, "batch_size"),
-    ({"batch_size": 2.5}, "batch_size"),
-    ({"epochs": -1}, "epochs"),
-    ({"step_size": 0.0}, "step_size"),
-    ({"step_size": 1.5}, "step_size"),
-    ({"step_size": NAN}, "step_size"),
-    ({"step_size": (0.1, 0.0)}, r"step_size\[1\]"),
-    ({"step_size": (NAN, 0.1)}, r"step_size\[0\]"),
-    ({"step_size": (0.1, 0.2, 0.3)}, "step_size"),
-    ({"pseudocount": -0.1}, "pseudocount"),
-    ({"pseudocount": NAN}, "pseudocount"),
-    ({"full_batch_epochs": -1}, "full_batch_epochs"),
-    ({"x_valid": torch.zeros(0, 3, dtype=torch.long)}, "x_valid is empty"),
-    ({"x_valid": torch.zeros(5, 2, dtype=torch.long)}, r"x_valid must have shape \[N, 3\]"),
-    ({"callback": 3}, "callback"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"epochs": -1}, "epochs"),
+        ({"step_size": 0.0}, "step_size"),
+        ({"step_size": 1.5}, "step_size"),
+        ({"step_size": NAN}, "step_size"),
+        ({"step_size": (0.1, 0.0)}, r"step_size\[1\]"),
+        ({"step_size": (NAN, 0.1)}, r"step_size\[0\]"),
+        ({"step_size": (0.1, 0.2, 0.3)}, "step_size"),
+        ({"pseudocount": -0.1}, "pseudocount"),
+        ({"pseudocount": NAN}, "pseudocount"),
+        ({"full_batch_epochs": -1}, "full_batch_epochs"),
+        ({"x_valid": torch.zeros(0, 3, dtype=torch.long)}, "x_valid is empty"),
+        ({"x_valid": torch.zeros(5, 2, dtype=torch.long)}, r"x_valid must have shape \[N, 3\]"),
+        ({"callback": 3}, "callback"),
+    ],
+)
 def test_fit_em_refuses_bad_arguments_before_any_update(kwargs, match):
     pc = _hclt()
     before = copy.deepcopy(pc.state_dict())
@@ -99,8 +101,12 @@ def test_fit_em_refuses_bad_arguments_before_any_update(kwargs, match):
 
 def test_fit_adam_and_bits_per_dim_refuse_bad_arguments():
     pc, x = _hclt(), _data()
-    for kwargs, match in [({"batch_size": 0}, "batch_size"), ({"epochs": -1}, "epochs"), ({"lr": 0.0}, "lr"),
-                          ({"lr": NAN}, "lr")]:
+    for kwargs, match in [
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": NAN}, "lr"),
+    ]:
         with pytest.raises(InputError, match=match):
             fit_adam(pc, x, progress=False, **kwargs)
     with pytest.raises(InputError, match="x_train is empty"):
@@ -126,7 +132,9 @@ def test_fit_adam_and_bits_per_dim_refuse_bad_arguments():
 def test_one_variable_hclt_fits_and_improves():
     """A tree of one node uses no transition: EM must not ask autograd for its (absent) gradient."""
     g = torch.Generator().manual_seed(0)
-    x = torch.multinomial(torch.tensor([0.7, 0.2, 0.05, 0.05]), 400, replacement=True, generator=g)[:, None]
+    x = torch.multinomial(torch.tensor([0.7, 0.2, 0.05, 0.05]), 400, replacement=True, generator=g)[
+        :, None
+    ]
     pc = HCLT(Tree((-1,)), 4, 3)
     pc.init_params(seed=0)
     start = bits_per_dim(pc, x)
@@ -159,17 +167,25 @@ def test_check_finite_names_the_parameter():
 # -- entropy models: not fitted, no tables, NaN parameters ----------------------------------------
 def test_unfitted_entropy_models_raise_not_fitted_errors():
     eb = PCEntropyBottleneck(4)
-    for call, match in [(lambda: eb.num_symbols, "not fitted"), (eb.update, "not fitted"),
-                        (lambda: eb.compress(torch.zeros(1, 4, 2, 2)), "no coding tables"),
-                        (lambda: eb.decompress([b""], (2, 2)), "no coding tables")]:
+    for call, match in [
+        (lambda: eb.num_symbols, "not fitted"),
+        (eb.update, "not fitted"),
+        (lambda: eb.compress(torch.zeros(1, 4, 2, 2)), "no coding tables"),
+        (lambda: eb.decompress([b""], (2, 2)), "no coding tables"),
+    ]:
         with pytest.raises(NotFittedError, match=match) as info:
             call()
         _is_project_error(info.value, NotFittedError)
     gc = PCConditional(None)
-    for call, match in [(lambda: gc.radius, "no coding tables"), (gc.update, "not fitted"),
-                        (lambda: gc.channels, "not fitted"),
-                        (lambda: gc.decompress([b""], torch.zeros(1, 4, 1, 1, dtype=torch.int32)),
-                         "no coding tables")]:
+    for call, match in [
+        (lambda: gc.radius, "no coding tables"),
+        (gc.update, "not fitted"),
+        (lambda: gc.channels, "not fitted"),
+        (
+            lambda: gc.decompress([b""], torch.zeros(1, 4, 1, 1, dtype=torch.int32)),
+            "no coding tables",
+        ),
+    ]:
         with pytest.raises(NotFittedError, match=match):
             call()
 
@@ -190,8 +206,22 @@ def test_update_names_non_finite_parameters(fact, cond):
 
 
 # -- decompress arguments -------------------------------------------------------------------------
-@pytest.mark.parametrize("size", [(4.5, 4), "44", (4,), (4, 4, 4), (-1, 4), (0, 4), (4, 0), (True, 4), None,
-                                  (torch.tensor(2.0), 2), 16])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (4.5, 4),
+        "44",
+        (4,),
+        (4, 4, 4),
+        (-1, 4),
+        (0, 4),
+        (4, 0),
+        (True, 4),
+        None,
+        (torch.tensor(2.0), 2),
+        16,
+    ],
+)
 def test_bottleneck_decompress_refuses_bad_sizes(fact, size):
     eb = fact.entropy_bottleneck
     with pytest.raises(InputError, match="size"):
@@ -204,8 +234,12 @@ def test_bottleneck_decompress_accepts_integer_sizes_and_refuses_non_lists(fact)
         y = fact.g_a(_images(seed=3)[0])
     strings = eb.compress(y)
     want = eb.decompress(strings, y.shape[-2:])  # a torch.Size
-    for size in [tuple(y.shape[-2:]), list(y.shape[-2:]), (np.int64(y.shape[-2]), np.int32(y.shape[-1])),
-                 (torch.tensor(y.shape[-2]), torch.tensor(y.shape[-1]))]:
+    for size in [
+        tuple(y.shape[-2:]),
+        list(y.shape[-2:]),
+        (np.int64(y.shape[-2]), np.int32(y.shape[-1])),
+        (torch.tensor(y.shape[-2]), torch.tensor(y.shape[-1])),
+    ]:
         assert torch.equal(eb.decompress(strings, size), want)
     for bad in (strings[0], "abc", None):
         with pytest.raises(InputError, match="list"):
@@ -237,16 +271,26 @@ def test_fit_prior_restores_requires_grad():
     model = _codec(seed=1)
     model.g_a[0].weight.requires_grad_(False)  # a user's own frozen layer stays frozen
     model.g_s[0].bias.requires_grad_(False)
-    before = {n: p.requires_grad for n, p in model.named_parameters() if not n.startswith("entropy_bottleneck")}
+    before = {
+        n: p.requires_grad
+        for n, p in model.named_parameters()
+        if not n.startswith("entropy_bottleneck")
+    }
     fit_prior(model, _images(seed=1), num_latents=2, epochs=1, progress=False)
-    after = {n: p.requires_grad for n, p in model.named_parameters() if not n.startswith("entropy_bottleneck")}
+    after = {
+        n: p.requires_grad
+        for n, p in model.named_parameters()
+        if not n.startswith("entropy_bottleneck")
+    }
     assert after == before
     eb = model.entropy_bottleneck
     assert eb.quantiles.requires_grad and all(p.requires_grad for p in eb.pc.parameters())
     # CompressAI's examples/train.py configure_optimizers: every parameter in one of its two sets
     model.g_a[0].weight.requires_grad_(True)
     model.g_s[0].bias.requires_grad_(True)
-    fit_prior(model, _images(seed=2), num_latents=2, epochs=1, progress=False)  # refit a swapped model
+    fit_prior(
+        model, _images(seed=2), num_latents=2, epochs=1, progress=False
+    )  # refit a swapped model
     names = dict(model.named_parameters())
     net = {n for n, p in names.items() if not n.endswith(".quantiles") and p.requires_grad}
     aux = {n for n, p in names.items() if n.endswith(".quantiles") and p.requires_grad}
@@ -263,22 +307,40 @@ def test_fit_prior_restores_requires_grad_after_a_failed_fit():
     assert all(p.requires_grad for p in model.parameters())
     hyper = ScaleHyperprior(N=8, M=12)
     hyper.h_s[0].weight.requires_grad_(False)
-    with pytest.raises(ValueError, match="downsampling"):  # fails while collecting, with the codec frozen
-        fit_prior(hyper, [torch.rand(1, 3, 64, 80)], name=("entropy_bottleneck", "gaussian_conditional"),
-                  progress=False)
+    with pytest.raises(
+        ValueError, match="downsampling"
+    ):  # fails while collecting, with the codec frozen
+        fit_prior(
+            hyper,
+            [torch.rand(1, 3, 64, 80)],
+            name=("entropy_bottleneck", "gaussian_conditional"),
+            progress=False,
+        )
     assert [n for n, p in hyper.named_parameters() if not p.requires_grad] == ["h_s.0.weight"]
 
 
 # -- fit arguments: bottleneck, conditional, fit_prior ----------------------------------------------
-@pytest.mark.parametrize("kwargs, match", [
-    ({"num_latents": 0}, "num_latents"),
-    ({"tail": -0.1}, "tail"), ({"tail": 0.5}, "tail"), ({"tail": NAN}, "tail"),
-    ({"max_items": 0}, "max_items"), ({"max_alphabet": 0}, "max_alphabet"),
-    ({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"full_batch_epochs": -1}, "full_batch_epochs"),
-    ({"step_size": 2.0}, "step_size"), ({"pseudocount": -1.0}, "pseudocount"),
-    ({"finetune_steps": -1}, "finetune_steps"), ({"lr": 0.0}, "lr"), ({"lr": NAN}, "lr"),
-    ({"leaves": "gaussian"}, "leaves must be"), ({"structure": "ring"}, "structure must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_latents": 0}, "num_latents"),
+        ({"tail": -0.1}, "tail"),
+        ({"tail": 0.5}, "tail"),
+        ({"tail": NAN}, "tail"),
+        ({"max_items": 0}, "max_items"),
+        ({"max_alphabet": 0}, "max_alphabet"),
+        ({"epochs": -1}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"full_batch_epochs": -1}, "full_batch_epochs"),
+        ({"step_size": 2.0}, "step_size"),
+        ({"pseudocount": -1.0}, "pseudocount"),
+        ({"finetune_steps": -1}, "finetune_steps"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": NAN}, "lr"),
+        ({"leaves": "gaussian"}, "leaves must be"),
+        ({"structure": "ring"}, "structure must be"),
+    ],
+)
 def test_bottleneck_fit_refuses_bad_arguments(kwargs, match):
     eb = PCEntropyBottleneck(3)
     with pytest.raises(InputError, match=match):
@@ -304,16 +366,35 @@ def test_bottleneck_fit_checks_values_and_logistic_without_finetuning():
         eb.fit(torch.zeros(50, 4), progress=False)
     with pytest.raises(InputError, match="empty"):
         eb.fit(torch.zeros(0, 3), progress=False)
-    hist = eb.fit(torch.randn(60, 3) * 3, num_latents=2, epochs=1, leaves="logistic", finetune_steps=0, progress=False)
+    hist = eb.fit(
+        torch.randn(60, 3) * 3,
+        num_latents=2,
+        epochs=1,
+        leaves="logistic",
+        finetune_steps=0,
+        progress=False,
+    )
     assert eb.fitted and all(r["mode"] != "adam-logistic" for r in hist)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"num_latents": 0}, "num_latents"), ({"steps": -1}, "steps"), ({"batch_size": 0}, "batch_size"),
-    ({"lr": 0.0}, "lr"), ({"lr": NAN}, "lr"), ({"holdout": 1.0}, "holdout"), ({"holdout": -0.1}, "holdout"),
-    ({"tail": 1.0}, "tail"), ({"tail": NAN}, "tail"), ({"max_radius": 2}, "max_radius"),
-    ({"max_items": 0}, "max_items"), ({"context": "raster"}, "context must be"), ({"init": "x"}, "init must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_latents": 0}, "num_latents"),
+        ({"steps": -1}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": NAN}, "lr"),
+        ({"holdout": 1.0}, "holdout"),
+        ({"holdout": -0.1}, "holdout"),
+        ({"tail": 1.0}, "tail"),
+        ({"tail": NAN}, "tail"),
+        ({"max_radius": 2}, "max_radius"),
+        ({"max_items": 0}, "max_items"),
+        ({"context": "raster"}, "context must be"),
+        ({"init": "x"}, "init must be"),
+    ],
+)
 def test_conditional_fit_refuses_bad_arguments(cond, kwargs, match):
     _, sym, idx = cond
     gc = PCConditional(None)
@@ -332,18 +413,30 @@ def test_conditional_fit_checks_symbols_and_indexes(cond):
     with pytest.raises(InputError, match="symbols must be a torch.Tensor"):
         gc.fit(sym.numpy(), idx, progress=False)
     with pytest.raises(InputError, match="indexes must lie"):
-        gc.fit([sym.T.reshape(1, 4, 10, 20)], [(idx.T + 1000).reshape(1, 4, 10, 20)], progress=False)
+        gc.fit(
+            [sym.T.reshape(1, 4, 10, 20)], [(idx.T + 1000).reshape(1, 4, 10, 20)], progress=False
+        )
     with pytest.raises(InputError, match="indexes must be integers"):
         gc.fit([sym.T.reshape(1, 4, 10, 20)], [idx.T.reshape(1, 4, 10, 20).float()], progress=False)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"max_items": 0}, "max_items"), ({"max_items": -5}, "max_items"), ({"num_latents": 0}, "num_latents"),
-    ({"multiple": 0}, "multiple"), ({"max_images": 0}, "max_images"), ({"epochs": -1}, "epochs"),
-    ({"batch_size": 0}, "batch_size"), ({"step_size": (0.5, NAN)}, "step_size"), ({"epoch": 2}, "epoch"),
-    ({"name": "nothing_here"}, "no module 'nothing_here'"), ({"name": 3}, "name must be"),
-    ({"conditional": [1]}, "conditional must be a dict"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_items": 0}, "max_items"),
+        ({"max_items": -5}, "max_items"),
+        ({"num_latents": 0}, "num_latents"),
+        ({"multiple": 0}, "multiple"),
+        ({"max_images": 0}, "max_images"),
+        ({"epochs": -1}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"step_size": (0.5, NAN)}, "step_size"),
+        ({"epoch": 2}, "epoch"),
+        ({"name": "nothing_here"}, "no module 'nothing_here'"),
+        ({"name": 3}, "name must be"),
+        ({"conditional": [1]}, "conditional must be a dict"),
+    ],
+)
 def test_fit_prior_refuses_bad_arguments_before_swapping(kwargs, match):
     model = _codec()
     with pytest.raises(InputError, match=match):
@@ -353,19 +446,31 @@ def test_fit_prior_refuses_bad_arguments_before_swapping(kwargs, match):
 
 def test_fit_prior_refuses_bad_images_and_misplaced_arguments():
     model = _codec()
-    for images, match in [([], "images is empty"), (torch.rand(2, 3, 32, 32), "batch tensor"),
-                          ([torch.rand(3, 32, 32)], r"images\[0\]"), ([np.zeros((1, 3, 8, 8))], r"images\[0\]"),
-                          ([torch.zeros(1, 3, 8, 8, dtype=torch.uint8)], r"images\[0\]"), (5, "images must be")]:
+    for images, match in [
+        ([], "images is empty"),
+        (torch.rand(2, 3, 32, 32), "batch tensor"),
+        ([torch.rand(3, 32, 32)], r"images\[0\]"),
+        ([np.zeros((1, 3, 8, 8))], r"images\[0\]"),
+        ([torch.zeros(1, 3, 8, 8, dtype=torch.uint8)], r"images\[0\]"),
+        (5, "images must be"),
+    ]:
         with pytest.raises(InputError, match=match):
             fit_prior(model, images, progress=False)
     hyper = ScaleHyperprior(N=8, M=12)
     with pytest.raises(InputError, match="no entropy bottleneck"):
         fit_prior(hyper, _images(size=64), name="gaussian_conditional", epochs=2, progress=False)
     with pytest.raises(InputError, match="steps"):
-        fit_prior(hyper, _images(size=64), name=("entropy_bottleneck", "gaussian_conditional"),
-                  conditional={"steps": -1}, progress=False)
+        fit_prior(
+            hyper,
+            _images(size=64),
+            name=("entropy_bottleneck", "gaussian_conditional"),
+            conditional={"steps": -1},
+            progress=False,
+        )
     assert type(hyper.entropy_bottleneck) is EntropyBottleneck
-    with pytest.raises(TypeError, match="GaussianConditional"):  # a failed swap leaves the model as it was
+    with pytest.raises(
+        TypeError, match="GaussianConditional"
+    ):  # a failed swap leaves the model as it was
         fit_prior(hyper, _images(size=64), name=("entropy_bottleneck", "g_s"), progress=False)
     assert type(hyper.entropy_bottleneck) is EntropyBottleneck
 
@@ -386,7 +491,9 @@ def test_resolve_device():
     with pytest.raises(InputError, match="device must be"):
         resolve_device(None)
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="device 'cuda' is not available: no CUDA GPU found; use --device cpu"):
+        with pytest.raises(
+            InputError, match="device 'cuda' is not available: no CUDA GPU found; use --device cpu"
+        ):
             resolve_device("cuda")
     else:
         n = torch.cuda.device_count()
@@ -394,13 +501,34 @@ def test_resolve_device():
             resolve_device(f"cuda:{n}")
 
 
-@pytest.mark.parametrize("argv", [
-    ["lossless", "compress", "--model", "missing.pt", "missing.npy", "out.bin", "--device", "bogus"],
-    ["lossless", "decompress", "--model", "missing.pt", "missing.bin", "out.npy", "--device", "bogus"],
-    ["lossless", "bench", "--model", "missing.pt", "--device", "bogus"],
-    ["lossless", "fit", "--data", "missing_dir", "--device", "bogus"],
-    ["eval", "missing.pt", "--data", "missing_dir", "--device", "bogus"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "lossless",
+            "compress",
+            "--model",
+            "missing.pt",
+            "missing.npy",
+            "out.bin",
+            "--device",
+            "bogus",
+        ],
+        [
+            "lossless",
+            "decompress",
+            "--model",
+            "missing.pt",
+            "missing.bin",
+            "out.npy",
+            "--device",
+            "bogus",
+        ],
+        ["lossless", "bench", "--model", "missing.pt", "--device", "bogus"],
+        ["lossless", "fit", "--data", "missing_dir", "--device", "bogus"],
+        ["eval", "missing.pt", "--data", "missing_dir", "--device", "bogus"],
+    ],
+)
 def test_cli_device_fails_before_loading(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 1

@@ -1,18 +1,18 @@
-import math
-
 import numpy as np
 import pytest
 import torch
+from conftest import all_assignments, random_hclt
 
 from pc_prior import HCLT, Tree, chow_liu_tree, pairwise_mutual_information
-from conftest import all_assignments, random_hclt
 
 
 @pytest.mark.parametrize("parent", [(-1,), (1, -1, 1, 0, 0, 2), (-1, 0, 1, 2, 3)])
 def test_normalizes_by_enumeration(parent):
     pc = random_hclt(parent, num_cats=3, num_latents=3)
     x = all_assignments(len(parent), 3)
-    assert torch.allclose(pc.log_prob(x).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        pc.log_prob(x).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12
+    )
 
 
 def test_float32_default_normalizes():
@@ -32,7 +32,9 @@ def test_marginals_equal_brute_force_sums():
     ref = torch.zeros(27, dtype=torch.float64).index_add_(0, key, p)[key]
     assert torch.allclose(pc.log_prob(x, missing).exp(), ref, atol=1e-14)
     # everything missing: probability one
-    assert torch.allclose(pc.log_prob(x[:2], torch.ones(6, dtype=torch.bool)), torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(
+        pc.log_prob(x[:2], torch.ones(6, dtype=torch.bool)), torch.zeros(2, dtype=torch.float64)
+    )
 
 
 def test_conditionals_equal_naive_reference():

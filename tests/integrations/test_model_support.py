@@ -16,18 +16,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import compressai.models as cm
 import pytest
 import torch
-from torch import nn
-
-import compressai.models as cm
 from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
 from compressai.entropy_models.entropy_models_vbr import EntropyModelVbr
+from torch import nn
 
 from pc_prior.errors import InputError, UnsupportedModelError
 from pc_prior.integrations import PCConditional, PCEntropyBottleneck, fit_prior, swap_entropy_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Tiny instance of every CompressAI image model (case name -> class name, keyword arguments).
 TINY: dict[str, tuple[str, dict]] = {
@@ -35,7 +34,10 @@ TINY: dict[str, tuple[str, dict]] = {
     "FactorizedPriorReLU": ("FactorizedPriorReLU", dict(N=8, M=8)),
     "ScaleHyperprior": ("ScaleHyperprior", dict(N=8, M=8)),
     "MeanScaleHyperprior": ("MeanScaleHyperprior", dict(N=8, M=8)),
-    "JointAutoregressiveHierarchicalPriors": ("JointAutoregressiveHierarchicalPriors", dict(N=8, M=8)),
+    "JointAutoregressiveHierarchicalPriors": (
+        "JointAutoregressiveHierarchicalPriors",
+        dict(N=8, M=8),
+    ),
     "Cheng2020Anchor": ("Cheng2020Anchor", dict(N=8)),
     "Cheng2020Attention": ("Cheng2020Attention", dict(N=8)),
     "Cheng2020AnchorCheckerboard": ("Cheng2020AnchorCheckerboard", dict(N=8)),
@@ -44,19 +46,35 @@ TINY: dict[str, tuple[str, dict]] = {
     "ScaleHyperpriorVbr": ("ScaleHyperpriorVbr", dict(N=8, M=8)),
     "ScaleHyperpriorVbr-vr": ("ScaleHyperpriorVbr", dict(N=8, M=8, vr_entbttlnck=True)),
     "MeanScaleHyperpriorVbr": ("MeanScaleHyperpriorVbr", dict(N=8, M=8)),
-    "JointAutoregressiveHierarchicalPriorsVbr": ("JointAutoregressiveHierarchicalPriorsVbr", dict(N=8, M=8)),
+    "JointAutoregressiveHierarchicalPriorsVbr": (
+        "JointAutoregressiveHierarchicalPriorsVbr",
+        dict(N=8, M=8),
+    ),
 }
-SERIAL = ("JointAutoregressiveHierarchicalPriors", "Cheng2020Anchor", "Cheng2020Attention",
-          "JointAutoregressiveHierarchicalPriorsVbr")
+SERIAL = (
+    "JointAutoregressiveHierarchicalPriors",
+    "Cheng2020Anchor",
+    "Cheng2020Attention",
+    "JointAutoregressiveHierarchicalPriorsVbr",
+)
 # Entropy models refused at swap time, and the words their reason must contain.
 REFUSED: dict[str, dict[str, str]] = {
     **{m: {"gaussian_conditional": "C++ coder"} for m in SERIAL},
     "ScaleHyperpriorVbr-vr": {"entropy_bottleneck": "EntropyBottleneckVbr"},
 }
-REFUSED["JointAutoregressiveHierarchicalPriorsVbr"]["gaussian_conditional"] = "once per 1x1 latent position"
+REFUSED["JointAutoregressiveHierarchicalPriorsVbr"]["gaussian_conditional"] = (
+    "once per 1x1 latent position"
+)
 # Models whose compress/decompress reproduce their eval forward's x_hat bit-exactly.
-EXACT_FORWARD = ("FactorizedPrior", "FactorizedPriorReLU", "ScaleHyperprior", "MeanScaleHyperprior",
-                 "ScaleHyperpriorVbr", "ScaleHyperpriorVbr-vr", "MeanScaleHyperpriorVbr")
+EXACT_FORWARD = (
+    "FactorizedPrior",
+    "FactorizedPriorReLU",
+    "ScaleHyperprior",
+    "MeanScaleHyperprior",
+    "ScaleHyperpriorVbr",
+    "ScaleHyperpriorVbr-vr",
+    "MeanScaleHyperpriorVbr",
+)
 IMAGE = 64  # every model's total downsampling divides it
 
 
@@ -66,14 +84,18 @@ def build(case: str) -> nn.Module:
     torch.manual_seed(0)
     net = getattr(cm, cls_name)(**kwargs).eval()
     x = torch.cat(images())
-    with torch.no_grad():  # a random init gives nearly constant latents: scale y to std 3, z to std 2
+    with (
+        torch.no_grad()
+    ):  # a random init gives nearly constant latents: scale y to std 3, z to std 2
         _scale_last_conv(net.g_a, 3.0 / float(net.g_a(x).std()))
         h_a = getattr(net, "h_a", None)
         if h_a is None and hasattr(net, "latent_codec"):
             h_a = net.latent_codec["hyper"].h_a
         if h_a is not None:
             seen: list = []
-            eb = next(m for m in net.modules() if isinstance(m, (EntropyBottleneck, EntropyModelVbr)))
+            eb = next(
+                m for m in net.modules() if isinstance(m, (EntropyBottleneck, EntropyModelVbr))
+            )
             handle = eb.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
             try:
                 net(x)
@@ -91,7 +113,11 @@ def _scale_last_conv(part: nn.Module, gain: float) -> None:
 
 
 def entropy_modules(net: nn.Module) -> list[str]:
-    return [n for n, m in net.named_modules() if isinstance(m, (EntropyBottleneck, GaussianConditional, EntropyModelVbr))]
+    return [
+        n
+        for n, m in net.named_modules()
+        if isinstance(m, (EntropyBottleneck, GaussianConditional, EntropyModelVbr))
+    ]
 
 
 def images(n: int = 2, seed: int = 0) -> list[torch.Tensor]:
@@ -104,12 +130,24 @@ def test_every_compressai_image_model_is_covered():
     from compressai.registry import MODELS
     from compressai.zoo.image import model_architectures
 
-    classes = {c for c in vars(cm).values() if isinstance(c, type) and issubclass(c, cm.CompressionModel)
-               and c not in (cm.CompressionModel, cm.SimpleVAECompressionModel) and ".pointcloud" not in c.__module__}
-    classes |= {c for c in MODELS.values() if ".pointcloud" not in c.__module__ and ".video" not in c.__module__}
+    classes = {
+        c
+        for c in vars(cm).values()
+        if isinstance(c, type)
+        and issubclass(c, cm.CompressionModel)
+        and c not in (cm.CompressionModel, cm.SimpleVAECompressionModel)
+        and ".pointcloud" not in c.__module__
+    }
+    classes |= {
+        c
+        for c in MODELS.values()
+        if ".pointcloud" not in c.__module__ and ".video" not in c.__module__
+    }
     classes |= set(model_architectures.values())
     covered = {getattr(cm, cls_name) for cls_name, _ in TINY.values()}
-    assert classes <= covered, f"CompressAI image models without a support decision: {classes - covered}"
+    assert classes <= covered, (
+        f"CompressAI image models without a support decision: {classes - covered}"
+    )
     for case in TINY:
         assert entropy_modules(build(case)), case
 
@@ -132,7 +170,9 @@ def test_swap_accepts_or_refuses_each_entropy_model(case):
             assert net.get_submodule(n) is old  # left alone
         else:
             new = swap_entropy_model(net, n)
-            assert net.get_submodule(n) is new and isinstance(new, (PCEntropyBottleneck, PCConditional))
+            assert net.get_submodule(n) is new and isinstance(
+                new, (PCEntropyBottleneck, PCConditional)
+            )
     if refused:  # a sequence is checked whole before anything is swapped, so nothing is
         fresh = build(case)
         before = {n: fresh.get_submodule(n) for n in names}
@@ -149,8 +189,11 @@ def test_raster_scan_latent_codec_and_gaussian_subclasses_are_refused():
     class RasterScan(cm.SimpleVAECompressionModel):
         def __init__(self):
             super().__init__()
-            self.latent_codec = RasterScanLatentCodec(GaussianConditional(None), nn.Identity(),
-                                                      MaskedConv2d(4, 8, kernel_size=5, padding=2))
+            self.latent_codec = RasterScanLatentCodec(
+                GaussianConditional(None),
+                nn.Identity(),
+                MaskedConv2d(4, 8, kernel_size=5, padding=2),
+            )
 
     net = RasterScan()
     with pytest.raises(UnsupportedModelError, match="RasterScanLatentCodec.*C\\+\\+ coder"):
@@ -164,11 +207,18 @@ def test_cdf_tables_of_pc_modules_raise_and_private_buffers_work():
     eb = PCEntropyBottleneck(4)
     eb.fit(torch.randn(300, 4) * 3, num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
     gc = PCConditional(None)
-    gc.fit([torch.randint(-3, 4, (1, 4, 4, 4))], [torch.randint(0, 64, (1, 4, 4, 4))], num_latents=2, steps=2,
-           progress=False)
+    gc.fit(
+        [torch.randint(-3, 4, (1, 4, 4, 4))],
+        [torch.randint(0, 64, (1, 4, 4, 4))],
+        num_latents=2,
+        steps=2,
+        progress=False,
+    )
     for module in (eb, gc):
         for attr in ("quantized_cdf", "offset", "cdf_length"):
-            with pytest.raises(UnsupportedModelError, match=f"{type(module).__name__}.{attr}.*keep CompressAI"):
+            with pytest.raises(
+                UnsupportedModelError, match=f"{type(module).__name__}.{attr}.*keep CompressAI"
+            ):
                 getattr(module, attr)
         assert module._offset.numel() and module._cdf_length.numel()  # ours, untouched
         with pytest.raises(UnsupportedModelError, match="no CompressAI CDF tables"):
@@ -193,17 +243,50 @@ def test_cli_fit_conditional_refuses_mbt2018(tmp_path, capsys):
 
     net = build("JointAutoregressiveHierarchicalPriors")
     codec = tmp_path / "mbt.pt"
-    torch.save({"arch": "JointAutoregressiveHierarchicalPriors", "quality": 1, "net_kwargs": dict(N=8, M=8),
-                "state_dict": net.state_dict()}, codec)
+    torch.save(
+        {
+            "arch": "JointAutoregressiveHierarchicalPriors",
+            "quality": 1,
+            "net_kwargs": dict(N=8, M=8),
+            "state_dict": net.state_dict(),
+        },
+        codec,
+    )
     imgs = tmp_path / "imgs"
     imgs.mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(imgs / "0.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        imgs / "0.png"
+    )
     out = tmp_path / "out.pt"
     capsys.readouterr()
-    assert main(["prior", "fit", "--codec", str(codec), "--images", str(imgs), "--out", str(out), "--conditional",
-                 "--latents", "2", "--epochs", "1", "--cond-steps", "2"]) == 1
+    assert (
+        main(
+            [
+                "prior",
+                "fit",
+                "--codec",
+                str(codec),
+                "--images",
+                str(imgs),
+                "--out",
+                str(out),
+                "--conditional",
+                "--latents",
+                "2",
+                "--epochs",
+                "1",
+                "--cond-steps",
+                "2",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "JointAutoregressiveHierarchicalPriors" in err and "C++ coder" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "JointAutoregressiveHierarchicalPriors" in err
+        and "C++ coder" in err
+    )
     assert not out.exists()
 
 
@@ -214,6 +297,7 @@ def _watch(net: nn.Module) -> tuple[dict, list]:
     decoded: list = []
     for name, mod in net.named_modules():
         if isinstance(mod, PCEntropyBottleneck):
+
             def comp(x, _f=mod.compress, _m=mod, _n=name):
                 out = _f(x)
                 coded[(_n, tuple(out))] = _m.symbols(x)
@@ -221,17 +305,24 @@ def _watch(net: nn.Module) -> tuple[dict, list]:
 
             def decomp(strings, size, _f=mod.decompress, _m=mod, _n=name):
                 out = _f(strings, size)
-                decoded.append((_n, tuple(strings), torch.round(out - _m._medians().view(1, -1, 1, 1)).long()))
+                decoded.append(
+                    (_n, tuple(strings), torch.round(out - _m._medians().view(1, -1, 1, 1)).long())
+                )
                 return out
         elif isinstance(mod, PCConditional):
+
             def comp(inputs, indexes, means=None, _f=mod.compress, _n=name):
                 out = _f(inputs, indexes, means)
-                coded[(_n, tuple(out))] = torch.round(inputs - means if means is not None else inputs).long()
+                coded[(_n, tuple(out))] = torch.round(
+                    inputs - means if means is not None else inputs
+                ).long()
                 return out
 
             def decomp(strings, indexes, dtype=torch.float, means=None, _f=mod.decompress, _n=name):
                 out = _f(strings, indexes, dtype, means)
-                decoded.append((_n, tuple(strings), _f(strings, indexes).long()))  # the bare symbols
+                decoded.append(
+                    (_n, tuple(strings), _f(strings, indexes).long())
+                )  # the bare symbols
                 return out
         else:
             continue
@@ -243,9 +334,18 @@ def _round_trip(case: str) -> dict:
     net = build(case)
     names = [n for n in entropy_modules(net) if n not in REFUSED.get(case, {})]
     imgs = images()
-    bottleneck = dict(epochs=1, full_batch_epochs=0) if any("bottleneck" in n for n in names) else {}
-    fit_prior(net, imgs, name=names, num_latents=2, progress=False, conditional=dict(num_latents=2, steps=5,
-              batch_size=64), **bottleneck)
+    bottleneck = (
+        dict(epochs=1, full_batch_epochs=0) if any("bottleneck" in n for n in names) else {}
+    )
+    fit_prior(
+        net,
+        imgs,
+        name=names,
+        num_latents=2,
+        progress=False,
+        conditional=dict(num_latents=2, steps=5, batch_size=64),
+        **bottleneck,
+    )
     net.update(force=True)
     coded, decoded = _watch(net)
     x = torch.cat(imgs)
@@ -262,7 +362,12 @@ def _round_trip(case: str) -> dict:
     ok = bool(decoded) and all(k[:2] in coded and torch.equal(coded[k[:2]], k[2]) for k in decoded)
     ok &= {k[0] for k in coded} == set(names) == {k[0] for k in decoded}
     distinct = sum(len(torch.unique(s)) for s in coded.values())
-    return {"symbols_identical": ok, "x_hat_exact": exact, "distinct_symbols": distinct, "swapped": names}
+    return {
+        "symbols_identical": ok,
+        "x_hat_exact": exact,
+        "distinct_symbols": distinct,
+        "swapped": names,
+    }
 
 
 def _forced(case: str) -> dict:
@@ -275,12 +380,19 @@ def _forced(case: str) -> dict:
         enc = net.compress(x)  # CompressAI's own entropy models
     gc = PCConditional(None)
     gc.scale_table = net.gaussian_conditional.scale_table.clone()
-    gc.fit([torch.randint(-3, 4, (1, 8, 4, 4))], [torch.randint(0, 64, (1, 8, 4, 4))], num_latents=2, steps=2,
-           progress=False)  # M = 8 latent channels in every tiny serial model
+    gc.fit(
+        [torch.randint(-3, 4, (1, 8, 4, 4))],
+        [torch.randint(0, 64, (1, 8, 4, 4))],
+        num_latents=2,
+        steps=2,
+        progress=False,
+    )  # M = 8 latent channels in every tiny serial model
     net.gaussian_conditional = gc
     got = {}
-    for what, call in (("compress", lambda: net.compress(x)),
-                       ("decompress", lambda: net.decompress(enc["strings"], enc["shape"]))):
+    for what, call in (
+        ("compress", lambda: net.compress(x)),
+        ("decompress", lambda: net.decompress(enc["strings"], enc["shape"])),
+    ):
         try:
             with torch.no_grad():
                 call()
@@ -307,19 +419,30 @@ def _custom_serial() -> dict:
             eb = self.entropy_bottleneck
             return eb.entropy_coder.encode_with_indexes(
                 eb.quantize(x, "symbols", eb._get_medians()).reshape(-1).tolist(),
-                eb._build_indexes(x.size()).reshape(-1).tolist(), eb.quantized_cdf.tolist(),
-                eb.cdf_length.tolist(), eb.offset.tolist())
+                eb._build_indexes(x.size()).reshape(-1).tolist(),
+                eb.quantized_cdf.tolist(),
+                eb.cdf_length.tolist(),
+                eb.offset.tolist(),
+            )
 
         def decompress_base(self, strings, size):
-            return EntropyModel.decompress(self.entropy_bottleneck, strings,
-                                           self.entropy_bottleneck._build_indexes((1, 4, *size)))
+            return EntropyModel.decompress(
+                self.entropy_bottleneck,
+                strings,
+                self.entropy_bottleneck._build_indexes((1, 4, *size)),
+            )
 
     net = Serial()
     swap_entropy_model(net)  # unknown models are accepted: their coding must raise, not crash
-    net.entropy_bottleneck.fit(torch.randn(200, 4) * 3, num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
+    net.entropy_bottleneck.fit(
+        torch.randn(200, 4) * 3, num_latents=2, epochs=1, full_batch_epochs=0, progress=False
+    )
     got = {}
     y = torch.randn(1, 4, 4, 4)
-    for what, call in (("compress", lambda: net.compress(y)), ("decompress", lambda: net.decompress_base([b"x"], (4, 4)))):
+    for what, call in (
+        ("compress", lambda: net.compress(y)),
+        ("decompress", lambda: net.decompress_base([b"x"], (4, 4))),
+    ):
         try:
             call()
             got[what] = "no error"
@@ -340,23 +463,40 @@ def _cli_eval_of_broken_codec(tmp: Path) -> dict:
     from pc_prior.integrations import save_codec
 
     net = build("JointAutoregressiveHierarchicalPriors")
-    fit_prior(net, images(), name="entropy_bottleneck", num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
+    fit_prior(
+        net,
+        images(),
+        name="entropy_bottleneck",
+        num_latents=2,
+        epochs=1,
+        full_batch_epochs=0,
+        progress=False,
+    )
     gc = PCConditional(None)
     gc.scale_table = net.gaussian_conditional.scale_table.clone()
-    gc.fit([torch.randint(-3, 4, (1, 8, 4, 4))], [torch.randint(0, 64, (1, 8, 4, 4))], num_latents=2, steps=2,
-           progress=False)
+    gc.fit(
+        [torch.randint(-3, 4, (1, 8, 4, 4))],
+        [torch.randint(0, 64, (1, 8, 4, 4))],
+        num_latents=2,
+        steps=2,
+        progress=False,
+    )
     net.gaussian_conditional = gc
     codec = tmp / "broken.pt"
     save_codec(net, codec, "JointAutoregressiveHierarchicalPriors", 1, net_kwargs=dict(N=8, M=8))
     (tmp / "imgs").mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp / "imgs" / "0.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        tmp / "imgs" / "0.png"
+    )
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = main(["prior", "eval", "--codec", str(codec), "--images", str(tmp / "imgs")])
     return {"rc": rc, "stderr": err.getvalue()}
 
 
-TASKS = [f"round_trip:{c}" for c in TINY] + [f"forced:{c}" for c in SERIAL] + ["custom:", "cli_eval:"]
+TASKS = (
+    [f"round_trip:{c}" for c in TINY] + [f"forced:{c}" for c in SERIAL] + ["custom:", "cli_eval:"]
+)
 
 
 def _worker(tasks: list[str]) -> None:
@@ -388,14 +528,24 @@ def _worker(tasks: list[str]) -> None:
 @pytest.fixture(scope="module")
 def worker() -> dict:
     """Every task's result; a task that kills the worker (a segfault) is recorded and the rest rerun."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     results: dict = {}
     crashed: dict = {}
     pending = list(TASKS)
     while pending:
         try:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *pending], cwd=REPO, env=env,
-                                  capture_output=True, text=True, timeout=240)
+            proc = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), *pending],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
             out, err, why = proc.stdout, proc.stderr, f"exit code {proc.returncode}"
         except subprocess.TimeoutExpired as e:
             out, err, why = e.stdout or "", e.stderr or "", "timed out after 240 s"
@@ -407,7 +557,9 @@ def worker() -> dict:
                     results[rec["task"]] = rec["result"]
         pending = [t for t in pending if t not in results]
         if pending:  # tasks run in order: the first without a result is the one the worker died in
-            crashed[pending.pop(0)] = f"{why} (negative: killed by that signal, -11 a segfault)\n{err[-3000:]}"
+            crashed[pending.pop(0)] = (
+                f"{why} (negative: killed by that signal, -11 a segfault)\n{err[-3000:]}"
+            )
     return {"results": results, "crashed": crashed}
 
 
@@ -431,7 +583,10 @@ def test_swapped_models_round_trip_exactly(worker, case):
 def test_pc_conditional_forced_into_serial_model_raises(worker, case):
     res = _result(worker, f"forced:{case}")
     for what in ("compress", "decompress"):
-        assert "PCConditional.quantized_cdf" in res[what] and "keep CompressAI's entropy model" in res[what], res
+        assert (
+            "PCConditional.quantized_cdf" in res[what]
+            and "keep CompressAI's entropy model" in res[what]
+        ), res
 
 
 def test_unknown_model_reading_cdf_tables_raises(worker):
@@ -454,8 +609,13 @@ def fitted_pair() -> tuple[PCEntropyBottleneck, PCConditional]:
     eb = PCEntropyBottleneck(4)
     eb.fit(torch.randn(300, 4) * 3, num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
     gc = PCConditional(None)
-    gc.fit([torch.randint(-3, 4, (2, 4, 4, 4))], [torch.randint(0, 64, (2, 4, 4, 4))], num_latents=2, steps=2,
-           progress=False)
+    gc.fit(
+        [torch.randint(-3, 4, (2, 4, 4, 4))],
+        [torch.randint(0, 64, (2, 4, 4, 4))],
+        num_latents=2,
+        steps=2,
+        progress=False,
+    )
     return eb, gc
 
 
@@ -466,9 +626,16 @@ BAD_SHAPES = [(2, 4), (2, 4, 5), (2, 4, 3, 3, 2), (2, 3, 4, 4), (4,)]
 def test_bottleneck_rejects_non_image_latents(fitted_pair, shape):
     eb, _ = fitted_pair
     y = torch.randn(shape)
-    want = r"expected a latent of shape \[B, 4, H, W\], got " + str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
-    for call in (lambda: eb(y), lambda: eb(y, training=True), lambda: eb.compress(y), lambda: eb.symbols(y),
-                 lambda: eb.log_likelihood(y.long())):
+    want = r"expected a latent of shape \[B, 4, H, W\], got " + str(tuple(shape)).replace(
+        "(", r"\("
+    ).replace(")", r"\)")
+    for call in (
+        lambda: eb(y),
+        lambda: eb(y, training=True),
+        lambda: eb.compress(y),
+        lambda: eb.symbols(y),
+        lambda: eb.log_likelihood(y.long()),
+    ):
         with pytest.raises(InputError, match=want):
             call()
 
@@ -479,9 +646,13 @@ def test_conditional_rejects_non_image_latents(fitted_pair, shape):
     y = torch.randn(shape) * 3
     idx = torch.zeros(shape, dtype=torch.int32)
     want = r"expected a (latent|symbol map|scale index map) of shape \[B, 4, H, W\], got "
-    for call in (lambda: gc(y, torch.ones(shape)), lambda: gc(y, torch.ones(shape), training=True),
-                 lambda: gc.compress(y, idx), lambda: gc.decompress([b""] * (shape[0] if len(shape) > 1 else 1), idx),
-                 lambda: gc.log_likelihood(y.long(), idx)):
+    for call in (
+        lambda: gc(y, torch.ones(shape)),
+        lambda: gc(y, torch.ones(shape), training=True),
+        lambda: gc.compress(y, idx),
+        lambda: gc.decompress([b""] * (shape[0] if len(shape) > 1 else 1), idx),
+        lambda: gc.log_likelihood(y.long(), idx),
+    ):
         with pytest.raises(InputError, match=want):
             call()
 
@@ -494,10 +665,19 @@ def test_fit_rejects_wrong_shapes():
     gc = PCConditional(None)
     for shape in ((2, 4), (2, 4, 5), (2, 4, 3, 3, 2)):
         with pytest.raises(InputError, match="shape"):
-            gc.fit([torch.zeros(shape, dtype=torch.long)], [torch.zeros(shape, dtype=torch.long)], steps=1,
-                   progress=False)
+            gc.fit(
+                [torch.zeros(shape, dtype=torch.long)],
+                [torch.zeros(shape, dtype=torch.long)],
+                steps=1,
+                progress=False,
+            )
     with pytest.raises(InputError, match="shape"):
-        gc.fit(torch.zeros(10, 4, 1, dtype=torch.long), torch.zeros(10, 4, 1, dtype=torch.long), steps=1, progress=False)
+        gc.fit(
+            torch.zeros(10, 4, 1, dtype=torch.long),
+            torch.zeros(10, 4, 1, dtype=torch.long),
+            steps=1,
+            progress=False,
+        )
     assert not eb.fitted and not gc.fitted
 
 
@@ -506,7 +686,9 @@ def test_conditional_rejects_mismatched_side_information(fitted_pair):
     y = torch.randn(2, 4, 4, 4) * 3
     scales = torch.ones(2, 4, 4, 4)
     idx = gc.build_indexes(scales)
-    with pytest.raises(InputError, match=r"scales have shape \(2, 4, 1, 1\), the latent \(2, 4, 4, 4\)"):
+    with pytest.raises(
+        InputError, match=r"scales have shape \(2, 4, 1, 1\), the latent \(2, 4, 4, 4\)"
+    ):
         gc(y, scales[..., :1, :1])
     with pytest.raises(InputError, match=r"indexes have shape \(2, 4, 4, 2\)"):
         gc.compress(y, idx[..., :2])

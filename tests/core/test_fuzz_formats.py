@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pc_prior import BitstreamError, HCLT, PCPriorError, Tree, decode, encode, framing
+from pc_prior import HCLT, BitstreamError, PCPriorError, Tree, decode, encode, framing
 from pc_prior.fuzzing import run_fuzz
 
 
@@ -16,8 +16,17 @@ def test_thousands_of_mutated_streams_and_files_fail_safe():
     assert report.slowest_seconds < 10.0
     assert report.peak_rss_growth_mb < 1024
     # every target was exercised, and most mutations were caught (not merely harmless)
-    for target in ("lossless", "bottleneck", "conditional", "cross-kind", "bottleneck-forged-size",
-                   "checkpoint-file", "codec-file", "file-forged-fields", "file-other-kind"):
+    for target in (
+        "lossless",
+        "bottleneck",
+        "conditional",
+        "cross-kind",
+        "bottleneck-forged-size",
+        "checkpoint-file",
+        "codec-file",
+        "file-forged-fields",
+        "file-other-kind",
+    ):
         assert summary["by_target"][target].get("rejected", 0) > 0, target
     assert report.count("rejected") > 0.9 * report.cases
 

@@ -12,7 +12,13 @@ from PIL import Image
 
 from pc_prior.cli import main
 from pc_prior.eval import models as eval_models
-from pc_prior.eval.models import LoadedModel, ModelLoadError, load_model, register_model_loader, unregister_model_loader
+from pc_prior.eval.models import (
+    LoadedModel,
+    ModelLoadError,
+    load_model,
+    register_model_loader,
+    unregister_model_loader,
+)
 from pc_prior.eval.rd import collect_images, count_bytes, evaluate_image, evaluate_model, read_image
 
 
@@ -36,7 +42,9 @@ def _skimage(name: str, h: int, w: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("imgs")
-    Image.fromarray(_skimage("astronaut", 150, 170)).save(d / "a.png")  # not multiples of 64: padding
+    Image.fromarray(_skimage("astronaut", 150, 170)).save(
+        d / "a.png"
+    )  # not multiples of 64: padding
     (d / "sub").mkdir()
     Image.fromarray(_skimage("chelsea", 192, 192)).save(d / "sub" / "b.png")
     (d / "notes.txt").write_text("not an image")
@@ -46,7 +54,9 @@ def image_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tiny_net, tmp_path_factory):
     p = tmp_path_factory.mktemp("ck") / "tiny.pth"
-    torch.save({"epoch": 3, "state_dict": tiny_net.state_dict()}, p)  # CompressAI training-checkpoint layout
+    torch.save(
+        {"epoch": 3, "state_dict": tiny_net.state_dict()}, p
+    )  # CompressAI training-checkpoint layout
     return p
 
 
@@ -98,8 +108,20 @@ def test_eval_cli_json_read_by_compressai_plot(tiny_ckpt, image_dir, tmp_path, c
     ck2 = tmp_path / "plain.pth"
     torch.save(other.state_dict(), ck2)  # plain state dict
     out = tmp_path / "res" / "tiny.json"
-    rc = main(["eval", str(tiny_ckpt), str(ck2), "--arch", "bmshj2018-factorized", "--data", str(image_dir),
-               "--output", str(out), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            str(tiny_ckpt),
+            str(ck2),
+            "--arch",
+            "bmshj2018-factorized",
+            "--data",
+            str(image_dir),
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
     res = data["results"]
@@ -122,12 +144,16 @@ def _err(argv, capsys) -> str:
 
 
 def test_eval_errors(tmp_path, tiny_ckpt, image_dir, capsys):
-    assert "data folder not found" in _err(["eval", str(tiny_ckpt), "--data", str(tmp_path / "nope")], capsys)
+    assert "data folder not found" in _err(
+        ["eval", str(tiny_ckpt), "--data", str(tmp_path / "nope")], capsys
+    )
     (tmp_path / "empty").mkdir()
     assert "no images" in _err(["eval", str(tiny_ckpt), "--data", str(tmp_path / "empty")], capsys)
     err = _err(["eval", "no-such-codec:q3", "--data", str(image_dir)], capsys)
     assert "unknown model 'no-such-codec:q3'" in err
-    assert "model file not found" in _err(["eval", str(tmp_path / "x.pt"), "--data", str(image_dir)], capsys)
+    assert "model file not found" in _err(
+        ["eval", str(tmp_path / "x.pt"), "--data", str(image_dir)], capsys
+    )
     assert "--arch" in _err(["eval", str(tiny_ckpt), "--data", str(image_dir)], capsys)
     err = _err(["eval", str(tiny_ckpt), "--arch", "nope", "--data", str(image_dir)], capsys)
     assert "unknown architecture 'nope'" in err
@@ -147,9 +173,9 @@ def test_zoo_offline_is_a_clear_error(monkeypatch, image_dir, capsys):
 
 
 def test_hclt_checkpoint_is_not_a_codec(tmp_path):
-    from pc_prior import save
-
     from conftest import random_hclt
+
+    from pc_prior import save
 
     p = tmp_path / "hclt.pt"
     save(random_hclt(), p)
@@ -193,7 +219,8 @@ def test_bench_codec_speed_measures_the_same_rate(tiny_net, image_dir):
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "bench_codec_speed", Path(__file__).resolve().parents[1] / "bench" / "bench_codec_speed.py")
+        "bench_codec_speed", Path(__file__).resolve().parents[2] / "bench" / "bench_codec_speed.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     x = read_image(image_dir / "sub" / "b.png")

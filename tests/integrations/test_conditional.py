@@ -8,56 +8,26 @@ import pytest
 import torch
 from compressai.entropy_models import GaussianConditional
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+from helpers import NAMES, fitted_hyperprior, gc_inputs, random_images
 
 from pc_prior import HCLT, BitstreamError
 from pc_prior.coding import CodingTables, IncrementalConditionals, naive_conditionals
 from pc_prior.integrations import (
-    PCConditional, PCEntropyBottleneck, collect_conditional_inputs, fit_prior, swap_entropy_model,
+    PCConditional,
+    PCEntropyBottleneck,
+    collect_conditional_inputs,
+    fit_prior,
+    swap_entropy_model,
 )
 from pc_prior.integrations.conditional import ScaleConditionedTree
 from pc_prior.structure import Tree
 
-NAMES = ("entropy_bottleneck", "gaussian_conditional")
 
-
-def _images(n: int, h: int = 64, w: int = 64, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(1, 3, h, w, generator=g) for _ in range(n)]
-
-
-def _fitted(cls=ScaleHyperprior, seed: int = 0, **cond):
-    """Tiny random hyperprior (N=8, M=12) with multi-symbol latents, both entropy models swapped and fit."""
-    torch.manual_seed(seed)
-    model = cls(N=8, M=12).eval()
-    with torch.no_grad():
-        model.g_a[-1].weight.mul_(15.0)
-        model.g_a[-1].bias.mul_(15.0)
-        model.h_a[-1].weight.mul_(5.0)
-    model.update(force=True)
-    kw = dict(num_latents=3, steps=40, batch_size=256, seed=seed) | cond
-    fit_prior(model, _images(3, seed=seed), name=NAMES, num_latents=3, epochs=1, progress=False, seed=seed,
-              conditional=kw)
-    model.update(force=True)
-    return model
-
-
-@pytest.fixture(scope="module", params=[ScaleHyperprior, MeanScaleHyperprior], ids=["scale", "mean-scale"])
+@pytest.fixture(
+    scope="module", params=[ScaleHyperprior, MeanScaleHyperprior], ids=["scale", "mean-scale"]
+)
 def hyper(request):
-    return _fitted(request.param)
-
-
-def _gc_inputs(model, x):
-    """(y, scales, means, indexes) exactly as the model's compress() computes them."""
-    with torch.no_grad():
-        y = model.g_a(x)
-        z = model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs())
-        z_hat = model.entropy_bottleneck.decompress(model.entropy_bottleneck.compress(z), z.shape[-2:])
-        params = model.h_s(z_hat)
-        if isinstance(model, MeanScaleHyperprior):
-            scales, means = params.chunk(2, 1)
-        else:
-            scales, means = params, None
-        return y, scales, means, model.gaussian_conditional.build_indexes(scales)
+    return fitted_hyperprior(request.param)
 
 
 def test_swap_keeps_compressai_contract(hyper):
@@ -86,13 +56,13 @@ def test_swap_keeps_compressai_contract(hyper):
 
 
 def test_model_round_trip_matches_eval_forward_and_rate(hyper):
-    x = torch.cat(_images(2, 64, 128, seed=5))
+    x = torch.cat(random_images(2, 64, 128, seed=5))
     with torch.no_grad():
         ref = hyper(x)
         enc = hyper.compress(x)
         dec = hyper.decompress(enc["strings"], enc["shape"])["x_hat"]
     assert torch.equal(dec, ref["x_hat"].clamp(0, 1))
-    y, scales, means, idx = _gc_inputs(hyper, x)
+    y, _scales, means, idx = gc_inputs(hyper, x)
     gc = hyper.gaussian_conditional
     y_hat = gc.decompress(enc["strings"][0], idx, means=means)
     assert torch.equal(y_hat, gc.quantize(y, "dequantize", means))
@@ -123,8 +93,12 @@ def test_circuit_normalizes_and_incremental_matches_naive():
     # integer coder conditionals vs naive inside/outside passes on the same quantized tables
     from pc_prior.coding import quantize_probs
 
-    tables = CodingTables(np.asarray(pc.tree.parent), quantize_probs(pc.log_root().exp()),
-                          quantize_probs(pc.log_transitions().exp()), quantize_probs(probs))
+    tables = CodingTables(
+        np.asarray(pc.tree.parent),
+        quantize_probs(pc.log_root().exp()),
+        quantize_probs(pc.log_transitions().exp()),
+        quantize_probs(probs),
+    )
     x = torch.tensor([[0, 5, 3], [4, 1, 5], [2, 2, 0]])
     inc = IncrementalConditionals(tables, len(x), groups=groups)
     got = []
@@ -149,12 +123,21 @@ def test_circuit_normalizes_and_incremental_matches_naive():
 
 def test_escapes_round_trip_exactly(hyper):
     gc = hyper.gaussian_conditional
-    x = torch.cat(_images(2, 64, 64, seed=7))
-    y, scales, means, idx = _gc_inputs(hyper, x)
+    x = torch.cat(random_images(2, 64, 64, seed=7))
+    y, scales, means, idx = gc_inputs(hyper, x)
     y = y.clone()
-    far = [1e5 + 0.3, -3e6, 2.0**31 - 128, -(2.0**31 - 128), gc.radius + 1, -gc.radius - 1]  # float32-exact
+    far = [
+        1e5 + 0.3,
+        -3e6,
+        2.0**31 - 128,
+        -(2.0**31 - 128),
+        gc.radius + 1,
+        -gc.radius - 1,
+    ]  # float32-exact
     for j, val in enumerate(far):
-        y[j % 2, j, j % 4, (j + 1) % 4] = val + (0.0 if means is None else float(means[j % 2, j, j % 4, (j + 1) % 4]))
+        y[j % 2, j, j % 4, (j + 1) % 4] = val + (
+            0.0 if means is None else float(means[j % 2, j, j % 4, (j + 1) % 4])
+        )
     strings = gc.compress(y, idx, means=means)
     y_hat = gc.decompress(strings, idx, means=means)
     assert torch.equal(y_hat, gc.quantize(y, "dequantize", means))
@@ -173,10 +156,10 @@ def test_escapes_round_trip_exactly(hyper):
 
 def test_bitstream_errors(hyper):
     gc = hyper.gaussian_conditional
-    x = torch.cat(_images(1, 64, 64, seed=13))
-    y, _, means, idx = _gc_inputs(hyper, x)
+    x = torch.cat(random_images(1, 64, 64, seed=13))
+    y, _, means, idx = gc_inputs(hyper, x)
     (s,) = gc.compress(y, idx, means=means)
-    other = _fitted(type(hyper), seed=1).gaussian_conditional
+    other = fitted_hyperprior(type(hyper), seed=1).gaussian_conditional
     with pytest.raises(BitstreamError, match="another model"):
         other.decompress([s], idx, means=means)
     with pytest.raises(BitstreamError, match="truncated"):
@@ -192,7 +175,9 @@ def test_bitstream_errors(hyper):
     with pytest.raises(BitstreamError, match="magic"):
         gc.decompress([b"XXXX" + s[4:]], idx, means=means)
     z_string = hyper.entropy_bottleneck.compress(hyper.h_a(y if means is not None else y.abs()))[0]
-    with pytest.raises(BitstreamError, match="expected a PCConditional bitstream, got a PCEntropyBottleneck"):
+    with pytest.raises(
+        BitstreamError, match="expected a PCConditional bitstream, got a PCEntropyBottleneck"
+    ):
         gc.decompress([z_string], idx, means=means)
     with pytest.raises(BitstreamError, match="asked for"):
         gc.decompress([s], idx[..., :-1], means=None if means is None else means[..., :-1])
@@ -212,7 +197,7 @@ def test_bitstream_errors(hyper):
 @pytest.mark.parametrize("hw", [(64, 64), (128, 64), (192, 320)])
 def test_any_latent_size(hyper, hw):
     """1x1 hyper-latents and odd latent sizes (3x5 hyper-latent, 12x20 latent) round trip exactly."""
-    x = torch.cat(_images(1, *hw, seed=hw[0] + hw[1]))
+    x = torch.cat(random_images(1, *hw, seed=hw[0] + hw[1]))
     with torch.no_grad():
         ref = hyper(x)["x_hat"].clamp(0, 1)
         enc = hyper.compress(x)
@@ -236,9 +221,17 @@ def test_state_dict_and_save_load_codec(tmp_path):
     torch.manual_seed(0)
     net = compressai.zoo.image_models["bmshj2018-hyperprior"](quality=1).eval()
     net.update(force=True)
-    x = torch.cat(_images(1, 64, 128, seed=2))
-    hist = fit_prior(net, [x], name=NAMES, num_latents=2, epochs=1, max_items=200, progress=False,
-                     conditional={"num_latents": 2, "steps": 5, "batch_size": 32, "structure": "star"})
+    x = torch.cat(random_images(1, 64, 128, seed=2))
+    hist = fit_prior(
+        net,
+        [x],
+        name=NAMES,
+        num_latents=2,
+        epochs=1,
+        max_items=200,
+        progress=False,
+        conditional={"num_latents": 2, "steps": 5, "batch_size": 32, "structure": "star"},
+    )
     assert set(hist) == set(NAMES) and "holdout_pc_bits" in hist["gaussian_conditional"][-1]
     net.update(force=True)
     with torch.no_grad():
@@ -256,8 +249,8 @@ def test_state_dict_and_save_load_codec(tmp_path):
 
 def test_training_mode_is_differentiable(hyper):
     gc = hyper.gaussian_conditional
-    x = torch.cat(_images(1, 64, 64, seed=3))
-    y, scales, means, _ = _gc_inputs(hyper, x)
+    x = torch.cat(random_images(1, 64, 64, seed=3))
+    y, scales, means, _ = gc_inputs(hyper, x)
     y = y.clone().requires_grad_(True)
     scales = scales.clone().requires_grad_(True)
     out, lik = gc(y, scales, means, training=True)
@@ -270,10 +263,10 @@ def test_training_mode_is_differentiable(hyper):
 
 
 def test_collect_and_fit_argument_errors(hyper):
-    x = torch.cat(_images(1, 64, 64, seed=9))
+    x = torch.cat(random_images(1, 64, 64, seed=9))
     sym, idx = collect_conditional_inputs(hyper, [x])
     assert sym.shape == idx.shape == (16, 12) and sym.dtype == torch.int32
-    y, _, means, want = _gc_inputs(hyper, x)
+    _y, _, _means, want = gc_inputs(hyper, x)
     assert torch.equal(idx.long(), want.permute(0, 2, 3, 1).reshape(-1, 12).long())
     gc = PCConditional(None)
     with pytest.raises(ValueError, match="structure"):
@@ -289,7 +282,9 @@ def test_collect_and_fit_argument_errors(hyper):
     with pytest.raises(RuntimeError, match="no coding tables"):
         gc.compress(torch.zeros(1, 12, 1, 1), torch.zeros(1, 12, 1, 1, dtype=torch.int32))
     with pytest.raises(TypeError, match="GaussianConditional"):
-        fit_prior(ScaleHyperprior(N=8, M=12), [x], name=("gaussian_conditional", "g_s"), progress=False)
+        fit_prior(
+            ScaleHyperprior(N=8, M=12), [x], name=("gaussian_conditional", "g_s"), progress=False
+        )
     with pytest.raises(ValueError, match="at least one"):
         fit_prior(ScaleHyperprior(N=8, M=12), [x], name=(), progress=False)
 
@@ -297,8 +292,8 @@ def test_collect_and_fit_argument_errors(hyper):
 def test_k1_reproduces_gaussian_conditional_rate(hyper):
     """K=1 with zero offsets is the Gaussian conditional: same likelihoods as CompressAI's."""
     gc = hyper.gaussian_conditional
-    x = torch.cat(_images(1, 64, 64, seed=21))
-    y, scales, means, idx = _gc_inputs(hyper, x)
+    x = torch.cat(random_images(1, 64, 64, seed=21))
+    y, _scales, means, idx = gc_inputs(hyper, x)
     pc = ScaleConditionedTree(Tree(tuple([-1] + [0] * 11)), 1, len(gc.scale_table))
     sigma = gc.scale_table[idx.long()]
     u = gc.quantize(y, "symbols", means)
@@ -311,13 +306,13 @@ def test_k1_reproduces_gaussian_conditional_rate(hyper):
 
 def test_data_init_and_star_structure_round_trip():
     """init="data" starts from the binned standardized symbols; with a star it still codes exactly."""
-    model = _fitted(ScaleHyperprior, seed=2, init="data", structure="star", num_latents=4)
+    model = fitted_hyperprior(ScaleHyperprior, seed=2, init="data", structure="star", num_latents=4)
     gc = model.gaussian_conditional
     parent = np.asarray(gc.pc.tree.parent)
     assert (parent < 0).sum() == 1 and len(set(parent[parent >= 0].tolist())) == 1  # a star
     hist_pc = gc.pc
     assert torch.isfinite(hist_pc.loc).all() and float(hist_pc.loc.detach().abs().max()) > 0
-    x = torch.cat(_images(2, 64, 64, seed=11))
+    x = torch.cat(random_images(2, 64, 64, seed=11))
     with torch.no_grad():
         ref = model(x)["x_hat"].clamp(0, 1)
         enc = model.compress(x)

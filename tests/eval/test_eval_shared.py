@@ -3,9 +3,9 @@
 import math
 
 import pytest
+from conftest import shared_path
 from PIL import Image
 
-from conftest import shared_path
 from pc_prior.eval.models import load_model
 from pc_prior.eval.rd import collect_images, evaluate_model
 
@@ -26,6 +26,8 @@ def test_factorized_q1_on_kodak_crops(tmp_path):
     assert 0.08 < m["bpp"] < 0.4 and 22.0 < m["psnr-rgb"] < 31.0
     assert 0.8 < m["ms-ssim-rgb"] < 1.0
     for r in res["images"]:
-        assert r["bpp_estimated"] == pytest.approx(r["bpp"], rel=0.02)  # trained CDFs: tiny coding overhead
+        assert r["bpp_estimated"] == pytest.approx(
+            r["bpp"], rel=0.02
+        )  # trained CDFs: tiny coding overhead
         assert r["bits"] % 8 == 0 and math.isclose(r["bpp"], r["bits"] / (384 * 256))
         assert r["psnr-rgb_forward"] == pytest.approx(r["psnr-rgb"], abs=0.05)

@@ -5,12 +5,12 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import random_hclt
 
 from pc_prior import CheckpointError, decode, encode, load, save
 from pc_prior.cli import main
 from pc_prior.data import load_idx, load_mnist
 from pc_prior.files import write_file
-from conftest import random_hclt
 
 
 def test_save_load_round_trip(tmp_path):
@@ -50,15 +50,18 @@ def test_load_rejects_other_files_and_versions(tmp_path):
         load(tmp_path / "undigested.pt")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("num_cats", 2**31, "num_cats"),
-    ("num_latents", 0, "num_latents"),
-    ("dtype", "bogus", "dtype 'bogus'"),
-    ("dtype", "float64", "params.root_logits is torch.float32"),
-    ("parent", [1, -1, 1, 0, 0], "params.transition_logits"),
-    ("parent", [1, 2, 0, 0, 0, 2], "not a tree"),
-    ("parent", "abc", "'parent' is a str"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_cats", 2**31, "num_cats"),
+        ("num_latents", 0, "num_latents"),
+        ("dtype", "bogus", "dtype 'bogus'"),
+        ("dtype", "float64", "params.root_logits is torch.float32"),
+        ("parent", [1, -1, 1, 0, 0], "params.transition_logits"),
+        ("parent", [1, 2, 0, 0, 0, 2], "not a tree"),
+        ("parent", "abc", "'parent' is a str"),
+    ],
+)
 def test_load_checks_every_field_before_building(tmp_path, field, value, message):
     save(random_hclt(dtype=torch.float32), tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)
@@ -69,12 +72,15 @@ def test_load_checks_every_field_before_building(tmp_path, field, value, message
         load(tmp_path / "bad.pt")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t["emit"].neg_(), "emit has entries outside"),
-    (lambda t: t.__setitem__("parent", t["parent"][:-1]), "trans has shape"),
-    (lambda t: t.__setitem__("root", t["root"].double()), "root must be an integer tensor"),
-    (lambda t: t.__setitem__("trans", t["trans"][:, :2]), "trans has shape"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t["emit"].neg_(), "emit has entries outside"),
+        (lambda t: t.__setitem__("parent", t["parent"][:-1]), "trans has shape"),
+        (lambda t: t.__setitem__("root", t["root"].double()), "root must be an integer tensor"),
+        (lambda t: t.__setitem__("trans", t["trans"][:, :2]), "trans has shape"),
+    ],
+)
 def test_load_validates_coding_tables(tmp_path, edit, message):
     save(random_hclt(dtype=torch.float32), tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)
@@ -94,7 +100,9 @@ def test_load_detects_a_flipped_byte_and_refuses_pickled_code(tmp_path):
     with zipfile.ZipFile(tmp_path / "m.pt") as z:  # flip a byte inside a tensor's storage
         info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size >= 16)
     raw = bytearray((tmp_path / "m.pt").read_bytes())
-    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)  # local file header
+    name_len, extra_len = struct.unpack_from(
+        "<HH", raw, info.header_offset + 26
+    )  # local file header
     raw[info.header_offset + 30 + name_len + extra_len + 8] ^= 0x01
     (tmp_path / "flipped.pt").write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="corrupted"):
@@ -155,8 +163,29 @@ def test_idx_loader_and_errors(tiny_idx, tmp_path):
 
 def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
     ckpt = tmp_path / "hclt.pt"
-    assert main(["lossless", "fit", "--data", str(tiny_idx), "--out", str(ckpt), "--latents", "4",
-                 "--epochs", "2", "--full-batch-epochs", "1", "--batch-size", "100", "--valid", "20"]) == 0
+    assert (
+        main(
+            [
+                "lossless",
+                "fit",
+                "--data",
+                str(tiny_idx),
+                "--out",
+                str(ckpt),
+                "--latents",
+                "4",
+                "--epochs",
+                "2",
+                "--full-batch-epochs",
+                "1",
+                "--batch-size",
+                "100",
+                "--valid",
+                "20",
+            ]
+        )
+        == 0
+    )
     fit_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fit_line["checkpoint"] == str(ckpt) and ckpt.is_file()
 
@@ -169,15 +198,63 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
 
     arr = load_mnist(tiny_idx, "test").numpy().astype(np.uint8).reshape(50, 4, 4)
     np.save(tmp_path / "in.npy", arr)
-    assert main(["lossless", "compress", "--model", str(ckpt), str(tmp_path / "in.npy"), str(tmp_path / "c.bin")]) == 0
-    assert main(["lossless", "decompress", "--model", str(ckpt), str(tmp_path / "c.bin"), str(tmp_path / "out.npy")]) == 0
+    assert (
+        main(
+            [
+                "lossless",
+                "compress",
+                "--model",
+                str(ckpt),
+                str(tmp_path / "in.npy"),
+                str(tmp_path / "c.bin"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "lossless",
+                "decompress",
+                "--model",
+                str(ckpt),
+                str(tmp_path / "c.bin"),
+                str(tmp_path / "out.npy"),
+            ]
+        )
+        == 0
+    )
     out = np.load(tmp_path / "out.npy")
     assert out.dtype == arr.dtype and np.array_equal(out, arr)
 
     # clear one-line errors, non-zero exit
     (tmp_path / "c.bin").write_bytes((tmp_path / "c.bin").read_bytes()[:-3])
-    assert main(["lossless", "decompress", "--model", str(ckpt), str(tmp_path / "c.bin"), str(tmp_path / "o.npy")]) == 1
+    assert (
+        main(
+            [
+                "lossless",
+                "decompress",
+                "--model",
+                str(ckpt),
+                str(tmp_path / "c.bin"),
+                str(tmp_path / "o.npy"),
+            ]
+        )
+        == 1
+    )
     assert "truncated" in capsys.readouterr().err
     np.save(tmp_path / "wrong.npy", np.zeros((3, 5), dtype=np.uint8))
-    assert main(["lossless", "compress", "--model", str(ckpt), str(tmp_path / "wrong.npy"), str(tmp_path / "w.bin")]) == 1
+    assert (
+        main(
+            [
+                "lossless",
+                "compress",
+                "--model",
+                str(ckpt),
+                str(tmp_path / "wrong.npy"),
+                str(tmp_path / "w.bin"),
+            ]
+        )
+        == 1
+    )
     assert "expects 16" in capsys.readouterr().err

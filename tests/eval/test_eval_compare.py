@@ -15,11 +15,18 @@ MSSSIM = [0.90, 0.925, 0.945, 0.96]
 
 
 def _write(path, bpp, psnr, msssim, quality=(1, 2, 3, 4), name=None):
-    res = {"psnr-rgb": list(psnr), "ms-ssim-rgb": list(msssim), "bpp": list(bpp),
-           "encoding_time": [0.1] * len(bpp), "decoding_time": [0.1] * len(bpp)}
+    res = {
+        "psnr-rgb": list(psnr),
+        "ms-ssim-rgb": list(msssim),
+        "bpp": list(bpp),
+        "encoding_time": [0.1] * len(bpp),
+        "decoding_time": [0.1] * len(bpp),
+    }
     if quality is not None:
         res["quality"] = list(quality)
-    path.write_text(json.dumps({"name": name or path.stem, "description": "Inference (ans)", "results": res}))
+    path.write_text(
+        json.dumps({"name": name or path.stem, "description": "Inference (ans)", "results": res})
+    )
     return path
 
 
@@ -35,8 +42,13 @@ def test_compare_scaled_rates(tmp_path):
     base = _write(tmp_path / "base.json", BPP, PSNR, MSSSIM)
     # candidate: same reconstructions, 10% fewer bits, points listed in another order
     order = [2, 0, 3, 1]
-    cand = _write(tmp_path / "cand.json", [0.9 * BPP[i] for i in order], [PSNR[i] for i in order],
-                  [MSSSIM[i] for i in order], quality=[i + 1 for i in order])
+    cand = _write(
+        tmp_path / "cand.json",
+        [0.9 * BPP[i] for i in order],
+        [PSNR[i] for i in order],
+        [MSSSIM[i] for i in order],
+        quality=[i + 1 for i in order],
+    )
     res = compare(base, cand)
     assert res["bd_rate_psnr"] == pytest.approx(-10.0, abs=1e-6)
     assert res["bd_rate_ms_ssim"] == pytest.approx(-10.0, abs=1e-6)
@@ -48,8 +60,13 @@ def test_compare_scaled_rates(tmp_path):
 
 def test_compare_pairs_by_quality_not_position(tmp_path):
     base = _write(tmp_path / "base.json", BPP, PSNR, MSSSIM)
-    cand = _write(tmp_path / "cand.json", [0.5 * BPP[1], 0.8 * BPP[3]], [PSNR[1], PSNR[3] + 0.1],
-                  [MSSSIM[1], MSSSIM[3]], quality=[2, 4])
+    cand = _write(
+        tmp_path / "cand.json",
+        [0.5 * BPP[1], 0.8 * BPP[3]],
+        [PSNR[1], PSNR[3] + 0.1],
+        [MSSSIM[1], MSSSIM[3]],
+        quality=[2, 4],
+    )
     rows = compare(base, cand)["per_quality"]
     assert [r["quality"] for r in rows] == [2, 4]
     assert [r["saving_pct"] for r in rows] == pytest.approx([50.0, 20.0])
@@ -80,9 +97,20 @@ def test_compare_errors(tmp_path, capsys):
 
 
 def _bench(path, theo, coded, n=100):
-    path.write_text(json.dumps({"num_images": n, "num_dims": 784, "bpd_theoretical": theo, "bpd_coded": coded,
-                                "coded_bytes": int(coded * n * 784 / 8), "encode_seconds": 0.5,
-                                "decode_seconds": 0.25, "round_trip_exact": True}))
+    path.write_text(
+        json.dumps(
+            {
+                "num_images": n,
+                "num_dims": 784,
+                "bpd_theoretical": theo,
+                "bpd_coded": coded,
+                "coded_bytes": int(coded * n * 784 / 8),
+                "encode_seconds": 0.5,
+                "decode_seconds": 0.25,
+                "round_trip_exact": True,
+            }
+        )
+    )
     return path
 
 
@@ -91,14 +119,37 @@ def test_lossless_report(tmp_path, capsys):
     table = lossless_table([a])
     row = next(line for line in table.splitlines() if line.startswith("| a |"))
     assert "| 100 | 1.3000 | 1.3065 |" in row and "+0.50%" in row and "| 5.00 | 2.50 |" in row
-    assert "| HCLT (Liu et al., ICLR 2022) | | | | 1.20 |" in table and "reference number from the paper" in table
+    assert (
+        "| HCLT (Liu et al., ICLR 2022) | | | | 1.20 |" in table
+        and "reference number from the paper" in table
+    )
 
     b = _bench(tmp_path / "b.json", 1.25, 1.26)
     out_md = tmp_path / "t.md"
-    assert main(["report-lossless", str(a), str(b), "--label", "small", "--label", "large",
-                 "--reference", "my baseline=1.5", "--output", str(out_md)]) == 0
+    assert (
+        main(
+            [
+                "report-lossless",
+                str(a),
+                str(b),
+                "--label",
+                "small",
+                "--label",
+                "large",
+                "--reference",
+                "my baseline=1.5",
+                "--output",
+                str(out_md),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "| small |" in out and "| large | 100 | 1.2500 | 1.2600 |" in out and "| my baseline |" in out
+    assert (
+        "| small |" in out
+        and "| large | 100 | 1.2500 | 1.2600 |" in out
+        and "| my baseline |" in out
+    )
     assert out_md.read_text().strip() == out.strip()
 
     (tmp_path / "c.json").write_text('{"bpd_coded": 1.0}')

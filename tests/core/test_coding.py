@@ -1,15 +1,16 @@
-import struct
-
 import numpy as np
 import pytest
 import torch
-
-from pc_prior import BitstreamError, HCLT, decode, encode, fit_em
-from pc_prior import framing, load, save
-from pc_prior.coding import (
-    BLOCK_ITEMS, IncrementalConditionals, coding_tables, incremental_conditionals, naive_conditionals,
-)
 from conftest import random_hclt, shared_path
+
+from pc_prior import HCLT, BitstreamError, decode, encode, fit_em, framing, load, save
+from pc_prior.coding import (
+    BLOCK_ITEMS,
+    IncrementalConditionals,
+    coding_tables,
+    incremental_conditionals,
+    naive_conditionals,
+)
 
 LN2 = np.log(2.0)
 
@@ -22,7 +23,9 @@ def check_bits(n):
     return 32 * -(-n // BLOCK_ITEMS)  # each block of items is closed by a 32-bit check
 
 
-@pytest.mark.parametrize("parent", [(-1,), (1, -1, 1, 0, 0, 2, 2, 5), (-1, 0, 1, 2, 3, 4), (-1, 0, 0, 0, 0, 0)])
+@pytest.mark.parametrize(
+    "parent", [(-1,), (1, -1, 1, 0, 0, 2, 2, 5), (-1, 0, 1, 2, 3, 4), (-1, 0, 0, 0, 0, 0)]
+)
 def test_incremental_conditionals_equal_naive(parent):
     pc = random_hclt(parent, num_cats=5, num_latents=4, seed=len(parent))
     x = pc.sample(200, generator=torch.Generator().manual_seed(1))
@@ -92,7 +95,11 @@ def test_tables_are_state_that_survives_moves_and_casts(tmp_path):
     x = pc.sample(40, generator=torch.Generator().manual_seed(0))
     data = encode(pc, x)
     t0 = coding_tables(pc)
-    for moved in (pc.double(), pc.half(), pc.float().to("cpu")):  # casts leave the integer tables alone
+    for moved in (
+        pc.double(),
+        pc.half(),
+        pc.float().to("cpu"),
+    ):  # casts leave the integer tables alone
         assert torch.equal(coding_tables(moved).emit, t0.emit)
         assert torch.equal(decode(moved, data), x)
     save(pc, tmp_path / "m.pt")

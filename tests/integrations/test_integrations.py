@@ -6,13 +6,19 @@ import pytest
 import torch
 from compressai.entropy_models import EntropyBottleneck
 from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
+from conftest import shared_path
 
 from pc_prior import HCLT, BitstreamError
-from pc_prior.integrations import PCEntropyBottleneck, collect_latents, fit_prior, load_codec, save_codec, swap_entropy_model
 from pc_prior.framing import header_bytes
+from pc_prior.integrations import (
+    PCEntropyBottleneck,
+    collect_latents,
+    fit_prior,
+    load_codec,
+    save_codec,
+    swap_entropy_model,
+)
 from pc_prior.integrations.leaves import DiscretizedLogisticTree
-
-from conftest import shared_path
 
 
 def _spread(model: torch.nn.Module, gain: float) -> None:
@@ -60,7 +66,9 @@ def test_swap_keeps_compressai_contract(fact):
     aux = fact.aux_loss()
     assert float(aux.detach()) == pytest.approx(eb.channels, rel=1e-4)
     aux.backward()
-    assert eb.quantiles.grad is not None and eb.quantiles.grad[:, 0, 1].abs().sum() == 0  # medians untouched
+    assert (
+        eb.quantiles.grad is not None and eb.quantiles.grad[:, 0, 1].abs().sum() == 0
+    )  # medians untouched
     fact.update(force=True)
     assert eb.num_symbols >= 3 and (eb._cdf_length > 1).any()  # the test latents are not trivial
 
@@ -71,7 +79,9 @@ def test_swap_keeps_medians_and_rejects_non_bottlenecks():
     with torch.no_grad():
         model.entropy_bottleneck.quantiles[:, 0, 1] = torch.linspace(-2, 2, 12)
     new = swap_entropy_model(model)
-    assert model.entropy_bottleneck is new and torch.equal(new._medians(), torch.linspace(-2, 2, 12))
+    assert model.entropy_bottleneck is new and torch.equal(
+        new._medians(), torch.linspace(-2, 2, 12)
+    )
     with pytest.raises(TypeError, match="expected an EntropyBottleneck"):
         swap_entropy_model(model, name="g_a")
     with pytest.raises(RuntimeError, match="not fitted"):
@@ -166,7 +176,9 @@ def test_state_dict_round_trip_decodes_bit_exactly(fact):
     # the loaded circuit is the same model too
     y = _latent(fact, x)
     s = fact.entropy_bottleneck.symbols(y)
-    assert torch.equal(fresh.entropy_bottleneck.log_likelihood(s), fact.entropy_bottleneck.log_likelihood(s))
+    assert torch.equal(
+        fresh.entropy_bottleneck.log_likelihood(s), fact.entropy_bottleneck.log_likelihood(s)
+    )
 
 
 def test_bitstream_errors(fact):
@@ -195,7 +207,9 @@ def test_bitstream_errors(fact):
         eb.decompress(["abc"], size)
     with pytest.raises(TypeError, match="list"):
         eb.decompress(s, size)
-    assert torch.equal(eb.decompress([s], size), eb(y, training=False)[0])  # the original still decodes
+    assert torch.equal(
+        eb.decompress([s], size), eb(y, training=False)[0]
+    )  # the original still decodes
 
 
 def test_training_modes_give_gradients_to_the_circuit(fact):
@@ -244,7 +258,9 @@ def test_shared_factorized_codec_round_trip_on_kodak_crop():
     img = shared_path("data", "kodak", "kodim01.png")
     ck = torch.load(path, map_location="cpu")
     net = compressai.zoo.image_models[ck["arch"]](quality=ck["quality"])
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
+    net.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+    )
     net.eval()
     x = load_image(img)[:, :, 100:228, 200:328]
     fit_prior(net, [x], num_latents=4, epochs=1, progress=False)
@@ -270,17 +286,49 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
     net = compressai.zoo.image_models["bmshj2018-factorized"](quality=1)
     _spread(net, 20.0)
     ck = tmp_path / "codec.pt"
-    torch.save({"arch": "bmshj2018-factorized", "quality": 1,
-                "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}}, ck)
+    torch.save(
+        {
+            "arch": "bmshj2018-factorized",
+            "quality": 1,
+            "state_dict": {
+                k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()
+            },
+        },
+        ck,
+    )
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
     out = tmp_path / "swapped.pt"
-    assert main(["prior", "fit", "--codec", str(ck), "--images", str(imgs), "--out", str(out), "--latents", "2",
-                 "--epochs", "1", "--full-batch-epochs", "0", "--max-items", "500", "--leaves", leaves,
-                 "--finetune-steps", "5"]) == 0
+    assert (
+        main(
+            [
+                "prior",
+                "fit",
+                "--codec",
+                str(ck),
+                "--images",
+                str(imgs),
+                "--out",
+                str(out),
+                "--latents",
+                "2",
+                "--epochs",
+                "1",
+                "--full-batch-epochs",
+                "0",
+                "--max-items",
+                "500",
+                "--leaves",
+                leaves,
+                "--finetune-steps",
+                "5",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     swapped = load_codec(out)
     assert isinstance(swapped.entropy_bottleneck, PCEntropyBottleneck) and swapped.update() is False
@@ -289,7 +337,21 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
     assert main(["prior", "eval", "--codec", str(out), "--images", str(imgs)]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["exact_round_trip"] and rep["images"] == 2 and rep["bpp"] > 0
-    assert main(["prior", "fit", "--codec", str(ck), "--images", str(tmp_path / "none"), "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "prior",
+                "fit",
+                "--codec",
+                str(ck),
+                "--images",
+                str(tmp_path / "none"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -321,7 +383,9 @@ def test_logistic_leaves_round_trip_and_train_the_analysis_transform():
     x = torch.cat(_images(2, 48, 48, seed=17))
     with torch.no_grad():
         enc = model.compress(x)
-        assert torch.equal(model.decompress(enc["strings"], enc["shape"])["x_hat"], model(x)["x_hat"].clamp(0, 1))
+        assert torch.equal(
+            model.decompress(enc["strings"], enc["shape"])["x_hat"], model(x)["x_hat"].clamp(0, 1)
+        )
     # joint fine-tuning: the rate term alone reaches the analysis transform
     model.train()
     for p in model.parameters():
@@ -337,8 +401,10 @@ def test_logistic_leaves_round_trip_and_train_the_analysis_transform():
     fresh.load_state_dict(model.state_dict())
     assert isinstance(fresh.entropy_bottleneck.pc, DiscretizedLogisticTree)
     with torch.no_grad():
-        assert torch.equal(fresh.eval().decompress(enc["strings"], enc["shape"])["x_hat"],
-                           model.decompress(enc["strings"], enc["shape"])["x_hat"])
+        assert torch.equal(
+            fresh.eval().decompress(enc["strings"], enc["shape"])["x_hat"],
+            model.decompress(enc["strings"], enc["shape"])["x_hat"],
+        )
     with pytest.raises(ValueError, match="leaves"):
         eb.fit(torch.randn(10, 12), leaves="gaussian")
 
@@ -368,12 +434,15 @@ def test_header_varints_version_and_checksum():
         framing.unpack(framing.pack(framing.CONDITIONAL, b"abcd", (2, 2), payload), fmt, b"abcd")
 
 
-@pytest.mark.parametrize("key, edit, message", [
-    ("entropy_bottleneck._pc_emit", lambda t: t.neg(), "emit has entries outside"),
-    ("entropy_bottleneck._pc_parent", lambda t: t[:-1], "trans has shape"),
-    ("entropy_bottleneck._cdf_length", lambda t: t + 1000, "_cdf_length must lie in"),
-    ("entropy_bottleneck._offset", lambda t: t[:-1], "alphabets"),
-])
+@pytest.mark.parametrize(
+    "key, edit, message",
+    [
+        ("entropy_bottleneck._pc_emit", lambda t: t.neg(), "emit has entries outside"),
+        ("entropy_bottleneck._pc_parent", lambda t: t[:-1], "trans has shape"),
+        ("entropy_bottleneck._cdf_length", lambda t: t + 1000, "_cdf_length must lie in"),
+        ("entropy_bottleneck._offset", lambda t: t[:-1], "alphabets"),
+    ],
+)
 def test_codec_file_with_forged_tables_is_refused(fact, tmp_path, key, edit, message):
     from pc_prior import CheckpointError
     from pc_prior.files import read_file, write_file
@@ -384,4 +453,6 @@ def test_codec_file_with_forged_tables_is_refused(fact, tmp_path, key, edit, mes
     write_file(content, tmp_path / "forged.pt")  # a consistent file (digest recomputed), bad tables
     with pytest.raises(CheckpointError, match=message):
         load_codec(tmp_path / "forged.pt")
-    assert torch.equal(load_codec(tmp_path / "c.pt").entropy_bottleneck._pc_emit, fact.entropy_bottleneck._pc_emit)
+    assert torch.equal(
+        load_codec(tmp_path / "c.pt").entropy_bottleneck._pc_emit, fact.entropy_bottleneck._pc_emit
+    )

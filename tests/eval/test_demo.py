@@ -13,7 +13,7 @@ from pc_prior.eval.demo import TEST_PHOTOS, TRAIN_PHOTOS, run_demo, skimage_phot
 
 
 def _crop(name: str, h: int, w: int, top: int = 0, left: int = 0) -> np.ndarray:
-    return np.ascontiguousarray(skimage_photo(name)[top:top + h, left:left + w])
+    return np.ascontiguousarray(skimage_photo(name)[top : top + h, left : left + w])
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,9 @@ def folders(tmp_path_factory):
     test.mkdir()
     Image.fromarray(_crop("rocket", 96, 128)).save(train / "rocket.png")
     Image.fromarray(_crop("hubble_deep_field", 80, 96, 300, 300)).save(train / "hubble.png")
-    Image.fromarray(_crop("astronaut", 70, 90, 100, 150)).save(test / "astronaut.png")  # not multiples of 64
+    Image.fromarray(_crop("astronaut", 70, 90, 100, 150)).save(
+        test / "astronaut.png"
+    )  # not multiples of 64
     Image.fromarray(_crop("coffee", 64, 64, 100, 100)).save(test / "coffee.jpg")
     return train, test
 
@@ -51,8 +53,18 @@ def folders(tmp_path_factory):
 def demo_run(tiny_codec, folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     lines = []
-    res = run_demo(out, data=folders[1], train_data=folders[0], codec=tiny_codec, latents=2, epochs=1,
-                   max_items=2000, seed=0, progress=False, log=lines.append)
+    res = run_demo(
+        out,
+        data=folders[1],
+        train_data=folders[0],
+        codec=tiny_codec,
+        latents=2,
+        epochs=1,
+        max_items=2000,
+        seed=0,
+        progress=False,
+        log=lines.append,
+    )
     return out, res, "\n".join(lines)
 
 
@@ -65,7 +77,10 @@ def test_demo_writes_table_plot_and_json(demo_run):
     assert summary["reconstructions_identical"] and summary["disjoint"] and summary["augment"]
     assert [r["image"] for r in summary["images"]] == ["astronaut.png", "coffee.jpg"]
     assert summary["images"][0]["size"] == "90x70"
-    for name in ("base.json", "pc.json"):  # CompressAI results format, readable by 'pc-prior compare'
+    for name in (
+        "base.json",
+        "pc.json",
+    ):  # CompressAI results format, readable by 'pc-prior compare'
         d = json.loads((out / name).read_text())
         assert len(d["results"]["bpp"]) == 1 and "psnr-rgb" in d["results"]
     table = (out / "table.txt").read_text()
@@ -114,21 +129,56 @@ def test_demo_bits_are_the_bytes_of_real_strings(demo_run, folders, tiny_codec):
 def test_demo_cli_errors(tiny_codec, folders, tmp_path, capsys):
     train, test = folders
     common = ["--latents", "2", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "o")]
-    assert main(["demo", "--data", str(tmp_path / "missing"), "--codec", str(tiny_codec)] + common) == 1
+    assert (
+        main(["demo", "--data", str(tmp_path / "missing"), "--codec", str(tiny_codec)] + common)
+        == 1
+    )
     assert "data folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    assert main(["demo", "--data", str(test), "--train-data", str(tmp_path / "empty"),
-                 "--codec", str(tiny_codec)] + common) == 1
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                str(test),
+                "--train-data",
+                str(tmp_path / "empty"),
+                "--codec",
+                str(tiny_codec),
+            ]
+            + common
+        )
+        == 1
+    )
     assert "no images" in capsys.readouterr().err
     bad = tmp_path / "notacodec.pt"
     bad.write_text("hello")
-    assert main(["demo", "--data", str(test), "--train-data", str(train), "--codec", str(bad)] + common) == 1
+    assert (
+        main(
+            ["demo", "--data", str(test), "--train-data", str(train), "--codec", str(bad)] + common
+        )
+        == 1
+    )
     assert "not a readable" in capsys.readouterr().err
     assert main(["demo", "--data", str(test), "--codec", str(tmp_path / "nope.pt")] + common) == 1
     assert "model file not found" in capsys.readouterr().err
-    assert main(["demo", "--data", str(test), "--train-data", str(train), "--codec",
-                 str(tmp_path / "o" / "x.pt"), "--latents", "0"]) == 1
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                str(test),
+                "--train-data",
+                str(train),
+                "--codec",
+                str(tmp_path / "o" / "x.pt"),
+                "--latents",
+                "0",
+            ]
+        )
+        == 1
+    )
     assert "--latents" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written before the inputs were checked
 
@@ -139,8 +189,16 @@ def test_demo_rejects_overlapping_sets_and_swapped_codecs(tiny_codec, folders, t
     both.mkdir()
     Image.open(train / "rocket.png").save(both / "same-picture.bmp")  # same pixels, another file
     with pytest.raises(ValueError, match="disjoint"):
-        run_demo(tmp_path / "o", data=both, train_data=train, codec=tiny_codec, latents=2, epochs=1,
-                 progress=False, log=lambda s: None)
+        run_demo(
+            tmp_path / "o",
+            data=both,
+            train_data=train,
+            codec=tiny_codec,
+            latents=2,
+            epochs=1,
+            progress=False,
+            log=lambda s: None,
+        )
     from compressai.models import FactorizedPrior
 
     from pc_prior.integrations import save_codec, swap_entropy_model
@@ -150,7 +208,14 @@ def test_demo_rejects_overlapping_sets_and_swapped_codecs(tiny_codec, folders, t
     swapped = tmp_path / "swapped.pt"
     save_codec(net, swapped, arch="bmshj2018-factorized", quality=1)
     with pytest.raises(ValueError, match="already has a PC entropy model"):
-        run_demo(tmp_path / "o", data=test, train_data=train, codec=swapped, progress=False, log=lambda s: None)
+        run_demo(
+            tmp_path / "o",
+            data=test,
+            train_data=train,
+            codec=swapped,
+            progress=False,
+            log=lambda s: None,
+        )
 
 
 def test_default_photos_load_offline_and_are_disjoint():

@@ -8,11 +8,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from test_train import make_mnist, make_pngs
+from helpers import make_mnist, make_pngs
 
 from pc_prior.train import CodecModule, ImageFolderDataModule, MNISTDataModule, PriorModule
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"
+)
 
 
 class SaveParams(pl.Callback):
@@ -24,22 +26,39 @@ class SaveParams(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         params = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
         digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in params.values())).hexdigest()
-        torch.save({"params": params, "sha": digest, "step": trainer.global_step},
-                   f"{self.out}/rank{trainer.global_rank}.pt")
+        torch.save(
+            {"params": params, "sha": digest, "step": trainer.global_step},
+            f"{self.out}/rank{trainer.global_rank}.pt",
+        )
 
 
 def run_ddp(tmp_path, model, dm, **kw) -> tuple[dict, dict]:
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=[SaveParams(str(tmp_path))], **kw)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[SaveParams(str(tmp_path))],
+        **kw,
+    )
     trainer.fit(model, dm)
-    return (torch.load(tmp_path / "rank0.pt", weights_only=False), torch.load(tmp_path / "rank1.pt", weights_only=False))
+    return (
+        torch.load(tmp_path / "rank0.pt", weights_only=False),
+        torch.load(tmp_path / "rank1.pt", weights_only=False),
+    )
 
 
 def test_ddp_em_ranks_agree(tmp_path):
     dm = MNISTDataModule(str(make_mnist(tmp_path / "m", 128, 16)), batch_size=32, bits=2)
     init = PriorModule(num_latents=3, coded_items=0, export_path="")
-    r0, r1 = run_ddp(tmp_path, PriorModule(num_latents=3, lr=0.5, coded_items=0, export_path=""), dm, max_steps=2)
+    r0, r1 = run_ddp(
+        tmp_path, PriorModule(num_latents=3, lr=0.5, coded_items=0, export_path=""), dm, max_steps=2
+    )
     assert r0["step"] == r1["step"] == 2
     assert r0["sha"] == r1["sha"]
     # the ranks saw different halves of each batch, so agreement means the counts were summed
@@ -49,9 +68,16 @@ def test_ddp_em_ranks_agree(tmp_path):
 
 
 def test_ddp_codec_ranks_agree(tmp_path):
-    dm = ImageFolderDataModule(str(make_pngs(tmp_path / "train", 4)), patch_size=32, batch_size=2,
-                               num_workers=0, pin_memory=False)
-    model = CodecModule(arch="FactorizedPrior", net_kwargs={"N": 8, "M": 12}, lr=1e-2, aux_lr=1e-2, export_path="")
+    dm = ImageFolderDataModule(
+        str(make_pngs(tmp_path / "train", 4)),
+        patch_size=32,
+        batch_size=2,
+        num_workers=0,
+        pin_memory=False,
+    )
+    model = CodecModule(
+        arch="FactorizedPrior", net_kwargs={"N": 8, "M": 12}, lr=1e-2, aux_lr=1e-2, export_path=""
+    )
     q0 = model.net.entropy_bottleneck.quantiles.detach().clone()
     r0, r1 = run_ddp(tmp_path, model, dm, max_steps=2)
     assert r0["sha"] == r1["sha"]

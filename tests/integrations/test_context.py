@@ -7,12 +7,11 @@ import pytest
 import torch
 from compressai.models import ScaleHyperprior
 from compressai.models.base import get_scale_table
+from helpers import fitted_hyperprior, gc_inputs, random_images
 
 from pc_prior import BitstreamError
 from pc_prior.integrations import PCConditional, collect_conditional_inputs, fit_prior
 from pc_prior.integrations.context import COEF_BITS, CheckerboardContext, anchor_mask, lattice_masks
-
-from test_conditional import _fitted, _gc_inputs, _images
 
 
 def _random_context(c: int, seed: int = 0, lattice: str = "cross") -> CheckerboardContext:
@@ -26,7 +25,9 @@ def _random_context(c: int, seed: int = 0, lattice: str = "cross") -> Checkerboa
     return ctx
 
 
-def _naive(ctx: CheckerboardContext, u: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _naive(
+    ctx: CheckerboardContext, u: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Position by position with Python integers: the specification of ``apply``.
 
     Cross lattice: (i + j) odd positions read their row/column neighbours (all anchors). Diagonal:
@@ -37,7 +38,10 @@ def _naive(ctx: CheckerboardContext, u: torch.Tensor, s: torch.Tensor) -> tuple[
     if ctx.lattice == "cross":
         target, steps = (lambda i, j: (i + j) % 2 == 1), ((-1, 0), (1, 0), (0, -1), (0, 1))
     else:
-        target, steps = (lambda i, j: i % 2 == 1 and j % 2 == 1), ((-1, -1), (1, 1), (1, -1), (-1, 1))
+        target, steps = (
+            (lambda i, j: i % 2 == 1 and j % 2 == 1),
+            ((-1, -1), (1, 1), (1, -1), (-1, 1)),
+        )
     for b in range(b_):
         for i in range(h):
             for j in range(w):
@@ -45,12 +49,17 @@ def _naive(ctx: CheckerboardContext, u: torch.Tensor, s: torch.Tensor) -> tuple[
                     continue
                 nb = [(i + di, j + dj) for di, dj in steps if 0 <= i + di < h and 0 <= j + dj < w]
                 n = len(nb)
-                act = [sum(abs(int(u[b, k, y, x])) * inv[int(s[b, k, y, x])] for y, x in nb) for k in range(c)]
+                act = [
+                    sum(abs(int(u[b, k, y, x])) * inv[int(s[b, k, y, x])] for y, x in nb)
+                    for k in range(c)
+                ]
                 total = sum(act)
                 bt = sum(total >= int(e) * n * c for e in ctx.total_edges)
                 for k in range(c):
                     a = sum(act[k] >= int(e) * n for e in ctx.channel_edges)
-                    s_out[b, k, i, j] = min(max(int(s[b, k, i, j]) + int(ctx.shift[k, a, bt]), 0), len(inv) - 1)
+                    s_out[b, k, i, j] = min(
+                        max(int(s[b, k, i, j]) + int(ctx.shift[k, a, bt]), 0), len(inv) - 1
+                    )
                     num = int(ctx.coef[k]) * sum(int(u[b, k, y, x]) for y, x in nb)
                     den = n << COEF_BITS
                     m_out[b, k, i, j] = (2 * num + den) // (2 * den)
@@ -90,7 +99,9 @@ def test_bin_edges_are_inclusive_and_means_round_half_up():
     ctx.channel_edges = torch.tensor([1, 3 * inv, 3 * inv + 1])
     ctx.total_edges = torch.tensor([3 * inv, 3 * inv + 1])
     s_new, m = ctx(u, s)
-    assert int(s_new[0, 0, 0, 1]) == 30 + int(ctx.shift[0, 2, 1]) and int(m[0, 0, 0, 1]) == 2  # 1.5 -> 2
+    assert (
+        int(s_new[0, 0, 0, 1]) == 30 + int(ctx.shift[0, 2, 1]) and int(m[0, 0, 0, 1]) == 2
+    )  # 1.5 -> 2
     s_new, m = ctx(-u, s)
     assert int(m[0, 0, 0, 1]) == -1  # -1.5 -> -1 (half up)
 
@@ -106,9 +117,14 @@ def test_fit_finds_spatial_dependence():
         anchors = torch.round(torch.randn(1, 3, h, w, generator=g) * (0.3 + 4 * busy))
         a = anchor_mask(h, w)
         anchors = anchors * a
-        nsum = torch.nn.functional.conv2d(anchors.view(3, 1, h, w), torch.tensor([[[[0., 1, 0], [1, 0, 1], [0, 1, 0]]]]),
-                                          padding=1).view(1, 3, h, w)
-        cnt = torch.nn.functional.conv2d(a[None, None].float(), torch.tensor([[[[0., 1, 0], [1, 0, 1], [0, 1, 0]]]]), padding=1)
+        nsum = torch.nn.functional.conv2d(
+            anchors.view(3, 1, h, w),
+            torch.tensor([[[[0.0, 1, 0], [1, 0, 1], [0, 1, 0]]]]),
+            padding=1,
+        ).view(1, 3, h, w)
+        cnt = torch.nn.functional.conv2d(
+            a[None, None].float(), torch.tensor([[[[0.0, 1, 0], [1, 0, 1], [0, 1, 0]]]]), padding=1
+        )
         non = torch.round(-0.5 * nsum / cnt + torch.randn(1, 3, h, w, generator=g) * 0.3)
         u = torch.where(a, anchors, non).long()
         idx = torch.full_like(u, 20)  # the hyperprior says σ≈1.0 everywhere
@@ -134,15 +150,15 @@ def _assert_codec_round_trip(model, x):
 
 
 def test_context_and_no_context_models_round_trip_and_do_not_mix():
-    with_ctx = _fitted(ScaleHyperprior, seed=4, context="checkerboard")
+    with_ctx = fitted_hyperprior(ScaleHyperprior, seed=4, context="checkerboard")
     gc = with_ctx.gaussian_conditional
     assert isinstance(gc.context, CheckerboardContext)
-    plain = _fitted(ScaleHyperprior, seed=4, context=None)
+    plain = fitted_hyperprior(ScaleHyperprior, seed=4, context=None)
     assert plain.gaussian_conditional.context is None
-    x = torch.cat(_images(2, 64, 192, seed=8))
+    x = torch.cat(random_images(2, 64, 192, seed=8))
     for model in (with_ctx, plain):
         _assert_codec_round_trip(model, x)
-    y, _, means, idx = _gc_inputs(with_ctx, x)
+    y, _, _means, idx = gc_inputs(with_ctx, x)
     strings = gc.compress(y, idx)
     stripped = copy.deepcopy(gc)
     stripped.context = None  # same circuit and tables, no context: a different model
@@ -158,16 +174,23 @@ def test_context_and_no_context_models_round_trip_and_do_not_mix():
 
 def test_three_pass_context_round_trips_and_is_its_own_model():
     """Three passes: (even, even), then (odd, odd) given diagonal neighbours, then the rest."""
-    model = _fitted(ScaleHyperprior, seed=4, context="three-pass")
+    model = fitted_hyperprior(ScaleHyperprior, seed=4, context="three-pass")
     gc = model.gaussian_conditional
     assert gc.context.lattice == "cross" and gc.anchor_context.lattice == "diagonal"
-    for (h, w), passes in {(1, 1): 1, (1, 3): 2, (3, 1): 2, (5, 6): 3}.items():  # one row has no (odd, odd)
+    for (h, w), passes in {
+        (1, 1): 1,
+        (1, 3): 2,
+        (3, 1): 2,
+        (5, 6): 3,
+    }.items():  # one row has no (odd, odd)
         masks = gc._pass_masks(h, w)
         assert len(masks) == passes
-        assert torch.equal(torch.stack(masks).sum(0), torch.ones(h, w, dtype=torch.long))  # a partition
-    x = torch.cat(_images(2, 64, 192, seed=8))
+        assert torch.equal(
+            torch.stack(masks).sum(0), torch.ones(h, w, dtype=torch.long)
+        )  # a partition
+    x = torch.cat(random_images(2, 64, 192, seed=8))
     _assert_codec_round_trip(model, x)
-    y, _, means, idx = _gc_inputs(model, x)
+    y, _, _means, idx = gc_inputs(model, x)
     strings = gc.compress(y, idx)
     two_pass = copy.deepcopy(gc)
     two_pass.anchor_context = None  # same circuit, tables and cross context: a different model
@@ -182,8 +205,8 @@ def test_three_pass_context_round_trips_and_is_its_own_model():
 
 
 def test_fit_argument_errors_for_context():
-    model = _fitted(ScaleHyperprior, seed=5)
-    x = torch.cat(_images(1, 64, 64, seed=9))
+    model = fitted_hyperprior(ScaleHyperprior, seed=5)
+    x = torch.cat(random_images(1, 64, 64, seed=9))
     rows = collect_conditional_inputs(model, [x])
     sym, idx = collect_conditional_inputs(model, [x], maps=True)
     assert len(sym) == 1 and sym[0].shape == (1, 12, 4, 4)
@@ -197,9 +220,15 @@ def test_fit_argument_errors_for_context():
         gc.fit(sym, rows[1])
     with pytest.raises(ValueError, match="equal shape"):
         gc.fit(sym, [i[:, :3] for i in idx])
-    with pytest.raises(ValueError, match="downsampling"):  # 80 is not a multiple of 64: the scales do not fit y
-        fit_prior(model, [torch.rand(1, 3, 64, 80)], name=("entropy_bottleneck", "gaussian_conditional"),
-                  progress=False)
+    with pytest.raises(
+        ValueError, match="downsampling"
+    ):  # 80 is not a multiple of 64: the scales do not fit y
+        fit_prior(
+            model,
+            [torch.rand(1, 3, 64, 80)],
+            name=("entropy_bottleneck", "gaussian_conditional"),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("context", ["three-pass", "checkerboard", "none"])
@@ -223,9 +252,36 @@ def test_cli_fits_conditional_with_and_without_context(tmp_path, capsys, context
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
     out = tmp_path / "swapped.pt"
-    assert main(["prior", "fit", "--codec", str(ck), "--images", str(imgs), "--out", str(out), "--latents", "2",
-                 "--epochs", "1", "--full-batch-epochs", "0", "--max-items", "500", "--conditional",
-                 "--cond-latents", "2", "--cond-steps", "3", "--cond-context", context]) == 0
+    assert (
+        main(
+            [
+                "prior",
+                "fit",
+                "--codec",
+                str(ck),
+                "--images",
+                str(imgs),
+                "--out",
+                str(out),
+                "--latents",
+                "2",
+                "--epochs",
+                "1",
+                "--full-batch-epochs",
+                "0",
+                "--max-items",
+                "500",
+                "--conditional",
+                "--cond-latents",
+                "2",
+                "--cond-steps",
+                "3",
+                "--cond-context",
+                context,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     swapped = load_codec(out)
     gc = swapped.gaussian_conditional
