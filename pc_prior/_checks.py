@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -28,6 +28,14 @@ __all__ = [
 ]
 
 
+@overload
+def check_int(
+    name: str, value: Any, minimum: int | None = None, *, allow_none: Literal[False] = False
+) -> int: ...
+@overload
+def check_int(
+    name: str, value: Any, minimum: int | None = None, *, allow_none: bool
+) -> int | None: ...
 def check_int(
     name: str, value: Any, minimum: int | None = None, *, allow_none: bool = False
 ) -> int | None:
@@ -53,6 +61,28 @@ def check_int(
     return v
 
 
+@overload
+def check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: Literal[False] = False,
+) -> float: ...
+@overload
+def check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool,
+) -> float | None: ...
 def check_real(
     name: str,
     value: Any,
@@ -101,7 +131,7 @@ def check_step_size(value: Any, name: str = "step_size") -> float | tuple[float,
             check_real(f"{name}[1] (end)", value[1], 0.0, 1.0, low_open=True),
         )
     try:
-        return check_real(name, value, 0.0, 1.0, low_open=True)  # type: ignore[return-value]
+        return check_real(name, value, 0.0, 1.0, low_open=True)
     except InputError as e:
         raise InputError(f"{e} (a number in (0, 1] or a (start, end) pair of them)") from None
 

@@ -375,6 +375,7 @@ class IncrementalConditionals:
     def observe(self, values: Tensor) -> None:
         """Record the values [N] of the variable whose weights were just returned."""
         i = int(self.order[self.step])
+        assert self._pending is not None, "observe() must follow weights()"
         self._out[i] = self._pending
         values = values.to(self.t.emit.device).long()
         if self.groups is None:

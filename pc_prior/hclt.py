@@ -13,6 +13,8 @@ categoricals over 0..V-1; the CompressAI integrations: discretized continuous le
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -55,6 +57,10 @@ class LatentTreeCircuit(nn.Module):
     log-softmax. ``transition_logits[i]`` is indexed [parent state, child state]; the root's row
     is unused.
     """
+
+    # Buffers registered in __init__, declared so type checkers know them as tensors.
+    parent: Tensor
+    level_order: Tensor
 
     def __init__(self, tree: Tree, num_latents: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -211,6 +217,9 @@ class LatentTreeCircuit(nn.Module):
 
 class HCLT(LatentTreeCircuit):
     """Hidden Chow-Liu Tree with categorical leaves over the symbols 0..num_cats-1."""
+
+    #: What ``checkpoint.save`` stored beside the circuit; set by ``checkpoint.load``.
+    metadata: dict[str, Any]
 
     def __init__(
         self, tree: Tree, num_cats: int, num_latents: int, dtype: torch.dtype = torch.float32

@@ -46,8 +46,8 @@ def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
     lr, lt, le = params
     ll = pc.upward(pc.leaf_log_probs(x, log_emit=le), log_root=lr, log_trans=lt)[0].sum()
     # A one-variable tree uses no transition (the root's row is never read): its counts are zero.
-    counts = torch.autograd.grad(ll, params, allow_unused=True)
-    counts = [torch.zeros_like(p) if c is None else c for p, c in zip(params, counts)]
+    grads = torch.autograd.grad(ll, params, allow_unused=True)
+    counts = [torch.zeros_like(p) if c is None else c for p, c in zip(params, grads)]
     return [c.detach() for c in counts], float(ll.detach())
 
 
