@@ -1,32 +1,45 @@
-"""The ``pc-prior`` command line: one entry point, one sub-command module per area.
+"""The ``pc-prior`` command line: one entry point, and one table of its sub-commands.
 
-Every ``pc_prior.<area>.cli`` module (and ``pc_prior.lossless``) exposes ``register(subparsers)``,
-which adds its sub-command(s) and sets ``func`` (taking the parsed ``argparse.Namespace``,
-returning an exit code) as the default. Keep heavy imports inside the command functions.
+``COMMANDS`` names every top-level command and the ``register(subparsers)`` function that adds it
+(``"module:function"``, imported when the parser is built). A register function may add several
+commands; each one it adds must be in the table (a test checks both ways), so a new command is one
+table line plus its register function, and nothing is discovered by scanning packages. Register
+functions set ``func`` (taking the parsed ``argparse.Namespace``, returning an exit code) as the
+default; keep heavy imports inside the command functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import warnings
+from collections.abc import Callable
 
 from .errors import PCPriorError
 
+#: Every top-level command, in ``--help`` order, and the register function that adds it.
+COMMANDS: dict[str, str] = {
+    "lossless": "pc_prior.lossless:register",
+    "demo": "pc_prior.eval.cli:register",
+    "eval": "pc_prior.eval.cli:register",
+    "compare": "pc_prior.eval.cli:register",
+    "report-lossless": "pc_prior.eval.cli:register",
+    "prior": "pc_prior.integrations.cli:register",
+    "fit": "pc_prior.train.cli:register",
+    "train-codec": "pc_prior.train.cli:register",
+}
 
-def command_modules() -> list[str]:
-    """``pc_prior.lossless`` plus every ``pc_prior.<sub-package>.cli`` that exists, sorted."""
-    import pkgutil
+Register = Callable[[argparse._SubParsersAction], None]
 
-    from . import __path__ as pkg_path
 
-    mods = ["pc_prior.lossless"]
-    for info in sorted(pkgutil.iter_modules(pkg_path), key=lambda m: m.name):
-        if info.ispkg and importlib.util.find_spec(f"pc_prior.{info.name}.cli") is not None:
-            mods.append(f"pc_prior.{info.name}.cli")
-    return mods
+def register_functions() -> list[Register]:
+    """The distinct register functions of ``COMMANDS``, in table order (each called once)."""
+    funcs: list[Register] = []
+    for target in dict.fromkeys(COMMANDS.values()):
+        module, _, name = target.partition(":")
+        funcs.append(getattr(importlib.import_module(module), name))
+    return funcs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pc-prior {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in command_modules():
-        importlib.import_module(name).register(sub)
+    for register in register_functions():
+        register(sub)
     return parser
 
 
