@@ -442,7 +442,7 @@ def run_fuzz(
     progress: bool = False,
 ) -> FuzzReport:
     """Run ``cases`` fuzz cases over every format (see the module docstring); returns the report."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
@@ -462,9 +462,7 @@ def run_fuzz(
                         )
         weights = [t.weight for t in targets]
         rss0 = _rss_mb()
-        for _ in tqdm(
-            range(cases), desc="fuzz", unit="case", disable=not progress, mininterval=5.0
-        ):
+        for _ in progress_bar(range(cases), desc="fuzz", unit="case", disable=not progress):
             t = rng.choices(targets, weights)[0]
             i = rng.randrange(len(t.data))
             data = t.data[i]

@@ -1,7 +1,7 @@
 """One place for progress bars, so that logs stay readable.
 
 On a terminal a bar redraws in place, so frequent updates cost nothing. Redirected to a file (a
-cluster job, CI, ``2> log``) every redraw becomes a new line, one per batch. :func:`progress`
+cluster job, CI, ``2> log``) every redraw becomes a new line, one per batch. :func:`progress_bar`
 picks tqdm's ``mininterval`` by whether stderr is a terminal, and :func:`refresh_rate` does the
 same for Lightning's ``TQDMProgressBar``, which counts batches rather than seconds.
 """
@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-__all__ = ["LOG_INTERVAL", "LOG_REFRESH_BATCHES", "progress", "refresh_rate", "stderr_is_terminal"]
+__all__ = [
+    "LOG_INTERVAL",
+    "LOG_REFRESH_BATCHES",
+    "progress_bar",
+    "refresh_rate",
+    "stderr_is_terminal",
+]
 
 T = TypeVar("T")
 
@@ -33,10 +39,11 @@ def stderr_is_terminal() -> bool:
         return False
 
 
-def progress(iterable: Iterable[T] | None = None, **kw: Any) -> tqdm[T]:
+def progress_bar(iterable: Iterable[T] | None = None, **kw: Any) -> tqdm[T]:
     """``tqdm(iterable, **kw)`` that updates every ``LOG_INTERVAL`` s when stderr is not a terminal.
 
-    An explicit ``mininterval`` wins. On a terminal tqdm's own default (0.1 s) is kept.
+    An explicit ``mininterval`` wins. On a terminal tqdm's own default (0.1 s) is kept. Named so
+    as not to clash with the ``progress: bool`` switch of the functions that show bars.
     """
     if "mininterval" not in kw and not stderr_is_terminal():
         kw["mininterval"] = LOG_INTERVAL

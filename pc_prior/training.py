@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ._checks import check_int, check_real, check_step_size
 from .coding import coding_tables
 from .errors import InputError
 from .hclt import HCLT, check_symbols
+from .progress import progress_bar
 
 __all__ = ["bits_per_dim", "em_step_counts", "fit_adam", "fit_em"]
 
@@ -133,7 +133,9 @@ def fit_em(
     t = 0
     denom = pc.num_vars * LN2
     total_epochs = epochs + full_batch_epochs
-    bar = tqdm(total=total_epochs * steps_per_epoch, desc="EM", disable=not progress, unit="batch")
+    bar = progress_bar(
+        total=total_epochs * steps_per_epoch, desc="EM", disable=not progress, unit="batch"
+    )
     for epoch in range(total_epochs):
         full = epoch >= epochs
         acc: list[Tensor] | None = None
@@ -191,7 +193,7 @@ def fit_adam(
     denom = pc.num_vars * LN2
     history = []
     steps = math.ceil(len(x_train) / batch_size)
-    bar = tqdm(total=epochs * steps, desc="Adam", disable=not progress, unit="batch")
+    bar = progress_bar(total=epochs * steps, desc="Adam", disable=not progress, unit="batch")
     for epoch in range(epochs):
         nll, seen = 0.0, 0
         for xb in _batches(x_train, batch_size, g, shuffle=True):

@@ -164,13 +164,13 @@ def evaluate_model(
     min_div: int = MIN_DIV,
 ) -> dict[str, Any]:
     """Evaluate ``net`` on image files: ``{"mean": {...}, "images": [{"image": name, ...}, ...]}``."""
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     images = list(images)
     if not images:
         raise ValueError("no images to evaluate")
     rows = []
-    for path in tqdm(images, desc=desc, unit="img", disable=not progress, leave=False):
+    for path in progress_bar(images, desc=desc, unit="img", disable=not progress, leave=False):
         row = evaluate_image(net, read_image(path), min_div=min_div)
         rows.append({"image": Path(path).name, **row})
     keys = [k for k in rows[0] if k != "image"]

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._checks import check_int
 from ..errors import InputError, UnsupportedModelError
+from ..progress import progress_bar
 from .codec_file import build_codec, load_codec, read_codec_file, save_codec
 from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
@@ -490,7 +490,7 @@ def fit_prior(
             total = len(files)
         else:
             seq, total = (x.to(dev, dt) for x in images), len(images)
-        seq = tqdm(seq, total=total, desc="latents", unit="img", disable=not progress)
+        seq = progress_bar(seq, total=total, desc="latents", unit="img", disable=not progress)
         data = _collect(model, seq, names)
         hists: dict[str, list[dict]] = {}
         for n in names:

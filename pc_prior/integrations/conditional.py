@@ -49,7 +49,6 @@ import torch
 from compressai.entropy_models import GaussianConditional
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .. import framing
 from .._checks import check_choice, check_int, check_real, fit_keywords
@@ -66,6 +65,7 @@ from ..coding import (
 )
 from ..errors import InputError, NotFittedError
 from ..hclt import LatentTreeCircuit
+from ..progress import progress_bar
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .context import CheckerboardContext, lattice_masks
 from .entropy_models import (
@@ -726,7 +726,7 @@ class PCConditional(NoCdfTables, GaussianConditional):
         hist.append({"step": 0, **held_out_bits(), **ctx_info})
         opt = torch.optim.Adam(pc.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - 0.9 * t / max(1, steps))
-        bar = tqdm(range(steps), desc="PCConditional", unit="step", disable=not progress)
+        bar = progress_bar(range(steps), desc="PCConditional", unit="step", disable=not progress)
         train_dev = train.to(dev)
         loss = torch.zeros(())
         for step in bar:
