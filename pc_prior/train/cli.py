@@ -4,7 +4,12 @@ Everything after the sub-command goes to LightningCLI's ``fit`` (``--config``, `
 ``--model.*``, ``--data.*``, ``--checkpoint.*``, ``--ckpt_path``). Every run gets a
 ``ModelCheckpoint`` (each epoch, plus ``last.ckpt``; configure under ``checkpoint:``), a checkpoint
 on interrupt (``interrupted.ckpt``), and CSV + TensorBoard loggers under ``default_root_dir``
-unless ``trainer.logger`` is set.
+unless ``trainer.logger`` is set. When stderr is not a terminal (a log file, CI) the progress bar
+redraws every ``pc_prior.progress.LOG_REFRESH_BATCHES`` batches instead of every batch.
+
+Only LightningCLI's public seams are used: ``trainer_defaults`` for the interrupt checkpoint,
+``add_arguments_to_parser`` for the checkpoint options, and ``instantiate_trainer`` (whose keyword
+arguments override the parsed trainer options) for the loggers and the progress bar.
 """
 
 from __future__ import annotations
@@ -43,19 +48,34 @@ def _cli_class():
                 }
             )
 
-        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            """Lightning's trainer, with CSV + TensorBoard loggers unless ``trainer.logger`` is
+            set, and a log-friendly progress bar when stderr is not a terminal."""
+            from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
             from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-            from .callbacks import InterruptCheckpoint
+            from ..progress import refresh_rate, stderr_is_terminal
 
-            if config.get("logger") in (None, True):
-                root = config.get("default_root_dir") or os.getcwd()
-                config["logger"] = [
+            init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            trainer = init.get("trainer") or {}
+            if kwargs.get("logger", trainer.get("logger")) in (None, True):
+                root = trainer.get("default_root_dir") or os.getcwd()
+                kwargs["logger"] = [
                     CSVLogger(root, name="csv"),
                     TensorBoardLogger(root, name="tensorboard"),
                 ]
-            callbacks = [*callbacks, InterruptCheckpoint()]
-            return super()._instantiate_trainer(config, callbacks)
+            given = trainer.get("callbacks") or []
+            given = given if isinstance(given, list) else [given]
+            if (
+                not stderr_is_terminal()
+                and trainer.get("enable_progress_bar") is not False
+                and not any(isinstance(c, ProgressBar) for c in given)
+            ):
+                self.trainer_defaults["callbacks"] = [
+                    *self.trainer_defaults.get("callbacks", []),
+                    TQDMProgressBar(refresh_rate=refresh_rate()),
+                ]
+            return super().instantiate_trainer(**kwargs)
 
     return PCPriorCLI
 
@@ -65,6 +85,8 @@ def run_lightning_cli(args: list[str], model_class=None, datamodule_class=None) 
     import warnings
 
     import pytorch_lightning as pl
+
+    from .callbacks import InterruptCheckpoint
 
     cli = _cli_class()
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -76,6 +98,7 @@ def run_lightning_cli(args: list[str], model_class=None, datamodule_class=None) 
         subclass_mode_data=not fixed,
         args=["fit", *args],
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [InterruptCheckpoint()]},
         auto_configure_optimizers=False,
     )
 

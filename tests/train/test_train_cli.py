@@ -133,3 +133,51 @@ def test_train_codec_command_and_empty_folder(tmp_path, capsys):
     ck = torch.load(tmp_path / "codec.pt", weights_only=False)
     assert ck["arch"] == "FactorizedPrior" and ck["steps"] == 2 and ck["lmbda"] == 0.0067
     assert (tmp_path / "run" / "checkpoints").is_dir() or list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def _one_step_fit(tmp_path: Path, *extra: str):
+    from pc_prior.train.cli import run_lightning_cli
+
+    args = fit_args(tmp_path, make_mnist(tmp_path / "mnist", 64, 32), 1)[1:]  # without "fit"
+    args = [a for a in args if a not in QUIET]
+    return run_lightning_cli(
+        [*args, "--trainer.max_steps", "1", "--trainer.enable_model_summary", "false", *extra]
+    ).trainer
+
+
+def test_cli_trainer_gets_checkpoints_loggers_and_a_log_friendly_bar(tmp_path, monkeypatch):
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    import pc_prior.progress
+
+    monkeypatch.setattr(pc_prior.progress, "stderr_is_terminal", lambda: False)
+    trainer = _one_step_fit(tmp_path)
+    kinds = [type(c) for c in trainer.callbacks]
+    assert kinds.count(ModelCheckpoint) == 1 and kinds.count(InterruptCheckpoint) == 1
+    assert kinds.count(TQDMProgressBar) == 1
+    assert trainer.progress_bar_callback.refresh_rate == pc_prior.progress.LOG_REFRESH_BATCHES
+    assert [type(lg) for lg in trainer.loggers] == [CSVLogger, TensorBoardLogger]
+    assert Path(trainer.loggers[0].log_dir).parent == tmp_path / "run" / "csv"
+    assert trainer.checkpoint_callback.dirpath == str(tmp_path / "ckpt")
+
+
+def test_cli_trainer_keeps_explicit_logger_and_bar_settings(tmp_path, monkeypatch):
+    import pc_prior.progress
+
+    monkeypatch.setattr(pc_prior.progress, "stderr_is_terminal", lambda: True)
+    trainer = _one_step_fit(tmp_path, "--trainer.logger", "false")
+    assert trainer.loggers == []
+    assert trainer.progress_bar_callback.refresh_rate == 1  # a terminal: Lightning's default
+    trainer = _one_step_fit(tmp_path / "quiet", *QUIET)
+    assert trainer.progress_bar_callback is None
+    assert sum(isinstance(c, InterruptCheckpoint) for c in trainer.callbacks) == 1
+
+
+def test_cli_overrides_only_public_lightning_hooks():
+    from pytorch_lightning.cli import LightningCLI
+
+    from pc_prior.train.cli import _cli_class
+
+    own = [n for n in vars(_cli_class()) if callable(getattr(LightningCLI, n, None))]
+    assert own and all(not n.startswith("_") for n in own), own
