@@ -16,6 +16,7 @@ from .hclt import HCLT, LatentTreeCircuit
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .training import bits_per_dim, fit_adam, fit_em
 
+#: The package version, written only here: pyproject.toml reads it (tool.setuptools.dynamic).
 __version__ = "0.1.0"
 
 __all__ = [
