@@ -1,0 +1,165 @@
+"""Write the golden streams in this folder: stored models, their streams and what they decode to.
+
+Run by hand, from the repository root, only when a format *version* changes on purpose:
+
+    python tests/expected/make_golden.py [--out tests/expected]
+
+``tests/core/test_golden_streams.py`` then checks, on every run, that each stored stream decodes
+with its stored model to exactly the stored values, and that coding those values again gives
+exactly the stored bytes. So an unintended change to a stream layout, a header, the coding tables'
+quantization or a file format fails a test instead of silently making old files unreadable.
+
+What is here (a few tens of KB in all; ``golden.json`` names the format versions each file pins):
+
+- ``lossless-hclt.pt`` (``pc_prior.save``), ``lossless.bin`` (``pc_prior.encode``) and
+  ``lossless-symbols.pt``: a tiny HCLT (6 variables, 4 symbols, 4 latent states) fitted by EM on
+  structured random data, and 4200 rows of it, so the stream spans two 4096-item blocks.
+- ``bottleneck-codec.pt`` (``save_codec``), ``bottleneck-<i>.bin`` (``PCEntropyBottleneck
+  .compress``, one string per image) and ``bottleneck-latents.pt``: a tiny random
+  ``FactorizedPrior`` (N=4, M=6) whose bottleneck is a circuit fitted on random images, with a
+  tail wide enough that the coded latents include escaped symbols.
+
+When a *stream* version changes (``pc_prior.framing`` refuses older stream versions by design),
+rerun this script and record the new version in CHANGELOG.md. When a *file* version changes and
+older files are still read (as for codec files), keep these files: they then test the old reader;
+write the new version's files with ``--out`` to a new folder if they should be pinned too.
+Everything is seeded and fitted with explicit settings, so a rerun on the same versions of torch
+and pc-prior writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import pc_prior
+from pc_prior import framing
+from pc_prior.checkpoint import CHECKPOINT_VERSION
+from pc_prior.integrations import fit_prior, save_codec, swap_entropy_model
+from pc_prior.integrations.codec_file import CODEC_VERSION
+
+HERE = Path(__file__).resolve().parent
+CODEC_NET = {"N": 4, "M": 6}
+
+
+def lossless_data(n: int, seed: int = 0) -> torch.Tensor:
+    """[n, 6] symbols in 0..3 with a chain of dependencies (so the learned tree matters)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.empty(n, 6, dtype=torch.long)
+    x[:, 0] = torch.randint(0, 4, (n,), generator=g)
+    for d in range(1, 6):
+        noise = torch.randint(0, 4, (n,), generator=g)
+        keep = torch.rand(n, generator=g) < 0.7
+        x[:, d] = torch.where(keep, x[:, d - 1], noise)
+    return x
+
+
+def make_lossless(out: Path) -> dict:
+    torch.manual_seed(0)
+    train = lossless_data(2000, seed=0)
+    pc = pc_prior.HCLT.from_data(train, num_cats=4, num_latents=4, seed=0)
+    pc_prior.fit_em(
+        pc,
+        train,
+        epochs=2,
+        batch_size=500,
+        full_batch_epochs=1,
+        step_size=(0.5, 0.1),
+        pseudocount=0.1,
+        progress=False,
+    )
+    symbols = lossless_data(4200, seed=1)
+    stream = pc_prior.encode(pc, symbols)
+    pc_prior.save(pc, out / "lossless-hclt.pt", note="golden stream model")
+    (out / "lossless.bin").write_bytes(stream)
+    torch.save(symbols.to(torch.uint8), out / "lossless-symbols.pt")
+    assert torch.equal(pc_prior.decode(pc_prior.load(out / "lossless-hclt.pt"), stream), symbols)
+    return {
+        "stream": {"magic": framing.LOSSLESS.magic.decode(), "version": framing.LOSSLESS.version},
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "rows": len(symbols),
+        "bytes": len(stream),
+    }
+
+
+def make_bottleneck(out: Path) -> dict:
+    from compressai.models import FactorizedPrior
+
+    from pc_prior.integrations import load_codec
+
+    torch.manual_seed(0)
+    net = FactorizedPrior(**CODEC_NET).eval()
+    with torch.no_grad():  # spread the latents over several symbols per channel
+        net.g_a[-1].weight.mul_(15.0)
+        net.g_a[-1].bias.mul_(15.0)
+    swap_entropy_model(net, "entropy_bottleneck")
+    g = torch.Generator().manual_seed(0)
+    train = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(4)]
+    fit_prior(
+        net,
+        train,
+        name="entropy_bottleneck",
+        num_latents=3,
+        epochs=2,
+        full_batch_epochs=1,
+        batch_size=128,
+        step_size=(0.1, 0.01),
+        pseudocount=0.1,
+        structure="chow-liu",
+        leaves="categorical",
+        tail=0.02,
+        max_items=None,
+        seed=0,
+        progress=False,
+    )
+    net.update(force=True)
+    path = save_codec(net, out / "bottleneck-codec.pt", "FactorizedPrior", 1, net_kwargs=CODEC_NET)
+    eb = net.entropy_bottleneck
+    test = torch.cat([torch.rand(1, 3, 128, 96, generator=g) * 1.5 for _ in range(2)])
+    with torch.no_grad():
+        y = net.g_a(test)
+    strings = eb.compress(y)
+    size = tuple(y.shape[-2:])
+    latents = eb.decompress(strings, size)
+    sym = eb.symbols(latents).permute(0, 2, 3, 1).reshape(-1, eb.channels)
+    escaped = int(eb._indices(sym)[2].sum())  # symbols outside their channel's alphabet
+    assert escaped > 0, "the golden latents should exercise the escape code"
+    for i, s in enumerate(strings):
+        (out / f"bottleneck-{i}.bin").write_bytes(s)
+    torch.save({"latents": latents, "size": list(size)}, out / "bottleneck-latents.pt")
+    again = load_codec(path).entropy_bottleneck
+    assert torch.equal(again.decompress(strings, size), latents)
+    return {
+        "stream": {
+            "magic": framing.BOTTLENECK.magic.decode(),
+            "version": framing.BOTTLENECK.version,
+        },
+        "codec_file_version": CODEC_VERSION,
+        "net_kwargs": CODEC_NET,
+        "strings": len(strings),
+        "latent_shape": list(latents.shape),
+        "escaped_symbols": escaped,
+        "bytes": [len(s) for s in strings],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=HERE)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "pc_prior": pc_prior.__version__,
+        "torch": torch.__version__.split("+")[0],
+        "lossless": make_lossless(args.out),
+        "bottleneck": make_bottleneck(args.out),
+    }
+    (args.out / "golden.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+    main()
