@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .settings import LosslessFit as L
+
 _ARRAY_MAGIC = b"PCNPY"
 _ARRAY_VERSION = (
     2  # 2: the header (magic, version, meta) is under a CRC32; meta is validated (CHANGELOG.md)
@@ -36,39 +38,45 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="checkpoint path, rewritten after every epoch (default: %(default)s)",
     )
     fit.add_argument(
-        "--latents", type=int, default=32, help="latent states per variable (default: %(default)s)"
+        "--latents",
+        type=int,
+        default=L.num_latents,
+        help="latent states per variable (default: %(default)s)",
     )
     fit.add_argument(
-        "--epochs", type=int, default=20, help="mini-batch EM epochs (default: %(default)s)"
+        "--epochs", type=int, default=L.epochs, help="mini-batch EM epochs (default: %(default)s)"
     )
     fit.add_argument(
         "--full-batch-epochs",
         type=int,
-        default=2,
+        default=L.full_batch_epochs,
         help="full-batch EM epochs after (default: %(default)s)",
     )
-    fit.add_argument("--batch-size", type=int, default=512)
+    fit.add_argument("--batch-size", type=int, default=L.batch_size)
     fit.add_argument(
         "--step-size",
         type=float,
         nargs=2,
-        default=(0.2, 0.02),
+        default=L.step_size,
         metavar=("START", "END"),
         help="EM step size, annealed linearly (default: %(default)s)",
     )
-    fit.add_argument("--pseudocount", type=float, default=0.1)
+    fit.add_argument("--pseudocount", type=float, default=L.pseudocount)
     fit.add_argument(
-        "--num-bins", type=int, default=16, help="bins per variable for mutual information"
+        "--num-bins", type=int, default=L.num_bins, help="bins per variable for mutual information"
     )
     fit.add_argument(
-        "--structure-samples", type=int, default=10000, help="rows used to learn the tree"
+        "--structure-samples",
+        type=int,
+        default=L.structure_samples,
+        help="rows used to learn the tree",
     )
     fit.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     fit.add_argument(
         "--valid", type=int, default=2000, help="test images used for per-epoch validation bpd"
     )
     fit.add_argument("--float64", action="store_true", help="train in float64")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=L.seed)
     fit.set_defaults(func=_fit)
 
     bench = g.add_parser(

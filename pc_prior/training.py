@@ -2,7 +2,9 @@
 
 EM's expected counts are the gradients of the batch log-likelihood with respect to the
 log-parameters (a circuit is multilinear in its parameters, so theta * dlogp/dtheta is the
-expected flow through theta); autograd computes all of them in one backward pass.
+expected flow through theta); autograd computes all of them in one backward pass. One update,
+``em_update``, turns counts into new parameters: ``fit_em`` and the Lightning ``EMOptimizer``
+(``pc_prior.train.prior``) both call it. Defaults: ``pc_prior.settings.LosslessFit``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from .coding import coding_tables
 from .errors import InputError
 from .hclt import HCLT, check_symbols
 from .progress import progress_bar
+from .settings import LosslessFit
 
-__all__ = ["bits_per_dim", "em_step_counts", "fit_adam", "fit_em"]
+__all__ = ["bits_per_dim", "em_step_counts", "em_update", "fit_adam", "fit_em"]
 
 LN2 = math.log(2.0)
 
@@ -59,15 +62,22 @@ def _normalize(counts: Tensor, pseudocount: float, current: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def em_update(logits: Tensor, counts: Tensor, step_size: float, pseudocount: float) -> None:
+    """One EM update, in place, of logits whose last dimension holds distributions.
+
+    ``new = (1 - step_size) * current + step_size * normalize(counts + pseudocount / V)``, with
+    ``current = softmax(logits)``; the logits become the new log-probabilities. A row without any
+    count (and no pseudocount) keeps its distribution. ``step_size`` 1.0 with full-batch counts is
+    a classic EM iteration, which never lowers the likelihood.
+    """
+    p = torch.log_softmax(logits, -1).exp()
+    new = (1.0 - step_size) * p + step_size * _normalize(counts, pseudocount, p)
+    logits.copy_(new.clamp_min(torch.finfo(new.dtype).tiny).log())
+
+
 def _apply(pc: HCLT, counts: list[Tensor], step_size: float, pseudocount: float) -> None:
-    for logits, cur, cnt in zip(
-        (pc.root_logits, pc.transition_logits, pc.emission_logits),
-        (pc.log_root(), pc.log_transitions(), pc.log_emissions()),
-        counts,
-    ):
-        p = cur.exp()
-        new = (1.0 - step_size) * p + step_size * _normalize(cnt, pseudocount, p)
-        logits.copy_(new.clamp_min(torch.finfo(new.dtype).tiny).log())
+    for logits, cnt in zip((pc.root_logits, pc.transition_logits, pc.emission_logits), counts):
+        em_update(logits, cnt, step_size, pseudocount)
 
 
 def _check_circuit(pc: HCLT, fn: str) -> None:
@@ -90,13 +100,13 @@ def _schedule(start: float, end: float, total: int) -> Callable[[int], float]:
 def fit_em(
     pc: HCLT,
     x_train: Tensor,
-    epochs: int = 10,
-    batch_size: int = 512,
-    step_size: float | tuple[float, float] = (0.1, 0.01),
-    pseudocount: float = 0.1,
-    full_batch_epochs: int = 0,
+    epochs: int = LosslessFit.epochs,
+    batch_size: int = LosslessFit.batch_size,
+    step_size: float | tuple[float, float] = LosslessFit.step_size,
+    pseudocount: float = LosslessFit.pseudocount,
+    full_batch_epochs: int = LosslessFit.full_batch_epochs,
     x_valid: Tensor | None = None,
-    seed: int = 0,
+    seed: int = LosslessFit.seed,
     progress: bool = True,
     callback: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
@@ -173,10 +183,10 @@ def fit_em(
 def fit_adam(
     pc: HCLT,
     x_train: Tensor,
-    epochs: int = 10,
-    batch_size: int = 512,
-    lr: float = 0.05,
-    seed: int = 0,
+    epochs: int = LosslessFit.epochs,
+    batch_size: int = LosslessFit.batch_size,
+    lr: float = LosslessFit.adam_lr,
+    seed: int = LosslessFit.seed,
     progress: bool = True,
 ) -> list[dict]:
     """Gradient training: Adam on the logits, minimizing negative log-likelihood."""

@@ -5,7 +5,8 @@ Two methods, both with manual optimization:
 - ``em``: mini-batch EM. Each step computes the batch's expected counts with
   :func:`pc_prior.training.em_step_counts`, sums them over all ranks (so every DDP rank applies
   the same update), stores them as the parameters' ``.grad`` and calls :class:`EMOptimizer`, whose
-  learning rate is the EM step size (annealed by a linear LR schedule).
+  learning rate is the EM step size (annealed by a linear LR schedule) and whose update is
+  :func:`pc_prior.training.em_update`, the one ``fit_em`` applies.
 - ``adam``: gradient descent on the negative log-likelihood (Adam on the logits); DDP averages
   the gradients.
 
@@ -29,8 +30,9 @@ from torch import Tensor
 from ..checkpoint import save as save_pc
 from ..coding import encode
 from ..hclt import HCLT
+from ..settings import LosslessFit
 from ..structure import Tree
-from ..training import em_step_counts
+from ..training import em_step_counts, em_update
 
 __all__ = ["EMOptimizer", "PriorModule"]
 
@@ -40,12 +42,17 @@ LN2 = math.log(2.0)
 class EMOptimizer(torch.optim.Optimizer):
     """EM update for an HCLT's (root, transition, emission) logits, reading ``.grad`` as expected counts.
 
-    ``new = (1 - lr) * current + lr * normalize(counts + pseudocount / V)`` per distribution; ``lr``
-    is the EM step size (1.0 with full-batch counts is a classic EM iteration). Parameters without
+    Each parameter gets :func:`pc_prior.training.em_update` (``fit_em``'s update) with ``lr`` as
+    the EM step size (1.0 with full-batch counts is a classic EM iteration). Parameters without
     ``.grad`` are left unchanged.
     """
 
-    def __init__(self, params, lr: float = 0.1, pseudocount: float = 0.1) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = LosslessFit.step_size[0],
+        pseudocount: float = LosslessFit.pseudocount,
+    ) -> None:
         if not 0.0 < lr <= 1.0:
             raise ValueError(f"EM step size (lr) must be in (0, 1], got {lr}")
         if pseudocount < 0:
@@ -59,14 +66,9 @@ class EMOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, pc = group["lr"], group["pseudocount"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                counts = p.grad + pc / p.shape[-1]
-                target = counts / counts.sum(-1, keepdim=True)
-                new = (1.0 - lr) * torch.softmax(p, -1) + lr * target
-                p.copy_(new.clamp_min(torch.finfo(new.dtype).tiny).log())
+                if p.grad is not None:
+                    em_update(p, p.grad, group["lr"], group["pseudocount"])
         return loss
 
 
@@ -86,21 +88,23 @@ class PriorModule(pl.LightningModule):
             ``<log_dir>/hclt.pt``); ``""`` turns export off.
         latent_fn: maps a batch to LongTensor symbols [N, D] (not a hyperparameter; pass in code).
         seed: seed of the structure learning and initialization.
+
+    Fit defaults are ``pc_prior.settings.LosslessFit``'s (``lr``/``lr_end``: its ``step_size``).
     """
 
     def __init__(
         self,
-        num_latents: int = 16,
+        num_latents: int = LosslessFit.num_latents,
         num_cats: int | None = None,
         method: Literal["em", "adam"] = "em",
-        lr: float = 0.1,
-        lr_end: float | None = 0.01,
-        pseudocount: float = 0.1,
-        structure_samples: int = 20000,
+        lr: float = LosslessFit.step_size[0],
+        lr_end: float | None = LosslessFit.step_size[1],
+        pseudocount: float = LosslessFit.pseudocount,
+        structure_samples: int = LosslessFit.structure_samples,
         coded_items: int = 16,
         export_path: str | None = None,
         latent_fn: Callable[[Any], Tensor] | None = None,
-        seed: int = 0,
+        seed: int = LosslessFit.seed,
     ) -> None:
         super().__init__()
         if method not in ("em", "adam"):

@@ -44,3 +44,59 @@ def test_adam_improves_likelihood():
     before = bits_per_dim(pc, x)
     fit_adam(pc, x, epochs=3, batch_size=256, lr=0.05, progress=False)
     assert bits_per_dim(pc, x) < before - 0.03
+
+
+def test_em_update_is_one_em_step():
+    from pc_prior.training import em_step_counts, em_update
+
+    teacher, x = _data(500)
+    pc = HCLT(teacher.tree, 4, 3, dtype=torch.float64)
+    pc.init_params(x, seed=0)
+    before = float(pc.log_prob(x).detach().sum())
+    counts, ll = em_step_counts(pc, x)
+    assert abs(ll - before) < 1e-6 * abs(before)
+    for logits, c in zip((pc.root_logits, pc.transition_logits, pc.emission_logits), counts):
+        em_update(logits, c, 1.0, 0.0)
+    assert (
+        float(pc.log_prob(x).detach().sum()) > before + 1.0
+    )  # full-batch EM raises the likelihood
+    # with step size 1 the root becomes its normalized expected counts
+    assert torch.allclose(pc.log_root().exp(), counts[0] / counts[0].sum(-1, keepdim=True))
+    # a step size mixes old and new; a row without counts keeps its distribution
+    logits = torch.tensor([[0.2, 0.8], [0.3, 0.7]], dtype=torch.float64).log()
+    em_update(logits, torch.tensor([[3.0, 1.0], [0.0, 0.0]], dtype=torch.float64), 0.5, 0.0)
+    want = torch.tensor([[0.1 + 0.375, 0.4 + 0.125], [0.3, 0.7]], dtype=torch.float64)
+    assert torch.allclose(logits.exp(), want)
+
+
+def test_lossless_defaults_are_the_settings():
+    import inspect
+
+    from pc_prior.cli import build_parser
+    from pc_prior.settings import LosslessFit
+
+    em = inspect.signature(fit_em).parameters
+    adam = inspect.signature(fit_adam).parameters
+    s = LosslessFit()
+    for k in ("epochs", "batch_size", "step_size", "pseudocount", "full_batch_epochs", "seed"):
+        assert em[k].default == getattr(s, k), k
+    assert (adam["epochs"].default, adam["batch_size"].default, adam["lr"].default) == (
+        s.epochs,
+        s.batch_size,
+        s.adam_lr,
+    )
+    args = build_parser().parse_args(["lossless", "fit"])
+    assert (args.latents, args.epochs, args.full_batch_epochs, args.batch_size) == (
+        s.num_latents,
+        s.epochs,
+        s.full_batch_epochs,
+        s.batch_size,
+    )
+    assert (tuple(args.step_size), args.pseudocount, args.seed) == (
+        s.step_size,
+        s.pseudocount,
+        s.seed,
+    )
+    assert (args.num_bins, args.structure_samples) == (s.num_bins, s.structure_samples)
+    # the README's MNIST table: K=32, 8 + 1 EM epochs, step size 0.2 -> 0.02
+    assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (32, 8, 1, (0.2, 0.02))
