@@ -1,8 +1,9 @@
 """Codec speed: encode and decode milliseconds per Kodak image, baseline vs candidate, CPU and CUDA.
 
-For every device (CPU, and CUDA when present) and model, each image is padded as CompressAI's
-eval_model does, then ``compress`` and ``decompress`` each run --runs times (after --warmup untimed
-runs, CUDA-synchronized); the table shows the mean over images of the per-image median, with the
+For every device (CPU, and CUDA when present) and model, each image goes through
+``pc_prior.eval.rd.evaluate_model`` (what ``pc-prior eval`` runs: padded as CompressAI's eval_model
+pads), with ``compress`` and ``decompress`` each run --runs times (after --warmup untimed runs,
+CUDA-synchronized); the table shows the mean over images of the per-image median, with the
 candidate/baseline ratios from the same run. Coded bpp is printed too, so a speed-up cannot hide a
 rate change. The JSON of the same numbers goes to --json when given.
 
@@ -14,60 +15,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from pc_prior.eval.models import load_model
-from pc_prior.eval.rd import MIN_DIV, collect_images, count_bytes, read_image
+from pc_prior.eval.rd import evaluate_model
+from pc_prior.images import list_images, load_image
+from pc_prior.integrations import resolve_codec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, runs: int, warmup: int) -> tuple[float, object]:
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(runs):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
-@torch.no_grad()
 def bench_model(
-    net: torch.nn.Module, images: list[torch.Tensor], device: torch.device, runs: int, warmup: int
+    net: torch.nn.Module, files: list[Path], runs: int, warmup: int
 ) -> dict[str, float]:
-    """Mean over images of the median encode / decode milliseconds, and the mean coded bpp."""
-    from compressai.ops import compute_padding
-
-    enc_ms, dec_ms, bpp = [], [], []
-    for x in images:
-        x = x[None].to(device)
-        pad, _ = compute_padding(x.size(2), x.size(3), min_div=MIN_DIV)
-        xp = F.pad(x, pad)
-        t_enc, enc = _timed(lambda: net.compress(xp), device, runs, warmup)
-        t_dec, _ = _timed(
-            lambda: net.decompress(enc["strings"], enc["shape"]), device, runs, warmup
-        )
-        enc_ms.append(1000 * t_enc)
-        dec_ms.append(1000 * t_dec)
-        bpp.append(8 * count_bytes(enc["strings"]) / (x.size(2) * x.size(3)))
-    n = len(images)
-    return {"encode_ms": sum(enc_ms) / n, "decode_ms": sum(dec_ms) / n, "bpp": sum(bpp) / n}
+    """Mean over images of the median encode / decode milliseconds, and the mean coded bpp
+    (``pc_prior.eval.rd.evaluate_model``, the evaluation ``pc-prior eval`` runs, with ``runs``)."""
+    res = evaluate_model(net, files, progress=False, runs=runs, warmup=warmup)
+    m = res["mean"]
+    return {
+        "encode_ms": 1000 * m["encoding_time"],
+        "decode_ms": 1000 * m["decoding_time"],
+        "bpp": m["bpp"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    files = collect_images(args.data)[: args.images]
-    images = [read_image(f) for f in files]
+    files = list_images(args.data)[: args.images]
     specs = {"baseline": args.baseline}
     if args.candidate:
         specs["candidate"] = args.candidate
@@ -110,16 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(dev)
         results[dev] = {}
         for role, spec in specs.items():
-            lm = load_model(spec, arch=args.arch, device=device)
+            lm = resolve_codec(spec, arch=args.arch, device=device)
             results[dev][role] = {
                 "model": lm.name,
-                **bench_model(lm.net, images, device, args.runs, args.warmup),
+                **bench_model(lm.net, files, args.runs, args.warmup),
             }
             del lm
 
-    h, w = images[0].shape[1:]
+    h, w = load_image(files[0]).shape[-2:]
     print(
-        f"{len(images)} images from {args.data} (first is {w}x{h}), median of {args.runs} runs, "
+        f"{len(files)} images from {args.data} (first is {w}x{h}), median of {args.runs} runs, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
     head = f"{'device':<7} {'role':<10} {'model':<32} {'bpp':>7} {'enc ms':>9} {'dec ms':>9}"

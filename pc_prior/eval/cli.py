@@ -97,11 +97,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="MODEL",
         help="a codec file (shared/models format, CompressAI checkpoint or state dict with --arch, "
-        "pc-prior codec) or a zoo name with quality, e.g. bmshj2018-factorized:q2 (needs network)",
+        "pc-prior codec, e.g. from 'pc-prior prior fit') or a zoo name with quality, e.g. "
+        "bmshj2018-factorized:q2 (needs network)",
     )
     p.add_argument("--data", required=True, help="folder of images (searched recursively)")
     p.add_argument(
-        "--arch", default=None, help="architecture of plain state-dict checkpoints (zoo name)"
+        "--arch",
+        default=None,
+        help="architecture of plain state-dict checkpoints (zoo name); files naming theirs keep it",
     )
     p.add_argument(
         "--metric", default="mse", choices=["mse", "ms-ssim"], help="zoo weights' training metric"
@@ -194,15 +197,16 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-    from .models import load_model
-    from .rd import collect_images, evaluate_model, results_json
+    from ..images import list_images
+    from ..integrations.codec_file import resolve_codec
+    from .rd import evaluate_model, results_json
 
     resolve_device(
         args.device
     )  # a missing or unknown device fails before any image or model is read
     if args.threads:
         torch.set_num_threads(args.threads)
-    images = collect_images(args.data)  # fail on a bad folder before loading any model
+    images = list_images(args.data)  # fail on a bad folder before loading any model
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError("--limit must be at least 1")
@@ -217,7 +221,8 @@ def _eval(args: argparse.Namespace) -> int:
             )
         compressai.set_entropy_coder(args.entropy_coder)
     loaded = [
-        load_model(m, arch=args.arch, device=args.device, metric=args.metric) for m in args.models
+        resolve_codec(m, arch=args.arch, device=args.device, metric=args.metric)
+        for m in args.models
     ]
     runs = []
     for lm in loaded:
@@ -227,7 +232,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(
             f"{lm.name}: bpp {m['bpp']:.4f} (estimated {m['bpp_estimated']:.4f}), PSNR-RGB {m['psnr-rgb']:.3f} dB, "
             f"MS-SSIM {m['ms-ssim-rgb']:.4f}, enc {1000 * m['encoding_time']:.1f} ms, "
-            f"dec {1000 * m['decoding_time']:.1f} ms ({len(images)} images)",
+            f"dec {1000 * m['decoding_time']:.1f} ms ({len(images)} images; decoded = forward "
+            f"bit for bit: {sum(r['decoded_equals_forward'] for r in res['images'])}/{len(images)})",
             file=sys.stderr,
         )
     import compressai

@@ -19,12 +19,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..integrations.codec_file import ResolvedCodec
 
 __all__ = ["TEST_PHOTOS", "TRAIN_PHOTOS", "format_table", "plot_demo", "run_demo", "skimage_photo"]
 
@@ -119,33 +122,22 @@ class _Recorder(nn.Module):
         return self.net(x)
 
 
-def _load_base(codec: str | Path | None, arch: str | None):
+def _load_base(codec: str | Path | None, arch: str | None) -> ResolvedCodec:
     from ..assets import DEFAULT_CODEC
-    from .models import load_model, read_checkpoint
+    from ..integrations.codec_file import resolve_codec
 
     spec = Path(DEFAULT_CODEC) if codec is None else codec
-    path = Path(str(spec)).expanduser()
-    if path.is_file():
-        obj = read_checkpoint(path)
-        if isinstance(obj, dict) and obj.get("pc_modules"):
-            raise ValueError(
-                f"{path} already has a PC entropy model ({', '.join(obj['pc_modules'])}); "
-                "pass the base codec it was made from"
-            )
-    lm = load_model(spec, arch=arch)
+    lm = resolve_codec(spec, arch=arch, base_only=True)  # a PC codec is refused before it is built
     if codec is None:
         lm.name = "shipped " + lm.name
     return lm
 
 
 def _thumbnail(x_hat: Tensor, height: int, width: int, side: int = 256) -> np.ndarray:
-    """The decoded image without rd's centred padding, at most ``side`` pixels, as uint8 [h, w, 3]."""
-    from compressai.ops import compute_padding
+    """The decoded image without the evaluation's centred padding, at most ``side`` pixels, as uint8 [h, w, 3]."""
+    from ..images import crop_padding
 
-    from .rd import MIN_DIV
-
-    _, unpad = compute_padding(height, width, min_div=MIN_DIV)
-    t = F.pad(x_hat, unpad)[0].clamp(0, 1)
+    t = crop_padding(x_hat, (height, width))[0].clamp(0, 1)
     s = side / max(t.shape[-2:])
     if s < 1:
         t = F.interpolate(
@@ -263,9 +255,10 @@ def run_demo(
     """
     from PIL import Image
 
-    from ..integrations import crop_to_multiple, fit_prior, save_codec
+    from ..images import crop_to_multiple, list_images, load_image
+    from ..integrations import fit_prior, save_codec
     from .compare import load_curve, rate_savings
-    from .rd import collect_images, evaluate_model, read_image, results_json
+    from .rd import evaluate_model, results_json
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
@@ -274,8 +267,8 @@ def run_demo(
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
     # Fail on bad folders and codecs before any work.
-    test_paths = collect_images(data) if data is not None else None
-    train_paths = collect_images(train_data) if train_data is not None else None
+    test_paths = list_images(data) if data is not None else None
+    train_paths = list_images(train_data) if train_data is not None else None
     lm = _load_base(codec, arch)
     base = lm.net.cpu().eval()
     if test_paths is None:
@@ -285,11 +278,11 @@ def run_demo(
     test_paths = test_paths[:limit]
     train_paths = train_paths[:max_train_images]
 
-    train_x = [read_image(p)[None] for p in train_paths]
+    train_x = [load_image(p) for p in train_paths]
     train_hash = {_pixel_hash(x): p for x, p in zip(train_x, train_paths)}
     overlap = []
     for p in test_paths:
-        q = train_hash.get(_pixel_hash(read_image(p)[None]))
+        q = train_hash.get(_pixel_hash(load_image(p)))
         if q is not None:
             overlap.append(f"{p} = {q}")
     if overlap:

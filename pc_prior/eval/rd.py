@@ -1,6 +1,7 @@
 """Rate-distortion evaluation of learned image codecs, following CompressAI's ``eval_model``.
 
-Each image is zero-padded (centred, CompressAI's ``compute_padding``) to a multiple of 64, really
+Each image is zero-padded (centred, CompressAI's ``compute_padding``, through ``pc_prior.images``,
+which also reads the images and holds the metrics) to a multiple of 64, really
 compressed and decompressed; the rate counts every byte of every string ``compress()`` returns, per
 original pixel. The eval-mode forward on the same padded image gives the estimated rate. Distortion is
 measured on the cropped, 8-bit-rounded reconstruction (PSNR-RGB, MS-SSIM-RGB), as CompressAI does.
@@ -8,55 +9,40 @@ measured on the cropped, 8-bit-rounded reconstruction (PSNR-RGB, MS-SSIM-RGB), a
 
 from __future__ import annotations
 
+import hashlib
 import math
+import statistics
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .._checks import check_int
+from ..errors import InputError
+from ..images import (
+    IMG_EXTENSIONS,
+    MIN_DIV,
+    compute_metrics,
+    crop_padding,
+    load_image,
+    pad_to_multiple,
+)
 
 __all__ = [
     "IMG_EXTENSIONS",
     "MIN_DIV",
-    "collect_images",
     "compute_metrics",
     "count_bytes",
     "evaluate_image",
     "evaluate_model",
-    "read_image",
     "results_json",
 ]
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-MIN_DIV = 64  # CompressAI pads to allow 6 stride-2 stages
 METRICS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
-
-
-def collect_images(root: str | Path) -> list[Path]:
-    """Image files under ``root`` (recursively, sorted); errors name a missing or image-less folder."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"data folder not found: {root}")
-    if not root.is_dir():
-        raise ValueError(f"--data must be a folder of images, got a file: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in {root}")
-    return files
-
-
-def read_image(path: str | Path) -> Tensor:
-    """An RGB image as a float [3, H, W] tensor in [0, 1]."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def count_bytes(strings: Any) -> int:
@@ -68,28 +54,6 @@ def count_bytes(strings: Any) -> int:
     raise TypeError(
         f"compress() strings must be nested lists of bytes, found {type(strings).__name__}"
     )
-
-
-def _psnr(a: Tensor, b: Tensor, max_val: float = 255.0) -> float:
-    mse = (a - b).pow(2).mean().item()
-    return float("inf") if mse == 0 else 20 * math.log10(max_val) - 10 * math.log10(mse)
-
-
-def compute_metrics(org: Tensor, rec: Tensor, max_val: int = 255) -> dict[str, float]:
-    """PSNR-RGB and MS-SSIM-RGB of [N, 3, H, W] images in [0, 1], on 8-bit rounded values (as CompressAI).
-
-    MS-SSIM needs both sides above 160 pixels (5 scales, 11-pixel window); smaller images get NaN.
-    """
-    from pytorch_msssim import ms_ssim
-
-    org = (org * max_val).clamp(0, max_val).round()
-    rec = (rec * max_val).clamp(0, max_val).round()
-    out = {"psnr-rgb": _psnr(org, rec, max_val)}
-    if min(org.shape[-2:]) > 160:
-        out["ms-ssim-rgb"] = ms_ssim(org, rec, data_range=max_val).item()
-    else:
-        out["ms-ssim-rgb"] = float("nan")
-    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -104,45 +68,67 @@ def _device_of(net: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _pad(x: Tensor, min_div: int = MIN_DIV) -> tuple[Tensor, tuple[int, int, int, int]]:
-    from compressai.ops import compute_padding
-
-    pad, unpad = compute_padding(x.size(2), x.size(3), min_div=min_div)
-    return F.pad(x, pad, mode="constant", value=0), unpad
+def _timed(fn: Callable[[], Any], device: torch.device, runs: int) -> tuple[float, Any]:
+    """(median seconds of ``runs`` calls of ``fn``, CUDA-synchronized; the last call's result)."""
+    times, out = [], None
+    for _ in range(runs):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
 
 
 @torch.no_grad()
-def evaluate_image(net: nn.Module, x: Tensor, min_div: int = MIN_DIV) -> dict[str, float]:
+def evaluate_image(
+    net: nn.Module, x: Tensor, min_div: int = MIN_DIV, *, runs: int = 1, warmup: int = 0
+) -> dict[str, Any]:
     """Code one [3, H, W] (or [1, 3, H, W]) image with ``net``; rates in bits per original pixel.
 
-    Returns ``bpp`` (from the real strings), ``bits`` (8 × bytes), ``bpp_estimated`` (from the
-    likelihoods of the eval-mode forward), ``psnr-rgb``, ``ms-ssim-rgb``, ``encoding_time`` and
-    ``decoding_time`` (seconds, CUDA-synchronized) and ``psnr-rgb_forward`` (reconstruction of the forward).
+    The image is padded as CompressAI pads (``pc_prior.images.pad_to_multiple``, centred) and the
+    reconstruction cropped back. Returns ``bpp`` (from the real strings), ``bits`` (8 × bytes),
+    ``group_bpp`` (the bpp of each string group ``compress()`` returns, e.g. [y, z] for a hyperprior),
+    ``bpp_estimated`` (from the likelihoods of the eval-mode forward), ``psnr-rgb``, ``ms-ssim-rgb``,
+    ``encoding_time`` and ``decoding_time`` (seconds, CUDA-synchronized; the median of ``runs``
+    timed calls after ``warmup`` untimed ones), ``psnr-rgb_forward`` (of the forward's
+    reconstruction), ``decoded_equals_forward`` (the decoded image is the forward's, clamped to
+    [0, 1], bit for bit) and ``x_hat_sha256`` (of the decoded image, to compare two codecs').
     """
+    runs, warmup = check_int("runs", runs, 1), check_int("warmup", warmup, 0)
     device = _device_of(net)
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.size(0) != 1:
-        raise ValueError(f"evaluate_image expects one image [3, H, W], got shape {tuple(x.shape)}")
+        raise InputError(f"evaluate_image expects one image [3, H, W], got shape {tuple(x.shape)}")
     x = x.to(device)
-    num_pixels = x.size(2) * x.size(3)
-    x_pad, unpad = _pad(x, min_div)
+    size = (x.size(2), x.size(3))
+    num_pixels = size[0] * size[1]
+    x_pad = pad_to_multiple(x, min_div)
 
-    _sync(device)
-    t0 = time.perf_counter()
-    enc = net.compress(x_pad)
-    _sync(device)
-    t_enc = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dec = net.decompress(enc["strings"], enc["shape"])
-    _sync(device)
-    t_dec = time.perf_counter() - t0
-    x_hat = F.pad(dec["x_hat"], unpad)
+    def encode() -> Any:
+        return net.compress(x_pad)
+
+    for _ in range(warmup):
+        encode()
+    t_enc, enc = _timed(encode, device, runs)
+
+    def decode() -> Any:
+        return net.decompress(enc["strings"], enc["shape"])
+
+    for _ in range(warmup):
+        decode()
+    t_dec, dec = _timed(decode, device, runs)
+    x_hat = crop_padding(dec["x_hat"], size)
 
     nbytes = count_bytes(enc["strings"])
-    out = compute_metrics(x, x_hat)
+    out: dict[str, Any] = compute_metrics(x, x_hat)
     out.update(
-        bpp=nbytes * 8.0 / num_pixels, bits=nbytes * 8, encoding_time=t_enc, decoding_time=t_dec
+        bpp=nbytes * 8.0 / num_pixels,
+        bits=nbytes * 8,
+        group_bpp=[count_bytes(g) * 8.0 / num_pixels for g in enc["strings"]],
+        encoding_time=t_enc,
+        decoding_time=t_dec,
     )
 
     fwd = net(x_pad)
@@ -151,7 +137,12 @@ def evaluate_image(net: nn.Module, x: Tensor, min_div: int = MIN_DIV) -> dict[st
     )
     bits_est = sum(float(-torch.log2(v.double()).sum()) for v in lik)
     out["bpp_estimated"] = bits_est / num_pixels
-    out["psnr-rgb_forward"] = compute_metrics(x, F.pad(fwd["x_hat"], unpad))["psnr-rgb"]
+    x_fwd = crop_padding(fwd["x_hat"], size)
+    out["psnr-rgb_forward"] = compute_metrics(x, x_fwd)["psnr-rgb"]
+    out["decoded_equals_forward"] = bool(torch.equal(x_hat, x_fwd.clamp(0, 1)))
+    out["x_hat_sha256"] = hashlib.sha256(
+        x_hat.detach().cpu().contiguous().numpy().tobytes()
+    ).hexdigest()
     return out
 
 
@@ -162,18 +153,28 @@ def evaluate_model(
     progress: bool = True,
     desc: str = "eval",
     min_div: int = MIN_DIV,
+    runs: int = 1,
+    warmup: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate ``net`` on image files: ``{"mean": {...}, "images": [{"image": name, ...}, ...]}``."""
+    """Evaluate ``net`` on image files: ``{"mean": {...}, "images": [{"image": name, ...}, ...]}``.
+
+    Each row is ``evaluate_image``'s (``runs``, ``warmup``: its timing); ``mean`` averages the
+    numeric fields over the images.
+    """
     from ..progress import progress_bar
 
     images = list(images)
     if not images:
-        raise ValueError("no images to evaluate")
+        raise InputError("no images to evaluate: pass at least one image file")
     rows = []
     for path in progress_bar(images, desc=desc, unit="img", disable=not progress, leave=False):
-        row = evaluate_image(net, read_image(path), min_div=min_div)
+        row = evaluate_image(net, load_image(path), min_div=min_div, runs=runs, warmup=warmup)
         rows.append({"image": Path(path).name, **row})
-    keys = [k for k in rows[0] if k != "image"]
+    keys = [
+        k
+        for k, v in rows[0].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "image"
+    ]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     if any(math.isnan(r["ms-ssim-rgb"]) for r in rows):
         warnings.warn("MS-SSIM is NaN for images with a side of 160 pixels or less", stacklevel=2)

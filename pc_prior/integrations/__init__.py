@@ -1,18 +1,23 @@
-"""CompressAI entropy models backed by probabilistic circuits."""
+"""CompressAI entropy models backed by probabilistic circuits.
 
+The image helpers (``list_images``, ``load_image``, ``pad_to_multiple``, ``crop_to_multiple``) are
+``pc_prior.images``' own, re-exported here.
+"""
+
+from ..images import crop_to_multiple, list_images, load_image, pad_to_multiple
 from .api import (
-    build_codec,
     collect_conditional_inputs,
     collect_latents,
-    crop_to_multiple,
     fit_prior,
-    list_images,
-    load_codec,
-    load_image,
-    pad_to_multiple,
-    read_codec_file,
-    save_codec,
     swap_entropy_model,
+)
+from .codec_file import (
+    ResolvedCodec,
+    build_codec,
+    load_codec,
+    read_codec_file,
+    resolve_codec,
+    save_codec,
 )
 from .conditional import PCConditional
 from .context import CheckerboardContext
@@ -22,6 +27,7 @@ __all__ = [
     "CheckerboardContext",
     "PCConditional",
     "PCEntropyBottleneck",
+    "ResolvedCodec",
     "build_codec",
     "collect_conditional_inputs",
     "collect_latents",
@@ -32,6 +38,7 @@ __all__ = [
     "load_image",
     "pad_to_multiple",
     "read_codec_file",
+    "resolve_codec",
     "save_codec",
     "swap_entropy_model",
 ]

@@ -6,13 +6,13 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from .._checks import check_int
 from ..errors import InputError, UnsupportedModelError
+from ..images import crop_to_multiple, list_images, load_image
 from ..progress import progress_bar
 from .codec_file import build_codec, load_codec, read_codec_file, save_codec
 from .conditional import PCConditional
@@ -22,20 +22,14 @@ __all__ = [
     "build_codec",
     "collect_conditional_inputs",
     "collect_latents",
-    "crop_to_multiple",
     "fit_prior",
-    "list_images",
     "load_codec",
-    "load_image",
-    "pad_to_multiple",
     "read_codec_file",
     "save_codec",
     "swap_entropy_model",
 ]
 
 PC_MODULES = (PCEntropyBottleneck, PCConditional)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 
 
 def _parent_and_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -334,41 +328,6 @@ def collect_conditional_inputs(
     if maps:
         return sym, idx
     return torch.cat([_rows(s) for s in sym]), torch.cat([_rows(i) for i in idx])
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` or its subfolders, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    return files
-
-
-def load_image(path: str | Path) -> Tensor:
-    """RGB image as float [1, 3, H, W] in [0, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(a).permute(2, 0, 1)[None].contiguous()
-
-
-def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Crop [B, C, H, W] at the bottom and right to multiples of ``multiple`` (no padding content)."""
-    h, w = x.shape[-2:]
-    if h < multiple or w < multiple:
-        return pad_to_multiple(x, multiple)
-    return x[..., : h - h % multiple, : w - w % multiple]
-
-
-def pad_to_multiple(x: Tensor, multiple: int = 64) -> Tensor:
-    """Zero-pad [B, C, H, W] on the right and bottom to multiples of ``multiple`` (as CompressAI's eval)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return torch.nn.functional.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
 def fit_prior(

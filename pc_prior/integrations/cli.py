@@ -1,4 +1,7 @@
-"""``pc-prior prior``: fit a circuit prior into a frozen CompressAI codec, and measure it on images."""
+"""``pc-prior prior fit``: fit a circuit prior into a frozen CompressAI codec.
+
+The fitted codec is measured by ``pc-prior eval`` (the one evaluation path, ``pc_prior.eval``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "prior", help="PC entropy models inside CompressAI codecs (fit on a frozen codec, evaluate)"
+        "prior",
+        help="PC entropy models inside CompressAI codecs (fit on a frozen codec; then pc-prior eval)",
     )
     g = p.add_subparsers(dest="prior_command", metavar="ACTION", required=True)
 
@@ -97,20 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(func=_fit)
 
-    ev = g.add_parser(
-        "eval", help="real bitstreams on an image folder: bpp, PSNR, exact round trip; prints JSON"
-    )
-    ev.add_argument("--codec", required=True, help="codec checkpoint, swapped or not")
-    ev.add_argument("--images", required=True, help="test image folder (e.g. Kodak)")
-    ev.add_argument("--multiple", type=int, default=64, help="pad images to multiples of this")
-    ev.add_argument("--threads", type=int, default=None)
-    ev.set_defaults(func=_eval)
-
 
 def _fit(args: argparse.Namespace) -> int:
     import torch
 
-    from .api import fit_prior, read_codec_file, save_codec
+    from .api import fit_prior
+    from .codec_file import read_codec_file, save_codec
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,37 +151,3 @@ def _fit(args: argparse.Namespace) -> int:
         report["train_bpd"] = hist[-1]["train_bpd"]
     print(json.dumps(report))
     return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from .api import list_images, load_codec, load_image, pad_to_multiple
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    net = load_codec(args.codec)
-    net.update()
-    bits, pixels, psnrs, exact = 0, 0, [], True
-    with torch.no_grad():
-        for f in list_images(args.images):
-            x = load_image(f)
-            h, w = x.shape[-2:]
-            xp = pad_to_multiple(x, args.multiple)
-            enc = net.compress(xp)
-            rec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
-            exact &= torch.equal(rec, net(xp)["x_hat"].clamp(0, 1))
-            bits += 8 * sum(len(s) for group in enc["strings"] for s in group)
-            pixels += h * w
-            psnrs.append(float(-10 * torch.log10(((rec[..., :h, :w] - x) ** 2).mean())))
-    print(
-        json.dumps(
-            {
-                "bpp": bits / pixels,
-                "psnr": sum(psnrs) / len(psnrs),
-                "images": len(psnrs),
-                "exact_round_trip": exact,
-            }
-        )
-    )
-    return 0 if exact else 1

@@ -11,10 +11,18 @@ Reading a file: ``pc_prior.files.read_file`` (zip CRCs, ``weights_only=True``, d
 field's type, then the architecture is built and the state dict loaded, during which the PC
 entropy models validate their coding tables against their shapes and ranges. The file is read
 once. Every problem is a ``CheckpointError`` naming the file and the field.
+
+Resolving a model spec (``resolve_codec``, what ``pc-prior eval``, the demo, ``RDModule`` and the
+benches call): an existing file is read as above, or as a plain CompressAI state dict or training
+checkpoint (``{"state_dict" | "network" | "model_state_dict": ...}``) given its architecture;
+``ARCH:qN`` names pretrained zoo weights (downloaded: offline this is a ``ModelLoadError`` that
+names the local-file alternative).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +30,18 @@ import torch
 from torch import nn
 
 from ..devices import resolve_device
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, ModelLoadError
 from ..files import check_format, read_file, write_file
 
 __all__ = [
     "CODEC_FORMAT",
     "CODEC_VERSION",
+    "ResolvedCodec",
     "build_codec",
     "codec_from_content",
     "load_codec",
     "read_codec_file",
+    "resolve_codec",
     "save_codec",
 ]
 
@@ -175,4 +185,139 @@ def save_codec(model: nn.Module, path: str | Path, arch: str, quality: int, **ex
             "state_dict": state,
         },
         path,
+    )
+
+
+@dataclass
+class ResolvedCodec:
+    """An eval-mode codec and where it came from (``name`` labels result rows; ``quality`` may be None).
+
+    ``info`` holds what the codec file says about itself beyond its weights (``lmbda``, ``metric``,
+    ``steps``, ``net_kwargs``, ``pc_modules``, ...).
+    """
+
+    net: nn.Module
+    name: str
+    arch: str | None = None
+    quality: int | None = None
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+_ZOO_SPEC = re.compile(r"^(?P<arch>[A-Za-z0-9_\-]+):q?(?P<quality>\d+)$")
+_STATE_KEYS = ("network", "state_dict", "model_state_dict")  # CompressAI eval_model's convention
+_INFO_SKIP = ("format", "version", "arch", "quality", "state_dict")
+
+
+def resolve_codec(
+    spec: str | Path,
+    arch: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    metric: str = "mse",
+    base_only: bool = False,
+) -> ResolvedCodec:
+    """The codec named by ``spec``, in eval mode on ``device``.
+
+    ``spec`` is a file (a codec file as ``read_codec_file`` reads, or a plain CompressAI state dict
+    or training checkpoint, whose architecture ``arch`` gives: a zoo name such as
+    ``bmshj2018-factorized``; files that name their own architecture keep it), or ``ARCH:qN``
+    (also ``ARCH:N``): the zoo's pretrained weights for ``metric``, downloaded by CompressAI.
+    ``base_only`` refuses a file holding PC entropy models (``InputError``) before building it.
+    A device that is no torch device or not on this machine raises ``InputError`` before anything
+    is read; an unknown spec, a file that is no codec, or zoo weights that cannot be downloaded
+    raise ``ModelLoadError``; a damaged file ``CheckpointError``; a missing one ``FileNotFoundError``.
+    """
+    dev = resolve_device(device)
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        out = _resolve_file(path, arch, base_only)
+    elif path.exists():
+        raise ModelLoadError(f"{path} is a directory, not a model file")
+    elif _ZOO_SPEC.match(text) is None and (
+        path.suffix in {".pt", ".pth", ".tar", ".ckpt"} or "/" in text or "\\" in text
+    ):
+        raise FileNotFoundError(f"model file not found: {path}")
+    else:
+        out = _resolve_zoo(text, metric)
+    out.net = out.net.to(dev).eval()
+    return out
+
+
+def _resolve_file(path: Path, arch: str | None, base_only: bool) -> ResolvedCodec:
+    from compressai.zoo.image import model_architectures
+
+    obj, digested = read_file(path)  # verified, weights only; read once
+    fmt = obj.get("format")
+    if fmt is not None and fmt != CODEC_FORMAT:
+        if fmt == "pc-prior/hclt":
+            raise ModelLoadError(
+                f"{path} is a pc-prior HCLT (lossless) checkpoint, not an image codec; "
+                "use 'pc-prior lossless bench' and 'pc-prior report-lossless'"
+            )
+        raise ModelLoadError(
+            f"{path} has format {fmt!r}, not an image codec file ({CODEC_FORMAT!r}); pass a codec "
+            "file, a CompressAI state dict or checkpoint, or a zoo name ARCH:qN"
+        )
+    if base_only and obj.get("pc_modules"):
+        names = obj["pc_modules"]
+        raise InputError(
+            f"{path} already has a PC entropy model "
+            f"({', '.join(map(str, names)) if isinstance(names, list) else names}); "
+            "pass the base codec it was made from"
+        )
+    if fmt is not None or {"arch", "quality", "state_dict"} <= obj.keys():
+        net, ck = codec_from_content(path, obj, digested)
+        info = {k: v for k, v in ck.items() if k not in _INFO_SKIP}
+        return ResolvedCodec(
+            net, name=path.stem, arch=ck["arch"], quality=ck["quality"], source=str(path), info=info
+        )
+    state = obj
+    for key in _STATE_KEYS:
+        if isinstance(obj.get(key), dict):
+            state = obj[key]
+    if not state or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ModelLoadError(
+            f"{path} is neither a codec file (arch, quality, state_dict) nor a state dict"
+        )
+    archs = sorted(model_architectures)
+    if arch is None:
+        raise ModelLoadError(
+            f"{path} is a plain state dict that does not name its architecture: pass it with "
+            f"--arch (arch=...), one of {', '.join(archs)}"
+        )
+    if arch not in model_architectures:
+        raise ModelLoadError(f"unknown architecture {arch!r}; known: {', '.join(archs)}")
+    try:
+        net = model_architectures[arch].from_state_dict(_float_state(state))
+    except Exception as e:
+        raise ModelLoadError(f"{path} does not fit architecture {arch}: {e}") from e
+    net.update(force=True)  # as CompressAI's eval_model does for checkpoints
+    return ResolvedCodec(net, name=path.stem, arch=arch, source=str(path))
+
+
+def _resolve_zoo(spec: str, metric: str) -> ResolvedCodec:
+    from compressai.zoo import image_models
+
+    m = _ZOO_SPEC.match(spec)
+    if m is None or m["arch"] not in image_models:
+        raise ModelLoadError(
+            f"unknown model {spec!r}: not an existing file, and not ARCH:qN with ARCH one of "
+            f"{', '.join(sorted(image_models))}"
+        )
+    arch, quality = m["arch"], int(m["quality"])
+    try:
+        net = image_models[arch](quality=quality, metric=metric, pretrained=True, progress=False)
+    except (ValueError, KeyError) as e:
+        raise ModelLoadError(f"{spec}: {e}") from e
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise ModelLoadError(
+            f"could not get pretrained weights for {spec} (metric {metric}): {e}. They are "
+            "downloaded from the CompressAI model zoo, which needs network access; offline, pass a "
+            "local checkpoint file instead (a codec file such as ../shared/models/"
+            f"{arch}-q{quality}.pt, or a state dict with its arch)"
+        ) from e
+    return ResolvedCodec(
+        net, name=f"{arch}-{metric}-q{quality}", arch=arch, quality=quality, source=f"zoo:{spec}"
     )

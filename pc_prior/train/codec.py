@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from compressai.losses import RateDistortionLoss
 from torch import Tensor, nn
 
-from ..integrations.api import build_codec, load_codec, pad_to_multiple, save_codec
+from ..images import crop_padding, ms_ssim, pad_to_multiple, psnr
+from ..integrations.codec_file import build_codec, load_codec, save_codec
 
 __all__ = [
     "ZOO_MSE_LAMBDAS",
@@ -96,19 +97,17 @@ def rd_metrics(
     pixels = num_pixels if num_pixels is not None else n * h * w
     bpp = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2) * pixels)
     mse = F.mse_loss(out["x_hat"], x)
-    psnr = 10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10))
+    db = psnr(out["x_hat"].detach(), x)
     if metric == "mse":
-        return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse, "psnr": psnr}
+        return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse, "psnr": db}
     if metric != "ms-ssim":
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    from pytorch_msssim import ms_ssim
-
-    msssim = ms_ssim(out["x_hat"], x, data_range=1.0)
+    msssim = ms_ssim(out["x_hat"], x)
     return {
         "loss": lmbda * (1 - msssim) + bpp,
         "bpp": bpp,
         "mse": mse,
-        "psnr": psnr,
+        "psnr": db,
         "ms_ssim": msssim,
     }
 
@@ -239,7 +238,7 @@ class RDTrainingModule(pl.LightningModule):
             "loss": losses["loss"].detach(),
             "bpp": losses["bpp_loss"].detach(),
             "mse": mse,
-            "psnr": 10 * torch.log10(1.0 / mse.clamp_min(1e-10)),
+            "psnr": psnr(out["x_hat"].detach(), x),
             "aux_loss": aux_loss.detach(),
             **logs,
         }
@@ -280,9 +279,9 @@ class RDTrainingModule(pl.LightningModule):
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         n, _, h, w = x.shape
-        xp = pad_to_multiple(x, self.hparams.pad_multiple)
+        xp = pad_to_multiple(x, self.hparams.pad_multiple)  # centred, as the evaluation pads
         out = self.net(xp)
-        out["x_hat"] = out["x_hat"][..., :h, :w].clamp(0, 1)
+        out["x_hat"] = crop_padding(out["x_hat"], (h, w)).clamp(0, 1)
         m = rd_metrics(out, x, self.lmbda, num_pixels=n * h * w, metric=self.metric)
         self.log_dict(
             {f"val_{k}": v for k, v in m.items()}, prog_bar=True, batch_size=n, sync_dist=True
@@ -325,7 +324,8 @@ class CodecModule(RDTrainingModule):
         clip_max_norm: gradient-norm clipping of the main parameters (0 turns it off).
         lr_decay_at: fraction of the planned steps after which the main LR is multiplied by
             ``lr_decay_factor`` (needs ``max_steps`` or ``max_epochs``; ``None`` keeps it constant).
-        pad_multiple: validation images are zero-padded to this multiple and rated per original pixel.
+        pad_multiple: validation images are zero-padded (centred, as ``pc-prior eval`` pads) to this
+            multiple and rated per original pixel.
         export_path: where ``on_fit_end`` writes the codec (default ``<log_dir>/codec.pt``; ``""``: none).
     """
 

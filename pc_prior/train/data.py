@@ -1,13 +1,13 @@
 """Lightning data modules: image folders (codec training) and idx-format images (PC priors).
 
 Nothing here downloads: every module reads a local folder and fails with a clear error when the
-folder is missing or holds no usable files.
+folder is missing or holds no usable files. Image folders are listed by ``pc_prior.images``
+(``list_images``, re-exported here), as everywhere else.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -17,30 +17,14 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms
 
 from ..data import load_mnist
+from ..images import list_images
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "ImageFolder",
     "ImageFolderDataModule",
     "MNISTDataModule",
     "list_images",
 ]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-
-
-def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Sorted image files under ``root``; raises if the folder is missing or holds none."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(
-        p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
-    return files
 
 
 class ImageFolder(Dataset):

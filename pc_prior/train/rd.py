@@ -3,7 +3,7 @@
 Start: a codec file (``shared/models`` format, a ``CodecModule`` export, a ``pc-prior prior fit``
 output that already holds a ``PCEntropyBottleneck``, or an ``RDModule`` export), a CompressAI
 training checkpoint or state dict (with ``arch``), a zoo name ``ARCH:qN`` (pretrained weights,
-downloaded; offline this fails with :class:`pc_prior.eval.models.ModelLoadError` naming the fix),
+downloaded; offline this fails with :class:`pc_prior.errors.ModelLoadError` naming the fix),
 or nothing (``arch``/``quality``/``net_kwargs``, random weights).
 
 Prior. If the bottleneck is still CompressAI's factorized ``EntropyBottleneck``, it is swapped for
@@ -42,9 +42,8 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor, nn
 
-from ..files import read_file
 from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
-from ..integrations.codec_file import codec_from_content
+from ..integrations.codec_file import resolve_codec
 from ..integrations.leaves import DiscretizedLogisticTree
 from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 
@@ -60,10 +59,10 @@ def load_start_codec(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The codec to start from (train mode, CPU) and what is known about it (``arch``, ``quality``, ``lmbda``...).
 
-    ``codec``: a codec file with ``arch``/``quality``/``state_dict`` (see
-    :func:`~pc_prior.integrations.read_codec_file`), any other checkpoint ``pc-prior eval`` reads
-    (a CompressAI training checkpoint or state dict, of architecture ``arch``), a zoo spec
-    ``ARCH:qN`` (pretrained, needs the network), or ``None`` for a fresh ``build_codec(arch, quality, net_kwargs)``.
+    ``codec``: any spec :func:`~pc_prior.integrations.resolve_codec` resolves (what ``pc-prior
+    eval`` reads): a codec file with ``arch``/``quality``/``state_dict``, a CompressAI training
+    checkpoint or state dict (of architecture ``arch``), a zoo spec ``ARCH:qN`` (pretrained, needs
+    the network); or ``None`` for a fresh ``build_codec(arch, quality, net_kwargs)``.
     """
     if codec is None:
         return build_codec(arch, quality, net_kwargs).train(), {
@@ -72,24 +71,13 @@ def load_start_codec(
             "net_kwargs": net_kwargs,
             "source": "random init",
         }
-    path = Path(codec).expanduser()
-    if path.is_file():
-        content, digested = read_file(path)  # verified, weights only; read once
-        if {"arch", "quality", "state_dict"} <= content.keys():
-            net, ck = codec_from_content(path, content, digested)
-            meta = {
-                k: ck[k] for k in ("arch", "quality", "lmbda", "metric", "net_kwargs") if k in ck
-            }
-            return net.train(), {**meta, "source": str(path)}
-    from ..eval.models import (
-        load_model,
-    )  # zoo specs, CompressAI checkpoints; its errors name the fix
-
-    loaded = load_model(codec, arch=arch if path.is_file() else None, metric=metric)
-    return loaded.net.cpu().train(), {
-        "arch": loaded.arch or arch,
-        "quality": loaded.quality or quality,
-        "source": loaded.source,
+    rc = resolve_codec(codec, arch=arch, metric=metric)  # arch: for files that do not name theirs
+    meta = {k: rc.info[k] for k in ("lmbda", "metric", "net_kwargs") if k in rc.info}
+    return rc.net.cpu().train(), {
+        "arch": rc.arch or arch,
+        "quality": rc.quality if rc.quality is not None else quality,
+        **meta,
+        "source": rc.source,
     }
 
 
@@ -192,7 +180,7 @@ class RDModule(RDTrainingModule):
         """Batches of training images for the initial fit, the same on every rank (seeded)."""
         hp = self.hparams
         if hp.prior_images is not None:
-            from ..integrations import crop_to_multiple, list_images, load_image
+            from ..images import crop_to_multiple, list_images, load_image
 
             files = list_images(hp.prior_images)[: hp.prior_max_images]
             return [crop_to_multiple(load_image(f), hp.pad_multiple) for f in files]

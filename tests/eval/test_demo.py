@@ -96,9 +96,8 @@ def test_demo_writes_table_plot_and_json(demo_run):
 def test_demo_bits_are_the_bytes_of_real_strings(demo_run, folders, tiny_codec):
     """Reload the saved PC codec, code the test images again: same byte counts, same reconstruction as the base."""
     from compressai.models import FactorizedPrior
-    from compressai.ops import compute_padding
 
-    from pc_prior.eval.rd import collect_images, read_image
+    from pc_prior.images import list_images, load_image, pad_to_multiple
     from pc_prior.integrations import swap_entropy_model
 
     out, res, _ = demo_run
@@ -112,10 +111,9 @@ def test_demo_bits_are_the_bytes_of_real_strings(demo_run, folders, tiny_codec):
     base.load_state_dict(torch.load(tiny_codec, map_location="cpu")["state_dict"])
     base.eval()
     with torch.no_grad():
-        for path, row in zip(collect_images(folders[1]), res["images"]):
-            x = read_image(path)[None]
-            pad, _ = compute_padding(x.shape[2], x.shape[3], min_div=64)
-            xp = F.pad(x, pad)
+        for path, row in zip(list_images(folders[1]), res["images"]):
+            x = load_image(path)
+            xp = pad_to_multiple(x, 64)
             e_pc, e_base = pc.compress(xp), base.compress(xp)
             assert row["bits_pc"] == 8 * sum(len(s) for g in e_pc["strings"] for s in g)
             assert row["bits_base"] == 8 * sum(len(s) for g in e_base["strings"] for s in g)
@@ -133,7 +131,7 @@ def test_demo_cli_errors(tiny_codec, folders, tmp_path, capsys):
         main(["demo", "--data", str(tmp_path / "missing"), "--codec", str(tiny_codec)] + common)
         == 1
     )
-    assert "data folder not found" in capsys.readouterr().err
+    assert "image folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     assert (

@@ -1,4 +1,4 @@
-"""pc_prior.eval: real bit counting, CompressAI JSON schema, model loading errors, loader registry."""
+"""pc_prior.eval: real bit counting, CompressAI JSON schema, timing runs, model spec errors."""
 
 import json
 import math
@@ -11,15 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pc_prior.cli import main
-from pc_prior.eval import models as eval_models
-from pc_prior.eval.models import (
-    LoadedModel,
-    ModelLoadError,
-    load_model,
-    register_model_loader,
-    unregister_model_loader,
-)
-from pc_prior.eval.rd import collect_images, count_bytes, evaluate_image, evaluate_model, read_image
+from pc_prior.errors import ModelLoadError
+from pc_prior.eval.rd import count_bytes, evaluate_image, evaluate_model
+from pc_prior.images import list_images, load_image
+from pc_prior.integrations import resolve_codec
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +64,12 @@ def test_count_bytes_nested():
 def test_counted_bits_are_all_string_bytes(tiny_net, image_dir):
     from compressai.ops import compute_padding
 
-    x = read_image(image_dir / "a.png")
-    assert x.shape == (3, 150, 170)
+    x = load_image(image_dir / "a.png")
+    assert x.shape == (1, 3, 150, 170)
     row = evaluate_image(tiny_net, x)
     pad, _ = compute_padding(150, 170, min_div=64)
     with torch.no_grad():
-        enc = tiny_net.compress(F.pad(x[None], pad))
+        enc = tiny_net.compress(F.pad(x, pad))
     nbytes = sum(len(s) for group in enc["strings"] for s in group)
     assert nbytes > 0
     assert row["bits"] == 8 * nbytes
@@ -84,10 +79,12 @@ def test_counted_bits_are_all_string_bytes(tiny_net, image_dir):
     assert math.isfinite(row["psnr-rgb"]) and 0 < row["psnr-rgb"] < 60
     assert math.isnan(row["ms-ssim-rgb"])  # MS-SSIM needs sides > 160
     assert row["encoding_time"] > 0 and row["decoding_time"] > 0
+    assert row["group_bpp"] == [pytest.approx(row["bpp"])]  # a factorized codec: one group (y)
+    assert row["decoded_equals_forward"] is True
 
 
 def test_evaluate_model_means_and_rows(tiny_net, image_dir):
-    files = collect_images(image_dir)
+    files = list_images(image_dir)
     assert [f.name for f in files] == ["a.png", "b.png"]
     res = evaluate_model(tiny_net, files, progress=False)
     assert [r["image"] for r in res["images"]] == ["a.png", "b.png"]
@@ -144,7 +141,7 @@ def _err(argv, capsys) -> str:
 
 
 def test_eval_errors(tmp_path, tiny_ckpt, image_dir, capsys):
-    assert "data folder not found" in _err(
+    assert "image folder not found" in _err(
         ["eval", str(tiny_ckpt), "--data", str(tmp_path / "nope")], capsys
     )
     (tmp_path / "empty").mkdir()
@@ -155,6 +152,7 @@ def test_eval_errors(tmp_path, tiny_ckpt, image_dir, capsys):
         ["eval", str(tmp_path / "x.pt"), "--data", str(image_dir)], capsys
     )
     assert "--arch" in _err(["eval", str(tiny_ckpt), "--data", str(image_dir)], capsys)
+    assert "is a directory" in _err(["eval", str(image_dir), "--data", str(image_dir)], capsys)
     err = _err(["eval", str(tiny_ckpt), "--arch", "nope", "--data", str(image_dir)], capsys)
     assert "unknown architecture 'nope'" in err
 
@@ -167,7 +165,7 @@ def test_zoo_offline_is_a_clear_error(monkeypatch, image_dir, capsys):
 
     monkeypatch.setattr(zoo_image, "load_state_dict_from_url", offline)
     with pytest.raises(ModelLoadError, match="network access.*local checkpoint"):
-        load_model("bmshj2018-factorized:q2")
+        resolve_codec("bmshj2018-factorized:q2")
     err = _err(["eval", "bmshj2018-factorized:q2", "--data", str(image_dir)], capsys)
     assert "could not get pretrained weights for bmshj2018-factorized:q2" in err
 
@@ -180,53 +178,43 @@ def test_hclt_checkpoint_is_not_a_codec(tmp_path):
     p = tmp_path / "hclt.pt"
     save(random_hclt(), p)
     with pytest.raises(ModelLoadError, match="HCLT .*lossless"):
-        load_model(p)
+        resolve_codec(p)
     torch.save({"format": "pc-prior/unknown-codec", "x": torch.zeros(1)}, tmp_path / "u.pt")
-    with pytest.raises(ModelLoadError, match="no model loader for it is registered"):
-        load_model(tmp_path / "u.pt")
+    with pytest.raises(ModelLoadError, match="not an image codec file"):
+        resolve_codec(tmp_path / "u.pt")
 
 
-def test_registered_loader_is_used(tiny_net, tmp_path, image_dir):
-    p = tmp_path / "pc_codec.pt"
-    torch.save({"format": "pc-prior/test-codec", "state_dict": tiny_net.state_dict()}, p)
-    seen = []
+def test_timed_runs_measure_the_same_rate(tiny_net, image_dir):
+    """What bench/bench_codec_speed.py times: runs and warmup change the timing, not the bits."""
+    x = load_image(image_dir / "sub" / "b.png")
+    calls = []
 
-    def is_mine(path, obj):
-        return isinstance(obj, dict) and obj.get("format") == "pc-prior/test-codec"
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_net
 
-    def load_mine(path, obj, device):
-        from compressai.models import FactorizedPrior
+        def compress(self, x):
+            calls.append("c")
+            return self.net.compress(x)
 
-        seen.append(path)
-        return LoadedModel(FactorizedPrior.from_state_dict(obj["state_dict"]), name="pc", quality=7)
+        def decompress(self, strings, shape):
+            calls.append("d")
+            return self.net.decompress(strings, shape)
 
-    register_model_loader(is_mine, load_mine)
-    try:
-        assert (is_mine, load_mine) in eval_models.registered_model_loaders()
-        lm = load_model(p)
-        assert seen == [p] and lm.name == "pc" and lm.quality == 7 and not lm.net.training
-        x = read_image(image_dir / "sub" / "b.png")
-        assert evaluate_image(lm.net, x)["bits"] == evaluate_image(tiny_net, x)["bits"]
-    finally:
-        unregister_model_loader(load_mine)
-    assert (is_mine, load_mine) not in eval_models.registered_model_loaders()
-    with pytest.raises(ModelLoadError, match="no model loader"):
-        load_model(p)
+        def forward(self, x):
+            return self.net(x)
 
-
-def test_bench_codec_speed_measures_the_same_rate(tiny_net, image_dir):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_codec_speed", Path(__file__).resolve().parents[2] / "bench" / "bench_codec_speed.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    x = read_image(image_dir / "sub" / "b.png")
-    r = mod.bench_model(tiny_net, [x], torch.device("cpu"), runs=2, warmup=0)
-    assert r["encode_ms"] > 0 and r["decode_ms"] > 0
-    assert r["bpp"] == pytest.approx(evaluate_image(tiny_net, x)["bpp"])
+    r = evaluate_image(Counting(), x, runs=3, warmup=1)
+    assert calls == ["c"] * 4 + ["d"] * 4
+    assert r["encoding_time"] > 0 and r["decoding_time"] > 0
+    once = evaluate_image(tiny_net, x)
+    assert r["bits"] == once["bits"] and r["x_hat_sha256"] == once["x_hat_sha256"]
+    with pytest.raises(ValueError, match="runs must be an integer >= 1"):
+        evaluate_image(tiny_net, x, runs=0)
+    res = evaluate_model(tiny_net, [image_dir / "sub" / "b.png"], progress=False, runs=2)
+    assert res["mean"]["bits"] == once["bits"]
+    assert "x_hat_sha256" not in res["mean"] and "decoded_equals_forward" not in res["mean"]
 
 
 def test_pc_codec_file_is_evaluated_with_its_circuit(image_dir, tmp_path):
@@ -241,11 +229,13 @@ def test_pc_codec_file_is_evaluated_with_its_circuit(image_dir, tmp_path):
     fit_prior(net, imgs, num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
     path = tmp_path / "pc.pt"
     save_codec(net, path, "bmshj2018-factorized", 1)
-    loaded = load_model(path)
+    loaded = resolve_codec(path)
     assert isinstance(loaded.net.entropy_bottleneck, PCEntropyBottleneck)
     assert loaded.arch == "bmshj2018-factorized" and loaded.quality == 1
-    files = collect_images(image_dir)
+    files = list_images(image_dir)
     res = evaluate_model(loaded.net, files, progress=False)
     ref = evaluate_model(net, files, progress=False)
     assert [r["bits"] for r in res["images"]] == [r["bits"] for r in ref["images"]]
     assert [r["psnr-rgb"] for r in res["images"]] == [r["psnr-rgb"] for r in ref["images"]]
+    assert [r["x_hat_sha256"] for r in res["images"]] == [r["x_hat_sha256"] for r in ref["images"]]
+    assert all(r["decoded_equals_forward"] for r in res["images"])

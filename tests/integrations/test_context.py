@@ -287,6 +287,6 @@ def test_cli_fits_conditional_with_and_without_context(tmp_path, capsys, context
     gc = swapped.gaussian_conditional
     assert isinstance(gc, PCConditional) and (gc.context is None) == (context == "none")
     assert (gc.anchor_context is not None) == (context == "three-pass")
-    assert main(["prior", "eval", "--codec", str(out), "--images", str(imgs)]) == 0
-    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert rep["exact_round_trip"] and rep["images"] == 2
+    assert main(["eval", str(out), "--data", str(imgs), "--no-progress"]) == 0
+    rows = json.loads(capsys.readouterr().out)["per_image"][out.stem]
+    assert len(rows) == 2 and all(r["decoded_equals_forward"] for r in rows)

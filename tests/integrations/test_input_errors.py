@@ -536,8 +536,8 @@ def test_cli_device_fails_before_loading(argv, capsys, tmp_path, monkeypatch):
     assert "'bogus' is not a torch device" in err  # not a missing file: the device is checked first
 
 
-def test_load_model_checks_device_first():
-    from pc_prior.eval.models import load_model
+def test_resolve_codec_checks_device_first():
+    from pc_prior.integrations import resolve_codec
 
     with pytest.raises(InputError, match="'bogus' is not a torch device"):
-        load_model("missing.pt", device="bogus")
+        resolve_codec("missing.pt", device="bogus")

@@ -334,9 +334,11 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
     assert isinstance(swapped.entropy_bottleneck, PCEntropyBottleneck) and swapped.update() is False
     leaf_kind = DiscretizedLogisticTree if leaves == "logistic" else HCLT
     assert type(swapped.entropy_bottleneck.pc) is leaf_kind
-    assert main(["prior", "eval", "--codec", str(out), "--images", str(imgs)]) == 0
-    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert rep["exact_round_trip"] and rep["images"] == 2 and rep["bpp"] > 0
+    assert main(["eval", str(out), "--data", str(imgs), "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    rows = rep["per_image"][out.stem]
+    assert len(rows) == 2 and all(r["decoded_equals_forward"] for r in rows)
+    assert rep["results"]["bpp"][0] > 0
     assert (
         main(
             [
@@ -352,7 +354,7 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
         )
         == 1
     )
-    assert "does not exist" in capsys.readouterr().err
+    assert "image folder not found" in capsys.readouterr().err
 
 
 def test_star_structure_and_fit_argument_errors():

@@ -490,7 +490,7 @@ def _cli_eval_of_broken_codec(tmp: Path) -> dict:
     )
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["prior", "eval", "--codec", str(codec), "--images", str(tmp / "imgs")])
+        rc = main(["eval", str(codec), "--data", str(tmp / "imgs"), "--no-progress"])
     return {"rc": rc, "stderr": err.getvalue()}
 
 

@@ -176,9 +176,9 @@ def test_zoo_arch_export_reads_with_integrations_and_eval_loaders(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     net = integrations_load_codec(tmp_path / "codec.pt")
     assert_round_trip(net, x)
-    from pc_prior.eval.models import load_model  # what pc-prior eval uses
+    from pc_prior.integrations import resolve_codec  # what pc-prior eval uses
 
-    loaded = load_model(tmp_path / "codec.pt")
+    loaded = resolve_codec(tmp_path / "codec.pt")
     assert isinstance(loaded.net.entropy_bottleneck, PCEntropyBottleneck)
     assert_round_trip(loaded.net, x)
 
@@ -218,7 +218,7 @@ def test_starts_from_a_prior_fit_output_and_plain_files(tmp_path):
 def test_zoo_name_offline_is_a_clear_error(monkeypatch):
     import compressai.zoo.image
 
-    from pc_prior.eval.models import ModelLoadError
+    from pc_prior.errors import ModelLoadError
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
