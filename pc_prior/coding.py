@@ -211,9 +211,8 @@ def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
     if refresh or root.numel() == 0:
         pc.check_finite()  # NaN or infinite parameters have no tables: name the parameter
         with torch.no_grad():
-            root = quantize_probs(pc.log_root().exp())
-            trans = quantize_probs(pc.log_transitions().exp())
-            emit = quantize_probs(pc.log_emissions().exp())  # type: ignore[operator]
+            root, trans = (quantize_probs(p) for p in pc.coding_root_trans())
+            emit = quantize_probs(pc.coding_emissions())
         set_coding_tables(
             pc, CodingTables(np.asarray(pc.tree.parent, dtype=np.int64), root, trans, emit)
         )

@@ -116,17 +116,25 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], bool]:
 
 
 def check_format(
-    content: dict[str, Any], path: Path, fmt: str, version: int, digested: bool, what: str
+    content: dict[str, Any],
+    path: Path,
+    fmt: str,
+    version: int | tuple[int, ...],
+    digested: bool,
+    what: str,
 ) -> None:
-    """Refuse a file that is not of format ``fmt`` and ``version`` or carries no digest; ``what`` names the kind."""
+    """Refuse a file that is not of format ``fmt`` and a readable ``version`` (one, or a tuple of
+    them) or carries no digest; ``what`` names the kind."""
     if content.get("format") != fmt:
         raise CheckpointError(
             f"{path} is not a {what} (format {content.get('format')!r}, expected {fmt!r})"
         )
-    if content.get("version") != version:
+    readable = version if isinstance(version, tuple) else (version,)
+    if content.get("version") not in readable or isinstance(content.get("version"), bool):
+        names = " or ".join(str(v) for v in readable)
         raise CheckpointError(
             f"{path} has {what} version {content.get('version')!r}; this pc-prior reads "
-            f"version {version} (see CHANGELOG.md)"
+            f"version {names} (see CHANGELOG.md)"
         )
     if not digested:
         raise CheckpointError(

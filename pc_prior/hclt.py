@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import portable
 from ._checks import check_int
 from .errors import InputError
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
@@ -114,6 +115,17 @@ class LatentTreeCircuit(nn.Module):
 
     def log_transitions(self) -> Tensor:
         return torch.log_softmax(self.transition_logits, -1)
+
+    @torch.no_grad()
+    def coding_root_trans(self) -> tuple[Tensor, Tensor]:
+        """Root prior [K] and transitions [D, K, K] for the coder, float64, by ``pc_prior.portable``
+        (the same bits on every device, so tables rebuilt from saved parameters match exactly)."""
+        return portable.softmax(self.root_logits), portable.softmax(self.transition_logits)
+
+    def coding_emissions(self) -> Tensor:
+        """Leaf pmfs [D, K, V] for the coder, float64, by ``pc_prior.portable``: the leaf protocol
+        every circuit with per-variable leaves implements (``pc_prior.coding.coding_tables``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-variable emission tables")
 
     def check_finite(self) -> None:
         """Raise ``InputError`` naming the first parameter that holds NaN or infinite values.
@@ -285,6 +297,10 @@ class HCLT(LatentTreeCircuit):
     # -- leaves ------------------------------------------------------------------------------
     def log_emissions(self) -> Tensor:
         return torch.log_softmax(self.emission_logits, -1)
+
+    @torch.no_grad()
+    def coding_emissions(self) -> Tensor:
+        return portable.softmax(self.emission_logits)
 
     def leaf_log_probs(
         self, x: Tensor, missing: Tensor | None = None, log_emit: Tensor | None = None

@@ -32,6 +32,7 @@ from torch import nn
 from ..devices import resolve_device
 from ..errors import CheckpointError, InputError, ModelLoadError
 from ..files import check_format, read_file, write_file
+from .base import stored_tables
 
 __all__ = [
     "CODEC_FORMAT",
@@ -46,7 +47,8 @@ __all__ = [
 ]
 
 CODEC_FORMAT = "pc-prior/codec"
-CODEC_VERSION = 1
+CODEC_VERSION = 2  # 2: PC tables rebuilt from the parameters on load; 1: tables stored (still read)
+READABLE_VERSIONS = (1, 2)
 
 
 def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -79,7 +81,7 @@ def _float_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def _check_fields(ck: dict[str, Any], path: Path, digested: bool) -> None:
     if ck.get("format") is not None:  # without one: a plain CompressAI-style export
-        check_format(ck, path, CODEC_FORMAT, CODEC_VERSION, digested, "codec file")
+        check_format(ck, path, CODEC_FORMAT, READABLE_VERSIONS, digested, "codec file")
     missing = [k for k in ("arch", "quality", "state_dict") if k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a codec file: no {', '.join(missing)}")
@@ -168,12 +170,38 @@ def load_codec(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     return read_codec_file(path)[0].to(device).eval()
 
 
-def save_codec(model: nn.Module, path: str | Path, arch: str, quality: int, **extra: Any) -> Path:
-    """Save a (swapped) CompressAI codec in the format ``load_codec`` reads; returns the path."""
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float16 where that is lossless (weights that came from a float16 file, as the shared
+    base codecs' do), else unchanged; loading casts back to the module's dtype, bit for bit."""
+    if t.dtype in (torch.float32, torch.float64) and t.numel():
+        half = t.half()
+        if torch.equal(half.to(t.dtype), t):
+            return half
+    return t
+
+
+def save_codec(
+    model: nn.Module,
+    path: str | Path,
+    arch: str,
+    quality: int,
+    *,
+    tables: bool = False,
+    **extra: Any,
+) -> Path:
+    """Save a (swapped) CompressAI codec in the format ``load_codec`` reads; returns the path.
+
+    PC entropy models are stored compactly (parameters and a digest of their coding tables, which
+    loading rebuilds bit for bit: ``pc_prior.integrations.base``); ``tables=True`` also stores the
+    integer tables themselves (8-10x larger for a ``PCConditional``), which loading then uses as
+    they are. Floating tensors that float16 holds exactly are stored as float16 (lossless).
+    """
     from .api import PC_MODULES
 
     pc_modules = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: _compact(v.detach().cpu()) for k, v in model.state_dict().items()}
+    if tables:
+        state |= {k: v.detach().cpu() for k, v in stored_tables(model).items()}
     return write_file(
         {
             **extra,

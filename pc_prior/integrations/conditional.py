@@ -15,7 +15,7 @@ Spatial context (optional, ``fit(..., context=...)``): with ``"checkerboard"`` a
 ``CheckerboardContext`` (``pc_prior.integrations.context``) codes the anchor half of the positions
 first and gives every other position an integer scale-index shift and integer mean from its decoded
 neighbours; the circuit then sees the shifted indexes and ``u - mean``. ``"three-pass"``
-(``fit_prior``'s default) also splits the anchors: the (even, even) quarter first, then the (odd,
+(the default, ``pc_prior.settings.ConditionalFit``) also splits the anchors: the (even, even) quarter first, then the (odd,
 odd) quarter with a context from its four diagonal neighbours (a second ``CheckerboardContext`` on
 the diagonal lattice, ``anchor_context``), then the non-anchors as before. Integer arithmetic only,
 so it is as deterministic as the coder.
@@ -38,7 +38,6 @@ on the continuous (lower-bounded) scales and noisy values, differentiable in y, 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -50,7 +49,7 @@ from compressai.entropy_models import GaussianConditional
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 
-from .. import framing
+from .. import framing, portable
 from .._checks import check_choice, check_int, check_real, fit_keywords
 from ..coding import (
     MAX_SYMBOL,
@@ -63,18 +62,14 @@ from ..coding import (
     quantize_probs,
     range_decoders,
 )
-from ..errors import InputError, NotFittedError
+from ..errors import InputError, NotFittedError, PCPriorError
 from ..hclt import LatentTreeCircuit
 from ..progress import progress_bar
+from ..settings import ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
+from .base import PCEntropyModel, loaded_tables
 from .context import CheckerboardContext, lattice_masks
-from .entropy_models import (
-    STRUCTURES,
-    NoCdfTables,
-    check_latent_shape,
-    loaded_tables,
-    unpack_strings,
-)
+from .entropy_models import STRUCTURES, check_latent_shape, unpack_strings
 
 __all__ = ["CONTEXTS", "PCConditional", "ScaleConditionedTree"]
 
@@ -192,30 +187,36 @@ class ScaleConditionedTree(LatentTreeCircuit):
         return self.upward(self.leaf_log_probs(u, sigma, s))[0]
 
     @torch.no_grad()
-    def emission_probs(self, radius: int, scale_table: Tensor) -> Tensor:
-        """Leaf pmfs [D, S, K, V] over -radius..radius then ESCAPE, float64, one table per scale."""
-        s = scale_table.double().to(self.loc.device)
-        d, n_s = self.num_vars, len(s)
+    def emission_probs(self, radius: int, scale_table: Tensor, chunk: int = 1) -> Tensor:
+        """Leaf pmfs [D, S, K, V] over -radius..radius then ESCAPE, float64, one table per scale.
+
+        Built with ``pc_prior.portable`` (CDF at the 2R+2 bin edges, differenced), so the result
+        is the same bits on every device and thread count: a reloaded codec rebuilds the coder's
+        tables exactly. ``chunk`` channels at a time keep the work in cache.
+        """
+        d, n_s = self.num_vars, len(scale_table)
         if n_s != self.scale_offset.shape[1]:
             raise ValueError(
                 f"the circuit has scale offsets for {self.scale_offset.shape[1]} scales, the table has {n_s}"
             )
-        loc, log_scale, power = (
-            p.detach().double() for p in (self.loc, self.log_scale, self.scale_power)
-        )
-        off = self.scale_offset.detach().double()[:, :, None]  # [D, S, 1]
-        mu = s[None, :, None] * loc[:, None, :]  # [D, S, K]
-        scale = torch.exp(
-            log_scale[:, None, :] + off + torch.log(s)[None, :, None] * (1.0 + power[:, None, :])
-        )
-        vals = torch.arange(-radius, radius + 1, dtype=torch.float64, device=s.device)
-        v = (vals - mu[..., None]).abs()  # [D, S, K, 2R+1]
-        sc = scale[..., None]
-        body = _std_cdf((0.5 - v) / sc) - _std_cdf((-0.5 - v) / sc)
-        esc = _std_cdf((-radius - 0.5 - mu) / scale) + _std_cdf((-radius - 0.5 + mu) / scale)
-        out = torch.cat([body, esc[..., None]], -1).clamp_min(0.0)
-        assert out.shape == (d, n_s, self.num_latents, 2 * radius + 2)
-        return out
+        dev = self.loc.device
+        s = scale_table.detach().to(dev, torch.float64)
+        log_s = portable.log(s)[None, :, None]  # [1, S, 1]
+        edges = torch.arange(-radius, radius + 2, dtype=torch.float64, device=dev) - 0.5
+        out = torch.empty(d, n_s, self.num_latents, 2 * radius + 2, dtype=torch.float64, device=dev)
+        for lo in range(0, d, chunk):
+            hi = min(d, lo + chunk)
+            loc, log_scale, power = (
+                p.detach()[lo:hi].double()[:, None, :]
+                for p in (self.loc, self.log_scale, self.scale_power)
+            )
+            off = self.scale_offset.detach()[lo:hi].double()[:, :, None]  # [c, S, 1]
+            mu = s[None, :, None] * loc  # [c, S, K]
+            scale = portable.exp(log_scale + off + log_s * (1.0 + power))
+            cdf = portable.normal_cdf((edges - mu[..., None]) / scale[..., None])  # [c, S, K, 2R+2]
+            out[lo:hi, ..., :-1] = cdf[..., 1:] - cdf[..., :-1]
+            out[lo:hi, ..., -1] = cdf[..., 0] + portable.normal_cdf((mu - (radius + 0.5)) / scale)
+        return out.clamp_min(0.0)
 
     def extra_repr(self) -> str:
         return (
@@ -239,7 +240,7 @@ def _contextualize(
     return s, m
 
 
-class PCConditional(NoCdfTables, GaussianConditional):
+class PCConditional(PCEntropyModel, GaussianConditional):
     """Gaussian conditional whose channels at a position are joined by a latent tree.
 
     Same interface as ``GaussianConditional`` (``forward``, ``build_indexes``, ``compress``,
@@ -250,11 +251,8 @@ class PCConditional(NoCdfTables, GaussianConditional):
 
     def __init__(self, scale_table: Any = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(scale_table, *args, **kwargs)
+        self._init_tables(emit_dims=4)
         self.pc: ScaleConditionedTree | None = None
-        self.register_buffer("_pc_parent", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("_pc_root", torch.zeros(0, dtype=torch.int32))
-        self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
-        self.register_buffer("_pc_emit", torch.zeros(0, 0, 0, 0, dtype=torch.int32))
         self.context: CheckerboardContext | None = None  # cross lattice: non-anchors given anchors
         self.anchor_context: CheckerboardContext | None = (
             None  # diagonal lattice, only with context
@@ -262,10 +260,6 @@ class PCConditional(NoCdfTables, GaussianConditional):
         self._tables_cache: tuple | None = None
 
     # -- state ----------------------------------------------------------------------------------
-    @property
-    def fitted(self) -> bool:
-        return self.pc is not None
-
     @property
     def channels(self) -> int:
         return self._require_fitted().num_vars
@@ -279,43 +273,33 @@ class PCConditional(NoCdfTables, GaussianConditional):
             )
         return -int(self._offset[0])
 
-    def _require_fitted(self) -> ScaleConditionedTree:
-        if self.pc is None:
-            raise NotFittedError(
-                "PCConditional is not fitted: call fit_prior(model, ...) or .fit(symbols, indexes)"
-            )
-        return self.pc
-
     def _require_tables(self) -> tuple[CodingTables, bytes]:
-        if self._pc_root.numel() == 0 or self._offset.numel() == 0:
-            raise NotFittedError(
-                "PCConditional has no coding tables: call update() (or model.update()) first"
-            )
+        """The tables in the buffers and the fingerprint (tables, alphabet, scale table, contexts),
+        cached until a buffer changes."""
         ctx = [b for m in (self.context, self.anchor_context) if m is not None for b in m.buffers()]
-        key = tuple(
-            (b.data_ptr(), b._version)
-            for b in (
-                self._pc_parent,
-                self._pc_root,
-                self._pc_trans,
-                self._pc_emit,
-                self._offset,
-                self.scale_table,
-                *ctx,
-            )
-        )
+        bufs = (self._pc_parent, self._pc_root, self._pc_trans, self._pc_emit, self._offset)
+        key = tuple((b.data_ptr(), b._version) for b in (*bufs, self.scale_table, *ctx))
         if self._tables_cache is None or self._tables_cache[0] != key:
-            tables = CodingTables(
-                self._pc_parent.cpu().numpy(),
-                self._pc_root.double(),
-                self._pc_trans.double(),
-                self._pc_emit.double(),
-            )
-            h = hashlib.sha256(tables.fingerprint)
-            for t in (self._offset.to(torch.int32), self.scale_table.float(), *ctx):
-                h.update(t.cpu().contiguous().numpy().tobytes())
-            self._tables_cache = (key, tables, h.digest()[:8])
+            tables = self._coding_tables()
+            extra = (self._offset.to(torch.int32), self.scale_table.float(), *ctx)
+            self._tables_cache = (key, tables, self._fingerprint(tables, *extra))
         return self._tables_cache[1], self._tables_cache[2]
+
+    def _compute_tables(self) -> CodingTables:
+        """The circuit's integer tables for the current radius and scale table (``pc_prior.portable``
+        math, so a reloaded model rebuilds them bit for bit)."""
+        pc = self._require_fitted()
+        if self._offset.numel() == 0:
+            raise NotFittedError("PCConditional has no alphabet radius: fit it first")
+        pc.check_finite()  # NaN or infinite parameters have no coding tables: name the parameter
+        root, trans = pc.coding_root_trans()
+        emit = pc.emission_probs(self.radius, self._scale_table_or_default())
+        parent = np.asarray(pc.tree.parent, dtype=np.int64)
+        return CodingTables(parent, *(quantize_probs(t) for t in (root, trans, emit)))
+
+    def _tables_entries(self) -> int:
+        pc = self._require_fitted()
+        return pc.num_vars * len(self.scale_table) * pc.num_latents * (2 * self.radius + 2)
 
     def _scale_table_or_default(self) -> Tensor:
         if self.scale_table.numel() == 0:
@@ -325,22 +309,31 @@ class PCConditional(NoCdfTables, GaussianConditional):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        """Validate the coding tables being loaded, then resize the buffers and rebuild the circuit."""
-        tables = loaded_tables(state_dict, prefix, error_msgs)
-        if tables is not None:
+        """Check the radius, scale table (and any stored tables), resize the buffers, build the
+        circuit and contexts; once the parameters are loaded, take the stored tables or rebuild and
+        verify them (``PCEntropyModel``)."""
+        stored = loaded_tables(state_dict, prefix, error_msgs)
+        loc = state_dict.get(prefix + "pc.loc")
+        if stored is not None or loc is not None:
             off, table = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "scale_table")
-            shape = tuple(tables.emit.shape)
             if (
                 off is None
                 or table is None
                 or tuple(off.shape) != (1,)
                 or off.dtype.is_floating_point
-                or len(shape) != 4
-                or shape[-1] != 2 - 2 * int(off[0])
-                or int(off[0]) > -1
-                or shape[1] != len(table)
+                or not -MAX_SYMBOL <= int(off[0]) <= -1
+                or table.dim() != 1
                 or not torch.isfinite(table).all()
-                or float(table.min()) <= 0
+                or float(table.min()) < 1e-30
+            ):
+                error_msgs.append(
+                    f"{prefix}: a fitted PCConditional needs _offset = [-R] (1 <= R <= {MAX_SYMBOL}) "
+                    "and a finite, positive 1-D scale_table"
+                )
+                return
+            shape = tuple(stored.emit.shape) if stored is not None else None
+            if shape is not None and (
+                len(shape) != 4 or shape[-1] != 2 - 2 * int(off[0]) or shape[1] != len(table)
             ):
                 error_msgs.append(
                     f"{prefix}: coding tables of shape {shape} do not match the radius (_offset) and "
@@ -349,24 +342,9 @@ class PCConditional(NoCdfTables, GaussianConditional):
                 return
         elif any(m.startswith(prefix) for m in error_msgs):
             return
-        for name in (
-            "_pc_parent",
-            "_pc_root",
-            "_pc_trans",
-            "_pc_emit",
-            "_offset",
-            "_cdf_length",
-            "_quantized_cdf",
-            "scale_table",
-        ):
-            key = prefix + name
-            if key in state_dict:
-                buf = getattr(self, name)
-                setattr(
-                    self,
-                    name,
-                    torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device),
-                )
+        self._resize_for(
+            state_dict, prefix, ("_offset", "_cdf_length", "_quantized_cdf", "scale_table")
+        )
         for attr, lattice in (("context", "cross"), ("anchor_context", "diagonal")):
             key = f"{prefix}{attr}."
             if key + "coef" in state_dict:
@@ -381,21 +359,25 @@ class PCConditional(NoCdfTables, GaussianConditional):
                     )
             elif prefix + "pc.loc" in state_dict:
                 setattr(self, attr, None)
-        if prefix + "pc.loc" in state_dict:
-            loc = state_dict[prefix + "pc.loc"]
+        if loc is not None:
             parent = state_dict.get(prefix + "_pc_parent")
-            if parent is None or len(parent) != loc.shape[0]:
-                error_msgs.append(
-                    f"{prefix}_pc_parent does not match the circuit's {loc.shape[0]} channels"
-                )
-            else:
-                n_s = state_dict[prefix + "pc.scale_offset"].shape[1]
-                self.pc = ScaleConditionedTree(
-                    Tree(tuple(int(p) for p in parent)), loc.shape[1], n_s, dtype=loc.dtype
-                ).to(self.scale_bound.device)
+            offsets = state_dict.get(prefix + "pc.scale_offset")
+            try:
+                if parent is None or loc.dim() != 2 or len(parent) != loc.shape[0]:
+                    raise ValueError(f"_pc_parent does not match the circuit's {len(loc)} channels")
+                if offsets is None or offsets.dim() != 2:
+                    raise ValueError("pc.scale_offset must be [channels, scales]")
+                tree = Tree(tuple(int(p) for p in parent))
+            except (ValueError, TypeError, PCPriorError) as e:
+                error_msgs.append(f"{prefix}: the circuit is not valid: {e}")
+                return
+            self.pc = ScaleConditionedTree(
+                tree, loc.shape[1], offsets.shape[1], dtype=loc.dtype
+            ).to(self.scale_bound.device)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        self._finish_loading(state_dict, prefix, stored, missing_keys, unexpected_keys, error_msgs)
 
     # -- symbols --------------------------------------------------------------------------------
     def _check(
@@ -595,19 +577,19 @@ class PCConditional(NoCdfTables, GaussianConditional):
         self,
         symbols: Tensor | Sequence[Tensor],
         indexes: Tensor | Sequence[Tensor],
-        num_latents: int = 32,
+        num_latents: int = ConditionalFit.num_latents,
         *,
-        context: str | None = None,
-        structure: str = "chow-liu",
-        max_items: int | None = None,
-        steps: int = 6000,
-        batch_size: int = 512,
-        lr: float = 0.03,
-        holdout: float = 0.1,
-        tail: float = 1e-5,
-        max_radius: int = 64,
-        init: str = "baseline",
-        seed: int = 0,
+        context: str | None = ConditionalFit.context,
+        structure: str = ConditionalFit.structure,
+        max_items: int | None = ConditionalFit.max_items,
+        steps: int = ConditionalFit.steps,
+        batch_size: int = ConditionalFit.batch_size,
+        lr: float = ConditionalFit.lr,
+        holdout: float = ConditionalFit.holdout,
+        tail: float = ConditionalFit.tail,
+        max_radius: int = ConditionalFit.max_radius,
+        init: str = ConditionalFit.init,
+        seed: int = ConditionalFit.seed,
         progress: bool = True,
     ) -> list[dict]:
         """Learn the context, structure, alphabet radius and leaves from the frozen codec's latents.
@@ -626,7 +608,8 @@ class PCConditional(NoCdfTables, GaussianConditional):
         ``"baseline"`` next to the Gaussian conditional (``init_params``). Ends with ``update()``.
         Returns the history (held-out bits per position of the baseline and the circuit, both
         after the context; the context's own training bits on its targets). Bad arguments raise
-        ``InputError`` before any work (``check_fit_args``).
+        ``InputError`` before any work (``check_fit_args``). Defaults: ``pc_prior.settings.ConditionalFit``
+        (the three-pass context, so rows [N, C] need ``context=None``).
         """
         a = self.check_fit_args(
             **{
@@ -664,7 +647,8 @@ class PCConditional(NoCdfTables, GaussianConditional):
             indexes = torch.cat([self._rows(sx) for _, sx in maps])
         elif context is not None:
             raise InputError(
-                f"the {context} context needs latent maps [B, C, H, W] (a list per image), not rows"
+                f"the {context} context needs latent maps [B, C, H, W] (a list per image), not "
+                "rows: pass context=None to fit rows"
             )
         else:
             self._check_integers(symbols, indexes, table)
@@ -752,20 +736,9 @@ class PCConditional(NoCdfTables, GaussianConditional):
     # -- CompressAI interface -------------------------------------------------------------------
     def update(self) -> None:  # type: ignore[override]
         """Write the circuit's integer coding tables (for the current scale table) into the buffers."""
-        pc = self._require_fitted()
-        if self._offset.numel() == 0:
-            raise NotFittedError("PCConditional has no alphabet radius: fit it first")
-        pc.check_finite()  # NaN or infinite parameters have no coding tables: name the parameter
+        self._set_tables(self._compute_tables())
         r = self.radius
-        table = self._scale_table_or_default()
         dev = self.scale_bound.device
-        with torch.no_grad():
-            self._pc_parent = torch.as_tensor(
-                np.asarray(pc.tree.parent), dtype=torch.long, device=dev
-            )
-            self._pc_root = quantize_probs(pc.log_root().exp()).to(dev, torch.int32)
-            self._pc_trans = quantize_probs(pc.log_transitions().exp()).to(dev, torch.int32)
-            self._pc_emit = quantize_probs(pc.emission_probs(r, table)).to(dev, torch.int32)
         self._cdf_length = torch.tensor([2 * r + 1], dtype=torch.int32, device=dev)
         self._quantized_cdf = torch.zeros(0, 0, dtype=torch.int32, device=dev)
 

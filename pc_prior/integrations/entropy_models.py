@@ -22,7 +22,6 @@ model's code length, which is all CompressAI's rate term uses.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -50,14 +49,14 @@ from ..coding import (
 )
 from ..errors import (
     BitstreamError,
-    CheckpointError,
     InputError,
-    NotFittedError,
-    UnsupportedModelError,
+    PCPriorError,
 )
 from ..hclt import HCLT
+from ..settings import BottleneckFit
 from ..structure import Tree
 from ..training import fit_em
+from .base import PCEntropyModel, loaded_tables
 from .leaves import DiscretizedLogisticTree
 
 __all__ = ["PCEntropyBottleneck"]
@@ -125,24 +124,6 @@ def check_latent_shape(owner: str, x: Any, channels: int, what: str = "latent") 
         )
 
 
-def no_cdf_tables(module: Any, attr: str) -> UnsupportedModelError:
-    """The error for CompressAI code reading a PC entropy model's CDF tables (``quantized_cdf``, ...).
-
-    A circuit codes through the module's own ``compress``/``decompress``; it has no CompressAI CDF
-    tables (the private buffers hold other things). Code that reads them (mbt2018's and cheng2020's
-    serial ``compress``, ``RasterScanLatentCodec``) would hand empty tables to CompressAI's C++ coder.
-    """
-    name = type(module).__name__
-    return UnsupportedModelError(
-        f"{name}.{attr}: a {name} has no CompressAI CDF tables, it codes with its circuit through its own "
-        "compress()/decompress(). The code reading them codes this entropy model with CompressAI's own C++ "
-        "coder (serially, e.g. the compress() of mbt2018/cheng2020 models or a RasterScanLatentCodec), which "
-        "a PC entropy model cannot serve: keep CompressAI's entropy model there (swap_entropy_model refuses "
-        "such models), or use a codec whose compress() calls the entropy model's compress() (FactorizedPrior, "
-        "ScaleHyperprior, MeanScaleHyperprior, ...)"
-    )
-
-
 def _check_size(size: Any) -> tuple[int, int]:
     """A latent size (H, W): a sequence (tuple, list, ``torch.Size``) of two positive integers."""
     if not isinstance(size, (tuple, list, torch.Size)):
@@ -157,51 +138,7 @@ def _check_size(size: Any) -> tuple[int, int]:
     return check_int("size[0] (H)", size[0], 1), check_int("size[1] (W)", size[1], 1)  # type: ignore[return-value]
 
 
-def loaded_tables(
-    state_dict: dict[str, Any], prefix: str, error_msgs: list[str]
-) -> CodingTables | None:
-    """The validated coding tables (``_pc_parent``, ``_pc_root``, ``_pc_trans``, ``_pc_emit``) of a PC
-    entropy model's state dict, or None if it has none; a problem goes to ``error_msgs``, so
-    ``load_state_dict`` fails naming it instead of coding with tables it should not trust."""
-    keys = [prefix + k for k in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit")]
-    present = [k in state_dict for k in keys]
-    if not any(present) or (all(present) and state_dict[keys[3]].numel() == 0):
-        return None
-    if not all(present):
-        error_msgs.append(f"{prefix}: the state dict has only some of the coding tables {keys}")
-        return None
-    try:
-        return CodingTables.validated(*(state_dict[k] for k in keys), where=prefix or "state dict")
-    except CheckpointError as e:
-        error_msgs.append(str(e))
-        return None
-
-
-class NoCdfTables:
-    """CompressAI's CDF tables, read only by code that runs its C++ coder: a circuit has none, so
-    every such read raises ``UnsupportedModelError`` instead of handing the coder empty tables (a
-    segfault). The PC entropy models keep their alphabets in the private ``_offset``/``_cdf_length``."""
-
-    @property
-    def quantized_cdf(self) -> Tensor:
-        raise no_cdf_tables(self, "quantized_cdf")
-
-    @property
-    def offset(self) -> Tensor:
-        raise no_cdf_tables(self, "offset")
-
-    @property
-    def cdf_length(self) -> Tensor:
-        raise no_cdf_tables(self, "cdf_length")
-
-    def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
-        raise no_cdf_tables(self, "_pmf_to_cdf")
-
-    def _check_cdf_size(self) -> None:  # EntropyModel.compress/decompress: the C++ coder's path
-        raise no_cdf_tables(self, "_quantized_cdf")
-
-
-class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
+class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
     """Entropy bottleneck whose prior is a hidden Chow-Liu tree over the channels at a position.
 
     Same interface as ``EntropyBottleneck`` (``forward``, ``compress``, ``decompress``,
@@ -220,17 +157,10 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         self.quantization = quantization
         # The circuit replaces the factorized density; only ``quantiles`` (medians) is kept.
         del self.matrices, self.biases, self.factors
+        self._init_tables(emit_dims=3)
         self.pc: HCLT | DiscretizedLogisticTree | None = None
-        self.register_buffer("_pc_parent", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("_pc_root", torch.zeros(0, dtype=torch.int32))
-        self.register_buffer("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32))
-        self.register_buffer("_pc_emit", torch.zeros(0, 0, 0, dtype=torch.int32))
 
     # -- state ----------------------------------------------------------------------------------
-    @property
-    def fitted(self) -> bool:
-        return self.pc is not None
-
     @property
     def num_symbols(self) -> int:
         """V: the circuit's leaf alphabet size (largest channel alphabet + ESCAPE)."""
@@ -239,57 +169,56 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
     def _medians(self) -> Tensor:
         return self.quantiles[:, 0, 1].detach()
 
-    def _require_fitted(self) -> HCLT | DiscretizedLogisticTree:
-        if self.pc is None:
-            raise NotFittedError(
-                "PCEntropyBottleneck is not fitted: call fit_prior(model, ...) or .fit(values)"
-            )
-        return self.pc
-
     def _require_tables(self) -> CodingTables:
-        if self._pc_root.numel() == 0 or self._offset.numel() == 0:
-            raise NotFittedError(
-                "PCEntropyBottleneck has no coding tables: call update() (or model.update()) first"
-            )
-        return CodingTables(
-            self._pc_parent.cpu().numpy(),
-            self._pc_root.double(),
-            self._pc_trans.double(),
-            self._pc_emit.double(),
-        )
+        return self._coding_tables()
 
-    def _fingerprint(self, tables: CodingTables) -> bytes:
-        h = hashlib.sha256(tables.fingerprint)
-        for t in (
+    def _fingerprint(self, tables: CodingTables, *extra: Tensor) -> bytes:
+        return super()._fingerprint(
+            tables,
             self._offset.to(torch.int32),
             self._cdf_length.to(torch.int32),
             self._medians().float(),
-        ):
-            h.update(t.cpu().contiguous().numpy().tobytes())
-        return h.digest()[:8]
+            *extra,
+        )
+
+    def _compute_tables(self) -> CodingTables:
+        return coding_tables(self._require_fitted(), refresh=True)
+
+    def _tables_entries(self) -> int:
+        pc = self._require_fitted()
+        return pc.num_vars * pc.num_latents * pc.num_cats
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        """Validate the coding tables being loaded, then resize the buffers and rebuild the circuit."""
-        tables = loaded_tables(state_dict, prefix, error_msgs)
-        if tables is not None:
-            d, _, v = tables.emit.shape
-            off, n = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "_cdf_length")
+        """Check the alphabets (and any stored tables), resize the buffers and build the circuit;
+        once its parameters are loaded, take the stored tables or rebuild and verify them."""
+        stored = loaded_tables(state_dict, prefix, error_msgs)
+        trans = state_dict.get(prefix + "pc.transition_logits")
+        logits = state_dict.get(prefix + "pc.emission_logits")
+        off, n = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "_cdf_length")
+        d = self.channels
+        if stored is not None or trans is not None:
             if (
-                d != self.channels
-                or off is None
+                off is None
                 or n is None
                 or tuple(off.shape) != (d,)
                 or tuple(n.shape) != (d,)
                 or off.dtype.is_floating_point
                 or n.dtype.is_floating_point
+                or (stored is not None and stored.emit.shape[0] != d)
             ):
                 error_msgs.append(
-                    f"{prefix}: the coding tables are for {d} channels, the alphabets (_offset, "
-                    f"_cdf_length) must be integer vectors of {self.channels}"
+                    f"{prefix}: the circuit is over {d} channels, the alphabets (_offset, "
+                    f"_cdf_length) must be integer vectors of {d}"
                 )
                 return
+            if stored is not None:
+                v = stored.emit.shape[-1]
+            elif logits is not None and logits.dim() == 3:
+                v = logits.shape[-1]
+            else:
+                v = int(n.max()) + 1
             if int(n.min()) < 1 or int(n.max()) > v - 1 or int(off.abs().max()) > MAX_SYMBOL:
                 error_msgs.append(
                     f"{prefix}_cdf_length must lie in 1..{v - 1} and |_offset| <= {MAX_SYMBOL}"
@@ -297,40 +226,22 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
                 return
         elif any(m.startswith(prefix) for m in error_msgs):
             return
-        for name in (
-            "_pc_parent",
-            "_pc_root",
-            "_pc_trans",
-            "_pc_emit",
-            "_offset",
-            "_cdf_length",
-            "_quantized_cdf",
-        ):
-            key = prefix + name
-            if key in state_dict:
-                buf = getattr(self, name)
-                setattr(
-                    self,
-                    name,
-                    torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device),
-                )
-        for key, cls in (("pc.emission_logits", HCLT), ("pc.loc", DiscretizedLogisticTree)):
-            if prefix + key not in state_dict or prefix + "_pc_emit" not in state_dict:
-                continue
-            parent = state_dict[prefix + "_pc_parent"]
-            d, k, v = state_dict[prefix + "_pc_emit"].shape
-            dt = state_dict[prefix + "pc.transition_logits"].dtype
-            if len(parent) != d:
-                error_msgs.append(
-                    f"{prefix}_pc_parent has {len(parent)} entries, the circuit has {d} variables"
-                )
-            else:
-                self.pc = cls(Tree(tuple(int(p) for p in parent)), v, k, dtype=dt).to(
-                    self.quantiles.device
-                )
+        self._resize_for(state_dict, prefix, ("_offset", "_cdf_length", "_quantized_cdf"))
+        if trans is not None:
+            parent = state_dict.get(prefix + "_pc_parent")
+            cls = HCLT if logits is not None else DiscretizedLogisticTree
+            try:
+                if parent is None or trans.dim() != 3 or len(parent) != d or trans.shape[0] != d:
+                    raise ValueError(f"_pc_parent and the transitions must be over {d} channels")
+                tree = Tree(tuple(int(p) for p in parent))
+            except (ValueError, TypeError, PCPriorError) as e:
+                error_msgs.append(f"{prefix}: the circuit's tree is not valid: {e}")
+                return
+            self.pc = cls(tree, v, trans.shape[1], dtype=trans.dtype).to(self.quantiles.device)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        self._finish_loading(state_dict, prefix, stored, missing_keys, unexpected_keys, error_msgs)
 
     # -- fitting --------------------------------------------------------------------------------
     def _check_latent(self, y: Any) -> None:
@@ -382,21 +293,21 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
     def fit(
         self,
         values: Tensor,
-        num_latents: int = 16,
+        num_latents: int = BottleneckFit.num_latents,
         *,
-        tail: float = 1e-4,
-        max_alphabet: int = 64,
-        max_items: int | None = 60000,
-        epochs: int = 4,
-        batch_size: int = 1024,
-        full_batch_epochs: int = 1,
-        step_size: float | tuple[float, float] = (0.1, 0.01),
-        pseudocount: float = 0.1,
-        structure: str = "chow-liu",
-        leaves: str = "categorical",
-        finetune_steps: int = 300,
-        lr: float = 0.01,
-        seed: int = 0,
+        tail: float = BottleneckFit.tail,
+        max_alphabet: int = BottleneckFit.max_alphabet,
+        max_items: int | None = BottleneckFit.max_items,
+        epochs: int = BottleneckFit.epochs,
+        batch_size: int = BottleneckFit.batch_size,
+        full_batch_epochs: int = BottleneckFit.full_batch_epochs,
+        step_size: float | tuple[float, float] = BottleneckFit.step_size,
+        pseudocount: float = BottleneckFit.pseudocount,
+        structure: str = BottleneckFit.structure,
+        leaves: str = BottleneckFit.leaves,
+        finetune_steps: int = BottleneckFit.finetune_steps,
+        lr: float = BottleneckFit.lr,
+        seed: int = BottleneckFit.seed,
         progress: bool = True,
     ) -> list[dict]:
         """Learn alphabets, structure and parameters from latent values [N, C] (one row per position).
@@ -409,7 +320,8 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         leaves to discretized logistics (``DiscretizedLogisticTree``) and refines the whole
         circuit by Adam on noisy values for ``finetune_steps`` steps; use it for joint
         fine-tuning with the codec. Ends with ``update(force=True)``. Bad arguments raise
-        ``InputError`` before any work (``check_fit_args``).
+        ``InputError`` before any work (``check_fit_args``). Defaults:
+        ``pc_prior.settings.BottleneckFit``.
         """
         a = self.check_fit_args(
             **{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")}
@@ -496,14 +408,7 @@ class PCEntropyBottleneck(NoCdfTables, EntropyBottleneck):
         """Write the circuit's integer coding tables into the buffers; False if present and not forced."""
         if self._pc_root.numel() > 0 and not force:
             return False
-        pc = self._require_fitted()
-        pc.check_finite()  # NaN or infinite parameters have no coding tables: name the parameter
-        t = coding_tables(pc, refresh=True)  # update() is where tables follow the parameters
-        dev = self.quantiles.device
-        self._pc_parent = torch.as_tensor(np.asarray(t.parent), dtype=torch.long, device=dev)
-        self._pc_root = t.root.to(dev, torch.int32)
-        self._pc_trans = t.trans.to(dev, torch.int32)
-        self._pc_emit = t.emit.to(dev, torch.int32)
+        self._set_tables(self._compute_tables())  # update() is where tables follow the parameters
         with torch.no_grad():  # quantiles describe the coded support, as in CompressAI
             m = self._medians()
             self.quantiles[:, 0, 0] = m + self._offset.to(m.dtype) - 0.5

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .. import portable
 from ..hclt import HCLT, LatentTreeCircuit
 from ..structure import Tree
 
@@ -94,6 +95,24 @@ class DiscretizedLogisticTree(LatentTreeCircuit):
         escape = (1.0 - inside.sum(-1, keepdim=True)).clamp_min(0.0)
         p = torch.cat([inside, escape], -1).clamp_min(LIKELIHOOD_BOUND)
         return (p / p.sum(-1, keepdim=True)).log()
+
+    @torch.no_grad()
+    def coding_emissions(self) -> Tensor:
+        """``log_emissions().exp()`` in float64 by ``pc_prior.portable``: the coder's leaf pmfs,
+        the same bits on every device."""
+        v = self.num_cats
+        scale = portable.exp(self.log_scale).clamp_min(MIN_SCALE)[..., None]
+        j = torch.arange(v - 1, device=self.loc.device, dtype=torch.float64)
+        centers = (
+            self.alphabet_lo[:, None, None].double() + j - self.loc.detach().double()[..., None]
+        )
+        upper, lower = (centers + 0.5) / scale, (centers - 0.5) / scale
+        sign = -torch.sign(upper + lower)
+        inside = (portable.sigmoid(sign * upper) - portable.sigmoid(sign * lower)).abs()
+        inside = inside * (j < self.alphabet_n[:, None, None])
+        escape = (1.0 - portable.fixed_order_sum(inside)[..., None]).clamp_min(0.0)
+        p = torch.cat([inside, escape], -1).clamp_min(LIKELIHOOD_BOUND)
+        return p / portable.fixed_order_sum(p)[..., None]
 
     def extra_repr(self) -> str:
         return f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, leaves=logistic"

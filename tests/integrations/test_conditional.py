@@ -240,8 +240,13 @@ def test_state_dict_and_save_load_codec(tmp_path):
     path = tmp_path / "codec.pt"
     save_codec(net, path, "bmshj2018-hyperprior", 1)
     assert set(torch.load(path)["pc_modules"]) == set(NAMES)
+    state = torch.load(path)["state_dict"]
+    assert not any(k.endswith(("_pc_emit", "_pc_trans", "_pc_root")) for k in state)  # compact
     fresh = load_codec(path)
     assert isinstance(fresh.gaussian_conditional, PCConditional) and fresh.update() is False
+    for m in NAMES:  # the tables rebuilt from the parameters are the encoder's, bit for bit
+        for b in ("_pc_root", "_pc_trans", "_pc_emit"):
+            assert torch.equal(getattr(getattr(fresh, m), b), getattr(getattr(net, m), b))
     with torch.no_grad():
         assert torch.equal(fresh.decompress(enc["strings"], enc["shape"])["x_hat"], dec)
         assert fresh.compress(x)["strings"] == enc["strings"]
@@ -273,12 +278,14 @@ def test_collect_and_fit_argument_errors(hyper):
         gc.fit(sym, idx, structure="ring")
     with pytest.raises(ValueError, match="init"):
         gc.fit(sym, idx, init="random")
+    with pytest.raises(ValueError, match="needs latent maps.*context=None"):
+        gc.fit(sym, idx)  # rows, under the default three-pass context
     with pytest.raises(ValueError, match="shape"):
-        gc.fit(sym, idx[:, :3])
+        gc.fit(sym, idx[:, :3], context=None)
     with pytest.raises(ValueError, match="no latent"):
-        gc.fit(sym[:0], idx[:0])
+        gc.fit(sym[:0], idx[:0], context=None)
     with pytest.raises(ValueError, match="indexes must lie"):
-        gc.fit(sym, idx + 1000)
+        gc.fit(sym, idx + 1000, context=None)
     with pytest.raises(RuntimeError, match="no coding tables"):
         gc.compress(torch.zeros(1, 12, 1, 1), torch.zeros(1, 12, 1, 1, dtype=torch.int32))
     with pytest.raises(TypeError, match="GaussianConditional"):

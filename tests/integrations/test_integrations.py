@@ -161,13 +161,19 @@ def test_state_dict_round_trip_decodes_bit_exactly(fact):
     x = torch.cat(_images(2, 32, 48, seed=11))
     enc = fact.compress(x)
     sd = fact.state_dict()
-    assert any(k.startswith("entropy_bottleneck._pc_emit") for k in sd)
+    # compact: parameters and a digest of the tables, which loading rebuilds
+    assert not any(k.endswith(("_pc_emit", "_pc_trans", "_pc_root")) for k in sd)
+    assert sd["entropy_bottleneck._pc_tables_sha256"].numel() == 32
     torch.manual_seed(123)
     fresh = FactorizedPrior(N=8, M=12)
     swap_entropy_model(fresh)
     fresh.load_state_dict(sd)
     fresh.eval()
-    assert fresh.update() is False  # the tables came with the state dict
+    assert fresh.update() is False  # the tables were rebuilt while loading
+    for name in ("_pc_root", "_pc_trans", "_pc_emit"):
+        assert torch.equal(
+            getattr(fresh.entropy_bottleneck, name), getattr(fact.entropy_bottleneck, name)
+        )
     with torch.no_grad():
         a = fresh.decompress(enc["strings"], enc["shape"])["x_hat"]
         b = fact.decompress(enc["strings"], enc["shape"])["x_hat"]
@@ -437,19 +443,24 @@ def test_header_varints_version_and_checksum():
 
 
 @pytest.mark.parametrize(
-    "key, edit, message",
+    "tables, key, edit, message",
     [
-        ("entropy_bottleneck._pc_emit", lambda t: t.neg(), "emit has entries outside"),
-        ("entropy_bottleneck._pc_parent", lambda t: t[:-1], "trans has shape"),
-        ("entropy_bottleneck._cdf_length", lambda t: t + 1000, "_cdf_length must lie in"),
-        ("entropy_bottleneck._offset", lambda t: t[:-1], "alphabets"),
+        (True, "entropy_bottleneck._pc_emit", lambda t: t.neg(), "emit has entries outside"),
+        (True, "entropy_bottleneck._pc_parent", lambda t: t[:-1], "trans has shape"),
+        (False, "entropy_bottleneck._pc_parent", lambda t: t[:-1], "tree is not valid"),
+        (False, "entropy_bottleneck.pc.transition_logits", lambda t: t * 1.5, "SHA-256 mismatch"),
+        (False, "entropy_bottleneck._pc_tables_sha256", lambda t: t[:5], "digest"),
+        (False, "entropy_bottleneck._cdf_length", lambda t: t + 1000, "_cdf_length must lie in"),
+        (False, "entropy_bottleneck._offset", lambda t: t[:-1], "alphabets"),
     ],
 )
-def test_codec_file_with_forged_tables_is_refused(fact, tmp_path, key, edit, message):
+def test_codec_file_with_forged_tables_is_refused(fact, tmp_path, tables, key, edit, message):
     from pc_prior import CheckpointError
     from pc_prior.files import read_file, write_file
 
-    save_codec(fact, tmp_path / "c.pt", "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
+    save_codec(
+        fact, tmp_path / "c.pt", "FactorizedPrior", 1, tables=tables, net_kwargs={"N": 8, "M": 12}
+    )
     content, _ = read_file(tmp_path / "c.pt")
     content["state_dict"][key] = edit(content["state_dict"][key])
     write_file(content, tmp_path / "forged.pt")  # a consistent file (digest recomputed), bad tables
@@ -458,3 +469,21 @@ def test_codec_file_with_forged_tables_is_refused(fact, tmp_path, key, edit, mes
     assert torch.equal(
         load_codec(tmp_path / "c.pt").entropy_bottleneck._pc_emit, fact.entropy_bottleneck._pc_emit
     )
+
+
+def test_codec_file_with_or_without_tables_decodes_the_same(fact, tmp_path):
+    """Compact files rebuild the tables; files that store them use them: both decode bit-exactly."""
+    x = torch.cat(_images(1, 32, 32, seed=5))
+    enc = fact.compress(x)
+    kw = {"net_kwargs": {"N": 8, "M": 12}}
+    small = save_codec(fact, tmp_path / "small.pt", "FactorizedPrior", 1, **kw)
+    full = save_codec(fact, tmp_path / "full.pt", "FactorizedPrior", 1, tables=True, **kw)
+    assert small.stat().st_size < full.stat().st_size
+    for path in (small, full):
+        net = load_codec(path)
+        assert net.compress(x)["strings"] == enc["strings"]
+        with torch.no_grad():
+            assert torch.equal(
+                net.decompress(enc["strings"], enc["shape"])["x_hat"],
+                fact.decompress(enc["strings"], enc["shape"])["x_hat"],
+            )

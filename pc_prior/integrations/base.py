@@ -1,0 +1,290 @@
+"""One base for the PC entropy models: coding-table buffers, their compact storage, fingerprint, errors.
+
+``PCEntropyModel`` is mixed in before the CompressAI class (``PCEntropyBottleneck(PCEntropyModel,
+EntropyBottleneck)``, ``PCConditional(PCEntropyModel, GaussianConditional)``); the subclasses add
+only what differs: the circuit they build from a state dict, the tables they compute from it,
+their alphabets and symbols.
+
+Tables in memory. ``_pc_root`` [K], ``_pc_trans`` [D, K, K] and ``_pc_emit`` ([D, K, V], or
+[D, S, K, V] with one table per scale index) are int32 buffers written by ``update()``: device
+moves and casts carry them bit for bit. They are *non-persistent*: a state dict holds the tree
+(``_pc_parent``), the circuit's parameters and ``_pc_tables_sha256``, the SHA-256 of the integer
+tables, not the tables themselves (for a ``PCConditional`` those are 8-10x the whole codec).
+
+Loading rebuilds the tables from the parameters. They are computed with ``pc_prior.portable``,
+whose float64 results are the same bits on every device and thread count, so the rebuilt tables
+equal the saved ones; the digest checks it, and a mismatch (a corrupted parameter, or tables
+built by another pc-prior) fails the load with ``CheckpointError`` instead of coding with other
+tables. State dicts that hold the tables (``_pc_emit`` present: pc-prior 0.1 files, and
+``save_codec(..., tables=True)``) load as before: the tables are validated and used as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..coding import CodingTables
+from ..errors import CheckpointError, NotFittedError, PCPriorError, UnsupportedModelError
+
+__all__ = [
+    "MAX_TABLE_ENTRIES",
+    "NoCdfTables",
+    "PCEntropyModel",
+    "loaded_tables",
+    "no_cdf_tables",
+    "stored_tables",
+    "tables_digest",
+]
+
+TABLE_BUFFERS = ("_pc_root", "_pc_trans", "_pc_emit")  # in memory only (rebuilt on load)
+DIGEST = "_pc_tables_sha256"
+MAX_TABLE_ENTRIES = (
+    2**27
+)  # emission-table entries a loaded state dict may ask to rebuild (1 GiB f64)
+
+
+def stored_tables(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The integer coding tables of every PC entropy model in ``model``, as state-dict entries
+    (``save_codec(..., tables=True)`` adds them; loading then uses them instead of rebuilding)."""
+    return {
+        f"{name}.{buf}" if name else buf: getattr(m, buf)
+        for name, m in model.named_modules()
+        if isinstance(m, PCEntropyModel) and m._pc_root.numel()
+        for buf in TABLE_BUFFERS
+    }
+
+
+def tables_digest(tables: CodingTables) -> bytes:
+    """SHA-256 of the tree and the integer tables (shapes included)."""
+    h = hashlib.sha256(np.asarray(tables.parent, dtype="<i8").tobytes())
+    for t in (tables.root, tables.trans, tables.emit):
+        h.update(np.asarray(t.shape, dtype="<i8").tobytes())
+        h.update(t.detach().cpu().to(torch.int32).numpy().astype("<i4").tobytes())
+    return h.digest()
+
+
+def no_cdf_tables(module: Any, attr: str) -> UnsupportedModelError:
+    """The error for CompressAI code reading a PC entropy model's CDF tables (``quantized_cdf``, ...).
+
+    A circuit codes through the module's own ``compress``/``decompress``; it has no CompressAI CDF
+    tables (the private buffers hold other things). Code that reads them (mbt2018's and cheng2020's
+    serial ``compress``, ``RasterScanLatentCodec``) would hand empty tables to CompressAI's C++ coder.
+    """
+    name = type(module).__name__
+    return UnsupportedModelError(
+        f"{name}.{attr}: a {name} has no CompressAI CDF tables, it codes with its circuit through its own "
+        "compress()/decompress(). The code reading them codes this entropy model with CompressAI's own C++ "
+        "coder (serially, e.g. the compress() of mbt2018/cheng2020 models or a RasterScanLatentCodec), which "
+        "a PC entropy model cannot serve: keep CompressAI's entropy model there (swap_entropy_model refuses "
+        "such models), or use a codec whose compress() calls the entropy model's compress() (FactorizedPrior, "
+        "ScaleHyperprior, MeanScaleHyperprior, ...)"
+    )
+
+
+def loaded_tables(
+    state_dict: dict[str, Any], prefix: str, error_msgs: list[str]
+) -> CodingTables | None:
+    """The validated coding tables (``_pc_parent``, ``_pc_root``, ``_pc_trans``, ``_pc_emit``) of a PC
+    entropy model's state dict, or None if it has none; a problem goes to ``error_msgs``, so
+    ``load_state_dict`` fails naming it instead of coding with tables it should not trust."""
+    keys = [prefix + k for k in ("_pc_parent", "_pc_root", "_pc_trans", "_pc_emit")]
+    present = [k in state_dict for k in keys]
+    if keys[3] not in state_dict or (all(present) and state_dict[keys[3]].numel() == 0):
+        return None  # compact: the tables are rebuilt from the parameters (_finish_loading)
+    if not all(present):
+        error_msgs.append(f"{prefix}: the state dict has only some of the coding tables {keys}")
+        return None
+    try:
+        parent, root, trans, emit = (state_dict[k] for k in keys)
+        return CodingTables.validated(parent, root, trans, emit, where=prefix or "state dict")
+    except CheckpointError as e:
+        error_msgs.append(str(e))
+        return None
+
+
+class NoCdfTables:
+    """CompressAI's CDF tables, read only by code that runs its C++ coder: a circuit has none, so
+    every such read raises ``UnsupportedModelError`` instead of handing the coder empty tables (a
+    segfault). The PC entropy models keep their alphabets in the private ``_offset``/``_cdf_length``."""
+
+    @property
+    def quantized_cdf(self) -> Tensor:
+        raise no_cdf_tables(self, "quantized_cdf")
+
+    @property
+    def offset(self) -> Tensor:
+        raise no_cdf_tables(self, "offset")
+
+    @property
+    def cdf_length(self) -> Tensor:
+        raise no_cdf_tables(self, "cdf_length")
+
+    def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise no_cdf_tables(self, "_pmf_to_cdf")
+
+    def _check_cdf_size(self) -> None:  # EntropyModel.compress/decompress: the C++ coder's path
+        raise no_cdf_tables(self, "_quantized_cdf")
+
+
+class PCEntropyModel(NoCdfTables):
+    """The state every PC entropy model shares: circuit, table buffers, fingerprint, compact storage.
+
+    Subclasses call ``_init_tables`` in ``__init__``, implement ``_compute_tables`` (the integer
+    tables of the fitted circuit) and ``_tables_entries`` (how many emission entries a loaded
+    state dict would rebuild, checked before any allocation), and end their
+    ``_load_from_state_dict`` with ``_finish_loading``.
+    """
+
+    pc: Any
+    _pc_parent: Tensor
+    _pc_root: Tensor
+    _pc_trans: Tensor
+    _pc_emit: Tensor
+    _pc_tables_sha256: Tensor
+    _offset: Tensor
+
+    def _init_tables(self, emit_dims: int) -> None:
+        self.pc = None
+        reg = self.register_buffer  # type: ignore[attr-defined]
+        reg("_pc_parent", torch.zeros(0, dtype=torch.long))
+        reg(DIGEST, torch.zeros(0, dtype=torch.uint8))
+        reg("_pc_root", torch.zeros(0, dtype=torch.int32), persistent=False)
+        reg("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32), persistent=False)
+        reg("_pc_emit", torch.zeros((0,) * emit_dims, dtype=torch.int32), persistent=False)
+        self._pending_load: tuple | None = None
+        # Tables are rebuilt once the circuit (a child module) has its parameters: after loading.
+        self.register_load_state_dict_post_hook(PCEntropyModel._after_load)  # type: ignore[attr-defined]
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.pc is not None
+
+    def _require_fitted(self) -> Any:
+        if self.pc is None:
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit_prior(model, ...) or .fit(...)"
+            )
+        return self.pc
+
+    def _coding_tables(self) -> CodingTables:
+        """The tables in the buffers (``NotFittedError`` if ``update()`` has not written them)."""
+        if self._pc_root.numel() == 0 or self._offset.numel() == 0:
+            raise NotFittedError(
+                f"{type(self).__name__} has no coding tables: call update() (or model.update()) first"
+            )
+        return CodingTables(
+            self._pc_parent.cpu().numpy(),
+            self._pc_root.double(),
+            self._pc_trans.double(),
+            self._pc_emit.double(),
+        )
+
+    def _fingerprint(self, tables: CodingTables, *extra: Tensor) -> bytes:
+        """8 bytes naming this model in its strings: the tables and whatever else the coder reads."""
+        h = hashlib.sha256(tables.fingerprint)
+        for t in extra:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.digest()[:8]
+
+    def _compute_tables(self) -> CodingTables:
+        raise NotImplementedError
+
+    def _tables_entries(self) -> int:
+        raise NotImplementedError
+
+    def _set_tables(self, tables: CodingTables) -> None:
+        """Write ``tables`` (and their digest) into the buffers, on the module's device."""
+        dev = self._pc_parent.device
+        self._pc_parent = torch.as_tensor(np.asarray(tables.parent), dtype=torch.long, device=dev)
+        self._pc_root = tables.root.to(dev, torch.int32)
+        self._pc_trans = tables.trans.to(dev, torch.int32)
+        self._pc_emit = tables.emit.to(dev, torch.int32)
+        digest = np.frombuffer(tables_digest(tables), dtype=np.uint8).copy()
+        self._pc_tables_sha256 = torch.from_numpy(digest).to(dev)
+
+    # -- loading --------------------------------------------------------------------------------
+    def _resize_for(self, state_dict: dict[str, Any], prefix: str, names: tuple[str, ...]) -> None:
+        """Give the buffers ``names`` the shapes of the state dict's entries, as CompressAI's
+        ``update_registered_buffers`` does, so ``load_state_dict`` can copy into them."""
+        for name in (*names, "_pc_parent", DIGEST):
+            key = prefix + name
+            if key in state_dict:
+                buf = getattr(self, name)
+                setattr(
+                    self,
+                    name,
+                    torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device),
+                )
+
+    def _finish_loading(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        stored: CodingTables | None,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """End of ``_load_from_state_dict``: read the stored tables' keys here (not nn.Module) and
+        leave the rest for ``_after_load``, which runs once the circuit's parameters are loaded."""
+        for name in TABLE_BUFFERS:
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
+        if stored is not None and prefix + DIGEST in missing_keys:  # stored tables need no digest
+            missing_keys.remove(prefix + DIGEST)
+        self._pending_load = (state_dict, prefix, stored, error_msgs)
+
+    @staticmethod
+    def _after_load(module: Any, _incompatible: Any) -> None:
+        pending, module._pending_load = module._pending_load, None
+        if pending is not None:
+            module._tables_after_load(*pending)
+
+    def _tables_after_load(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        stored: CodingTables | None,
+        error_msgs: list[str],
+    ) -> None:
+        """Take the stored tables, or rebuild them from the loaded parameters and check the digest;
+        a problem goes to ``error_msgs``, so ``load_state_dict`` raises naming it."""
+        if any(m.startswith(prefix) for m in error_msgs) or self.pc is None:
+            return
+        if stored is not None:
+            self._set_tables(stored)
+            return
+        want = state_dict.get(prefix + DIGEST)
+        if want is None or want.numel() != 32:
+            error_msgs.append(
+                f"{prefix}: the state dict has circuit parameters but neither coding tables nor "
+                f"their digest {prefix}{DIGEST}: save the model with pc-prior's save_codec"
+            )
+            return
+        entries = self._tables_entries()
+        if entries > MAX_TABLE_ENTRIES:
+            error_msgs.append(
+                f"{prefix}: the state dict asks for {entries} coding-table entries, more than the "
+                f"plausible {MAX_TABLE_ENTRIES} (corrupted alphabet or scale table?)"
+            )
+            return
+        try:
+            tables = self._compute_tables()
+        except (PCPriorError, ValueError) as e:
+            error_msgs.append(f"{prefix}: cannot rebuild the coding tables: {e}")
+            return
+        if tables_digest(tables) != bytes(want.cpu().to(torch.uint8).tolist()):
+            error_msgs.append(
+                f"{prefix}: the coding tables rebuilt from the saved parameters differ from the ones "
+                "the model was saved with (SHA-256 mismatch): the parameters are corrupted, or the "
+                "file was written by a pc-prior that builds other tables; re-save it with "
+                "save_codec(..., tables=True) where it was made"
+            )
+            return
+        self._set_tables(tables)
