@@ -18,6 +18,10 @@ What is here (a few tens of KB in all; ``golden.json`` names the format versions
   .compress``, one string per image) and ``bottleneck-latents.pt``: a tiny random
   ``FactorizedPrior`` (N=4, M=6) whose bottleneck is a circuit fitted on random images, with a
   tail wide enough that the coded latents include escaped symbols.
+- ``conditional-codec.pt`` (codec file 2, compact: its tables are rebuilt on load),
+  ``conditional-<i>.bin`` (``PCConditional.compress``) and ``conditional-latents.pt`` (y_hat and
+  the scale indexes it was coded under): a tiny ``ScaleHyperprior`` (N=4, M=6) with both entropy
+  models swapped, the conditional with the three-pass context.
 
 When a *stream* version changes (``pc_prior.framing`` refuses older stream versions by design),
 rerun this script and record the new version in CHANGELOG.md. When a *file* version changes and
@@ -43,6 +47,7 @@ from pc_prior.integrations.codec_file import CODEC_VERSION
 
 HERE = Path(__file__).resolve().parent
 CODEC_NET = {"N": 4, "M": 6}
+CONDITIONAL_NET = {"N": 4, "M": 6}
 
 
 def lossless_data(n: int, seed: int = 0) -> torch.Tensor:
@@ -146,6 +151,58 @@ def make_bottleneck(out: Path) -> dict:
     }
 
 
+def make_conditional(out: Path) -> dict:
+    """A tiny ScaleHyperprior whose ``PCConditional`` (three-pass context) is stored compactly
+    (codec file 2: tables rebuilt on load), with y strings and the scale indexes they were coded
+    under, so the pin does not depend on the float hyper-decoder."""
+    from compressai.models import ScaleHyperprior
+
+    from pc_prior.integrations import load_codec
+
+    torch.manual_seed(0)
+    net = ScaleHyperprior(**CONDITIONAL_NET).eval()
+    with torch.no_grad():
+        net.g_a[-1].weight.mul_(15.0)
+        net.g_a[-1].bias.mul_(15.0)
+        net.h_a[-1].weight.mul_(5.0)
+    net.update(force=True)
+    names = ("entropy_bottleneck", "gaussian_conditional")
+    swap_entropy_model(net, names)
+    g = torch.Generator().manual_seed(1)
+    train = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(3)]
+    cond = {"num_latents": 3, "steps": 40, "batch_size": 256, "context": "three-pass", "seed": 0}
+    fit_prior(net, train, name=names, num_latents=3, epochs=1, progress=False, conditional=cond)
+    net.update(force=True)
+    path = save_codec(
+        net, out / "conditional-codec.pt", "ScaleHyperprior", 1, net_kwargs=CONDITIONAL_NET
+    )
+    gc = net.gaussian_conditional
+    test = torch.cat([torch.rand(1, 3, 64, 128, generator=g) for _ in range(2)])
+    with torch.no_grad():
+        y = net.g_a(test)
+        z_hat = net.entropy_bottleneck.decompress(
+            net.entropy_bottleneck.compress(net.h_a(y.abs())), (1, 2)
+        )
+        indexes = gc.build_indexes(net.h_s(z_hat))
+    strings = gc.compress(y, indexes)
+    y_hat = gc.decompress(strings, indexes)
+    for i, s in enumerate(strings):
+        (out / f"conditional-{i}.bin").write_bytes(s)
+    torch.save({"y_hat": y_hat, "indexes": indexes.to(torch.int16)}, out / "conditional-latents.pt")
+    assert torch.equal(load_codec(path).gaussian_conditional.decompress(strings, indexes), y_hat)
+    return {
+        "stream": {
+            "magic": framing.CONDITIONAL.magic.decode(),
+            "version": framing.CONDITIONAL.version,
+        },
+        "codec_file_version": CODEC_VERSION,
+        "net_kwargs": CONDITIONAL_NET,
+        "strings": len(strings),
+        "latent_shape": list(y_hat.shape),
+        "bytes": [len(s) for s in strings],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=HERE)
@@ -156,6 +213,7 @@ def main() -> None:
         "torch": torch.__version__.split("+")[0],
         "lossless": make_lossless(args.out),
         "bottleneck": make_bottleneck(args.out),
+        "conditional": make_conditional(args.out),
     }
     (args.out / "golden.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest, indent=2))
