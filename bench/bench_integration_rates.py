@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 "structure": args.structure,
                 "num_symbols": eb.num_symbols,
                 "fit_s": fit_s,
-                "train_bpd": hist[-1]["train_bpd"],
+                "train_bpd": hist["entropy_bottleneck"][-1]["train_bpd"],
                 "base_enc_s": base["enc_s"],
                 "base_dec_s": base["dec_s"],
                 "pc_enc_s": pc["enc_s"],

@@ -249,7 +249,16 @@ def _bottleneck(g: torch.Generator) -> tuple[Any, torch.Tensor]:
 
     eb = PCEntropyBottleneck(4)
     vals = torch.randn(600, 4, generator=g) * torch.tensor([0.3, 1.0, 3.0, 8.0])
-    eb.fit(vals, 4, epochs=1, full_batch_epochs=0, batch_size=200, progress=False)
+    eb.fit(
+        vals,
+        4,
+        epochs=1,
+        full_batch_epochs=0,
+        batch_size=200,
+        structure="chow-liu",  # the fit settings of the README's fuzz run, pinned
+        step_size=(0.1, 0.01),
+        progress=False,
+    )
     eb.eval()
     y = torch.randn(2, 4, 3, 5, generator=g) * torch.tensor([0.3, 1.0, 3.0, 30.0]).view(1, 4, 1, 1)
     return eb, y
@@ -423,7 +432,16 @@ def _codec() -> tuple[Any, torch.Tensor, dict, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(1, 3, 32, 32, generator=g) for _ in range(4)]
     fit_prior(
-        net, images, num_latents=3, epochs=1, full_batch_epochs=0, progress=False, max_items=500
+        net,
+        images,
+        num_latents=3,
+        epochs=1,
+        full_batch_epochs=0,
+        max_items=500,
+        structure="chow-liu",  # the fit settings of the README's fuzz run, pinned
+        batch_size=1024,
+        step_size=(0.1, 0.01),
+        progress=False,
     )
     net.update(force=True)
     x = torch.rand(1, 3, 32, 48, generator=g)

@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from ..settings import DEMO_BOTTLENECK
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
@@ -43,22 +45,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--latents",
         type=int,
-        default=16,
+        default=DEMO_BOTTLENECK.num_latents,
         help="latent states K of the circuit (default: %(default)s)",
     )
     d.add_argument(
         "--structure",
         choices=["star", "chow-liu"],
-        default="star",
+        default=DEMO_BOTTLENECK.structure,
         help="circuit structure over the channels (default: %(default)s)",
     )
     d.add_argument(
-        "--epochs", type=int, default=3, help="mini-batch EM epochs (default: %(default)s)"
+        "--epochs",
+        type=int,
+        default=DEMO_BOTTLENECK.epochs,
+        help="mini-batch EM epochs (default: %(default)s)",
     )
     d.add_argument(
         "--max-items",
         type=int,
-        default=60000,
+        default=DEMO_BOTTLENECK.max_items,
         help="latent positions used to fit (default: %(default)s)",
     )
     aug = d.add_mutually_exclusive_group()
@@ -82,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="torch CPU threads (default: %(default)s; the circuit's coding loop runs many small ops, "
         "which more threads slow down on a busy machine)",
     )
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=DEMO_BOTTLENECK.seed)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 

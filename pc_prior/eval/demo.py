@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..settings import DEMO_BOTTLENECK
+
 if TYPE_CHECKING:
     from ..integrations.codec_file import ResolvedCodec
 
@@ -233,15 +235,15 @@ def run_demo(
     train_data: str | Path | None = None,
     codec: str | Path | None = None,
     arch: str | None = None,
-    latents: int = 16,
-    structure: str = "star",
-    epochs: int = 3,
-    full_batch_epochs: int = 1,
-    max_items: int = 60000,
+    latents: int = DEMO_BOTTLENECK.num_latents,
+    structure: str = DEMO_BOTTLENECK.structure,
+    epochs: int = DEMO_BOTTLENECK.epochs,
+    full_batch_epochs: int = DEMO_BOTTLENECK.full_batch_epochs,
+    max_items: int = DEMO_BOTTLENECK.max_items,  # type: ignore[assignment]
     augment: bool | None = None,
     limit: int | None = None,
     max_train_images: int | None = None,
-    seed: int = 0,
+    seed: int = DEMO_BOTTLENECK.seed,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -251,7 +253,8 @@ def run_demo(
     ``TRAIN_PHOTOS``, written as PNG under ``out/images``). ``codec``: anything ``pc-prior eval`` loads
     (default: the shipped codec). ``augment`` (default: when the training photos give fewer than
     ``max_items`` latent positions) adds mirrored and downscaled copies of the training photos only.
-    Returns the summary written to ``out/demo.json``.
+    The fit settings not named here are ``pc_prior.settings.DEMO_BOTTLENECK``'s (the defaults'
+    but for fewer epochs). Returns the summary written to ``out/demo.json``.
     """
     from PIL import Image
 
@@ -325,8 +328,8 @@ def run_demo(
         max_items=max_items,
         epochs=epochs,
         full_batch_epochs=full_batch_epochs,
-        batch_size=256,
-        step_size=(0.5, 0.02),
+        batch_size=DEMO_BOTTLENECK.batch_size,
+        step_size=DEMO_BOTTLENECK.step_size,
         seed=seed,
         progress=progress,
     )

@@ -14,6 +14,7 @@ from .._checks import check_int
 from ..errors import InputError, UnsupportedModelError
 from ..images import crop_to_multiple, list_images, load_image
 from ..progress import progress_bar
+from ..settings import BottleneckFit, ImageFit
 from .codec_file import build_codec, load_codec, read_codec_file, save_codec
 from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
@@ -335,13 +336,13 @@ def fit_prior(
     images: str | Path | Sequence[Tensor],
     *,
     name: str | Sequence[str] = "entropy_bottleneck",
-    num_latents: int = 16,
-    multiple: int = 64,
-    max_images: int | None = None,
+    num_latents: int = BottleneckFit.num_latents,
+    multiple: int = ImageFit.multiple,
+    max_images: int | None = ImageFit.max_images,
     progress: bool = True,
     conditional: dict | None = None,
     **fit_kwargs,
-) -> list[dict] | dict[str, list[dict]]:
+) -> dict[str, list[dict]]:
     """Freeze ``model``, collect the latents at its entropy model(s) and fit the circuit(s).
 
     ``images`` is a folder (every image, cropped to multiples of ``multiple``, so the circuit
@@ -351,7 +352,10 @@ def fit_prior(
     Bottlenecks are fitted with ``num_latents`` and the remaining keyword arguments
     (``PCEntropyBottleneck.fit``: ``max_items``, ``epochs``, ``tail``, ...); conditionals with
     the ``conditional`` dict (``PCConditional.fit``: ``num_latents``, ``steps``, ``structure``,
-    ``context`` (default ``"three-pass"``; ``"checkerboard"`` for two passes, ``None`` for one), ...). Returns the history, or a dict of histories by name when ``name`` is a sequence.
+    ``context`` (default ``"three-pass"``; ``"checkerboard"`` for two passes, ``None`` for one), ...).
+    Defaults: ``pc_prior.settings`` (``BottleneckFit``, ``ConditionalFit``, ``ImageFit``), the same
+    as ``pc-prior prior fit``'s. Returns a dict of fit histories keyed by module name, one entry per
+    name (also for a single name: ``fit_prior(net, images)["entropy_bottleneck"]``).
 
     Every argument (the fits' keyword arguments included) is checked before anything is swapped
     or collected; a bad one raises ``InputError``. The codec is frozen only while the circuits are
@@ -383,7 +387,7 @@ def fit_prior(
         except AttributeError as e:
             raise InputError(f"model has no module {n!r} to fit a circuit into: {e}") from None
     bottleneck_kw = {"num_latents": num_latents, "progress": progress, **fit_kwargs}
-    cond_kw = {"progress": progress, "context": "three-pass"} | (conditional or {})
+    cond_kw = {"progress": progress} | (conditional or {})
     if any(isinstance(m, EntropyBottleneck) for m in modules.values()):
         PCEntropyBottleneck.check_fit_args(**bottleneck_kw)
     elif fit_kwargs:
@@ -465,4 +469,4 @@ def fit_prior(
     finally:  # the codec's own parameters as they were; new ones (the circuits') require grad
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), True))
-    return hists[name] if isinstance(name, str) else hists
+    return hists

@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..settings import BottleneckFit as B
+from ..settings import ConditionalFit as C
+from ..settings import ImageFit
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -27,37 +31,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--images", required=True, help="training image folder (e.g. BSDS500)")
     fit.add_argument("--out", required=True, help="where to save the swapped codec")
     fit.add_argument(
-        "--latents", type=int, default=16, help="latent states per channel (default: %(default)s)"
+        "--latents",
+        type=int,
+        default=B.num_latents,
+        help="latent states per channel (default: %(default)s)",
     )
     fit.add_argument(
-        "--max-items", type=int, default=60000, help="latent positions used (default: %(default)s)"
+        "--max-items",
+        type=int,
+        default=B.max_items,
+        help="latent positions used (default: %(default)s)",
     )
-    fit.add_argument("--max-images", type=int, default=None)
+    fit.add_argument("--max-images", type=int, default=ImageFit.max_images)
     fit.add_argument(
-        "--epochs", type=int, default=6, help="mini-batch EM epochs (default: %(default)s)"
+        "--epochs", type=int, default=B.epochs, help="mini-batch EM epochs (default: %(default)s)"
     )
-    fit.add_argument("--full-batch-epochs", type=int, default=2)
-    fit.add_argument("--batch-size", type=int, default=256)
+    fit.add_argument("--full-batch-epochs", type=int, default=B.full_batch_epochs)
+    fit.add_argument("--batch-size", type=int, default=B.batch_size)
     fit.add_argument(
-        "--step-size", type=float, nargs=2, default=(0.5, 0.02), metavar=("START", "END")
+        "--step-size", type=float, nargs=2, default=B.step_size, metavar=("START", "END")
     )
     fit.add_argument(
         "--structure",
         choices=["chow-liu", "star"],
-        default="chow-liu",
+        default=B.structure,
         help="circuit structure over the channels (default: %(default)s)",
     )
     fit.add_argument(
         "--leaves",
         choices=["categorical", "logistic"],
-        default="categorical",
+        default=B.leaves,
         help="bottleneck leaves: categorical fit a frozen codec best; logistic (discretized "
         "logistic, smooth in the latent) for joint fine-tuning (default: %(default)s)",
     )
     fit.add_argument(
         "--finetune-steps",
         type=int,
-        default=300,
+        default=B.finetune_steps,
         help="Adam steps that refine logistic leaves after EM (default: %(default)s)",
     )
     fit.add_argument(
@@ -68,37 +78,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--cond-latents",
         type=int,
-        default=32,
+        default=C.num_latents,
         help="PCConditional states per channel (default: %(default)s)",
     )
     fit.add_argument(
         "--cond-steps",
         type=int,
-        default=6000,
+        default=C.steps,
         help="PCConditional Adam steps (default: %(default)s)",
     )
     fit.add_argument(
         "--cond-max-items",
         type=int,
-        default=None,
+        default=C.max_items,
         help="PCConditional positions used (default: all)",
     )
-    fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default="chow-liu")
+    fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default=C.structure)
     fit.add_argument(
         "--cond-context",
         choices=["three-pass", "checkerboard", "none"],
-        default="three-pass",
+        default=C.context or "none",
         help="PCConditional spatial context: three-pass (the anchors' diagonal halves, then the "
         "rest), checkerboard (anchors, then the rest) or none (one pass) (default: %(default)s)",
     )
     fit.add_argument(
         "--multiple",
         type=int,
-        default=None,
-        help="crop training images to multiples of this (default: 64 with --conditional, else 16)",
+        default=ImageFit.multiple,
+        help="crop training images to multiples of this (default: %(default)s)",
     )
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=B.seed)
     fit.set_defaults(func=_fit)
 
 
@@ -123,13 +133,12 @@ def _fit(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "context": None if args.cond_context == "none" else args.cond_context,
     }
-    multiple = args.multiple or (64 if args.conditional else 16)
     hist = fit_prior(
         net,
         args.images,
         name=names,
         num_latents=args.latents,
-        multiple=multiple,
+        multiple=args.multiple,
         max_images=args.max_images,
         max_items=args.max_items,
         epochs=args.epochs,
@@ -142,12 +151,10 @@ def _fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         conditional=cond,
     )
-    save_codec(net, args.out, ck["arch"], ck["quality"], fit_history=hist)
-    report = {"out": args.out}
+    kept = {k: ck[k] for k in ("net_kwargs", "lmbda", "metric") if ck.get(k) is not None}
+    save_codec(net, args.out, ck["arch"], ck["quality"], fit_history=hist, **kept)
+    report = {"out": args.out, "train_bpd": hist["entropy_bottleneck"][-1]["train_bpd"]}
     if args.conditional:
-        report["train_bpd"] = hist["entropy_bottleneck"][-1]["train_bpd"]
         report["conditional"] = hist["gaussian_conditional"][-1]
-    else:
-        report["train_bpd"] = hist[-1]["train_bpd"]
     print(json.dumps(report))
     return 0

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
 from ..integrations.codec_file import resolve_codec
 from ..integrations.leaves import DiscretizedLogisticTree
+from ..settings import RD_BOTTLENECK, as_kwargs
 from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 
 __all__ = ["RDModule", "load_start_codec"]
@@ -95,6 +96,9 @@ class RDModule(RDTrainingModule):
         prior_images: folder of images for the initial fit; ``None``: the datamodule's training set
             (its random crops, drawn with ``seed``, identical on every DDP rank).
         prior_max_images, prior_max_items, prior_epochs, prior_finetune_steps: bounds of the initial fit.
+        prior_fit: further ``PCEntropyBottleneck.fit`` keywords of the initial fit (e.g.
+            ``batch_size``, ``step_size``); every fit setting not given is
+            ``pc_prior.settings.RD_BOTTLENECK``'s (the defaults, with logistic leaves).
         lr, prior_lr, aux_lr: Adam learning rates of the codec (with the plain bottleneck's density),
             the circuit (``None``: ``lr``), and the quantiles.
         clip_max_norm, lr_decay_at, lr_decay_factor, pad_multiple: as in ``CodecModule``.
@@ -116,14 +120,15 @@ class RDModule(RDTrainingModule):
         metric: str = "mse",
         lmbda: float | None = None,
         bottleneck: str = "entropy_bottleneck",
-        num_latents: int = 16,
-        structure: str = "chow-liu",
-        leaves: str = "logistic",
+        num_latents: int = RD_BOTTLENECK.num_latents,
+        structure: str = RD_BOTTLENECK.structure,
+        leaves: str = RD_BOTTLENECK.leaves,
         prior_images: str | None = None,
         prior_max_images: int = 200,
-        prior_max_items: int | None = 60000,
-        prior_epochs: int = 4,
-        prior_finetune_steps: int = 300,
+        prior_max_items: int | None = RD_BOTTLENECK.max_items,
+        prior_epochs: int = RD_BOTTLENECK.epochs,
+        prior_finetune_steps: int = RD_BOTTLENECK.finetune_steps,
+        prior_fit: dict[str, Any] | None = None,
         lr: float = 1e-5,
         prior_lr: float | None = 1e-3,
         aux_lr: float = 1e-3,
@@ -142,6 +147,15 @@ class RDModule(RDTrainingModule):
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if leaves not in ("logistic", "categorical"):
             raise ValueError(f'leaves must be "logistic" or "categorical", got {leaves!r}')
+        if prior_fit is not None:
+            own = ("num_latents", "structure", "leaves", "max_items", "epochs", "finetune_steps")
+            clash = [k for k in (*own, "seed", "progress") if k in prior_fit]
+            if clash:
+                raise ValueError(
+                    f"prior_fit must not hold {', '.join(clash)}: RDModule has its own arguments "
+                    "for them (prior_max_items, prior_epochs, prior_finetune_steps, seed, ...)"
+                )
+            PCEntropyBottleneck.check_fit_args(**prior_fit)
         net, meta = load_start_codec(codec, arch, quality, net_kwargs, metric)
         if lmbda is None:
             same_metric = meta.get("metric", "mse") == metric
@@ -200,21 +214,28 @@ class RDModule(RDTrainingModule):
         items = [x[0] if isinstance(x, (tuple, list)) else x for x in items]
         return [torch.stack(items[i : i + 8]) for i in range(0, len(items), 8)]
 
-    def fit_prior(self, images: list[Tensor] | None = None) -> list[dict]:
-        """Fit the circuit on the current codec's latents (``images``: default :meth:`_prior_images`)."""
+    def fit_prior(self, images: list[Tensor] | None = None) -> dict[str, list[dict]]:
+        """Fit the circuit on the current codec's latents (``images``: default :meth:`_prior_images`).
+
+        Returns ``fit_prior``'s histories by module name.
+        """
         hp = self.hparams
         images = self._prior_images() if images is None else images
         hist = fit_prior(
             self.net,
             images,
             name=hp.bottleneck,
-            num_latents=hp.num_latents,
-            structure=hp.structure,
-            leaves=hp.leaves,
-            max_items=hp.prior_max_items,
-            epochs=hp.prior_epochs,
-            finetune_steps=hp.prior_finetune_steps,
-            seed=hp.seed,
+            **{
+                **as_kwargs(RD_BOTTLENECK),
+                **(hp.prior_fit or {}),
+                "num_latents": hp.num_latents,
+                "structure": hp.structure,
+                "leaves": hp.leaves,
+                "max_items": hp.prior_max_items,
+                "epochs": hp.prior_epochs,
+                "finetune_steps": hp.prior_finetune_steps,
+                "seed": hp.seed,
+            },
             progress=False,
         )
         for p in self.net.parameters():  # fit_prior froze the codec

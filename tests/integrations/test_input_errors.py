@@ -56,7 +56,7 @@ def cond():
     n_scales = len(gc._scale_table_or_default())
     idx = torch.randint(10, 30, (200, 4), generator=g)
     sym = torch.round(torch.randn(200, 4, generator=g) * 3).long()
-    gc.fit(sym, idx, num_latents=2, steps=3, batch_size=64, progress=False)
+    gc.fit(sym, idx, num_latents=2, steps=3, batch_size=64, context=None, progress=False)
     assert n_scales > 30
     return gc, sym, idx
 
@@ -399,7 +399,7 @@ def test_conditional_fit_refuses_bad_arguments(cond, kwargs, match):
     _, sym, idx = cond
     gc = PCConditional(None)
     with pytest.raises(InputError, match=match):
-        gc.fit(sym, idx, progress=False, **kwargs)
+        gc.fit(sym, idx, progress=False, **({"context": None} | kwargs))
     assert not gc.fitted
 
 
@@ -407,11 +407,11 @@ def test_conditional_fit_checks_symbols_and_indexes(cond):
     _, sym, idx = cond
     gc = PCConditional(None)
     with pytest.raises(InputError, match="indexes must be integers"):
-        gc.fit(sym, idx.float(), progress=False)
+        gc.fit(sym, idx.float(), context=None, progress=False)
     with pytest.raises(InputError, match="symbols must be integers"):
-        gc.fit(sym.float() + 0.5, idx, progress=False)
+        gc.fit(sym.float() + 0.5, idx, context=None, progress=False)
     with pytest.raises(InputError, match="symbols must be a torch.Tensor"):
-        gc.fit(sym.numpy(), idx, progress=False)
+        gc.fit(sym.numpy(), idx, context=None, progress=False)
     with pytest.raises(InputError, match="indexes must lie"):
         gc.fit(
             [sym.T.reshape(1, 4, 10, 20)], [(idx.T + 1000).reshape(1, 4, 10, 20)], progress=False

@@ -676,6 +676,7 @@ def test_fit_rejects_wrong_shapes():
             torch.zeros(10, 4, 1, dtype=torch.long),
             torch.zeros(10, 4, 1, dtype=torch.long),
             steps=1,
+            context=None,
             progress=False,
         )
     assert not eb.fitted and not gc.fitted

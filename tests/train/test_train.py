@@ -58,24 +58,62 @@ def test_prior_adam_trains(tmp_path):
     assert trainer.callback_metrics["val_bpd"].item() < before
 
 
-def test_em_optimizer_full_batch_step_matches_core_em():
-    from conftest import random_hclt
+def test_lightning_em_equals_fit_em_exactly():
+    """PriorModule's EM (EMOptimizer) and fit_em apply the same update: the same circuit, bit for bit."""
+    import copy
 
-    from pc_prior.training import _apply, em_step_counts
+    from torch.utils.data import DataLoader, TensorDataset
 
-    pc, ref = random_hclt(seed=1), random_hclt(seed=1)
-    x = torch.randint(0, 3, (50, 6), generator=torch.Generator().manual_seed(0))
-    counts, _ = em_step_counts(pc, x)
-    _apply(ref, counts, 0.5, 0.1)
-    opt = EMOptimizer(
-        [pc.root_logits, pc.transition_logits, pc.emission_logits], lr=0.5, pseudocount=0.1
-    )
-    for p, c in zip((pc.root_logits, pc.transition_logits, pc.emission_logits), counts):
-        p.grad = c
-    opt.step()
-    assert torch.allclose(pc.log_prob(x), ref.log_prob(x), atol=1e-10)
+    from pc_prior.training import bits_per_dim, fit_em
+
+    x = torch.randint(0, 3, (120, 6), generator=torch.Generator().manual_seed(0))
+    x[:, 1] = x[:, 0]  # some structure, so EM has something to learn
+    model = PriorModule(num_latents=3, lr=1.0, lr_end=None, coded_items=0, export_path="")
+    model.build(x)
+    ref = copy.deepcopy(model.pc)
+    before = bits_per_dim(ref, x)
+    # full-batch EM, two iterations: one batch of all rows, in order, step size 1
+    fit_em(ref, x, epochs=0, full_batch_epochs=2, batch_size=len(x), progress=False)
+    loader = DataLoader(TensorDataset(x), batch_size=len(x), shuffle=False)
+    tiny_trainer(max_epochs=2, limit_val_batches=0).fit(model, train_dataloaders=loader)
+    assert bits_per_dim(ref, x) < before - 0.05
+    for name in ("root_logits", "transition_logits", "emission_logits"):
+        assert torch.equal(getattr(model.pc, name), getattr(ref, name)), name
     with pytest.raises(ValueError, match="step size"):
-        EMOptimizer([pc.root_logits], lr=1.5)
+        EMOptimizer([model.pc.root_logits], lr=1.5)
+
+
+def test_lightning_defaults_are_the_settings():
+    import inspect
+
+    from pc_prior.settings import RD_BOTTLENECK, LosslessFit
+    from pc_prior.train import RDModule
+
+    p = inspect.signature(PriorModule).parameters
+    s = LosslessFit()
+    assert (p["num_latents"].default, p["pseudocount"].default, p["seed"].default) == (
+        s.num_latents,
+        s.pseudocount,
+        s.seed,
+    )
+    assert (p["lr"].default, p["lr_end"].default) == s.step_size
+    assert p["structure_samples"].default == s.structure_samples
+    r = inspect.signature(RDModule).parameters
+    assert {
+        "num_latents": r["num_latents"].default,
+        "structure": r["structure"].default,
+        "leaves": r["leaves"].default,
+        "max_items": r["prior_max_items"].default,
+        "epochs": r["prior_epochs"].default,
+        "finetune_steps": r["prior_finetune_steps"].default,
+    } == {
+        "num_latents": RD_BOTTLENECK.num_latents,
+        "structure": RD_BOTTLENECK.structure,
+        "leaves": "logistic",
+        "max_items": RD_BOTTLENECK.max_items,
+        "epochs": RD_BOTTLENECK.epochs,
+        "finetune_steps": RD_BOTTLENECK.finetune_steps,
+    }
 
 
 def test_prior_checkpoint_restores_structure(tmp_path):
