@@ -1,14 +1,20 @@
-"""Saving and loading lossless circuits: structure, parameters and coding tables, with a format version.
+"""Saving and loading circuits: kind, structure, sizes, parameters and coding tables, with a format version.
 
 A checkpoint is read through ``pc_prior.files`` (zip CRCs, ``weights_only=True``, content digest),
 then every field is checked against the others *before* the circuit is built: the tree, the
 sizes against the stored tensors' shapes, the dtype against an allowlist, and the coding tables'
 shapes and ranges (``CodingTables.validated``). Anything else is a ``CheckpointError`` naming the
 file and the field.
+
+Every circuit of the package (``HCLT``, ``DiscretizedLogisticTree``, ``ScaleConditionedTree``) is
+saved the same way: its class name, ``config()`` (the sizes its constructor takes), the tree, the
+dtype and its state dict. The expected state is taken from the same class built on the ``meta``
+device (no memory), so a forged size fails before anything is allocated.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -16,36 +22,49 @@ from typing import Any
 import torch
 
 from .coding import MAX_LATENTS, MAX_SYMBOLS, CodingTables, coding_tables, set_coding_tables
+from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
 from .errors import CheckpointError, InputError
 from .files import check_format, read_file, write_file
-from .hclt import HCLT
+from .hclt import HCLT, LatentTreeCircuit
 from .structure import Tree
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "load", "save"]
+__all__ = ["CHECKPOINT_VERSION", "CIRCUITS", "CheckpointError", "load", "save"]
 
-CHECKPOINT_VERSION = 2  # 2: content digest, tables validated on load (CHANGELOG.md)
+CHECKPOINT_VERSION = 3  # 3: any circuit (kind + config); 2: HCLT only, still read (CHANGELOG.md)
+_READABLE = (2, 3)
 _FORMAT = "pc-prior/hclt"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_VARIABLES = 2**20
+CIRCUITS: dict[str, type[LatentTreeCircuit]] = {
+    c.__name__: c for c in (HCLT, DiscretizedLogisticTree, ScaleConditionedTree)
+}
+_CONFIG_RANGES = {
+    "num_cats": (2, MAX_SYMBOLS),
+    "num_latents": (1, MAX_LATENTS),
+    "num_scales": (1, 4096),
+}
 
 
-def save(pc: HCLT, path: str | os.PathLike, **metadata: Any) -> None:
-    """Write ``pc`` to ``path``: structure, parameters (CPU), coding tables, and ``metadata``."""
-    if not isinstance(pc, HCLT):
-        raise InputError(f"save expects an HCLT, got {type(pc).__name__}")
+def save(pc: LatentTreeCircuit, path: str | os.PathLike, **metadata: Any) -> None:
+    """Write ``pc`` to ``path``: kind, config, structure, parameters (CPU), coding tables (for
+    circuits with per-variable leaves) and ``metadata``."""
+    name = type(pc).__name__
+    if CIRCUITS.get(name) is not type(pc):
+        raise InputError(f"save expects one of {', '.join(CIRCUITS)}, got {name}")
     dtype = str(pc.root_logits.dtype).removeprefix("torch.")
     if dtype not in _DTYPES:
         raise InputError(f"save supports float32 and float64 circuits, this one is {dtype}")
+    per_variable = hasattr(pc, "num_cats")  # the others' tables belong to their entropy model
     write_file(
         {
             "format": _FORMAT,
             "version": CHECKPOINT_VERSION,
+            "circuit": name,
+            "config": pc.config(),
             "parent": list(pc.tree.parent),
-            "num_cats": pc.num_cats,
-            "num_latents": pc.num_latents,
             "dtype": dtype,
             "params": {k: v.detach().cpu() for k, v in pc.state_dict().items()},
-            "coding_tables": coding_tables(pc).state(),
+            "coding_tables": coding_tables(pc).state() if per_variable else None,
             "metadata": metadata,
         },
         path,
@@ -61,17 +80,43 @@ def _field(state: dict, key: str, kind: type | tuple[type, ...], path: Path) -> 
     return v
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> HCLT:
-    """Read a checkpoint written by ``save`` (any device) onto ``map_location``."""
+def _kind_and_config(state: dict, path: Path) -> tuple[type[LatentTreeCircuit], dict[str, int]]:
+    if state.get("version") == 2:  # HCLT only, sizes as fields
+        config = {k: _field(state, k, int, path) for k in ("num_cats", "num_latents")}
+        return HCLT, config
+    name = _field(state, "circuit", str, path)
+    if name not in CIRCUITS:
+        raise CheckpointError(
+            f"{path}: circuit {name!r} is not one this pc-prior builds ({', '.join(CIRCUITS)})"
+        )
+    cls = CIRCUITS[name]
+    config = _field(state, "config", dict, path)
+    want = [
+        p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "tree", "dtype")
+    ]
+    if sorted(config) != sorted(want):
+        raise CheckpointError(
+            f"{path}: config has keys {sorted(config)}, {name} takes {sorted(want)}"
+        )
+    for key, value in config.items():
+        lo, hi = _CONFIG_RANGES[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise CheckpointError(
+                f"{path}: config {key} = {value!r} is not an integer in {lo}..{hi}"
+            )
+    return cls, config
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LatentTreeCircuit:
+    """Read a checkpoint written by ``save`` (any device, any circuit) onto ``map_location``."""
     from .devices import resolve_device
 
     device = resolve_device(map_location)
     path = Path(path)
     state, digested = read_file(path)
-    check_format(state, path, _FORMAT, CHECKPOINT_VERSION, digested, "pc-prior HCLT checkpoint")
+    check_format(state, path, _FORMAT, _READABLE, digested, "pc-prior circuit checkpoint")
+    cls, config = _kind_and_config(state, path)
     parent = _field(state, "parent", list, path)
-    v = _field(state, "num_cats", int, path)
-    k = _field(state, "num_latents", int, path)
     dtype_name = _field(state, "dtype", str, path)
     params = _field(state, "params", dict, path)
     d = len(parent)
@@ -81,37 +126,43 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> H
         raise CheckpointError(
             f"{path}: 'parent' must list 1..{MAX_VARIABLES} integer parents, got {d} entries"
         )
-    if not 2 <= v <= MAX_SYMBOLS or not 1 <= k <= MAX_LATENTS:
-        raise CheckpointError(
-            f"{path}: num_cats {v} (allowed 2..{MAX_SYMBOLS}) or num_latents {k} "
-            f"(allowed 1..{MAX_LATENTS}) out of range"
-        )
     if dtype_name not in _DTYPES:
         raise CheckpointError(f"{path}: dtype {dtype_name!r} is not one of {', '.join(_DTYPES)}")
     dtype = _DTYPES[dtype_name]
-    expected = {"root_logits": (k,), "transition_logits": (d, k, k), "emission_logits": (d, k, v)}
-    if set(params) != set(expected):
-        raise CheckpointError(
-            f"{path}: params has keys {sorted(params)}, expected {sorted(expected)}"
-        )
-    for name, shape in expected.items():
-        t = params[name]
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-            raise CheckpointError(
-                f"{path}: params.{name} is {getattr(t, 'dtype', type(t).__name__)} "
-                f"{tuple(getattr(t, 'shape', ()))}, expected {dtype_name} {shape}"
-            )
-        if not torch.isfinite(t).all():
-            raise CheckpointError(f"{path}: params.{name} has NaN or infinite values")
     try:
         tree = Tree(tuple(parent))
     except ValueError as e:
         raise CheckpointError(f"{path}: 'parent' is not a tree: {e}") from e
-    tables = CodingTables.from_state(state.get("coding_tables"), where=f"{path}: coding_tables")
-    pc = HCLT(tree, v, k, dtype=dtype)
+    with torch.device("meta"):  # the expected state, without allocating it
+        expected = cls(tree, **config, dtype=dtype).state_dict()
+    if set(params) != set(expected):
+        raise CheckpointError(
+            f"{path}: params has keys {sorted(params)}, expected {sorted(expected)}"
+        )
+    for name, want in expected.items():
+        t = params[name]
+        if (
+            not isinstance(t, torch.Tensor)
+            or tuple(t.shape) != tuple(want.shape)
+            or t.dtype != want.dtype
+        ):
+            raise CheckpointError(
+                f"{path}: params.{name} is {getattr(t, 'dtype', type(t).__name__)} "
+                f"{tuple(getattr(t, 'shape', ()))}, expected {want.dtype} {tuple(want.shape)}"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: params.{name} has NaN or infinite values")
+    per_variable = "num_cats" in config
+    tables = (
+        CodingTables.from_state(state.get("coding_tables"), where=f"{path}: coding_tables")
+        if per_variable
+        else None
+    )
+    pc = cls(tree, **config, dtype=dtype)
     pc.load_state_dict(params)
-    set_coding_tables(pc, tables)
+    if tables is not None:
+        set_coding_tables(pc, tables)
     pc.to(device)
     metadata = state.get("metadata", {})
-    pc.metadata = metadata if isinstance(metadata, dict) else {}
+    pc.metadata = metadata if isinstance(metadata, dict) else {}  # type: ignore[assignment]
     return pc

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from . import framing
+from .continuous import DiscretizedLogisticTree
 from .errors import BitstreamError, CheckpointError, InputError
 from .hclt import HCLT, LatentTreeCircuit, check_symbols
 from .structure import Tree
@@ -195,6 +196,19 @@ def quantize_probs(p: Tensor) -> Tensor:
 
 
 _TABLE_BUFFERS = ("_tables_root", "_tables_trans", "_tables_emit")
+
+
+SymbolCircuit = HCLT | DiscretizedLogisticTree  # circuits with one leaf table per variable
+
+
+def check_symbol_circuit(pc: object, fn: str) -> SymbolCircuit:
+    """``pc`` if it codes symbols 0..V-1 with per-variable leaf tables, else ``InputError``."""
+    if not isinstance(pc, (HCLT, DiscretizedLogisticTree)):
+        raise InputError(
+            f"{fn} codes with a circuit of per-variable leaves (HCLT, DiscretizedLogisticTree), "
+            f"got {type(pc).__name__}"
+        )
+    return pc
 
 
 def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
@@ -397,7 +411,7 @@ def _probabilities(w: Tensor) -> np.ndarray:
     return (w / w.sum(-1, keepdim=True)).cpu().numpy()
 
 
-def incremental_conditionals(pc: HCLT, x: Tensor) -> tuple[np.ndarray, Tensor]:
+def incremental_conditionals(pc: SymbolCircuit, x: Tensor) -> tuple[np.ndarray, Tensor]:
     """Coding order and the coder's probabilities p(x_i | x_<i): [N, D, V] in that order."""
     x = check_symbols(x, pc.num_vars, pc.num_cats)
     tables = coding_tables(pc)
@@ -587,8 +601,9 @@ def _block_check(x: np.ndarray) -> tuple[int, int]:
 _HALF = constriction.stream.model.Uniform(2**16)
 
 
-def encode(pc: HCLT, x: Tensor) -> bytes:
+def encode(pc: SymbolCircuit, x: Tensor) -> bytes:
     """Losslessly encode integer data [N, D] (symbols 0..V-1) into bytes (``pc_prior.framing.LOSSLESS``)."""
+    check_symbol_circuit(pc, "encode")
     x = check_symbols(x, pc.num_vars, pc.num_cats)
     tables = coding_tables(pc)
     n = len(x)
@@ -605,13 +620,14 @@ def encode(pc: HCLT, x: Tensor) -> bytes:
     )
 
 
-def decode(pc: HCLT, data: bytes) -> Tensor:
+def decode(pc: SymbolCircuit, data: bytes) -> Tensor:
     """Decode bytes made by ``encode`` with the same model back to LongTensor [N, D].
 
     Every header field is checked before anything is allocated; each block's check must match,
     so a stream of another model, a tampered item count or a payload that runs out raise
     ``BitstreamError`` instead of returning wrong data.
     """
+    check_symbol_circuit(pc, "decode")
     tables = coding_tables(pc)
     name = framing.LOSSLESS.name
 

@@ -329,9 +329,13 @@ def _file_targets(g: torch.Generator, folder: Path, marker: Path) -> list[_Targe
         if i == 0:
             state, _ = read_file(folder / "ref.pt")
             key = rng.choice(
-                ("num_cats", "num_latents", "dtype", "parent", "coding_tables", "params", "version")
+                ("circuit", "config", "dtype", "parent", "coding_tables", "params", "version")
             )
-            state[key] = _forge_value(state[key], rng)
+            if key == "config":  # one of the sizes the circuit is rebuilt with
+                sub = rng.choice(sorted(state["config"]))
+                state["config"][sub] = _forge_value(state["config"][sub], rng)
+            else:
+                state[key] = _forge_value(state[key], rng)
             write_file(state, folder / "forged.pt")
             return decode(load(folder / "forged.pt"), ref_stream)
         state, _ = read_file(folder / "codec.pt")

@@ -127,6 +127,11 @@ class LatentTreeCircuit(nn.Module):
         every circuit with per-variable leaves implements (``pc_prior.coding.coding_tables``)."""
         raise NotImplementedError(f"{type(self).__name__} has no per-variable emission tables")
 
+    def config(self) -> dict[str, int]:
+        """The sizes that, with the tree and dtype, rebuild this circuit: ``type(self)(tree,
+        **config(), dtype=...)`` (``pc_prior.checkpoint`` saves and loads every circuit this way)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its config")
+
     def check_finite(self) -> None:
         """Raise ``InputError`` naming the first parameter that holds NaN or infinite values.
 
@@ -301,6 +306,9 @@ class HCLT(LatentTreeCircuit):
     @torch.no_grad()
     def coding_emissions(self) -> Tensor:
         return portable.softmax(self.emission_logits)
+
+    def config(self) -> dict[str, int]:
+        return {"num_cats": self.num_cats, "num_latents": self.num_latents}
 
     def leaf_log_probs(
         self, x: Tensor, missing: Tensor | None = None, log_emit: Tensor | None = None

@@ -221,7 +221,9 @@ def _bench(args: argparse.Namespace) -> int:
     from .devices import resolve_device
 
     resolve_device(args.device)
-    pc = load(args.model, map_location=args.device)
+    from .coding import check_symbol_circuit
+
+    pc = check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
     x = load_mnist(args.data, "test", args.limit)
     res = lossless_bench(pc, x) | {"model": str(args.model)}
     text = json.dumps(res)
@@ -285,7 +287,9 @@ def _compress(args: argparse.Namespace) -> int:
     from .errors import InputError
 
     resolve_device(args.device)  # --device: before anything is read
-    pc = load(args.model, map_location=args.device)
+    from .coding import check_symbol_circuit
+
+    pc = check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
     arr = np.load(args.input, allow_pickle=False)
     if (
         arr.ndim < 1
@@ -321,7 +325,9 @@ def _decompress(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # --device: before the container is read
     shape, dtype, stream = unpack_array_container(Path(args.input).read_bytes(), str(args.input))
-    pc = load(args.model, map_location=args.device)
+    from .coding import check_symbol_circuit
+
+    pc = check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
     x = decode(pc, stream)
     if shape[0] != len(x) or math.prod(shape) != x.numel():
         raise BitstreamError(

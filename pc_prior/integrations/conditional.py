@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from compressai.entropy_models import GaussianConditional
 from compressai.models.base import get_scale_table
-from torch import Tensor, nn
+from torch import Tensor
 
-from .. import framing, portable
+from .. import framing
 from .._checks import check_choice, check_int, check_real, fit_keywords
 from ..coding import (
     MAX_SYMBOL,
@@ -62,8 +62,8 @@ from ..coding import (
     quantize_probs,
     range_decoders,
 )
+from ..continuous import LIKELIHOOD_BOUND, ScaleConditionedTree, gaussian_bin_mass
 from ..errors import InputError, NotFittedError, PCPriorError
-from ..hclt import LatentTreeCircuit
 from ..progress import progress_bar
 from ..settings import ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
@@ -71,157 +71,15 @@ from .base import PCEntropyModel, loaded_tables
 from .context import CheckerboardContext, lattice_masks
 from .entropy_models import STRUCTURES, check_latent_shape, unpack_strings
 
-__all__ = ["CONTEXTS", "PCConditional", "ScaleConditionedTree"]
+__all__ = [
+    "CONTEXTS",
+    "PCConditional",
+    "ScaleConditionedTree",
+]  # the circuit lives in pc_prior.continuous
 
 FORMAT = framing.CONDITIONAL  # magic, version and header fields of this model's strings
-LIKELIHOOD_BOUND = 1e-9
 LN2 = math.log(2.0)
 CONTEXTS = ("three-pass", "checkerboard")  # PCConditional.fit's spatial contexts (or None)
-
-
-def _std_cdf(x: Tensor) -> Tensor:
-    return 0.5 * torch.erfc(-(2**-0.5) * x)
-
-
-class ScaleConditionedTree(LatentTreeCircuit):
-    """Latent tree over D channels whose leaves are discretized Gaussians scaled by side information.
-
-    ``leaf_log_probs(u, sigma, s)``: u [N, D] values (integers, or noisy in training), sigma [N, D]
-    positive scales, s [N, D] their scale-table indexes; leaf (d, k) is
-    N(σ·loc[d,k], (exp(log_scale[d,k] + scale_offset[d,s])·σ^(1+scale_power[d,k]))²) integrated over
-    [u - 1/2, u + 1/2]. ``scale_offset`` [D, S] recalibrates each channel's scale per index.
-    """
-
-    def __init__(
-        self, tree: Tree, num_latents: int, num_scales: int = 64, dtype: torch.dtype = torch.float32
-    ) -> None:
-        super().__init__(tree, num_latents, dtype)
-        d, k = tree.num_vars, self.num_latents
-        self.loc = nn.Parameter(torch.zeros(d, k, dtype=dtype))
-        self.log_scale = nn.Parameter(torch.zeros(d, k, dtype=dtype))
-        self.scale_power = nn.Parameter(torch.zeros(d, k, dtype=dtype))
-        self.scale_offset = nn.Parameter(torch.zeros(d, num_scales, dtype=dtype))
-
-    @torch.no_grad()
-    def init_params(self, spread: float = 0.6, coupling: float = 2.0, seed: int = 0) -> None:
-        """Start next to the Gaussian conditional: state k scales it by exp(spread·(k/(K-1) - 1/2)).
-
-        Transitions favour equal states (logit ``coupling`` on the diagonal), so the initial model
-        is a position-level mixture of scale multipliers, the dependence most worth capturing.
-        """
-        g = torch.Generator().manual_seed(seed)
-        d, k = self.num_vars, self.num_latents
-        dt = self.root_logits.dtype
-        steps = (
-            torch.linspace(-0.5, 0.5, k, dtype=torch.float64)
-            if k > 1
-            else torch.zeros(1, dtype=torch.float64)
-        )
-        self.loc.zero_()
-        self.scale_power.zero_()
-        self.scale_offset.zero_()
-        self.log_scale.copy_((spread * steps).expand(d, k).to(dt))
-        self.root_logits.zero_()
-        noise = 0.1 * torch.randn(d, k, k, generator=g, dtype=torch.float64)
-        self.transition_logits.copy_((coupling * torch.eye(k, dtype=torch.float64) + noise).to(dt))
-
-    @torch.no_grad()
-    def init_from_data(
-        self, u: Tensor, sigma: Tensor, pseudocount: float = 1.0, seed: int = 0
-    ) -> None:
-        """Hard-assignment start: state k of channel d = bin k of its standardized value u/σ.
-
-        Bins are equally spaced over [-2.5, 2.5] in units of σ (the outer ones open-ended);
-        leaves sit at the bin centres, the root and transitions are the smoothed empirical
-        frequencies of the bins along the tree's edges. The tree then starts out as the
-        Chow-Liu-style model of the quantized standardized latents, and training refines it.
-        """
-        self.init_params(seed=seed)
-        d, k = self.num_vars, self.num_latents
-        if k < 2:
-            return
-        dt = self.loc.dtype
-        edges = torch.linspace(-2.5, 2.5, k - 1, dtype=torch.float64)
-        width = float(edges[1] - edges[0]) if k > 2 else 2.5
-        centres = torch.cat(
-            [edges[:1] - width / 2, (edges[1:] + edges[:-1]) / 2, edges[-1:] + width / 2]
-        )
-        z = (u.double() / sigma.double()).cpu()
-        b = torch.bucketize(z, edges)  # [N, D] in 0..K-1
-        self.loc.copy_(centres.expand(d, k).to(dt))
-        self.log_scale.fill_(math.log(max(width, 0.3) / 2))
-        parent = np.asarray(self.tree.parent)
-        root = int(np.flatnonzero(parent < 0)[0])
-        cnt = torch.bincount(b[:, root], minlength=k).double() + pseudocount
-        self.root_logits.copy_(cnt.log().to(dt))
-        trans = torch.full((d, k, k), pseudocount, dtype=torch.float64)
-        for i in range(d):
-            if parent[i] >= 0:
-                trans[i].view(-1).index_add_(
-                    0, b[:, parent[i]] * k + b[:, i], torch.ones(len(b), dtype=torch.float64)
-                )
-        self.transition_logits.copy_((trans / trans.sum(-1, keepdim=True)).log().to(dt))
-
-    def _loc_scale(self, sigma: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        sig = sigma[..., None].to(self.loc.dtype)
-        off = self.scale_offset[torch.arange(self.num_vars, device=s.device), s.long()]  # [N, D]
-        scale = torch.exp(
-            self.log_scale + off[..., None] + torch.log(sig) * (1.0 + self.scale_power)
-        )
-        return sig * self.loc, scale
-
-    def leaf_log_probs(self, u: Tensor, sigma: Tensor, s: Tensor) -> Tensor:
-        """Leaf log-likelihoods [N, D, K] of values u [N, D] at scales sigma [N, D] of indexes s [N, D]."""
-        mu, scale = self._loc_scale(sigma, s)
-        v = (u[..., None].to(mu.dtype) - mu).abs()  # symmetric: evaluate in the lower tail
-        mass = _std_cdf((0.5 - v) / scale) - _std_cdf((-0.5 - v) / scale)
-        return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
-
-    def escape_log_probs(self, radius: int, sigma: Tensor, s: Tensor) -> Tensor:
-        """log P(|u| > radius) per leaf, [N, D, K]."""
-        mu, scale = self._loc_scale(sigma, s)
-        mass = _std_cdf((-radius - 0.5 - mu) / scale) + _std_cdf((-radius - 0.5 + mu) / scale)
-        return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
-
-    def log_prob(self, u: Tensor, sigma: Tensor, s: Tensor) -> Tensor:
-        return self.upward(self.leaf_log_probs(u, sigma, s))[0]
-
-    @torch.no_grad()
-    def emission_probs(self, radius: int, scale_table: Tensor, chunk: int = 1) -> Tensor:
-        """Leaf pmfs [D, S, K, V] over -radius..radius then ESCAPE, float64, one table per scale.
-
-        Built with ``pc_prior.portable`` (CDF at the 2R+2 bin edges, differenced), so the result
-        is the same bits on every device and thread count: a reloaded codec rebuilds the coder's
-        tables exactly. ``chunk`` channels at a time keep the work in cache.
-        """
-        d, n_s = self.num_vars, len(scale_table)
-        if n_s != self.scale_offset.shape[1]:
-            raise ValueError(
-                f"the circuit has scale offsets for {self.scale_offset.shape[1]} scales, the table has {n_s}"
-            )
-        dev = self.loc.device
-        s = scale_table.detach().to(dev, torch.float64)
-        log_s = portable.log(s)[None, :, None]  # [1, S, 1]
-        edges = torch.arange(-radius, radius + 2, dtype=torch.float64, device=dev) - 0.5
-        out = torch.empty(d, n_s, self.num_latents, 2 * radius + 2, dtype=torch.float64, device=dev)
-        for lo in range(0, d, chunk):
-            hi = min(d, lo + chunk)
-            loc, log_scale, power = (
-                p.detach()[lo:hi].double()[:, None, :]
-                for p in (self.loc, self.log_scale, self.scale_power)
-            )
-            off = self.scale_offset.detach()[lo:hi].double()[:, :, None]  # [c, S, 1]
-            mu = s[None, :, None] * loc  # [c, S, K]
-            scale = portable.exp(log_scale + off + log_s * (1.0 + power))
-            cdf = portable.normal_cdf((edges - mu[..., None]) / scale[..., None])  # [c, S, K, 2R+2]
-            out[lo:hi, ..., :-1] = cdf[..., 1:] - cdf[..., :-1]
-            out[lo:hi, ..., -1] = cdf[..., 0] + portable.normal_cdf((mu - (radius + 0.5)) / scale)
-        return out.clamp_min(0.0)
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_vars={self.num_vars}, num_latents={self.num_latents}, height={self.tree.height}"
-        )
 
 
 def _contextualize(
@@ -694,7 +552,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                 return {}
             with torch.no_grad():
                 ut, st, it = u[hold.to(dev)], sigma[hold.to(dev)], s[hold.to(dev)]
-                mass = _std_cdf((0.5 - ut.abs()) / st) - _std_cdf((-0.5 - ut.abs()) / st)
+                mass = gaussian_bin_mass(ut, st)
                 base = -torch.log(mass.clamp_min(LIKELIHOOD_BOUND)).sum(-1).mean() / LN2
                 circ = (
                     -torch.cat(

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..continuous import LIKELIHOOD_BOUND, gaussian_bin_mass
+
 __all__ = ["LATTICES", "CheckerboardContext", "anchor_mask", "lattice_masks", "rounded_mean"]
 
 FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
@@ -84,14 +86,8 @@ def rounded_mean(coef: Tensor, usum: Tensor, count: Tensor) -> Tensor:
     return torch.div(2 * coef * usum + den, 2 * den, rounding_mode="floor")
 
 
-def _std_cdf(x: Tensor) -> Tensor:
-    return 0.5 * torch.erfc(-(2**-0.5) * x)
-
-
 def _gaussian_bits(u: Tensor, sigma: Tensor) -> Tensor:
-    v = u.abs()
-    mass = _std_cdf((0.5 - v) / sigma) - _std_cdf((-0.5 - v) / sigma)
-    return -torch.log2(mass.clamp_min(1e-9))
+    return -torch.log2(gaussian_bin_mass(u, sigma).clamp_min(LIKELIHOOD_BOUND))
 
 
 class CheckerboardContext(nn.Module):

@@ -47,6 +47,7 @@ from ..coding import (
     min_item_bits,
     range_decoders,
 )
+from ..continuous import DiscretizedLogisticTree
 from ..errors import (
     BitstreamError,
     InputError,
@@ -57,7 +58,6 @@ from ..settings import BottleneckFit
 from ..structure import Tree
 from ..training import fit_em
 from .base import PCEntropyModel, loaded_tables
-from .leaves import DiscretizedLogisticTree
 
 __all__ = ["PCEntropyBottleneck"]
 

@@ -42,9 +42,9 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor, nn
 
+from ..continuous import DiscretizedLogisticTree
 from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
 from ..integrations.codec_file import resolve_codec
-from ..integrations.leaves import DiscretizedLogisticTree
 from ..settings import RD_BOTTLENECK, as_kwargs
 from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 

@@ -53,8 +53,10 @@ def test_load_rejects_other_files_and_versions(tmp_path):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("num_cats", 2**31, "num_cats"),
-        ("num_latents", 0, "num_latents"),
+        ("config", {"num_cats": 2**31, "num_latents": 3}, "num_cats"),
+        ("config", {"num_cats": 4, "num_latents": 0}, "num_latents"),
+        ("config", {"num_cats": 4}, "config has keys"),
+        ("circuit", "Pickle", "circuit 'Pickle'"),
         ("dtype", "bogus", "dtype 'bogus'"),
         ("dtype", "float64", "params.root_logits is torch.float32"),
         ("parent", [1, -1, 1, 0, 0], "params.transition_logits"),
@@ -63,6 +65,7 @@ def test_load_rejects_other_files_and_versions(tmp_path):
     ],
 )
 def test_load_checks_every_field_before_building(tmp_path, field, value, message):
+    """Every field is checked, and sizes against the stored tensors (on the meta device) first."""
     save(random_hclt(dtype=torch.float32), tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     del state["digest"]
@@ -258,3 +261,34 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
         == 1
     )
     assert "expects 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["DiscretizedLogisticTree", "ScaleConditionedTree"])
+def test_every_circuit_saves_and_loads(tmp_path, kind):
+    from pc_prior.continuous import DiscretizedLogisticTree, ScaleConditionedTree
+    from pc_prior.structure import Tree
+
+    torch.manual_seed(0)
+    tree = Tree((-1, 0, 0, 1))
+    if kind == "ScaleConditionedTree":
+        pc = ScaleConditionedTree(tree, 3, num_scales=5)
+        pc.init_params(seed=1)
+    else:
+        pc = DiscretizedLogisticTree(tree, 6, 3)
+        pc.alphabet_n.fill_(5)
+        pc.alphabet_lo.fill_(-2)
+    with torch.no_grad():
+        for p in pc.parameters():
+            p.add_(torch.randn_like(p))
+    save(pc, tmp_path / "c.pt", note="x")
+    back = load(tmp_path / "c.pt")
+    assert (
+        type(back) is type(pc) and back.config() == pc.config() and back.metadata == {"note": "x"}
+    )
+    for (k, a), (_, b) in zip(pc.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
+    if kind == "DiscretizedLogisticTree":  # per-variable leaves: codes losslessly like an HCLT
+        from pc_prior import decode, encode
+
+        x = torch.randint(0, 6, (50, 4))
+        assert torch.equal(decode(back, encode(pc, x)), x)

@@ -12,6 +12,7 @@ from helpers import NAMES, fitted_hyperprior, gc_inputs, random_images
 
 from pc_prior import HCLT, BitstreamError
 from pc_prior.coding import CodingTables, IncrementalConditionals, naive_conditionals
+from pc_prior.continuous import ScaleConditionedTree
 from pc_prior.integrations import (
     PCConditional,
     PCEntropyBottleneck,
@@ -19,7 +20,6 @@ from pc_prior.integrations import (
     fit_prior,
     swap_entropy_model,
 )
-from pc_prior.integrations.conditional import ScaleConditionedTree
 from pc_prior.structure import Tree
 
 

@@ -9,6 +9,7 @@ from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperpr
 from conftest import shared_path
 
 from pc_prior import HCLT, BitstreamError
+from pc_prior.continuous import DiscretizedLogisticTree
 from pc_prior.framing import header_bytes
 from pc_prior.integrations import (
     PCEntropyBottleneck,
@@ -18,7 +19,6 @@ from pc_prior.integrations import (
     save_codec,
     swap_entropy_model,
 )
-from pc_prior.integrations.leaves import DiscretizedLogisticTree
 
 
 def _spread(model: torch.nn.Module, gain: float) -> None:

@@ -14,8 +14,8 @@ from conftest import shared_path
 from helpers import make_pngs, tiny_trainer
 
 from pc_prior.cli import main
+from pc_prior.continuous import DiscretizedLogisticTree
 from pc_prior.integrations import PCEntropyBottleneck, fit_prior, save_codec
-from pc_prior.integrations.leaves import DiscretizedLogisticTree
 from pc_prior.train import ImageFolderDataModule, RDModule, load_codec
 from pc_prior.train.codec import build_codec, export_codec
 from pc_prior.train.rd import load_start_codec
