@@ -13,7 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .settings import LosslessFit as L
+from .settings import LosslessFit, add_arguments
+
+LOSSLESS_OPTIONS = (
+    "num_latents",
+    "epochs",
+    "full_batch_epochs",
+    "batch_size",
+    "step_size",
+    "pseudocount",
+    "num_bins",
+    "structure_samples",
+    "seed",
+)  # the fit_em / HCLT.from_data settings pc-prior lossless fit exposes
 
 _ARRAY_MAGIC = b"PCNPY"
 _ARRAY_VERSION = (
@@ -37,46 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="runs/lossless/hclt.pt",
         help="checkpoint path, rewritten after every epoch (default: %(default)s)",
     )
-    fit.add_argument(
-        "--latents",
-        type=int,
-        default=L.num_latents,
-        help="latent states per variable (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--epochs", type=int, default=L.epochs, help="mini-batch EM epochs (default: %(default)s)"
-    )
-    fit.add_argument(
-        "--full-batch-epochs",
-        type=int,
-        default=L.full_batch_epochs,
-        help="full-batch EM epochs after (default: %(default)s)",
-    )
-    fit.add_argument("--batch-size", type=int, default=L.batch_size)
-    fit.add_argument(
-        "--step-size",
-        type=float,
-        nargs=2,
-        default=L.step_size,
-        metavar=("START", "END"),
-        help="EM step size, annealed linearly (default: %(default)s)",
-    )
-    fit.add_argument("--pseudocount", type=float, default=L.pseudocount)
-    fit.add_argument(
-        "--num-bins", type=int, default=L.num_bins, help="bins per variable for mutual information"
-    )
-    fit.add_argument(
-        "--structure-samples",
-        type=int,
-        default=L.structure_samples,
-        help="rows used to learn the tree",
-    )
+    add_arguments(fit, LosslessFit(), LOSSLESS_OPTIONS, flags={"num_latents": "latents"})
     fit.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     fit.add_argument(
         "--valid", type=int, default=2000, help="test images used for per-epoch validation bpd"
     )
     fit.add_argument("--float64", action="store_true", help="train in float64")
-    fit.add_argument("--seed", type=int, default=L.seed)
     fit.set_defaults(func=_fit)
 
     bench = g.add_parser(
@@ -131,7 +109,7 @@ def _fit(args: argparse.Namespace) -> int:
     pc = HCLT.from_data(
         x,
         num_cats,
-        args.latents,
+        args.num_latents,
         num_bins=args.num_bins,
         max_samples=args.structure_samples,
         dtype=dtype,

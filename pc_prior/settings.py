@@ -18,23 +18,40 @@ The defaults are the settings the README's figures were measured with:
 Two presets change a few fields for one purpose, and are defined here too: ``DEMO_BOTTLENECK``
 (``pc-prior demo``: fewer epochs, so the demo runs in about a minute) and ``RD_BOTTLENECK``
 (``RDModule``: discretized-logistic leaves, which joint rate-distortion fine-tuning needs).
+
+The command lines do not restate them: ``add_arguments`` makes one option per field (type,
+choices and help from here, default from the dataclass or preset) and ``from_args`` reads the
+parsed options back into the dataclass. ``CHOICES`` is the one list of each choice-valued field.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
+    "CHOICES",
     "DEMO_BOTTLENECK",
     "RD_BOTTLENECK",
     "BottleneckFit",
     "ConditionalFit",
     "ImageFit",
     "LosslessFit",
+    "add_arguments",
     "as_kwargs",
+    "from_args",
 ]
+
+CHOICES: dict[str, tuple[str | None, ...]] = {
+    "structure": ("chow-liu", "star"),
+    "leaves": ("categorical", "logistic"),
+    "context": ("three-pass", "checkerboard", None),
+    "init": ("baseline", "data"),
+}
+"""The values a choice-valued field takes (None: off; ``"none"`` on a command line)."""
 
 
 @dataclass(frozen=True)
@@ -164,3 +181,68 @@ RD_BOTTLENECK = dataclasses.replace(BottleneckFit(), leaves="logistic")
 def as_kwargs(settings: Any) -> dict[str, Any]:
     """The fields of a settings dataclass as keyword arguments (a plain dict, shallow)."""
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+
+
+S = TypeVar("S")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's description, from the ``Fields:`` section of the dataclass's docstring."""
+    doc = (cls.__doc__ or "").split("Fields:", 1)[-1]
+    out: dict[str, str] = {}
+    name = None
+    for line in doc.splitlines():
+        m = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if m:
+            name, out[m.group(1)] = m.group(1), m.group(2).strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return out
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser | Any,
+    defaults: Any,
+    names: tuple[str, ...],
+    *,
+    prefix: str = "",
+    flags: dict[str, str] | None = None,
+) -> None:
+    """One ``--[prefix]flag`` option per field in ``names`` of the settings ``defaults``.
+
+    Type, choices and help come from the dataclass; the default is ``defaults``' value, so a
+    preset (``DEMO_BOTTLENECK``) sets a command's defaults. ``flags`` renames options
+    (``{"num_latents": "latents"}``); the parsed values go to ``[prefix]name`` (see ``from_args``).
+    """
+    helps = field_help(type(defaults))
+    types = {f.name: str(f.type) for f in dataclasses.fields(defaults)}
+    for name in names:
+        value = getattr(defaults, name)
+        flag = "--" + prefix + (flags or {}).get(name, name).replace("_", "-")
+        text = helps.get(name, name).replace("``", "").rstrip(".").replace("%", "%%")
+        kw: dict[str, Any] = {
+            "dest": (prefix + name).replace("-", "_"),
+            "help": text + " (default: %(default)s)",
+        }
+        if name in CHOICES:
+            kw["choices"] = ["none" if c is None else c for c in CHOICES[name]]
+            kw["default"] = "none" if value is None else value
+        elif types[name].startswith("tuple"):
+            kw.update(type=float, nargs=2, metavar=("START", "END"), default=value)
+        else:
+            kw["type"] = {"int": int, "float": float, "str": str}[types[name].split(" ")[0]]
+            kw.update(default=value, metavar=flag[2:].replace("-", "_").upper())
+        parser.add_argument(flag, **kw)
+
+
+def from_args(defaults: S, args: argparse.Namespace, names: tuple[str, ...], prefix: str = "") -> S:
+    """``defaults`` with the fields ``names`` replaced by the options ``add_arguments`` made."""
+    values: dict[str, Any] = {}
+    for name in names:
+        v = getattr(args, (prefix + name).replace("-", "_"))
+        if name in CHOICES and v == "none":
+            v = None
+        elif isinstance(v, list):
+            v = tuple(v)
+        values[name] = v
+    return dataclasses.replace(defaults, **values)  # type: ignore[type-var]

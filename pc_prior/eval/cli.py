@@ -8,7 +8,9 @@ import math
 import sys
 from pathlib import Path
 
-from ..settings import DEMO_BOTTLENECK
+from ..settings import DEMO_BOTTLENECK, add_arguments
+
+DEMO_OPTIONS = ("num_latents", "structure", "epochs", "max_items")  # run_demo's fit options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,30 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--arch", default=None, help="architecture of a plain state-dict --codec (zoo name)"
     )
-    d.add_argument(
-        "--latents",
-        type=int,
-        default=DEMO_BOTTLENECK.num_latents,
-        help="latent states K of the circuit (default: %(default)s)",
-    )
-    d.add_argument(
-        "--structure",
-        choices=["star", "chow-liu"],
-        default=DEMO_BOTTLENECK.structure,
-        help="circuit structure over the channels (default: %(default)s)",
-    )
-    d.add_argument(
-        "--epochs",
-        type=int,
-        default=DEMO_BOTTLENECK.epochs,
-        help="mini-batch EM epochs (default: %(default)s)",
-    )
-    d.add_argument(
-        "--max-items",
-        type=int,
-        default=DEMO_BOTTLENECK.max_items,
-        help="latent positions used to fit (default: %(default)s)",
-    )
+    add_arguments(d, DEMO_BOTTLENECK, DEMO_OPTIONS, flags={"num_latents": "latents"})
     aug = d.add_mutually_exclusive_group()
     aug.add_argument(
         "--augment",
@@ -185,7 +164,7 @@ def _demo(args: argparse.Namespace) -> int:
         train_data=args.train_data,
         codec=args.codec,
         arch=args.arch,
-        latents=args.latents,
+        latents=args.num_latents,
         structure=args.structure,
         epochs=args.epochs,
         max_items=args.max_items,

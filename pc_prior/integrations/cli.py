@@ -8,9 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..settings import BottleneckFit as B
-from ..settings import ConditionalFit as C
-from ..settings import ImageFit
+from ..settings import BottleneckFit, ConditionalFit, ImageFit, add_arguments, as_kwargs, from_args
+
+BOTTLENECK_OPTIONS = (
+    "num_latents",
+    "max_items",
+    "epochs",
+    "full_batch_epochs",
+    "batch_size",
+    "step_size",
+    "structure",
+    "leaves",
+    "finetune_steps",
+)  # the PCEntropyBottleneck.fit settings pc-prior prior fit exposes (--latents, --max-items, ...)
+CONDITIONAL_OPTIONS = ("num_latents", "steps", "max_items", "structure", "context")  # --cond-*
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,76 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--images", required=True, help="training image folder (e.g. BSDS500)")
     fit.add_argument("--out", required=True, help="where to save the swapped codec")
+    add_arguments(fit, BottleneckFit(), BOTTLENECK_OPTIONS, flags={"num_latents": "latents"})
     fit.add_argument(
-        "--latents",
-        type=int,
-        default=B.num_latents,
-        help="latent states per channel (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--max-items",
-        type=int,
-        default=B.max_items,
-        help="latent positions used (default: %(default)s)",
-    )
-    fit.add_argument("--max-images", type=int, default=ImageFit.max_images)
-    fit.add_argument(
-        "--epochs", type=int, default=B.epochs, help="mini-batch EM epochs (default: %(default)s)"
-    )
-    fit.add_argument("--full-batch-epochs", type=int, default=B.full_batch_epochs)
-    fit.add_argument("--batch-size", type=int, default=B.batch_size)
-    fit.add_argument(
-        "--step-size", type=float, nargs=2, default=B.step_size, metavar=("START", "END")
-    )
-    fit.add_argument(
-        "--structure",
-        choices=["chow-liu", "star"],
-        default=B.structure,
-        help="circuit structure over the channels (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--leaves",
-        choices=["categorical", "logistic"],
-        default=B.leaves,
-        help="bottleneck leaves: categorical fit a frozen codec best; logistic (discretized "
-        "logistic, smooth in the latent) for joint fine-tuning (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--finetune-steps",
-        type=int,
-        default=B.finetune_steps,
-        help="Adam steps that refine logistic leaves after EM (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--conditional",
-        action="store_true",
-        help="also swap the hyperprior's gaussian_conditional for a PCConditional",
-    )
-    fit.add_argument(
-        "--cond-latents",
-        type=int,
-        default=C.num_latents,
-        help="PCConditional states per channel (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--cond-steps",
-        type=int,
-        default=C.steps,
-        help="PCConditional Adam steps (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--cond-max-items",
-        type=int,
-        default=C.max_items,
-        help="PCConditional positions used (default: all)",
-    )
-    fit.add_argument("--cond-structure", choices=["chow-liu", "star"], default=C.structure)
-    fit.add_argument(
-        "--cond-context",
-        choices=["three-pass", "checkerboard", "none"],
-        default=C.context or "none",
-        help="PCConditional spatial context: three-pass (the anchors' diagonal halves, then the "
-        "rest), checkerboard (anchors, then the rest) or none (one pass) (default: %(default)s)",
+        "--max-images", type=int, default=ImageFit.max_images, help="read at most N images"
     )
     fit.add_argument(
         "--multiple",
@@ -107,8 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=ImageFit.multiple,
         help="crop training images to multiples of this (default: %(default)s)",
     )
+    fit.add_argument(
+        "--conditional",
+        action="store_true",
+        help="also swap the hyperprior's gaussian_conditional for a PCConditional",
+    )
+    add_arguments(
+        fit, ConditionalFit(), CONDITIONAL_OPTIONS, prefix="cond-", flags={"num_latents": "latents"}
+    )
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    fit.add_argument("--seed", type=int, default=B.seed)
+    fit.add_argument(
+        "--seed", type=int, default=BottleneckFit.seed, help="seed of both fits (default: 0)"
+    )
     fit.set_defaults(func=_fit)
 
 
@@ -125,31 +79,16 @@ def _fit(args: argparse.Namespace) -> int:
     names = (
         ("entropy_bottleneck", "gaussian_conditional") if args.conditional else "entropy_bottleneck"
     )
-    cond = {
-        "num_latents": args.cond_latents,
-        "steps": args.cond_steps,
-        "max_items": args.cond_max_items,
-        "structure": args.cond_structure,
-        "seed": args.seed,
-        "context": None if args.cond_context == "none" else args.cond_context,
-    }
+    bottleneck = from_args(BottleneckFit(seed=args.seed), args, BOTTLENECK_OPTIONS)
+    cond = from_args(ConditionalFit(seed=args.seed), args, CONDITIONAL_OPTIONS, prefix="cond-")
     hist = fit_prior(
         net,
         args.images,
         name=names,
-        num_latents=args.latents,
         multiple=args.multiple,
         max_images=args.max_images,
-        max_items=args.max_items,
-        epochs=args.epochs,
-        full_batch_epochs=args.full_batch_epochs,
-        batch_size=args.batch_size,
-        step_size=tuple(args.step_size),
-        structure=args.structure,
-        leaves=args.leaves,
-        finetune_steps=args.finetune_steps,
-        seed=args.seed,
-        conditional=cond,
+        **as_kwargs(bottleneck),
+        conditional=as_kwargs(cond),
     )
     kept = {k: ck[k] for k in ("net_kwargs", "lmbda", "metric") if ck.get(k) is not None}
     save_codec(net, args.out, ck["arch"], ck["quality"], fit_history=hist, **kept)

@@ -65,7 +65,7 @@ from ..coding import (
 from ..continuous import LIKELIHOOD_BOUND, ScaleConditionedTree, gaussian_bin_mass
 from ..errors import InputError, NotFittedError, PCPriorError
 from ..progress import progress_bar
-from ..settings import ConditionalFit
+from ..settings import CHOICES, ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .base import PCEntropyModel, loaded_tables
 from .context import CheckerboardContext, lattice_masks
@@ -79,7 +79,9 @@ __all__ = [
 
 FORMAT = framing.CONDITIONAL  # magic, version and header fields of this model's strings
 LN2 = math.log(2.0)
-CONTEXTS = ("three-pass", "checkerboard")  # PCConditional.fit's spatial contexts (or None)
+CONTEXTS = tuple(
+    c for c in CHOICES["context"] if c
+)  # PCConditional.fit's spatial contexts (or None)
 
 
 def _contextualize(
@@ -417,9 +419,9 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         so a bad argument fails before latents are collected or a context is fitted.
         """
         a = fit_keywords(cls, cls.fit, ("symbols", "indexes"), kwargs)
-        check_choice("context", a["context"], (None, *CONTEXTS))
+        check_choice("context", a["context"], CHOICES["context"])
         check_choice("structure", a["structure"], STRUCTURES)
-        check_choice("init", a["init"], ("data", "baseline"))
+        check_choice("init", a["init"], CHOICES["init"])
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["max_items"] = check_int("max_items", a["max_items"], 1, allow_none=True)
         a["steps"] = check_int("steps", a["steps"], 0)

@@ -54,7 +54,7 @@ from ..errors import (
     PCPriorError,
 )
 from ..hclt import HCLT
-from ..settings import BottleneckFit
+from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree
 from ..training import fit_em
 from .base import PCEntropyModel, loaded_tables
@@ -62,7 +62,7 @@ from .base import PCEntropyModel, loaded_tables
 __all__ = ["PCEntropyBottleneck"]
 
 FORMAT = framing.BOTTLENECK  # magic, version and header fields of this model's strings
-STRUCTURES = ("chow-liu", "star")  # circuit structures over the channels
+STRUCTURES = CHOICES["structure"]  # circuit structures over the channels (pc_prior.settings)
 LN2 = math.log(2.0)
 
 
@@ -274,7 +274,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         so a bad argument fails before latents are collected or a structure is learned.
         """
         a = fit_keywords(cls, cls.fit, ("values",), kwargs)
-        check_choice("leaves", a["leaves"], ("categorical", "logistic"))
+        check_choice("leaves", a["leaves"], CHOICES["leaves"])
         check_choice("structure", a["structure"], STRUCTURES)
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)

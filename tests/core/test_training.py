@@ -85,18 +85,12 @@ def test_lossless_defaults_are_the_settings():
         s.batch_size,
         s.adam_lr,
     )
+    from pc_prior.lossless import LOSSLESS_OPTIONS
+    from pc_prior.settings import from_args
+
     args = build_parser().parse_args(["lossless", "fit"])
-    assert (args.latents, args.epochs, args.full_batch_epochs, args.batch_size) == (
-        s.num_latents,
-        s.epochs,
-        s.full_batch_epochs,
-        s.batch_size,
-    )
-    assert (tuple(args.step_size), args.pseudocount, args.seed) == (
-        s.step_size,
-        s.pseudocount,
-        s.seed,
-    )
-    assert (args.num_bins, args.structure_samples) == (s.num_bins, s.structure_samples)
+    assert from_args(s, args, LOSSLESS_OPTIONS) == s
+    args = build_parser().parse_args(["lossless", "fit", "--latents", "3", "--step-size", "1", "0"])
+    assert (args.num_latents, tuple(args.step_size)) == (3, (1.0, 0.0))
     # the README's MNIST table: K=32, 8 + 1 EM epochs, step size 0.2 -> 0.02
     assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (32, 8, 1, (0.2, 0.02))

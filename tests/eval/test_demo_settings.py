@@ -19,7 +19,7 @@ def test_demo_defaults_are_the_demo_preset():
         ("max_items", "max_items"),
         ("seed", "seed"),
     ):
-        assert p[ours].default == getattr(args, ours) == getattr(d, field), ours
+        assert p[ours].default == getattr(args, field) == getattr(d, field), ours
     assert p["full_batch_epochs"].default == d.full_batch_epochs
     # the preset is the defaults but for fewer epochs (the README's demo table: 3 + 1)
     assert (

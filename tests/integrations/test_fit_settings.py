@@ -64,35 +64,28 @@ def test_fit_methods_take_their_defaults_from_the_settings():
 
 
 def test_cli_defaults_are_the_settings():
+    from pc_prior.integrations.cli import BOTTLENECK_OPTIONS, CONDITIONAL_OPTIONS
+    from pc_prior.settings import from_args
+
     args = build_parser().parse_args(
         ["prior", "fit", "--codec", "c", "--images", "i", "--out", "o"]
     )
-    b, c = BottleneckFit(), ConditionalFit()
-    assert {
-        "num_latents": args.latents,
-        "structure": args.structure,
-        "leaves": args.leaves,
-        "max_items": args.max_items,
-        "epochs": args.epochs,
-        "full_batch_epochs": args.full_batch_epochs,
-        "batch_size": args.batch_size,
-        "step_size": tuple(args.step_size),
-        "finetune_steps": args.finetune_steps,
-        "seed": args.seed,
-    } == {
-        k: getattr(b, k) for k in ("num_latents", "structure", "leaves", "max_items", "epochs")
-    } | {
-        k: getattr(b, k)
-        for k in ("full_batch_epochs", "batch_size", "step_size", "finetune_steps", "seed")
-    }
-    assert (args.multiple, args.max_images) == (ImageFit.multiple, ImageFit.max_images)
-    assert (args.cond_latents, args.cond_steps, args.cond_max_items, args.cond_structure) == (
-        c.num_latents,
-        c.steps,
-        c.max_items,
-        c.structure,
+    # the parsed defaults read back into the dataclasses are the dataclasses' defaults
+    assert from_args(BottleneckFit(), args, BOTTLENECK_OPTIONS) == BottleneckFit()
+    assert (
+        from_args(ConditionalFit(), args, CONDITIONAL_OPTIONS, prefix="cond-") == ConditionalFit()
     )
-    assert args.cond_context == c.context
+    assert args.seed == BottleneckFit.seed == ConditionalFit.seed
+    assert (args.multiple, args.max_images) == (ImageFit.multiple, ImageFit.max_images)
+    # and the options keep their documented names
+    args = build_parser().parse_args(
+        ["prior", "fit", "--codec", "c", "--images", "i", "--out", "o", "--latents", "7"]
+        + ["--cond-latents", "5", "--cond-context", "none", "--step-size", "0.3", "0.1"]
+    )
+    got = from_args(BottleneckFit(), args, BOTTLENECK_OPTIONS)
+    assert (got.num_latents, got.step_size) == (7, (0.3, 0.1))
+    cond = from_args(ConditionalFit(), args, CONDITIONAL_OPTIONS, prefix="cond-")
+    assert (cond.num_latents, cond.context) == (5, None)
 
 
 def test_fit_prior_and_cli_fit_the_same_circuit(tmp_path, capsys):
