@@ -22,11 +22,13 @@ tables. State dicts that hold the tables (``_pc_emit`` present: pc-prior 0.1 fil
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from compressai.models.utils import update_registered_buffers
+from torch import Tensor, nn
 
 from ..coding import CodingTables
 from ..errors import CheckpointError, NotFittedError, PCPriorError, UnsupportedModelError
@@ -37,6 +39,7 @@ __all__ = [
     "PCEntropyModel",
     "loaded_tables",
     "no_cdf_tables",
+    "resize_buffers",
     "stored_tables",
     "tables_digest",
 ]
@@ -46,6 +49,21 @@ DIGEST = "_pc_tables_sha256"
 MAX_TABLE_ENTRIES = (
     2**27
 )  # emission-table entries a loaded state dict may ask to rebuild (1 GiB f64)
+
+
+def resize_buffers(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, names: Iterable[str]
+) -> None:
+    """Give ``module``'s buffers ``names`` the shapes of ``state_dict[prefix + name]`` where present,
+    with CompressAI's ``update_registered_buffers`` (policy ``"resize"``), so ``load_state_dict``
+    can copy into buffers whose size ``update()`` or ``fit`` chose. ``prefix`` is the module's
+    state-dict prefix (``"entropy_bottleneck."``, or ``""`` at the top)."""
+    present = [n for n in names if prefix + n in state_dict]
+    if not present:
+        return
+    name = prefix[:-1] if prefix else "_"
+    entries = {f"{name}.{n}": state_dict[prefix + n] for n in present}
+    update_registered_buffers(module, name, present, entries, policy="resize")
 
 
 def stored_tables(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -210,17 +228,8 @@ class PCEntropyModel(NoCdfTables):
 
     # -- loading --------------------------------------------------------------------------------
     def _resize_for(self, state_dict: dict[str, Any], prefix: str, names: tuple[str, ...]) -> None:
-        """Give the buffers ``names`` the shapes of the state dict's entries, as CompressAI's
-        ``update_registered_buffers`` does, so ``load_state_dict`` can copy into them."""
-        for name in (*names, "_pc_parent", DIGEST):
-            key = prefix + name
-            if key in state_dict:
-                buf = getattr(self, name)
-                setattr(
-                    self,
-                    name,
-                    torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device),
-                )
+        """``resize_buffers`` for ``names``, the tree and the digest."""
+        resize_buffers(self, state_dict, prefix, (*names, "_pc_parent", DIGEST))  # type: ignore[arg-type]
 
     def _finish_loading(
         self,

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..continuous import LIKELIHOOD_BOUND, gaussian_bin_mass
+from .base import resize_buffers
 
 __all__ = ["LATTICES", "CheckerboardContext", "anchor_mask", "lattice_masks", "rounded_mean"]
 
@@ -129,17 +130,8 @@ class CheckerboardContext(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        for name in ("inv_scale", "channel_edges", "total_edges", "coef", "shift"):
-            if prefix + name in state_dict:
-                setattr(
-                    self,
-                    name,
-                    torch.empty(
-                        state_dict[prefix + name].shape,
-                        dtype=torch.long,
-                        device=getattr(self, name).device,
-                    ),
-                )
+        names = ("inv_scale", "channel_edges", "total_edges", "coef", "shift")
+        resize_buffers(self, state_dict, prefix, names)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -24,6 +24,7 @@ from compressai.losses import RateDistortionLoss
 from torch import Tensor, nn
 
 from ..images import crop_padding, ms_ssim, pad_to_multiple, psnr
+from ..integrations.base import resize_buffers
 from ..integrations.codec_file import build_codec, load_codec, save_codec
 
 __all__ = [
@@ -129,17 +130,15 @@ def _resize_coder_buffers(
     the shapes they have in ``state_dict``, which ``update()`` may have changed, so a Lightning
     checkpoint loads (CompressAI's own ``load_state_dict`` does this only at the model's top level)."""
     for name, buf in list(module.named_buffers()):
-        key = prefix + name
         owner_name, _, leaf = name.rpartition(".")
+        key = prefix + name
         if (
             leaf in {"_quantized_cdf", "_offset", "_cdf_length", "scale_table"}
             and key in state_dict
             and state_dict[key].shape != buf.shape
         ):
             owner = module.get_submodule(owner_name) if owner_name else module
-            owner.register_buffer(
-                leaf, torch.empty(state_dict[key].shape, dtype=buf.dtype, device=buf.device)
-            )
+            resize_buffers(owner, state_dict, key[: len(key) - len(leaf)], [leaf])
 
 
 class RDTrainingModule(pl.LightningModule):
