@@ -25,14 +25,13 @@ from .coding import MAX_LATENTS, MAX_SYMBOLS, CodingTables, coding_tables, set_c
 from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
 from .errors import CheckpointError, InputError
 from .files import check_format, read_file, write_file
+from .framing import CHECKPOINT_FILE
 from .hclt import HCLT, LatentTreeCircuit
 from .structure import Tree
 
 __all__ = ["CHECKPOINT_VERSION", "CIRCUITS", "CheckpointError", "load", "save"]
 
-CHECKPOINT_VERSION = 3  # 3: any circuit (kind + config); 2: HCLT only, still read (CHANGELOG.md)
-_READABLE = (2, 3)
-_FORMAT = "pc-prior/hclt"
+CHECKPOINT_VERSION = CHECKPOINT_FILE.version  # pc_prior.framing tables every format and version
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_VARIABLES = 2**20
 CIRCUITS: dict[str, type[LatentTreeCircuit]] = {
@@ -57,7 +56,7 @@ def save(pc: LatentTreeCircuit, path: str | os.PathLike, **metadata: Any) -> Non
     per_variable = hasattr(pc, "num_cats")  # the others' tables belong to their entropy model
     write_file(
         {
-            "format": _FORMAT,
+            "format": CHECKPOINT_FILE.key,
             "version": CHECKPOINT_VERSION,
             "circuit": name,
             "config": pc.config(),
@@ -114,7 +113,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
     device = resolve_device(map_location)
     path = Path(path)
     state, digested = read_file(path)
-    check_format(state, path, _FORMAT, _READABLE, digested, "pc-prior circuit checkpoint")
+    check_format(state, path, CHECKPOINT_FILE, digested)
     cls, config = _kind_and_config(state, path)
     parent = _field(state, "parent", list, path)
     dtype_name = _field(state, "dtype", str, path)

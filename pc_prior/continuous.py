@@ -63,6 +63,9 @@ def _bin_mass(upper: Tensor, lower: Tensor) -> Tensor:
 class DiscretizedLogisticTree(LatentTreeCircuit):
     """Latent tree with discretized logistic leaves on alphabets ``lo_d .. lo_d + n_d - 1`` + ESCAPE."""
 
+    alphabet_lo: Tensor  # buffers registered in __init__
+    alphabet_n: Tensor
+
     def __init__(
         self, tree: Tree, num_cats: int, num_latents: int, dtype: torch.dtype = torch.float32
     ) -> None:

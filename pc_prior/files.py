@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .framing import FileFormat
 
 __all__ = ["check_format", "content_digest", "read_file", "write_file"]
 
@@ -115,25 +116,19 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], bool]:
     return obj, True
 
 
-def check_format(
-    content: dict[str, Any],
-    path: Path,
-    fmt: str,
-    version: int | tuple[int, ...],
-    digested: bool,
-    what: str,
-) -> None:
-    """Refuse a file that is not of format ``fmt`` and a readable ``version`` (one, or a tuple of
-    them) or carries no digest; ``what`` names the kind."""
-    if content.get("format") != fmt:
+def check_format(content: dict[str, Any], path: Path, fmt: FileFormat, digested: bool) -> None:
+    """Refuse a file that is not of ``fmt`` (``pc_prior.framing.FILE_FORMATS``) in a version this
+    pc-prior reads, or that carries no digest."""
+    what = fmt.name
+    if content.get("format") != fmt.key:
         raise CheckpointError(
-            f"{path} is not a {what} (format {content.get('format')!r}, expected {fmt!r})"
+            f"{path} is not a {what} (format {content.get('format')!r}, expected {fmt.key!r})"
         )
-    readable = version if isinstance(version, tuple) else (version,)
-    if content.get("version") not in readable or isinstance(content.get("version"), bool):
-        names = " or ".join(str(v) for v in readable)
+    version = content.get("version")
+    if version not in fmt.readable or isinstance(version, bool):
+        names = " or ".join(str(v) for v in fmt.readable)
         raise CheckpointError(
-            f"{path} has {what} version {content.get('version')!r}; this pc-prior reads "
+            f"{path} has {what} version {version!r}; this pc-prior reads "
             f"version {names} (see CHANGELOG.md)"
         )
     if not digested:

@@ -16,6 +16,10 @@ visible part of the file (25 bytes were 0.3% of a 0.15 bpp Kodak image), so it s
 
 Formats (``FORMATS``): each has its own magic, so a string of one kind is never read as another.
 Older versions are refused with an error that names both versions (CHANGELOG.md lists them).
+
+The file formats are tabled here too (``FILE_FORMATS``): the ``format`` key and version a
+checkpoint or codec file carries and the versions this pc-prior reads, and the ``.pcnpy``
+container's magic and version. This module is the one place a magic or a version is written.
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ import numpy as np
 from .errors import BitstreamError, InputError
 
 __all__ = [
+    "ARRAY_CONTAINER",
     "BOTTLENECK",
+    "CHECKPOINT_FILE",
+    "CODEC_FILE",
     "CONDITIONAL",
+    "FILE_FORMATS",
     "FINGERPRINT_BYTES",
     "FORMATS",
     "LOSSLESS",
+    "FileFormat",
     "Format",
     "header_bytes",
     "pack",
@@ -64,6 +73,27 @@ LOSSLESS = Format(
 BOTTLENECK = Format(b"PB", 3, 2, "PCEntropyBottleneck")  # fields: latent H, W
 CONDITIONAL = Format(b"PG", 3, 2, "PCConditional")  # fields: latent H, W
 FORMATS = {f.magic: f for f in (LOSSLESS, BOTTLENECK, CONDITIONAL)}
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A file format: the key (its ``format`` field, or a binary container's magic, ASCII), the
+    version written, the versions read and a name for messages."""
+
+    key: str
+    version: int
+    readable: tuple[int, ...]
+    name: str
+
+
+CHECKPOINT_FILE = FileFormat("pc-prior/hclt", 3, (2, 3), "pc-prior circuit checkpoint")
+"""``pc_prior.save``: 3 names any circuit (kind + config); 2 held HCLTs only (still read)."""
+CODEC_FILE = FileFormat("pc-prior/codec", 2, (1, 2), "codec file")
+"""``save_codec``: 2 stores PC tables as a digest and rebuilds them; 1 stored them (still read)."""
+ARRAY_CONTAINER = FileFormat("PCNPY", 2, (2,), ".pcnpy container")
+"""``pc-prior lossless compress``: 2 puts the header (magic, version, meta) under a CRC32."""
+FILE_FORMATS = (CHECKPOINT_FILE, CODEC_FILE, ARRAY_CONTAINER)
+
 # Streams of earlier layouts, recognised only to name their version in the error.
 _LEGACY = {b"PCPR": (LOSSLESS, 4)}  # lossless version 1: 4-byte magic, version byte at offset 4
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .framing import ARRAY_CONTAINER
 from .settings import LosslessFit, add_arguments
 
 LOSSLESS_OPTIONS = (
@@ -27,10 +28,8 @@ LOSSLESS_OPTIONS = (
     "seed",
 )  # the fit_em / HCLT.from_data settings pc-prior lossless fit exposes
 
-_ARRAY_MAGIC = b"PCNPY"
-_ARRAY_VERSION = (
-    2  # 2: the header (magic, version, meta) is under a CRC32; meta is validated (CHANGELOG.md)
-)
+_ARRAY_MAGIC = ARRAY_CONTAINER.key.encode()  # pc_prior.framing tables every format and version
+_ARRAY_VERSION = ARRAY_CONTAINER.version
 _ARRAY_HEAD = struct.Struct("<BII")  # version, meta length, CRC32 of everything before the stream
 _ARRAY_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8")
 _MAX_META = 4096

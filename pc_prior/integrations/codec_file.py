@@ -32,6 +32,7 @@ from torch import nn
 from ..devices import resolve_device
 from ..errors import CheckpointError, InputError, ModelLoadError
 from ..files import check_format, read_file, write_file
+from ..framing import CODEC_FILE
 from .base import stored_tables
 
 __all__ = [
@@ -46,9 +47,8 @@ __all__ = [
     "save_codec",
 ]
 
-CODEC_FORMAT = "pc-prior/codec"
-CODEC_VERSION = 2  # 2: PC tables rebuilt from the parameters on load; 1: tables stored (still read)
-READABLE_VERSIONS = (1, 2)
+CODEC_FORMAT = CODEC_FILE.key  # pc_prior.framing tables every format and version
+CODEC_VERSION = CODEC_FILE.version
 
 
 def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -81,7 +81,7 @@ def _float_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def _check_fields(ck: dict[str, Any], path: Path, digested: bool) -> None:
     if ck.get("format") is not None:  # without one: a plain CompressAI-style export
-        check_format(ck, path, CODEC_FORMAT, READABLE_VERSIONS, digested, "codec file")
+        check_format(ck, path, CODEC_FILE, digested)
     missing = [k for k in ("arch", "quality", "state_dict") if k not in ck]
     if missing:
         raise CheckpointError(f"{path} is not a codec file: no {', '.join(missing)}")
