@@ -1,9 +1,12 @@
 """One base for the PC entropy models: coding-table buffers, their compact storage, fingerprint, errors.
 
 ``PCEntropyModel`` is mixed in before the CompressAI class (``PCEntropyBottleneck(PCEntropyModel,
-EntropyBottleneck)``, ``PCConditional(PCEntropyModel, GaussianConditional)``); the subclasses add
-only what differs: the circuit they build from a state dict, the tables they compute from it,
-their alphabets and symbols.
+EntropyBottleneck)``, ``PCConditional(PCEntropyModel, GaussianConditional)``). It holds what both
+share: the circuit and its table buffers, the not-fitted errors, the fingerprint, buffer resizing
+(``resize_buffers``), loading with table rebuild and digest check, the string framing (``FORMAT``,
+``_frame``/``_unframe``: ``pc_prior.framing``) and the latent shape check. The subclasses add only
+what differs: the circuit they build from a state dict, the tables they compute from it, their
+alphabets, symbols and coding schedule.
 
 Tables in memory. ``_pc_root`` [K], ``_pc_trans`` [D, K, K] and ``_pc_emit`` ([D, K, V], or
 [D, S, K, V] with one table per scale index) are int32 buffers written by ``update()``: device
@@ -30,18 +33,28 @@ import torch
 from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
 
-from ..coding import CodingTables
-from ..errors import CheckpointError, NotFittedError, PCPriorError, UnsupportedModelError
+from .. import framing
+from ..coding import CodingTables, check_decode_limit, check_payload_holds, min_item_bits
+from ..errors import (
+    BitstreamError,
+    CheckpointError,
+    InputError,
+    NotFittedError,
+    PCPriorError,
+    UnsupportedModelError,
+)
 
 __all__ = [
     "MAX_TABLE_ENTRIES",
     "NoCdfTables",
     "PCEntropyModel",
+    "check_latent_shape",
     "loaded_tables",
     "no_cdf_tables",
     "resize_buffers",
     "stored_tables",
     "tables_digest",
+    "unpack_strings",
 ]
 
 TABLE_BUFFERS = ("_pc_root", "_pc_trans", "_pc_emit")  # in memory only (rebuilt on load)
@@ -149,6 +162,64 @@ class NoCdfTables:
         raise no_cdf_tables(self, "_quantized_cdf")
 
 
+def unpack_strings(
+    strings: Any,
+    fmt: framing.Format,
+    fingerprint: bytes,
+    size: tuple[int, int],
+    tables: CodingTables,
+    channels: int,
+) -> list[np.ndarray]:
+    """Check every string's header against this model and latent ``size`` (H, W); their payload words.
+
+    Before anything is allocated: the strings are a list of bytes, their headers state ``size``, and
+    each payload is long enough for H·W positions under the model (``check_payload_holds``).
+    """
+    if not isinstance(strings, (list, tuple)):
+        raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
+    h, w = size
+    check_decode_limit(len(strings) * h * w, channels, fmt.name)
+    item_bits = min_item_bits(tables)
+
+    def check_size(fields: tuple[int, ...]) -> None:
+        if fields != (h, w):
+            raise BitstreamError(
+                f"{fmt.name} bitstream holds a {fields[0]}x{fields[1]} latent, decompress was "
+                f"asked for {h}x{w}"
+            )
+
+    words = []
+    for data in strings:
+        _, wd = framing.unpack(data, fmt, fingerprint, check_size)
+        check_payload_holds(h * w, item_bits, len(wd), fmt.name)
+        words.append(wd)
+    return words
+
+
+def check_latent_shape(owner: str, x: Any, channels: int, what: str = "latent") -> None:
+    """Raise ``InputError`` unless ``x`` is a 4-D tensor [B, channels, H, W] (never broadcast).
+
+    The PC entropy models code image latents: one item per spatial position (H, W), the channels
+    its variables. Other ranks (CompressAI's entropy models take 0 to 5 spatial dimensions) or
+    another channel count would broadcast against the per-channel medians into a wrong shape.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(
+            f"{owner}: expected a {what} tensor of shape [B, {channels}, H, W], got {type(x).__name__}"
+        )
+    shape = tuple(x.shape)
+    if x.dim() != 4:
+        raise InputError(
+            f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({x.dim()}-D; "
+            "only 4-D image latents [B, C, H, W] are supported)"
+        )
+    if shape[1] != channels:
+        raise InputError(
+            f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({shape[1]} "
+            f"channels, the model has {channels})"
+        )
+
+
 class PCEntropyModel(NoCdfTables):
     """The state every PC entropy model shares: circuit, table buffers, fingerprint, compact storage.
 
@@ -158,6 +229,7 @@ class PCEntropyModel(NoCdfTables):
     ``_load_from_state_dict`` with ``_finish_loading``.
     """
 
+    FORMAT: framing.Format  # each subclass's strings: magic, version, header fields
     pc: Any
     _pc_parent: Tensor
     _pc_root: Tensor
@@ -209,6 +281,22 @@ class PCEntropyModel(NoCdfTables):
         for t in extra:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.digest()[:8]
+
+    def _frame(self, fingerprint: bytes, size: tuple[int, int], encoder: Any) -> bytes:
+        """One string: this model's header (``FORMAT``, fingerprint, latent size) and the coder's words."""
+        words = encoder.get_compressed().astype("<u4").tobytes()
+        return framing.pack(self.FORMAT, fingerprint, size, words)
+
+    def _unframe(
+        self,
+        strings: Any,
+        fingerprint: bytes,
+        size: tuple[int, int],
+        tables: CodingTables,
+        channels: int,
+    ) -> list[np.ndarray]:
+        """Every string's payload words, headers checked (``unpack_strings``)."""
+        return unpack_strings(strings, self.FORMAT, fingerprint, size, tables, channels)
 
     def _compute_tables(self) -> CodingTables:
         raise NotImplementedError

@@ -69,7 +69,7 @@ from ..settings import CHOICES, ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .base import PCEntropyModel, loaded_tables
 from .context import CheckerboardContext, lattice_masks
-from .entropy_models import STRUCTURES, check_latent_shape, unpack_strings
+from .entropy_models import STRUCTURES, check_latent_shape
 
 __all__ = [
     "CONTEXTS",
@@ -77,7 +77,6 @@ __all__ = [
     "ScaleConditionedTree",
 ]  # the circuit lives in pc_prior.continuous
 
-FORMAT = framing.CONDITIONAL  # magic, version and header fields of this model's strings
 LN2 = math.log(2.0)
 CONTEXTS = tuple(
     c for c in CHOICES["context"] if c
@@ -108,6 +107,8 @@ class PCConditional(PCEntropyModel, GaussianConditional):
     it unchanged. Fit with ``fit`` (or ``pc_prior.integrations.fit_prior``); ``fit`` ends with
     ``update()``. Strings are one ``bytes`` per batch item, as CompressAI's.
     """
+
+    FORMAT = framing.CONDITIONAL  # magic, version and header fields of this model's strings
 
     def __init__(self, scale_table: Any = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(scale_table, *args, **kwargs)
@@ -666,10 +667,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
             inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(s, mask))
             encode_columns(encs, inc, idx, n, rel.numpy(), esc.numpy(), alphabet)
-        return [
-            framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
-            for enc in encs
-        ]
+        return [self._frame(fp, (h, w), enc) for enc in encs]
 
     def decompress(
         self,
@@ -686,7 +684,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         b, c, h, w = indexes.shape
         if len(strings) != b:
             raise ValueError(f"{len(strings)} strings for a batch of {b} index maps")
-        words = unpack_strings(strings, FORMAT, fp, (h, w), tables, c)
+        words = self._unframe(strings, fp, (h, w), tables, c)
         r = self.radius
         alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
         s = indexes.long().cpu()
@@ -701,10 +699,10 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             inc = IncrementalConditionals(
                 tables, b * n, "cpu", groups=self._pass_rows(groups, mask)
             )
-            rel = decode_columns(decs, inc, n, 2 * r + 1, alphabet, FORMAT.name)
+            rel = decode_columns(decs, inc, n, 2 * r + 1, alphabet, self.FORMAT.name)
             vals = (rel - r).view(b, n, c).permute(0, 2, 1)
             u[..., mask] = vals + m[..., mask] if m is not None else vals
-        finish_decoding(decs, FORMAT.name)
+        finish_decoding(decs, self.FORMAT.name)
         dev = indexes.device
         sym = torch.empty(
             b, c, h, w, dtype=torch.float32, device=dev

@@ -37,19 +37,15 @@ from ..coding import (
     MAX_SYMBOL,
     CodingTables,
     IncrementalConditionals,
-    check_decode_limit,
-    check_payload_holds,
     coding_tables,
     decode_columns,
     encode_columns,
     escape_bits,
     finish_decoding,
-    min_item_bits,
     range_decoders,
 )
 from ..continuous import DiscretizedLogisticTree
 from ..errors import (
-    BitstreamError,
     InputError,
     PCPriorError,
 )
@@ -57,71 +53,12 @@ from ..hclt import HCLT
 from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree
 from ..training import fit_em
-from .base import PCEntropyModel, loaded_tables
+from .base import PCEntropyModel, check_latent_shape, loaded_tables
 
 __all__ = ["PCEntropyBottleneck"]
 
-FORMAT = framing.BOTTLENECK  # magic, version and header fields of this model's strings
 STRUCTURES = CHOICES["structure"]  # circuit structures over the channels (pc_prior.settings)
 LN2 = math.log(2.0)
-
-
-def unpack_strings(
-    strings: Any,
-    fmt: framing.Format,
-    fingerprint: bytes,
-    size: tuple[int, int],
-    tables: CodingTables,
-    channels: int,
-) -> list[np.ndarray]:
-    """Check every string's header against this model and latent ``size`` (H, W); their payload words.
-
-    Before anything is allocated: the strings are a list of bytes, their headers state ``size``, and
-    each payload is long enough for H·W positions under the model (``check_payload_holds``).
-    """
-    if not isinstance(strings, (list, tuple)):
-        raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
-    h, w = size
-    check_decode_limit(len(strings) * h * w, channels, fmt.name)
-    item_bits = min_item_bits(tables)
-
-    def check_size(fields: tuple[int, ...]) -> None:
-        if fields != (h, w):
-            raise BitstreamError(
-                f"{fmt.name} bitstream holds a {fields[0]}x{fields[1]} latent, decompress was "
-                f"asked for {h}x{w}"
-            )
-
-    words = []
-    for data in strings:
-        _, wd = framing.unpack(data, fmt, fingerprint, check_size)
-        check_payload_holds(h * w, item_bits, len(wd), fmt.name)
-        words.append(wd)
-    return words
-
-
-def check_latent_shape(owner: str, x: Any, channels: int, what: str = "latent") -> None:
-    """Raise ``InputError`` unless ``x`` is a 4-D tensor [B, channels, H, W] (never broadcast).
-
-    The PC entropy models code image latents: one item per spatial position (H, W), the channels
-    its variables. Other ranks (CompressAI's entropy models take 0 to 5 spatial dimensions) or
-    another channel count would broadcast against the per-channel medians into a wrong shape.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise InputError(
-            f"{owner}: expected a {what} tensor of shape [B, {channels}, H, W], got {type(x).__name__}"
-        )
-    shape = tuple(x.shape)
-    if x.dim() != 4:
-        raise InputError(
-            f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({x.dim()}-D; "
-            "only 4-D image latents [B, C, H, W] are supported)"
-        )
-    if shape[1] != channels:
-        raise InputError(
-            f"{owner}: expected a {what} of shape [B, {channels}, H, W], got {shape} ({shape[1]} "
-            f"channels, the model has {channels})"
-        )
 
 
 def _check_size(size: Any) -> tuple[int, int]:
@@ -147,6 +84,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
     ``quantization`` selects the training-mode rounding: ``"noise"`` (uniform noise on the
     output, CompressAI's default) or ``"ste"`` (straight-through rounding).
     """
+
+    FORMAT = framing.BOTTLENECK  # magic, version and header fields of this model's strings
 
     def __init__(
         self, channels: int, *args: Any, quantization: str = "noise", **kwargs: Any
@@ -484,10 +423,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
         encode_columns(encs, inc, idx, p, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
         fp = self._fingerprint(tables)
-        return [
-            framing.pack(FORMAT, fp, (h, w), enc.get_compressed().astype("<u4").tobytes())
-            for enc in encs
-        ]
+        return [self._frame(fp, (h, w), enc) for enc in encs]
 
     def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
         """Decode ``compress``'s strings into the dequantized latent [B, C, H, W].
@@ -501,7 +437,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         size = _check_size(size)
         tables = self._require_tables()
         fp = self._fingerprint(tables)
-        words = unpack_strings(strings, FORMAT, fp, size, tables, self.channels)
+        words = self._unframe(strings, fp, size, tables, self.channels)
         b, c, (h, w) = len(strings), self.channels, size
         p = h * w
         dev = tables.root.device
@@ -509,9 +445,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         decs = range_decoders(words)
         rel = decode_columns(
-            decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np, FORMAT.name
+            decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np, self.FORMAT.name
         )
-        finish_decoding(decs, FORMAT.name)
+        finish_decoding(decs, self.FORMAT.name)
         s = rel.to(self._offset.device) + self._offset.long()
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
