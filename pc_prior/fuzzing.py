@@ -398,9 +398,12 @@ def _forge_value(v: Any, rng: random.Random) -> Any:
         t = v.clone()
         choice = rng.randrange(5)
         if choice == 0 and t.numel():
-            t.view(-1)[rng.randrange(t.numel())] = rng.choice(
-                (-1, 0, 2**31 - 1, float("nan")) if t.is_floating_point() else (-1, 0, 2**30)
-            )
+            if t.is_floating_point():
+                values: tuple[float, ...] = (-1, 0, 2**31 - 1, float("nan"))
+            else:  # within the dtype (a uint8 digest cannot hold -1)
+                info = torch.iinfo(t.dtype)
+                values = tuple(v for v in (-1, 0, 2**30, info.max) if info.min <= v <= info.max)
+            t.view(-1)[rng.randrange(t.numel())] = rng.choice(values)
             return t
         if choice == 1 and t.dim():
             return t[:-1] if len(t) > 1 else t.repeat(2, *([1] * (t.dim() - 1)))
