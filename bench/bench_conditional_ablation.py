@@ -34,10 +34,10 @@ def gaussian_bits(
     symbols: list[torch.Tensor], indexes: list[torch.Tensor], table: torch.Tensor
 ) -> float:
     """CompressAI's Gaussian conditional code length (bits) of integer symbols at scale indexes."""
-    from pc_prior.integrations.context import _gaussian_bits
+    from pc_prior.continuous import gaussian_bits
 
     return sum(
-        float(_gaussian_bits(s.double(), table.double()[i.long()]).sum())
+        float(gaussian_bits(s.double(), table.double()[i.long()]).sum())
         for s, i in zip(symbols, indexes)
     )
 

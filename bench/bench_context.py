@@ -34,7 +34,8 @@ def rows_at(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def shift_refit(ctx, train, test, table, mean_fn) -> float:
     """Kodak non-anchor bits with means from ``mean_fn`` and a per-cell shift refit for them."""
-    from pc_prior.integrations.context import _gaussian_bits, anchor_mask
+    from pc_prior.continuous import gaussian_bits
+    from pc_prior.integrations.context import anchor_mask
 
     def rows(maps):
         out = {"r": [], "s": [], "cell": []}
@@ -54,11 +55,11 @@ def shift_refit(ctx, train, test, table, mean_fn) -> float:
     cands = torch.arange(-12, 13)
     cost = torch.zeros(ctx.shift.numel(), len(cands), dtype=torch.float64)
     for k, d in enumerate(cands):
-        bits = _gaussian_bits(tr["r"].double(), table[(tr["s"] + d).clamp(0, len(table) - 1)])
+        bits = gaussian_bits(tr["r"].double(), table[(tr["s"] + d).clamp(0, len(table) - 1)])
         cost[:, k].index_add_(0, tr["cell"].flatten(), bits.flatten())
     shift = cands[cost.argmin(1)]
     return float(
-        _gaussian_bits(
+        gaussian_bits(
             te["r"].double(), table[(te["s"] + shift[te["cell"]]).clamp(0, len(table) - 1)]
         ).sum()
     )
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from pc_prior.integrations.context import (
         CheckerboardContext,
-        _gaussian_bits,
         anchor_mask,
+        gaussian_bits,
         lattice_masks,
         rounded_mean,
     )
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         for sym, idx in test:
             s2, m = ctx(sym, idx)
             na = ~anchor_mask(*sym.shape[-2:])
-            b0 = _gaussian_bits(sym.double(), table[idx])
-            b1 = _gaussian_bits((sym - m).double(), table[s2])
+            b0 = gaussian_bits(sym.double(), table[idx])
+            b1 = gaussian_bits((sym - m).double(), table[s2])
             base, ctx_bits = base + float(b0.sum()), ctx_bits + float(b1.sum())
             non_base, non_ctx = (
                 non_base + float(b0[..., na].sum()),
@@ -152,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         for sym, idx in test:
             quarter = lattice_masks(*sym.shape[-2:], "diagonal")[1]
             s2, m = diag(sym, idx)
-            d_base += float(_gaussian_bits(sym.double(), table[idx])[..., quarter].sum())
-            d_ctx += float(_gaussian_bits((sym - m).double(), table[s2])[..., quarter].sum())
+            d_base += float(gaussian_bits(sym.double(), table[idx])[..., quarter].sum())
+            d_ctx += float(gaussian_bits((sym - m).double(), table[s2])[..., quarter].sum())
         row = {
             "quality": q,
             "kodak_y_bits_gaussian": base,

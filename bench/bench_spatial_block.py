@@ -31,7 +31,7 @@ def latent_symbols(net: torch.nn.Module, files: list[Path], multiple: int) -> li
     """Integer symbols round(y - median) [1, C, h, w] of each image (cropped to ``multiple``)."""
     from pc_prior.integrations import crop_to_multiple, load_image
 
-    med = net.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+    med = net.entropy_bottleneck.quantiles[:, 0, 1].detach().reshape(1, -1, 1, 1)  # medians
     with torch.no_grad():
         return [
             torch.round(net.g_a(crop_to_multiple(load_image(f), multiple)) - med).long()

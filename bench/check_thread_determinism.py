@@ -35,7 +35,7 @@ def integers(
     out = []
     for x in images:
         y = net.g_a(x)
-        z_hat = eb.quantize(net.h_a(torch.abs(y)), "dequantize", eb._get_medians())
+        z_hat = eb.quantize(net.h_a(torch.abs(y)), "dequantize", eb.quantiles[:, :, 1:2].detach())
         out.append((torch.round(y), z_hat, gc.build_indexes(net.h_s(z_hat))))
     return out
 

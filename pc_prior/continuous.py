@@ -34,6 +34,7 @@ __all__ = [
     "DiscretizedLogisticTree",
     "ScaleConditionedTree",
     "gaussian_bin_mass",
+    "gaussian_bits",
     "normal_cdf",
 ]
 
@@ -58,6 +59,11 @@ def _bin_mass(upper: Tensor, lower: Tensor) -> Tensor:
     """sigmoid(upper) - sigmoid(lower), computed in the tail where it is accurate."""
     sign = -torch.sign(upper + lower)
     return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+
+
+def gaussian_bits(u: Tensor, sigma: Tensor) -> Tensor:
+    """Code length in bits of integer u under the Gaussian conditional of scale σ (floored mass)."""
+    return -torch.log2(gaussian_bin_mass(u, sigma).clamp_min(LIKELIHOOD_BOUND))
 
 
 class DiscretizedLogisticTree(LatentTreeCircuit):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..continuous import LIKELIHOOD_BOUND, gaussian_bin_mass
+from ..continuous import gaussian_bits
 from .base import resize_buffers
 
 __all__ = ["LATTICES", "CheckerboardContext", "anchor_mask", "lattice_masks", "rounded_mean"]
@@ -85,10 +85,6 @@ def rounded_mean(coef: Tensor, usum: Tensor, count: Tensor) -> Tensor:
     """``round(coef · usum / count)`` exactly in int64, half up: ``coef`` in Q12 (``COEF_BITS``)."""
     den = count.clamp_min(1) << COEF_BITS
     return torch.div(2 * coef * usum + den, 2 * den, rounding_mode="floor")
-
-
-def _gaussian_bits(u: Tensor, sigma: Tensor) -> Tensor:
-    return -torch.log2(gaussian_bin_mass(u, sigma).clamp_min(LIKELIHOOD_BOUND))
 
 
 class CheckerboardContext(nn.Module):
@@ -300,7 +296,7 @@ class CheckerboardContext(nn.Module):
         coef_q = torch.round(grid * 2**COEF_BITS).long()
         shift = torch.zeros(n_cells, dtype=torch.long)
         coef = torch.zeros(self.channels, dtype=torch.long)
-        lut = _gaussian_bits(
+        lut = gaussian_bits(
             torch.arange(LUT_SIZE, dtype=torch.float64)[None], table[:, None]
         )  # [S, V]
 
