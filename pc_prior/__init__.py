@@ -3,6 +3,7 @@
 from . import framing
 from .checkpoint import load, save
 from .coding import decode, encode
+from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
 from .errors import (
     BitstreamError,
     CheckpointError,
@@ -23,11 +24,13 @@ __all__ = [
     "HCLT",
     "BitstreamError",
     "CheckpointError",
+    "DiscretizedLogisticTree",
     "InputError",
     "LatentTreeCircuit",
     "ModelLoadError",
     "NotFittedError",
     "PCPriorError",
+    "ScaleConditionedTree",
     "Tree",
     "UnsupportedModelError",
     "__version__",
