@@ -73,8 +73,10 @@ def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = Non
 
 
 def _float_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Half-precision tensors (as the shared codecs store their weights) as float32; float32 and
+    float64 stay as saved, so a float64 circuit rebuilds its tables from its exact parameters."""
     return {
-        k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+        k: v.float() if torch.is_tensor(v) and v.dtype in (torch.float16, torch.bfloat16) else v
         for k, v in state.items()
     }
 

@@ -487,3 +487,18 @@ def test_codec_file_with_or_without_tables_decodes_the_same(fact, tmp_path):
                 net.decompress(enc["strings"], enc["shape"])["x_hat"],
                 fact.decompress(enc["strings"], enc["shape"])["x_hat"],
             )
+
+
+def test_a_float64_codec_saves_and_reloads_bit_exactly(fact, tmp_path):
+    """Tables are rebuilt from the saved parameters in their own dtype (no float32 round trip)."""
+    import copy
+
+    net = copy.deepcopy(fact).double()
+    net.update(force=True)  # float64 parameters: tables from them
+    x = torch.cat(_images(1, 32, 32, seed=6)).double()
+    enc = net.compress(x)
+    path = save_codec(net, tmp_path / "f64.pt", "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
+    back = load_codec(path)
+    assert back.entropy_bottleneck.pc.root_logits.dtype == torch.float64
+    assert torch.equal(back.entropy_bottleneck._pc_emit, net.entropy_bottleneck._pc_emit)
+    assert back.double().compress(x)["strings"] == enc["strings"]
