@@ -247,6 +247,7 @@ class PCEntropyModel(NoCdfTables):
         reg("_pc_trans", torch.zeros(0, 0, 0, dtype=torch.int32), persistent=False)
         reg("_pc_emit", torch.zeros((0,) * emit_dims, dtype=torch.int32), persistent=False)
         self._pending_load: tuple | None = None
+        self._tables_source: bytes | None = None  # _params_digest() the tables were built from
         # Tables are rebuilt once the circuit (a child module) has its parameters: after loading.
         self.register_load_state_dict_post_hook(PCEntropyModel._after_load)  # type: ignore[attr-defined]
 
@@ -304,8 +305,36 @@ class PCEntropyModel(NoCdfTables):
     def _tables_entries(self) -> int:
         raise NotImplementedError
 
-    def _set_tables(self, tables: CodingTables) -> None:
-        """Write ``tables`` (and their digest) into the buffers, on the module's device."""
+    def _params_digest(self) -> bytes:
+        """SHA-256 of what the tables are computed from: the circuit's state and the alphabet."""
+        h = hashlib.sha256()
+        state = dict(self.pc.state_dict()) if self.pc is not None else {}
+        state["_offset"] = self._offset
+        table = getattr(self, "scale_table", None)
+        if isinstance(table, Tensor):
+            state["scale_table"] = table
+        for k in sorted(state):
+            t = state[k].detach().cpu().contiguous()
+            h.update(k.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+            h.update(
+                t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes()
+            )
+        return h.digest()
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        """Compact (parameters and the tables' digest), unless the parameters changed since the
+        tables were built (training after ``update()``) or the tables were loaded as stored: then
+        the tables themselves are saved too, so the file codes exactly as this module does."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        if self._pc_root.numel() and self._tables_source != self._params_digest():
+            for name in TABLE_BUFFERS:
+                buf = getattr(self, name)
+                destination[prefix + name] = buf if keep_vars else buf.detach()
+
+    def _set_tables(self, tables: CodingTables, built_here: bool = True) -> None:
+        """Write ``tables`` (and their digest) into the buffers, on the module's device;
+        ``built_here``: computed from the current parameters (else loaded as stored)."""
+        self._tables_source = self._params_digest() if built_here else None
         dev = self._pc_parent.device
         self._pc_parent = torch.as_tensor(np.asarray(tables.parent), dtype=torch.long, device=dev)
         self._pc_root = tables.root.to(dev, torch.int32)
@@ -355,7 +384,7 @@ class PCEntropyModel(NoCdfTables):
         if any(m.startswith(prefix) for m in error_msgs) or self.pc is None:
             return
         if stored is not None:
-            self._set_tables(stored)
+            self._set_tables(stored, built_here=False)
             return
         want = state_dict.get(prefix + DIGEST)
         if want is None or want.numel() != 32:

@@ -502,3 +502,22 @@ def test_a_float64_codec_saves_and_reloads_bit_exactly(fact, tmp_path):
     assert back.entropy_bottleneck.pc.root_logits.dtype == torch.float64
     assert torch.equal(back.entropy_bottleneck._pc_emit, net.entropy_bottleneck._pc_emit)
     assert back.double().compress(x)["strings"] == enc["strings"]
+
+
+def test_parameters_changed_after_update_save_the_tables_they_code_with(fact, tmp_path):
+    """Training after update() leaves the tables stale: the file then stores them, and decodes
+    what the model coded; after update() it is compact again."""
+    import copy
+
+    net = copy.deepcopy(fact)
+    x = torch.cat(_images(1, 32, 32, seed=7))
+    with torch.no_grad():
+        net.entropy_bottleneck.pc.emission_logits.mul_(1.3)  # a training step, no update()
+    enc = net.compress(x)  # still coded with the tables of the last update()
+    assert any(k.endswith("_pc_emit") for k in net.state_dict())
+    kw = {"net_kwargs": {"N": 8, "M": 12}}
+    back = load_codec(save_codec(net, tmp_path / "stale.pt", "FactorizedPrior", 1, **kw))
+    assert back.compress(x)["strings"] == enc["strings"]
+    assert any(k.endswith("_pc_emit") for k in back.state_dict())  # loaded as stored: kept
+    net.update(force=True)
+    assert not any(k.endswith("_pc_emit") for k in net.state_dict())
