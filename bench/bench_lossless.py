@@ -2,7 +2,8 @@
 
 Reports, from one run on one machine:
 - bits per dimension on the test set, theoretical (model NLL) and coded (real bytes), round trip checked;
-- encode and decode seconds and images per second (median over --repeats runs);
+- encode and decode seconds and images per second (median over --repeats runs), at each
+  --threads count (torch intra-op threads; the top-level figures are the first count's);
 - seconds per training epoch of mini-batch EM, and bpd after it, for a fresh HCLT of the same size;
 - the incremental coding scheme against the naive one (one full inside/outside pass per variable),
   both computing p(x_i | x_<i) for --naive-images images, as a speed ratio;
@@ -10,6 +11,7 @@ Reports, from one run on one machine:
   and device, with ours/pyjuice ratios for epoch time and bpd (otherwise the reason it was skipped).
 
     python bench/bench_lossless.py --model runs/lossless/mnist_k32.pt [--data ../shared/data/mnist]
+    python bench/bench_lossless.py --model M --threads 1 2 --coding-only   # coding throughput only
 """
 
 from __future__ import annotations
@@ -94,6 +96,18 @@ def main() -> None:
         help="training images for the epoch timing (default: all)",
     )
     ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch thread counts to time encode/decode at (default: the current count)",
+    )
+    ap.add_argument(
+        "--coding-only",
+        action="store_true",
+        help="only bpd and coding times: skip the conditionals, the training epoch and pyjuice",
+    )
     args = ap.parse_args()
 
     pc = load(args.model, map_location=args.device)
@@ -110,19 +124,37 @@ def main() -> None:
     }
 
     res["bpd_theoretical"] = bits_per_dim(pc, x_test)
-    t_enc, data = _median_time(lambda: encode(pc, x_test), args.repeats)
-    t_dec, y = _median_time(lambda: decode(pc, data), args.repeats)
-    if not torch.equal(y, x_test):
-        raise SystemExit("round trip failed")
+    threads = args.threads or [torch.get_num_threads()]
+    default_threads = torch.get_num_threads()
+    by_threads: dict = {}
+    first: bytes | None = None
+    for t in threads:
+        torch.set_num_threads(t)
+        t_enc, data = _median_time(lambda: encode(pc, x_test), args.repeats)
+        t_dec, y = _median_time(lambda s=data: decode(pc, s), args.repeats)
+        if not torch.equal(y, x_test):
+            raise SystemExit(f"round trip failed at {t} threads")
+        if first is not None and data != first:
+            raise SystemExit(f"the stream at {t} threads differs from the one at {threads[0]}")
+        first = data
+        by_threads[str(t)] = {
+            "encode_seconds": t_enc,
+            "decode_seconds": t_dec,
+            "encode_images_per_second": n / t_enc,
+            "decode_images_per_second": n / t_dec,
+        }
+    torch.set_num_threads(default_threads)
+    assert first is not None
     res |= {
-        "bpd_coded": len(data) * 8 / (n * d),
-        "coded_bytes": len(data),
+        "bpd_coded": len(first) * 8 / (n * d),
+        "coded_bytes": len(first),
         "round_trip_exact": True,
-        "encode_seconds": t_enc,
-        "decode_seconds": t_dec,
-        "encode_images_per_second": n / t_enc,
-        "decode_images_per_second": n / t_dec,
-    }
+        "threads": threads[0],
+    } | by_threads[str(threads[0])]
+    res["coding_by_threads"] = by_threads
+    if args.coding_only:
+        print(json.dumps(res, indent=1))
+        return
 
     xs = x_test[: args.naive_images]
     t_inc, (order, _) = _median_time(lambda: incremental_conditionals(pc, xs), args.repeats)

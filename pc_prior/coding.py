@@ -294,9 +294,16 @@ def check_payload_holds(items: int, item_bits: float, payload_words: int, name: 
 
 
 def _renorm(x: Tensor) -> Tensor:
-    """Scale each row by a power of two so its max lies in [2**(B-1), 2**B), then floor. Exact."""
-    _, e = torch.frexp(x.amax(-1, keepdim=True))  # max < 2**e
-    return torch.floor(torch.ldexp(x, MESSAGE_BITS - e))
+    """Scale each row by a power of two so its max lies in [2**(B-1), 2**B), then floor. Exact.
+
+    The scale 2**(B-e) is made once per row (``ldexp`` of ones, [N, 1]) and multiplied in: a
+    product with a power of two is exact, so this equals ``floor(ldexp(x, B - e))`` bit for bit
+    at a fraction of its cost (torch's ldexp raises 2 to a power per element).
+    """
+    m = x.amax(-1, keepdim=True)
+    _, e = torch.frexp(m)  # max < 2**e
+    out = torch.mul(x, torch.ldexp(torch.ones_like(m), MESSAGE_BITS - e))
+    return torch.floor_(out)
 
 
 class IncrementalConditionals:
@@ -360,17 +367,61 @@ class IncrementalConditionals:
         self._out: dict[int, Tensor] = {}
         self._inside: dict[int, Tensor] = {}
         self._pending: Tensor | None = None
+        # Row sums of the weights as one matrix-vector product with the emission tables' row sums
+        # (out @ emit.sum(-1)): exact, hence equal to w.sum(-1), whenever every partial sum stays
+        # below 2**53 (messages and root entries are at most MAX_PARAM). Otherwise sum w itself.
+        self._emit_sum: Tensor | None = None
+        if groups is None:
+            esum = self.t.emit.sum(-1)  # [D, K], exact: each row sum is below 2**53
+            k = self.t.emit.shape[-2]
+            if esum.numel() and k * MAX_PARAM * float(esum.max()) < 2.0**53:
+                self._emit_sum = esum
+
+    def _message(self) -> Tensor:
+        """The next variable's outside message out_i [N, K] (or [1, K] at the root), computed once."""
+        if self._pending is None:
+            i = int(self.order[self.step])
+            p = int(self.parent[i])
+            if p < 0:
+                self._pending = self.t.root[None]
+            else:
+                ctx = _renorm(self._out[p] * self._inside[p])
+                self._pending = _renorm(ctx @ self.t.trans[i])
+        return self._pending
+
+    def probabilities(self, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        """``w / w.sum(-1)`` of items ``start .. stop - 1`` of the next variable, [stop - start, V].
+
+        The coder's probabilities, bit for bit those of ``weights()`` (one correctly rounded
+        division of exact integers), computed for a slice of the items so that a column can be
+        coded in cache-sized pieces; ``out`` (float64, contiguous, at least that many rows) is
+        reused instead of allocating. Call ``observe`` once the whole column is coded.
+        """
+        i = int(self.order[self.step])
+        if self.groups is not None:  # per-item tables: the general path
+            w = self.weights()[start:stop]
+            return w / w.sum(-1, keepdim=True)
+        msg = self._message()
+        msg = msg if len(msg) == 1 else msg[start:stop]
+        emit = self.t.emit[i]
+        rows = stop - start
+        if out is None:
+            out = torch.empty(rows, emit.shape[-1], dtype=emit.dtype, device=emit.device)
+        w = out[:rows]
+        if len(msg) == 1:  # the root: the same row for every item
+            w.copy_((msg @ emit).expand(rows, -1))
+        else:
+            torch.mm(msg, emit, out=w)
+        if self._emit_sum is not None:
+            s = (msg @ self._emit_sum[i])[:, None]
+        else:
+            s = w.sum(-1, keepdim=True)
+        return torch.div(w, s, out=w)
 
     def weights(self) -> Tensor:
         """Integer weights [N, V] (exact, float64) of the next variable's conditional."""
         i = int(self.order[self.step])
-        p = int(self.parent[i])
-        if p < 0:
-            out = self.t.root.expand(self.n, -1)
-        else:
-            ctx = _renorm(self._out[p] * self._inside[p])
-            out = _renorm(ctx @ self.t.trans[i])
-        self._pending = out
+        out = self._message().expand(self.n, -1)
         if self.groups is None:
             return out @ self.t.emit[i]
         # One matrix product per distinct table: far faster than a batched product over items,
@@ -388,16 +439,33 @@ class IncrementalConditionals:
     def observe(self, values: Tensor) -> None:
         """Record the values [N] of the variable whose weights were just returned."""
         i = int(self.order[self.step])
-        assert self._pending is not None, "observe() must follow weights()"
+        assert self._pending is not None, "observe() must follow weights() or probabilities()"
         self._out[i] = self._pending
+        self._pending = None
         values = values.to(self.t.emit.device).long()
-        if self.groups is None:
-            leaf = self.t.emit[i].T[values]
+        if self.groups is not None:
+            self._inside[i] = _renorm(self.t.emit[i][self.groups[:, i], :, values])  # [N, K]
+        elif self.n >= self.t.emit.shape[-1]:
+            # _renorm and matrix products work row by row, so computing a message for each of
+            # the V symbols and then picking each item's row is the same as picking first: V*K
+            # work instead of N*K (embedding: a row gather, faster than index_select on CPU)
+            table = _renorm(self.t.emit[i].T)
+            p = int(self.parent[i])
+            if self.last[i] == self.step and p >= 0:  # a leaf: its message to the parent at once
+                table = _renorm(table @ self.t.trans[i].T)
+                lam = torch.nn.functional.embedding(values, table)
+                self._out.pop(i)
+                self._inside[p] = _renorm(self._inside[p] * lam)
+                self._close(p)
+                return
+            self._inside[i] = torch.nn.functional.embedding(values, table)
         else:
-            leaf = self.t.emit[i][self.groups[:, i], :, values]  # [N, K]
-        self._inside[i] = _renorm(leaf)
-        # close every subtree that ends here, deepest first, passing its message to its parent
-        s = i
+            self._inside[i] = _renorm(self.t.emit[i].T[values])
+        self._close(i)
+
+    def _close(self, s: int) -> None:
+        """Close every subtree that ends at this step from ``s`` up, deepest first, passing its
+        message to its parent; then advance to the next variable."""
         while s >= 0 and self.last[s] == self.step and self.parent[s] >= 0:
             p = int(self.parent[s])
             lam = _renorm(self._inside.pop(s) @ self.t.trans[s].T)
@@ -407,8 +475,29 @@ class IncrementalConditionals:
         self.step += 1
 
 
-def _probabilities(w: Tensor) -> np.ndarray:
-    return (w / w.sum(-1, keepdim=True)).cpu().numpy()
+CHUNK_ITEMS = 1024  # items whose probabilities are computed and coded at once (cache-sized)
+
+
+def _chunks(strings: int, items_per_string: int) -> list[tuple[int, int, int]]:
+    """(string, start, stop) pieces of every string's items, in coding order."""
+    p = items_per_string
+    return [
+        (j, s, min(s + CHUNK_ITEMS, (j + 1) * p))
+        for j in range(strings)
+        for s in range(j * p, (j + 1) * p, CHUNK_ITEMS)
+    ]
+
+
+def _probability_buffer(inc: IncrementalConditionals) -> Tensor:
+    emit = inc.t.emit
+    return torch.empty(
+        min(inc.n, CHUNK_ITEMS), emit.shape[-1], dtype=emit.dtype, device=emit.device
+    )
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    """``t`` as a numpy array: a view on CPU, a copy from another device."""
+    return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
 
 
 def incremental_conditionals(pc: SymbolCircuit, x: Tensor) -> tuple[np.ndarray, Tensor]:
@@ -509,18 +598,26 @@ def encode_columns(
     ``decode_columns``.
     """
     p = items_per_string
-    idx_np = idx.cpu().numpy().astype(np.int32)
+    # coding order: columns of idx, each contiguous
+    cols = np.ascontiguousarray(idx.cpu().numpy().astype(np.int32).T)
+    idx_t = idx.to(inc.t.emit.device).long().T
     family = _categorical()
+    buf = _probability_buffer(inc)
+    chunks = _chunks(len(encoders), p)
     for i in inc.order:
-        probs = _probabilities(inc.weights())
-        for j, enc in enumerate(encoders):
-            sl = slice(j * p, (j + 1) * p)
-            enc.encode(np.ascontiguousarray(idx_np[sl, i]), family, probs[sl])
-            if esc is not None:
+        for j, start, stop in chunks:
+            probs = _numpy(inc.probabilities(start, stop, buf))
+            encoders[j].encode(cols[i, start:stop], family, probs)
+            if esc is not None and stop == (j + 1) * p:  # string j's column is complete
+                sl = slice(j * p, stop)
                 e = esc[sl, i]
                 if e.any():
-                    _encode_escapes(enc, rel[sl, i][e], np.full(int(e.sum()), alphabet[i]))  # type: ignore[index]
-        inc.observe(idx[:, i])
+                    _encode_escapes(
+                        encoders[j],
+                        rel[sl, i][e],  # type: ignore[index]
+                        np.full(int(e.sum()), alphabet[i]),  # type: ignore[index]
+                    )
+        inc.observe(idx_t[i])
 
 
 @contextmanager
@@ -567,19 +664,22 @@ def decode_columns(
     p = items_per_string
     n = len(decoders) * p
     d = len(inc.order)
-    rel = torch.empty(n, d, dtype=torch.long)
+    rel = torch.empty(d, n, dtype=torch.long)  # by column, transposed at the end
     family = _categorical()
+    buf = _probability_buffer(inc)
+    chunks = _chunks(len(decoders), p)
     with decoding(name):
         for i in inc.order:
-            probs = _probabilities(inc.weights())
             col = np.empty(n, dtype=np.int64)
-            val = np.empty(n, dtype=np.int64)
-            for j, dec in enumerate(decoders):
-                sl = slice(j * p, (j + 1) * p)
-                col[sl] = dec.decode(family, probs[sl])
-                val[sl] = col[sl]
-                if escape is None:
+            val = col if escape is None else np.empty(n, dtype=np.int64)
+            for j, start, stop in chunks:
+                dec = decoders[j]
+                probs = _numpy(inc.probabilities(start, stop, buf))
+                col[start:stop] = dec.decode(family, probs)
+                if escape is None or stop < (j + 1) * p:
                     continue
+                sl = slice(j * p, stop)  # string j's column is complete
+                val[sl] = col[sl]
                 e = col[sl] == escape
                 if ((col[sl] >= alphabet[i]) & ~e).any():  # type: ignore[index]
                     raise BitstreamError(
@@ -587,9 +687,9 @@ def decode_columns(
                     )
                 if e.any():
                     val[sl][e] = _decode_escapes(dec, np.full(int(e.sum()), alphabet[i]))  # type: ignore[index]
-            rel[:, i] = torch.from_numpy(val)
+            rel[i] = torch.from_numpy(val)
             inc.observe(torch.from_numpy(col))
-    return rel
+    return rel.T.contiguous()
 
 
 # -- the lossless format ------------------------------------------------------------------------
