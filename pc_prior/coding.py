@@ -104,13 +104,19 @@ class CodingTables:
     emit: Tensor  # [D, K, V], or [D, S, K, V]: S tables per variable (per-item leaves)
 
     @property
-    def fingerprint(self) -> bytes:
+    def digest(self) -> bytes:
+        """SHA-256 of the tree and the integer tables (shapes included)."""
         h = hashlib.sha256()
         h.update(np.asarray(self.parent, dtype="<i8").tobytes())
         for t in (self.root, self.trans, self.emit):
             h.update(np.asarray(t.shape, dtype="<i8").tobytes())
             h.update(t.detach().cpu().to(torch.int32).numpy().astype("<i4").tobytes())
-        return h.digest()[:8]
+        return h.digest()
+
+    @property
+    def fingerprint(self) -> bytes:
+        """The digest's first 8 bytes: what streams carry to name their model."""
+        return self.digest[:8]
 
     def to(self, device: torch.device | str) -> CodingTables:
         return CodingTables(

@@ -20,6 +20,7 @@ and in held-out estimates; the coder never uses them (its tables come from ``pc_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -55,10 +56,12 @@ def gaussian_bin_mass(u: Tensor, sigma: Tensor) -> Tensor:
 MIN_SCALE = 0.05
 
 
-def _bin_mass(upper: Tensor, lower: Tensor) -> Tensor:
+def _bin_mass(
+    upper: Tensor, lower: Tensor, sigmoid: Callable[[Tensor], Tensor] = torch.sigmoid
+) -> Tensor:
     """sigmoid(upper) - sigmoid(lower), computed in the tail where it is accurate."""
     sign = -torch.sign(upper + lower)
-    return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+    return (sigmoid(sign * upper) - sigmoid(sign * lower)).abs()
 
 
 def gaussian_bits(u: Tensor, sigma: Tensor) -> Tensor:
@@ -120,37 +123,36 @@ class DiscretizedLogisticTree(LatentTreeCircuit):
         """log p of real-valued rows u [N, D] under the continuous leaves (training rate), [N]."""
         return self.upward(self.leaf_log_probs_values(u))[0]
 
+    def _alphabet_pmf(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        sigmoid: Callable[[Tensor], Tensor],
+        row_sum: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """The leaves (``loc`` [D, K], ``scale`` [D, K, 1]) discretized on each alphabet, ESCAPE =
+        all mass outside: pmf [D, K, V] in ``loc``'s dtype, with the given sigmoid and row sum."""
+        j = torch.arange(self.num_cats - 1, device=loc.device, dtype=loc.dtype)
+        centers = self.alphabet_lo[:, None, None].to(j.dtype) + j - loc[..., None]  # [D, K, V-1]
+        inside = _bin_mass((centers + 0.5) / scale, (centers - 0.5) / scale, sigmoid)
+        inside = inside * (j < self.alphabet_n[:, None, None])
+        escape = (1.0 - row_sum(inside)[..., None]).clamp_min(0.0)
+        p = torch.cat([inside, escape], -1).clamp_min(LIKELIHOOD_BOUND)
+        return p / row_sum(p)[..., None]
+
     def log_emissions(self) -> Tensor:
         """The leaves discretized on each alphabet, ESCAPE = all mass outside: log [D, K, V], rows sum to 1."""
-        v = self.num_cats
-        scale = self._scale()[..., None]
-        j = torch.arange(v - 1, device=self.loc.device, dtype=self.loc.dtype)
-        centers = (
-            self.alphabet_lo[:, None, None].to(j.dtype) + j - self.loc[..., None]
-        )  # [D, K, V-1]
-        inside = _bin_mass((centers + 0.5) / scale, (centers - 0.5) / scale)
-        inside = inside * (j < self.alphabet_n[:, None, None])
-        escape = (1.0 - inside.sum(-1, keepdim=True)).clamp_min(0.0)
-        p = torch.cat([inside, escape], -1).clamp_min(LIKELIHOOD_BOUND)
-        return (p / p.sum(-1, keepdim=True)).log()
+        return self._alphabet_pmf(
+            self.loc, self._scale()[..., None], torch.sigmoid, lambda t: t.sum(-1)
+        ).log()
 
     @torch.no_grad()
     def coding_emissions(self) -> Tensor:
         """``log_emissions().exp()`` in float64 by ``pc_prior.portable``: the coder's leaf pmfs,
         the same bits on every device."""
-        v = self.num_cats
         scale = portable.exp(self.log_scale).clamp_min(MIN_SCALE)[..., None]
-        j = torch.arange(v - 1, device=self.loc.device, dtype=torch.float64)
-        centers = (
-            self.alphabet_lo[:, None, None].double() + j - self.loc.detach().double()[..., None]
-        )
-        upper, lower = (centers + 0.5) / scale, (centers - 0.5) / scale
-        sign = -torch.sign(upper + lower)
-        inside = (portable.sigmoid(sign * upper) - portable.sigmoid(sign * lower)).abs()
-        inside = inside * (j < self.alphabet_n[:, None, None])
-        escape = (1.0 - portable.fixed_order_sum(inside)[..., None]).clamp_min(0.0)
-        p = torch.cat([inside, escape], -1).clamp_min(LIKELIHOOD_BOUND)
-        return p / portable.fixed_order_sum(p)[..., None]
+        loc = self.loc.detach().double()
+        return self._alphabet_pmf(loc, scale, portable.sigmoid, portable.fixed_order_sum)
 
     def config(self) -> dict[str, int]:
         return {"num_cats": self.num_cats, "num_latents": self.num_latents}

@@ -53,7 +53,6 @@ __all__ = [
     "no_cdf_tables",
     "resize_buffers",
     "stored_tables",
-    "tables_digest",
     "unpack_strings",
 ]
 
@@ -88,15 +87,6 @@ def stored_tables(model: torch.nn.Module) -> dict[str, Tensor]:
         if isinstance(m, PCEntropyModel) and m._pc_root.numel()
         for buf in TABLE_BUFFERS
     }
-
-
-def tables_digest(tables: CodingTables) -> bytes:
-    """SHA-256 of the tree and the integer tables (shapes included)."""
-    h = hashlib.sha256(np.asarray(tables.parent, dtype="<i8").tobytes())
-    for t in (tables.root, tables.trans, tables.emit):
-        h.update(np.asarray(t.shape, dtype="<i8").tobytes())
-        h.update(t.detach().cpu().to(torch.int32).numpy().astype("<i4").tobytes())
-    return h.digest()
 
 
 def no_cdf_tables(module: Any, attr: str) -> UnsupportedModelError:
@@ -340,7 +330,7 @@ class PCEntropyModel(NoCdfTables):
         self._pc_root = tables.root.to(dev, torch.int32)
         self._pc_trans = tables.trans.to(dev, torch.int32)
         self._pc_emit = tables.emit.to(dev, torch.int32)
-        digest = np.frombuffer(tables_digest(tables), dtype=np.uint8).copy()
+        digest = np.frombuffer(tables.digest, dtype=np.uint8).copy()
         self._pc_tables_sha256 = torch.from_numpy(digest).to(dev)
 
     # -- loading --------------------------------------------------------------------------------
@@ -405,7 +395,7 @@ class PCEntropyModel(NoCdfTables):
         except (PCPriorError, ValueError) as e:
             error_msgs.append(f"{prefix}: cannot rebuild the coding tables: {e}")
             return
-        if tables_digest(tables) != bytes(want.cpu().to(torch.uint8).tolist()):
+        if tables.digest != bytes(want.cpu().to(torch.uint8).tolist()):
             error_msgs.append(
                 f"{prefix}: the coding tables rebuilt from the saved parameters differ from the ones "
                 "the model was saved with (SHA-256 mismatch): the parameters are corrupted, or the "
