@@ -9,12 +9,16 @@ import struct
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .framing import ARRAY_CONTAINER
 from .settings import LosslessFit, add_arguments
+
+if TYPE_CHECKING:
+    from .coding import SymbolCircuit
 
 LOSSLESS_OPTIONS = (
     "num_latents",
@@ -192,15 +196,20 @@ def lossless_bench(pc, x: torch.Tensor) -> dict:
     }
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _load_symbol_circuit(args: argparse.Namespace) -> SymbolCircuit:
+    """``--model`` onto ``--device``, refused unless it codes symbols with per-variable leaves."""
     from . import load
+    from .coding import check_symbol_circuit
+
+    return check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
+
+
+def _bench(args: argparse.Namespace) -> int:
     from .data import load_mnist
     from .devices import resolve_device
 
     resolve_device(args.device)
-    from .coding import check_symbol_circuit
-
-    pc = check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
+    pc = _load_symbol_circuit(args)
     x = load_mnist(args.data, "test", args.limit)
     res = lossless_bench(pc, x) | {"model": str(args.model)}
     text = json.dumps(res)
@@ -259,14 +268,12 @@ def unpack_array_container(
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from . import encode, load
+    from . import encode
     from .devices import resolve_device
     from .errors import InputError
 
     resolve_device(args.device)  # --device: before anything is read
-    from .coding import check_symbol_circuit
-
-    pc = check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
+    pc = _load_symbol_circuit(args)
     arr = np.load(args.input, allow_pickle=False)
     if (
         arr.ndim < 1
@@ -296,15 +303,13 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from . import decode, load
+    from . import decode
     from .devices import resolve_device
     from .errors import BitstreamError
 
     resolve_device(args.device)  # --device: before the container is read
     shape, dtype, stream = unpack_array_container(Path(args.input).read_bytes(), str(args.input))
-    from .coding import check_symbol_circuit
-
-    pc = check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
+    pc = _load_symbol_circuit(args)
     x = decode(pc, stream)
     if shape[0] != len(x) or math.prod(shape) != x.numel():
         raise BitstreamError(
