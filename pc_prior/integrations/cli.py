@@ -61,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument(
-        "--seed", type=int, default=BottleneckFit.seed, help="seed of both fits (default: 0)"
+        "--seed",
+        type=int,
+        default=BottleneckFit.seed,
+        help="seed of both fits (default: %(default)s)",
     )
     fit.set_defaults(func=_fit)
 
