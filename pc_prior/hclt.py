@@ -29,7 +29,9 @@ __all__ = ["HCLT", "LatentTreeCircuit", "check_symbols"]
 
 def _logmatmulexp(a: Tensor, w: Tensor) -> Tensor:
     """``log(exp(a) @ w)`` batched: a [B, N, K] log values, w [B, K, M] non-negative weights."""
-    m = a.amax(-1, keepdim=True)
+    # The shift m cancels exactly, so it carries no gradient: detaching it spares autograd the
+    # max's backward (a mask over all of ``a``) without changing any gradient.
+    m = a.detach().amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     return torch.log(torch.bmm((a - m).exp(), w)) + m
 
@@ -149,6 +151,57 @@ class LatentTreeCircuit(nn.Module):
                 )
 
     # -- passes ------------------------------------------------------------------------------
+    # The passes work node-major: a level's values are [n_level, N, K], so every level's messages
+    # are one batched matrix product over its nodes with no transposes or copies, and the
+    # children's messages are summed into their parents with one index_add over whole [N, K] slabs.
+    def to_levels(self, leaf: Tensor) -> Tensor:
+        """Leaf log-likelihoods [N, D, K] in variable order -> node-major [D, N, K] in level order."""
+        return leaf.index_select(1, self.level_order).transpose(0, 1)
+
+    def from_levels(self, values: Tensor) -> Tensor:
+        """Node-major values [D, N, K] in level order -> [N, D, K] in variable order."""
+        out = values.new_empty(values.shape[1], self.num_vars, values.shape[2])
+        out[:, self.level_order] = values.transpose(0, 1)
+        return out
+
+    def inside(
+        self,
+        leaves: Tensor,
+        log_root: Tensor | None = None,
+        log_trans: Tensor | None = None,
+        keep: bool = False,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Inside pass on node-major leaf log-likelihoods ``leaves`` [D, N, K] in level order.
+
+        Returns log p [N] and, with ``keep``, per level the inside values m (leaf plus children's
+        messages) and the messages lambda sent to the parent level (both [n_level, N, K]).
+        """
+        log_root = self.log_root() if log_root is None else log_root
+        log_trans = self.log_transitions() if log_trans is None else log_trans
+        sizes = self.level_sizes
+        by_level = leaves.split(sizes, 0)
+        trans = log_trans.exp().index_select(0, self.level_order).split(sizes, 0)
+        n = leaves.shape[1]
+        insides: list[Tensor] = [None] * self.num_levels  # type: ignore[list-item]
+        lams: list[Tensor] = [None] * self.num_levels  # type: ignore[list-item]
+        child_sum = None
+        for lvl in range(self.num_levels - 1, -1, -1):
+            m = by_level[lvl]
+            if child_sum is not None:
+                m = m + child_sum
+            if keep:
+                insides[lvl] = m
+            if lvl == 0:
+                return torch.logsumexp(m[0] + log_root, -1), insides, lams
+            # lambda(z_parent) = log sum_z T[z_parent, z] exp(m(z))
+            lam = _logmatmulexp(m, trans[lvl].transpose(1, 2))
+            if keep:
+                lams[lvl] = lam
+            child_sum = lam.new_zeros(sizes[lvl - 1], n, self.num_latents).index_add(
+                0, self._parent_local(lvl), lam
+            )
+        raise AssertionError("unreachable")
+
     def upward(
         self,
         leaf: Tensor,
@@ -156,65 +209,34 @@ class LatentTreeCircuit(nn.Module):
         log_trans: Tensor | None = None,
         keep: bool = False,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """Inside pass on leaf log-likelihoods ``leaf`` [N, D, K].
-
-        Returns log p [N] and, with ``keep``, per level the inside values m (leaf plus children's
-        messages) and the messages lambda sent to the parent level (both [N, n_level, K]).
-        """
-        log_root = self.log_root() if log_root is None else log_root
-        log_trans = self.log_transitions() if log_trans is None else log_trans
-        # One gather into level order, then contiguous per-level slices (cheap backward).
-        sizes = self.level_sizes
-        leaves = leaf.index_select(1, self.level_order).split(sizes, 1)
-        trans = log_trans.exp().index_select(0, self.level_order).split(sizes, 0)
-        n = leaf.shape[0]
-        insides: list[Tensor] = [None] * self.num_levels  # type: ignore[list-item]
-        lams: list[Tensor] = [None] * self.num_levels  # type: ignore[list-item]
-        child_sum = None
-        for lvl in range(self.num_levels - 1, -1, -1):
-            m = leaves[lvl]
-            if child_sum is not None:
-                m = m + child_sum
-            if keep:
-                insides[lvl] = m
-            if lvl == 0:
-                return torch.logsumexp(m[:, 0] + log_root, -1), insides, lams
-            # lambda(z_parent) = log sum_z T[z_parent, z] exp(m(z))
-            lam = _logmatmulexp(m.transpose(0, 1), trans[lvl].transpose(1, 2)).transpose(0, 1)
-            if keep:
-                lams[lvl] = lam
-            child_sum = leaf.new_zeros(n, sizes[lvl - 1], self.num_latents).index_add(
-                1, self._parent_local(lvl), lam
-            )
-        raise AssertionError("unreachable")
+        """:meth:`inside` on leaf log-likelihoods ``leaf`` [N, D, K] in variable order."""
+        return self.inside(self.to_levels(leaf), log_root, log_trans, keep)
 
     def downward(self, insides: list[Tensor], lams: list[Tensor]) -> Tensor:
-        """Outside pass: log p(evidence outside the subtree of i, z_i) for every node, [N, D, K]."""
+        """Outside pass: log p(evidence outside the subtree of i, z_i), node-major [D, N, K] in level order."""
         log_root, trans = self.log_root(), self.log_transitions().exp()
-        n = insides[0].shape[0]
-        out = insides[0].new_empty(n, self.num_vars, self.num_latents)
-        prev_out = log_root.expand(n, 1, -1)
-        out[:, self._level(0)] = prev_out
+        n = insides[0].shape[1]
+        prev_out = log_root.expand(1, n, -1)
+        outs = [prev_out]
         for lvl in range(1, self.num_levels):
             idx, pl = self._level(lvl), self._parent_local(lvl)
-            full = (prev_out + insides[lvl - 1])[:, pl]  # parent's everything, per child
+            full = (prev_out + insides[lvl - 1]).index_select(
+                0, pl
+            )  # parent's everything, per child
             excl = full - lams[lvl]  # remove this child's own message
-            prev_out = _logmatmulexp(excl.transpose(0, 1), trans[idx]).transpose(0, 1)
-            out[:, idx] = prev_out
-        return out
+            prev_out = _logmatmulexp(excl, trans.index_select(0, idx))
+            outs.append(prev_out)
+        return torch.cat(outs, 0)
 
     def posterior_context(self, leaf: Tensor) -> Tensor:
         """log p(X_i's latent z_i, evidence on all variables but X_i), for every i: [N, D, K].
 
         Combine with a leaf distribution over X_i's values to get p(X_i | everything else).
         """
-        _, insides, lams = self.upward(leaf, keep=True)
+        leaves = self.to_levels(leaf)
+        _, insides, lams = self.inside(leaves, keep=True)
         out = self.downward(insides, lams)
-        ctx = torch.empty_like(out)
-        for lvl in range(self.num_levels):
-            idx = self._level(lvl)
-            ctx[:, idx] = out[:, idx] + insides[lvl] - leaf[:, idx]
-        return ctx
+        return self.from_levels(out + torch.cat(insides, 0) - leaves)
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Ancestral sample of all latent states, [n, D]."""
@@ -322,6 +344,32 @@ class HCLT(LatentTreeCircuit):
             leaf = leaf.masked_fill(missing[..., None], 0.0)
         return leaf
 
+    def level_leaf_log_probs(
+        self, x: Tensor, missing: Tensor | None = None, log_emit: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Leaf log-likelihoods node-major [D, N, K] in level order (:meth:`inside`'s input),
+        and the row of each (variable, value) pair in ``log_emit`` flattened to [D·V, K] level
+        order: one row gather, whose gradient is one ``index_add`` (:func:`emission_counts`)."""
+        log_emit = self.log_emissions() if log_emit is None else log_emit
+        d, v, k = self.num_vars, self.num_cats, self.num_latents
+        table = log_emit.index_select(0, self.level_order).transpose(1, 2).reshape(d * v, k)
+        rows = (self.level_order.new_tensor(range(d))[:, None] * v + x.T[self.level_order]).reshape(
+            -1
+        )
+        leaves = table.index_select(0, rows).view(d, x.shape[0], k)
+        if missing is not None:
+            leaves = leaves.masked_fill(missing.T[self.level_order][..., None], 0.0)
+        return leaves, rows
+
+    def emission_counts(self, rows: Tensor, flow: Tensor) -> Tensor:
+        """Expected emission counts [D, K, V] from the flow (gradient) ``flow`` [D, N, K] of the
+        leaves :meth:`level_leaf_log_probs` gathered at ``rows``."""
+        d, v, k = self.num_vars, self.num_cats, self.num_latents
+        by_row = flow.new_zeros(d * v, k).index_add_(0, rows, flow.reshape(-1, k))
+        counts = flow.new_empty(d, k, v)
+        counts[self.level_order] = by_row.view(d, v, k).transpose(1, 2)
+        return counts
+
     def _prep(self, x: Tensor, missing: Tensor | None) -> tuple[Tensor, Tensor | None]:
         x = check_symbols(x, self.num_vars, self.num_cats).to(self.root_logits.device)
         if missing is not None:
@@ -339,7 +387,7 @@ class HCLT(LatentTreeCircuit):
     def log_prob(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
         """log p(x) in nats, [N]; with a ``missing`` mask, the marginal of the observed values."""
         x, missing = self._prep(x, missing)
-        return self.upward(self.leaf_log_probs(x, missing))[0]
+        return self.inside(self.level_leaf_log_probs(x, missing)[0])[0]
 
     def forward(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
         return self.log_prob(x, missing)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .errors import InputError
 from .framing import ARRAY_CONTAINER
 from .settings import LosslessFit, add_arguments
 
@@ -55,7 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(fit, LosslessFit(), LOSSLESS_OPTIONS, flags={"num_latents": "latents"})
     fit.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     fit.add_argument(
-        "--valid", type=int, default=2000, help="test images used for per-epoch validation bpd"
+        "--valid",
+        type=int,
+        default=0,
+        help="hold out the last N training images for per-epoch validation bpd (choose settings "
+        "with it, then refit on all with 0; the test split is never used; default: %(default)s)",
     )
     fit.add_argument("--float64", action="store_true", help="train in float64")
     fit.set_defaults(func=_fit)
@@ -105,7 +110,12 @@ def _fit(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # before the data are read and the structure learned
     torch.manual_seed(args.seed)
     x = load_mnist(args.data, "train", args.limit)
-    xv = load_mnist(args.data, "test", args.valid) if args.valid else None
+    if not 0 <= args.valid < len(x):
+        raise InputError(
+            f"--valid {args.valid} must be at least 0 and leave training images "
+            f"({len(x)} training images)"
+        )
+    x, xv = (x[: len(x) - args.valid], x[len(x) - args.valid :]) if args.valid else (x, None)
     num_cats = 256 if int(x.max()) < 256 else int(x.max()) + 1
     dtype = torch.float64 if args.float64 else torch.float32
     t0 = time.perf_counter()

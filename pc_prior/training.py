@@ -41,17 +41,23 @@ def bits_per_dim(pc: HCLT, x: Tensor, batch_size: int = 1024) -> float:
 
 
 def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
-    """Expected sufficient statistics (root, transitions, emissions) on a batch, and its log-likelihood."""
-    params = [
-        p.detach().requires_grad_(True)
-        for p in (pc.log_root(), pc.log_transitions(), pc.log_emissions())
-    ]
-    lr, lt, le = params
-    ll = pc.upward(pc.leaf_log_probs(x, log_emit=le), log_root=lr, log_trans=lt)[0].sum()
+    """Expected sufficient statistics (root, transitions, emissions) on a batch, and its log-likelihood.
+
+    The counts are the flows: gradients of the log-likelihood with respect to the log root prior,
+    the log transitions and the gathered leaf values, which one ``index_add`` turns into emission
+    counts (cheaper than differentiating through the gather).
+    """
+    lr, lt = (p.detach().requires_grad_(True) for p in (pc.log_root(), pc.log_transitions()))
+    with torch.no_grad():
+        leaves, rows = pc.level_leaf_log_probs(x, log_emit=pc.log_emissions())
+    leaves.requires_grad_(True)
+    ll = pc.inside(leaves, log_root=lr, log_trans=lt)[0].sum()
     # A one-variable tree uses no transition (the root's row is never read): its counts are zero.
-    grads = torch.autograd.grad(ll, params, allow_unused=True)
-    counts = [torch.zeros_like(p) if c is None else c for p, c in zip(params, grads)]
-    return [c.detach() for c in counts], float(ll.detach())
+    grads = torch.autograd.grad(ll, [lr, lt, leaves], allow_unused=True)
+    c_root, c_trans, flow = (
+        torch.zeros_like(p) if c is None else c.detach() for p, c in zip((lr, lt, leaves), grads)
+    )
+    return [c_root, c_trans, pc.emission_counts(rows, flow)], float(ll.detach())
 
 
 def _normalize(counts: Tensor, pseudocount: float, current: Tensor) -> Tensor:
@@ -159,10 +165,14 @@ def fit_em(
             else:
                 _apply(pc, counts, sched(t), pseudocount)
                 t += 1
-            bar.update(1)
+            # refresh=False: the postfix is drawn with the next update, at the bar's interval
             bar.set_postfix(
-                epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}", mode="full" if full else "mini"
+                epoch=epoch + 1,
+                bpd=f"{nll / seen / denom:.4f}",
+                mode="full" if full else "mini",
+                refresh=False,
             )
+            bar.update(1)
         if full and acc is not None:
             _apply(pc, acc, 1.0, pseudocount)
         rec = {
@@ -213,8 +223,8 @@ def fit_adam(
             opt.step()
             nll += float(loss.detach()) * len(xb)
             seen += len(xb)
+            bar.set_postfix(epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, bpd=f"{nll / seen / denom:.4f}")
         history.append({"epoch": epoch + 1, "train_bpd": nll / seen / denom})
     bar.close()
     coding_tables(pc, refresh=True)  # the coder's integer tables follow the new parameters

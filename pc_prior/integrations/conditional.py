@@ -584,7 +584,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             opt.step()
             sched.step()
             if step % 50 == 0:
-                bar.set_postfix(bits=f"{float(loss.detach()):.2f}")
+                bar.set_postfix(bits=f"{float(loss.detach()):.2f}", refresh=False)
         hist.append({"step": steps, "train_bits": float(loss.detach()), **held_out_bits()})
         self.pc = pc
         self.context = ctx.to(dev) if ctx is not None else None

@@ -191,6 +191,13 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
     )
     fit_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fit_line["checkpoint"] == str(ckpt) and ckpt.is_file()
+    # --valid holds out the last training images; the test split is never seen by the fit
+    assert load(ckpt).metadata["num_train"] == 300 - 20 and "valid_bpd" in fit_line
+    assert (
+        main(["lossless", "fit", "--data", str(tiny_idx), "--out", str(ckpt), "--valid", "300"])
+        == 1
+    )
+    assert "--valid 300 must be at least 0 and leave training images" in capsys.readouterr().err
 
     assert main(["lossless", "bench", "--data", str(tiny_idx), "--model", str(ckpt)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

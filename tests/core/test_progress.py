@@ -64,3 +64,20 @@ def test_every_bar_in_the_package_goes_through_the_helper():
         if "tqdm" in p.read_text() and p.name != "progress.py"
     ]
     assert users == []
+
+
+def test_training_bars_do_not_redraw_per_batch_in_a_log(monkeypatch):
+    """The bpd postfix is set every batch but drawn at the bar's interval (tqdm's set_postfix
+    redraws at once unless told not to, which wrote one log line per batch)."""
+    import torch
+    from conftest import random_hclt
+
+    from pc_prior import fit_adam, fit_em
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    pc = random_hclt(parent=(-1, 0, 0), num_cats=3, num_latents=2, seed=0)
+    x = pc.sample(400, generator=torch.Generator().manual_seed(0))
+    fit_em(pc, x, epochs=2, full_batch_epochs=1, batch_size=4)  # 300 batches
+    fit_adam(pc, x, epochs=1, batch_size=4)  # 100 batches
+    assert log.getvalue().count("\r") <= 8
