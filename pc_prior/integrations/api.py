@@ -10,7 +10,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_choice, check_int
 from ..errors import InputError, UnsupportedModelError
 from ..images import crop_to_multiple, list_images, load_image
 from ..progress import progress_bar
@@ -341,6 +341,7 @@ def fit_prior(
     max_images: int | None = ImageFit.max_images,
     progress: bool = True,
     conditional: dict | None = None,
+    warm_start: bool = False,
     **fit_kwargs,
 ) -> dict[str, list[dict]]:
     """Freeze ``model``, collect the latents at its entropy model(s) and fit the circuit(s).
@@ -356,6 +357,11 @@ def fit_prior(
     Defaults: ``pc_prior.settings`` (``BottleneckFit``, ``ConditionalFit``, ``ImageFit``), the same
     as ``pc-prior prior fit``'s. Returns a dict of fit histories keyed by module name, one entry per
     name (also for a single name: ``fit_prior(net, images)["entropy_bottleneck"]``).
+
+    ``warm_start=True`` continues the already fitted PC entropy models on ``images`` instead of
+    fitting new ones (adapting a prior to a domain: ``pc-prior prior fit --init``); their
+    alphabets, structures, sizes and contexts are kept, so the settings that choose those are not
+    used. The named modules must be fitted PC entropy models, else ``InputError``.
 
     Every argument (the fits' keyword arguments included) is checked before anything is swapped
     or collected; a bad one raises ``InputError``. The codec is frozen only while the circuits are
@@ -386,8 +392,22 @@ def fit_prior(
             modules[n] = model.get_submodule(n)
         except AttributeError as e:
             raise InputError(f"model has no module {n!r} to fit a circuit into: {e}") from None
-    bottleneck_kw = {"num_latents": num_latents, "progress": progress, **fit_kwargs}
-    cond_kw = {"progress": progress} | (conditional or {})
+    check_choice("warm_start", warm_start, (False, True))
+    if warm_start:
+        for n, m in modules.items():
+            if not isinstance(m, PC_MODULES) or m.pc is None:
+                raise InputError(
+                    f"warm_start continues fitted PC entropy models, but {n!r} is "
+                    f"{'an unfitted ' if isinstance(m, PC_MODULES) else ''}{type(m).__name__}: "
+                    "pass a codec that pc-prior prior fit (or fit_prior) produced"
+                )
+    bottleneck_kw = {
+        "num_latents": num_latents,
+        "progress": progress,
+        "warm_start": warm_start,
+        **fit_kwargs,
+    }
+    cond_kw = {"progress": progress, "warm_start": warm_start} | (conditional or {})
     if any(isinstance(m, EntropyBottleneck) for m in modules.values()):
         PCEntropyBottleneck.check_fit_args(**bottleneck_kw)
     elif fit_kwargs:

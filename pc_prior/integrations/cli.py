@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import InputError
 from ..settings import BottleneckFit, ConditionalFit, ImageFit, add_arguments, as_kwargs, from_args
 
 BOTTLENECK_OPTIONS = (
@@ -36,8 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="swap a codec's entropy bottleneck (and with --conditional its Gaussian "
         "conditional) for circuits fitted on an image folder",
     )
-    fit.add_argument(
-        "--codec", required=True, help="codec checkpoint (dict with arch, quality, state_dict)"
+    start = fit.add_mutually_exclusive_group(required=True)
+    start.add_argument(
+        "--codec", help="codec checkpoint (dict with arch, quality, state_dict) to fit priors into"
+    )
+    start.add_argument(
+        "--init",
+        metavar="CODEC",
+        help="a codec with fitted PC priors (a prior fit output) whose priors are fitted further "
+        "on --images (adapt them to a domain): alphabets, structure, sizes and contexts are "
+        "kept, so --latents, --structure, --leaves and --cond-latents/-context/-structure are "
+        "not used; every PC entropy model in it is continued",
     )
     fit.add_argument("--images", required=True, help="training image folder (e.g. BSDS500)")
     fit.add_argument("--out", required=True, help="where to save the swapped codec")
@@ -77,11 +87,23 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    net, ck = read_codec_file(args.codec)
+    from .api import PC_MODULES
+
+    net, ck = read_codec_file(args.init or args.codec)
     net.eval()
-    names = (
-        ("entropy_bottleneck", "gaussian_conditional") if args.conditional else "entropy_bottleneck"
-    )
+    if args.init:  # every fitted PC entropy model of the file, continued
+        names = tuple(n for n, m in net.named_modules() if isinstance(m, PC_MODULES))
+        if not names:
+            raise InputError(
+                f"--init {args.init} holds no PC entropy model to continue: fit one first "
+                "(pc-prior prior fit --codec ...)"
+            )
+    else:
+        names = (
+            ("entropy_bottleneck", "gaussian_conditional")
+            if args.conditional
+            else ("entropy_bottleneck",)
+        )
     bottleneck = from_args(BottleneckFit(seed=args.seed), args, BOTTLENECK_OPTIONS)
     cond = from_args(ConditionalFit(seed=args.seed), args, CONDITIONAL_OPTIONS, prefix="cond-")
     hist = fit_prior(
@@ -92,11 +114,14 @@ def _fit(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         **as_kwargs(bottleneck),
         conditional=as_kwargs(cond),
+        warm_start=bool(args.init),
     )
     kept = {k: ck[k] for k in ("net_kwargs", "lmbda", "metric") if ck.get(k) is not None}
     save_codec(net, args.out, ck["arch"], ck["quality"], fit_history=hist, **kept)
-    report = {"out": args.out, "train_bpd": hist["entropy_bottleneck"][-1]["train_bpd"]}
-    if args.conditional:
+    report: dict[str, object] = {"out": args.out}
+    if "entropy_bottleneck" in hist:
+        report["train_bpd"] = hist["entropy_bottleneck"][-1]["train_bpd"]
+    if "gaussian_conditional" in hist:
         report["conditional"] = hist["gaussian_conditional"][-1]
     print(json.dumps(report))
     return 0

@@ -432,6 +432,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         a["tail"] = check_real("tail", a["tail"], 0.0, 1.0, high_open=True)
         a["max_radius"] = check_int("max_radius (the radius is at least 4)", a["max_radius"], 4)
         a["seed"] = check_int("seed", a["seed"])
+        check_choice("warm_start", a["warm_start"], (False, True))
         return a
 
     def fit(
@@ -452,6 +453,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         init: str = ConditionalFit.init,
         seed: int = ConditionalFit.seed,
         progress: bool = True,
+        warm_start: bool = False,
     ) -> list[dict]:
         """Learn the context, structure, alphabet radius and leaves from the frozen codec's latents.
 
@@ -471,6 +473,12 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         after the context; the context's own training bits on its targets). Bad arguments raise
         ``InputError`` before any work (``check_fit_args``). Defaults: ``pc_prior.settings.ConditionalFit``
         (the three-pass context, so rows [N, C] need ``context=None``).
+
+        ``warm_start=True`` continues the fitted model on new latents instead (``pc-prior prior
+        fit --init``: adapt a prior to a domain): the contexts, structure, radius and K are kept
+        (``num_latents``, ``context``, ``structure``, ``tail``, ``max_radius`` and ``init`` are not
+        used) and Adam starts from the current parameters. ``NotFittedError`` if there is nothing
+        to continue.
         """
         a = self.check_fit_args(
             **{
@@ -488,14 +496,22 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         lr, holdout, tail, max_radius = a["lr"], a["holdout"], a["tail"], a["max_radius"]
         table = self._scale_table_or_default()
         ctx, actx, ctx_info = None, None, {}
+        pc0 = self._require_fitted() if warm_start else None
+        if pc0 is not None:  # the fitted contexts, whichever context is asked for
+            context = None if self.context is None else "fitted"
         if isinstance(symbols, (list, tuple)) or isinstance(indexes, (list, tuple)):
             maps = self._check_maps(symbols, indexes, table)
-            if context is not None:
+            if pc0 is not None and context is not None:
+                at = maps[0][0].device
+                ctx = self.context.to(at)  # type: ignore[union-attr]
+                actx = None if self.anchor_context is None else self.anchor_context.to(at)
+            elif context is not None:
                 ctx = CheckerboardContext(maps[0][0].shape[1], table.cpu())
                 ctx_info = ctx.fit(maps, table.cpu())
                 if context == "three-pass":
                     actx = CheckerboardContext(maps[0][0].shape[1], table.cpu(), lattice="diagonal")
                     ctx_info |= {f"anchor_{k}": v for k, v in actx.fit(maps, table.cpu()).items()}
+            if ctx is not None:
                 coded = []
                 for (
                     sy,
@@ -510,6 +526,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             raise InputError(
                 f"the {context} context needs latent maps [B, C, H, W] (a list per image), not "
                 "rows: pass context=None to fit rows"
+                + (" (the model was fitted with a context)" if pc0 is not None else "")
             )
         else:
             self._check_integers(symbols, indexes, table)
@@ -530,12 +547,21 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         n_hold = int(len(u) * holdout) if len(u) >= 20 else 0
         hold, train = perm[:n_hold], perm[n_hold:]
         c = u.shape[1]
+        s, u = s.to(dev), u.to(dev)
+        if pc0 is not None:
+            if c != self.channels:
+                raise InputError(
+                    f"symbols have {c} channels, the fitted model {self.channels}: warm_start "
+                    "continues the same model"
+                )
+            hist = self._train(pc0, u.float(), s, table, train, hold, a, g, progress, {})
+            self.update()
+            return hist
         mag = u.abs().flatten().sort().values
         radius = int(mag[min(len(mag) - 1, math.ceil((1.0 - tail) * (len(mag) - 1)))]) + 1
         radius = max(4, min(max_radius, radius))
-        s = s.to(dev)
         sigma = table.to(dev)[s].float()
-        u = u.to(dev).float()
+        u = u.float()
         if structure == "star" or c == 1:
             z = (u / sigma).double()
             hub = int(z.var(0).argmax()) if len(z) > 1 else 0
@@ -548,10 +574,36 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             pc.init_from_data(u, sigma, seed=seed)
         else:
             pc.init_params(seed=seed)
-        hist: list[dict] = []
+        hist = self._train(pc, u, s, table, train, hold, a, g, progress, ctx_info)
+        self.pc = pc
+        self.context = ctx.to(dev) if ctx is not None else None
+        self.anchor_context = actx.to(dev) if actx is not None else None
+        self._offset = torch.tensor([-radius], dtype=torch.int32, device=dev)
+        self._cdf_length = torch.tensor([2 * radius + 1], dtype=torch.int32, device=dev)
+        self.update()
+        return hist
+
+    def _train(
+        self,
+        pc: ScaleConditionedTree,
+        u: Tensor,
+        s: Tensor,
+        table: Tensor,
+        train: Tensor,
+        hold: Tensor,
+        a: dict[str, Any],
+        g: torch.Generator,
+        progress: bool,
+        ctx_info: dict[str, Any],
+    ) -> list[dict]:
+        """Adam on ``pc`` from its current parameters, on symbols ``u`` (float) with scale indexes
+        ``s`` at the positions ``train``; held-out bits on ``hold`` before and after."""
+        dev = u.device
+        steps, batch_size = a["steps"], a["batch_size"]
+        sigma = table.to(dev)[s].float()
 
         def held_out_bits() -> dict:
-            if n_hold == 0:
+            if len(hold) == 0:
                 return {}
             with torch.no_grad():
                 ut, st, it = u[hold.to(dev)], sigma[hold.to(dev)], s[hold.to(dev)]
@@ -568,8 +620,8 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                 )
             return {"holdout_base_bits": float(base), "holdout_pc_bits": float(circ)}
 
-        hist.append({"step": 0, **held_out_bits(), **ctx_info})
-        opt = torch.optim.Adam(pc.parameters(), lr=lr)
+        hist: list[dict] = [{"step": 0, **held_out_bits(), **ctx_info}]
+        opt = torch.optim.Adam(pc.parameters(), lr=a["lr"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - 0.9 * t / max(1, steps))
         bar = progress_bar(range(steps), desc="PCConditional", unit="step", disable=not progress)
         train_dev = train.to(dev)
@@ -586,12 +638,6 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             if step % 50 == 0:
                 bar.set_postfix(bits=f"{float(loss.detach()):.2f}", refresh=False)
         hist.append({"step": steps, "train_bits": float(loss.detach()), **held_out_bits()})
-        self.pc = pc
-        self.context = ctx.to(dev) if ctx is not None else None
-        self.anchor_context = actx.to(dev) if actx is not None else None
-        self._offset = torch.tensor([-radius], dtype=torch.int32, device=dev)
-        self._cdf_length = torch.tensor([2 * radius + 1], dtype=torch.int32, device=dev)
-        self.update()
         return hist
 
     # -- CompressAI interface -------------------------------------------------------------------

@@ -227,6 +227,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         a["finetune_steps"] = check_int("finetune_steps", a["finetune_steps"], 0)
         a["lr"] = check_real("lr", a["lr"], 0.0, low_open=True)
         a["seed"] = check_int("seed", a["seed"])
+        check_choice("warm_start", a["warm_start"], (False, True))
         return a
 
     def fit(
@@ -248,6 +249,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         lr: float = BottleneckFit.lr,
         seed: int = BottleneckFit.seed,
         progress: bool = True,
+        warm_start: bool = False,
     ) -> list[dict]:
         """Learn alphabets, structure and parameters from latent values [N, C] (one row per position).
 
@@ -261,6 +263,12 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         fine-tuning with the codec. Ends with ``update(force=True)``. Bad arguments raise
         ``InputError`` before any work (``check_fit_args``). Defaults:
         ``pc_prior.settings.BottleneckFit``.
+
+        ``warm_start=True`` continues the fitted circuit on new values instead (``pc-prior prior fit
+        --init``: adapt a prior to a domain): the alphabets, structure, K and leaf kind are kept,
+        so ``num_latents``, ``structure``, ``leaves``, ``tail`` and ``max_alphabet`` are not used;
+        EM (categorical leaves) or the Adam refinement (logistic leaves) starts from the current
+        parameters. ``NotFittedError`` if there is nothing to continue.
         """
         a = self.check_fit_args(
             **{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")}
@@ -287,6 +295,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         g = torch.Generator().manual_seed(seed)
         if max_items is not None and len(s) > max_items:
             s = s[torch.randperm(len(s), generator=g)[:max_items].to(dev)]
+        if warm_start:
+            pc0 = self._require_fitted()
+            return self._train(pc0, self._indices(s)[0], values, a, g, progress)
         srt = s.sort(0).values  # per-channel order statistics (torch.quantile caps input size)
         lo = srt[math.floor(tail * (len(s) - 1))]
         hi = srt[math.ceil((1.0 - tail) * (len(s) - 1))]
@@ -312,34 +323,57 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             pc = pc.to(dev)
         else:
             pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
-        hist = fit_em(
-            pc,
-            idx,
-            epochs=epochs,
-            batch_size=batch_size,
-            full_batch_epochs=full_batch_epochs,
-            step_size=step_size,
-            pseudocount=pseudocount,
-            seed=seed,
-            progress=progress,
-        )
-        if leaves == "logistic":
+        logistic = leaves == "logistic"  # EM first, then smooth leaves refined by Adam
+        hist = self._train(pc, idx, None if logistic else values, a, g, progress)
+        if logistic:
             pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
+            hist = self._train(pc, idx, values, a, g, progress, hist)
+        return hist
+
+    def _train(
+        self,
+        pc: HCLT | DiscretizedLogisticTree,
+        idx: Tensor,
+        values: Tensor | None,
+        a: dict[str, Any],
+        g: torch.Generator,
+        progress: bool,
+        hist: list[dict] | None = None,
+    ) -> list[dict]:
+        """Train ``pc`` from its current parameters: EM on leaf indices ``idx`` (categorical
+        leaves), or Adam on noisy ``values`` (logistic leaves); with values, install it as the
+        circuit and write its tables. Returns the history, appended to ``hist``."""
+        hist = [] if hist is None else hist
+        if isinstance(pc, HCLT):
+            hist += fit_em(
+                pc,
+                idx,
+                epochs=a["epochs"],
+                batch_size=a["batch_size"],
+                full_batch_epochs=a["full_batch_epochs"],
+                step_size=a["step_size"],
+                pseudocount=a["pseudocount"],
+                seed=a["seed"],
+                progress=progress,
+            )
+        elif values is not None:
+            dev = self.quantiles.device
             u = values.to(dev) - self._medians()
-            opt = torch.optim.Adam(pc.parameters(), lr=lr)
-            for _step in range(finetune_steps):
-                rows = u[torch.randint(len(u), (batch_size,), generator=g).to(dev)]
+            opt = torch.optim.Adam(pc.parameters(), lr=a["lr"])
+            for _step in range(a["finetune_steps"]):
+                rows = u[torch.randint(len(u), (a["batch_size"],), generator=g).to(dev)]
                 rows = rows + (torch.rand(rows.shape, generator=g, dtype=rows.dtype) - 0.5).to(dev)
                 loss = -pc.log_prob_values(rows).mean() / (self.channels * LN2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            if finetune_steps:  # no steps: no fine-tuning record (and no loss to report)
+            if a["finetune_steps"]:  # no steps: no fine-tuning record (and no loss to report)
                 hist.append(
                     {"epoch": len(hist) + 1, "mode": "adam-logistic", "train_bpd": float(loss)}
                 )
-        self.pc = pc
-        self.update(force=True)
+        if values is not None:
+            self.pc = pc
+            self.update(force=True)
         return hist
 
     # -- CompressAI interface -------------------------------------------------------------------

@@ -44,7 +44,8 @@ def test_fit_methods_take_their_defaults_from_the_settings():
     ):
         got = _defaults(fit)
         assert {k: got[k] for k in as_kwargs(settings())} == as_kwargs(settings())
-        assert set(got) - set(as_kwargs(settings())) == {"progress"}  # no default outside them
+        # no default outside them but the two switches (a bar; continue instead of a new fit)
+        assert set(got) - set(as_kwargs(settings())) == {"progress", "warm_start"}
     fp = _defaults(fit_prior)
     assert fp["num_latents"] == BottleneckFit.num_latents
     assert (fp["multiple"], fp["max_images"]) == (ImageFit.multiple, ImageFit.max_images)
