@@ -31,7 +31,15 @@ from ..settings import DEMO_BOTTLENECK
 if TYPE_CHECKING:
     from ..integrations.codec_file import ResolvedCodec
 
-__all__ = ["TEST_PHOTOS", "TRAIN_PHOTOS", "format_table", "plot_demo", "run_demo", "skimage_photo"]
+__all__ = [
+    "TEST_PHOTOS",
+    "TRAIN_PHOTOS",
+    "format_table",
+    "plot_demo",
+    "run_demo",
+    "skimage_photo",
+    "write_photos",
+]
 
 # Colour photos that scikit-image's wheel ships (no pooch download). The three famous natural photos
 # are the test set; everything else trains the circuit (the two motorcycle views stay together).
@@ -66,7 +74,8 @@ def skimage_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3])
 
 
-def _write_photos(names: Sequence[str], folder: Path) -> list[Path]:
+def write_photos(names: Sequence[str], folder: Path) -> list[Path]:
+    """Save the named scikit-image photos (``skimage_photo``) as PNGs in ``folder``; their paths."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -275,9 +284,9 @@ def run_demo(
     lm = _load_base(codec, arch)
     base = lm.net.cpu().eval()
     if test_paths is None:
-        test_paths = _write_photos(TEST_PHOTOS, out / "images" / "test")
+        test_paths = write_photos(TEST_PHOTOS, out / "images" / "test")
     if train_paths is None:
-        train_paths = _write_photos(TRAIN_PHOTOS, out / "images" / "train")
+        train_paths = write_photos(TRAIN_PHOTOS, out / "images" / "train")
     test_paths = test_paths[:limit]
     train_paths = train_paths[:max_train_images]
 

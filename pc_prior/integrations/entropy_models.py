@@ -369,7 +369,11 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 opt.step()
             if a["finetune_steps"]:  # no steps: no fine-tuning record (and no loss to report)
                 hist.append(
-                    {"epoch": len(hist) + 1, "mode": "adam-logistic", "train_bpd": float(loss)}
+                    {
+                        "epoch": len(hist) + 1,
+                        "mode": "adam-logistic",
+                        "train_bpd": float(loss.detach()),
+                    }
                 )
         if values is not None:
             self.pc = pc
