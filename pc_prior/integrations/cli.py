@@ -69,6 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(
         fit, ConditionalFit(), CONDITIONAL_OPTIONS, prefix="cond-", flags={"num_latents": "latents"}
     )
+    fit.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the fit, e.g. cuda (the codec file is saved for any device; "
+        "default: %(default)s)",
+    )
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument(
         "--seed",
@@ -87,10 +93,12 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ..devices import resolve_device
     from .api import PC_MODULES
 
+    dev = resolve_device(args.device)  # before anything is loaded
     net, ck = read_codec_file(args.init or args.codec)
-    net.eval()
+    net.to(dev).eval()
     if args.init:  # every fitted PC entropy model of the file, continued
         names = tuple(n for n, m in net.named_modules() if isinstance(m, PC_MODULES))
         if not names:

@@ -156,3 +156,12 @@ def test_fit_prior_and_cli_fit_the_same_hyperprior_circuits(tmp_path, capsys):
     gc = api.gaussian_conditional
     assert gc.context is not None and gc.anchor_context is not None  # three-pass by default
     _assert_same_files(out, save_codec(api, tmp_path / "api.pt", "ScaleHyperprior", 2))
+
+
+def test_prior_fit_device_is_checked_before_anything_is_loaded(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this check needs a machine without CUDA")
+    argv = ["prior", "fit", "--codec", str(tmp_path / "missing.pt"), "--images", str(tmp_path)]
+    assert main(argv + ["--out", str(tmp_path / "o.pt"), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "no CUDA GPU found; use --device cpu" in err and "missing.pt" not in err

@@ -108,7 +108,7 @@ def test_cli_init_continues_a_fitted_codec(tmp_path, capsys):
     images = make_pngs(tmp_path / "imgs", 2, seed=3)
     out = tmp_path / "adapted.pt"
     argv = ["prior", "fit", "--init", str(first), "--images", str(images), "--out", str(out)]
-    assert main(argv + ["--epochs", "1", "--full-batch-epochs", "0"]) == 0
+    assert main(argv + ["--epochs", "1", "--full-batch-epochs", "0", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["out"] == str(out) and "train_bpd" in report
     adapted = load_codec(out)
