@@ -83,29 +83,38 @@ def bd_rate(
 ) -> float:
     """Bjøntegaard-delta rate (percent; negative = candidate saves rate) via the ``bjontegaard`` package.
 
-    Needs at least 2 points per curve with increasing distortion; NaN when the curves cannot be compared.
+    Needs at least 2 points per curve whose quality rises with the rate (points in any order);
+    NaN when the curves cannot be compared.
     """
     import warnings
 
     import bjontegaard
 
-    base_dist, cand_dist = np.asarray(base_dist, float), np.asarray(cand_dist, float)
-    if min(len(base_bpp), len(cand_bpp)) < 2 or not (
-        np.isfinite(base_dist).all() and np.isfinite(cand_dist).all()
-    ):
-        return float("nan")
+    curves = []
+    for bpp, dist in ((base_bpp, base_dist), (cand_bpp, cand_dist)):
+        bpp, dist = np.asarray(bpp, float), np.asarray(dist, float)
+        order = np.argsort(bpp)
+        bpp, dist = bpp[order], dist[order]
+        # an RD curve whose quality does not rise with the rate has no BD-rate
+        if len(bpp) < 2 or not np.isfinite(dist).all() or not (np.diff(dist) > 0).all():
+            return float("nan")
+        curves.append((bpp, dist))
+    (base_bpp, base_dist), (cand_bpp, cand_dist) = curves
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(
-            bjontegaard.bd_rate(
-                np.asarray(base_bpp, float),
-                base_dist,
-                np.asarray(cand_bpp, float),
-                cand_dist,
-                method=method,
-                require_matching_points=False,
+        try:
+            return float(
+                bjontegaard.bd_rate(
+                    base_bpp,
+                    base_dist,
+                    cand_bpp,
+                    cand_dist,
+                    method=method,
+                    require_matching_points=False,
+                )
             )
-        )
+        except (ValueError, AssertionError):  # e.g. curves that do not overlap enough
+            return float("nan")
 
 
 def _pairs(base: Curve, cand: Curve) -> list[tuple[int, int, Any]]:

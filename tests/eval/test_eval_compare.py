@@ -36,6 +36,11 @@ def test_bd_rate_known_answers():
     assert bd_rate(r, d, 1.25 * r, d) == pytest.approx(25.0, abs=1e-6)
     assert bd_rate(r, d, r, d, method="pchip") == pytest.approx(0.0, abs=1e-9)
     assert np.isnan(bd_rate(r[:1], d[:1], r[:1], d[:1]))
+    # points in any order; a curve whose quality falls as the rate rises has no BD-rate
+    assert bd_rate(r[::-1], d[::-1], 0.9 * r, d) == pytest.approx(-10.0, abs=1e-6)
+    bumpy = d.copy()
+    bumpy[1] = bumpy[0] - 1.0
+    assert np.isnan(bd_rate(r, d, r, bumpy)) and np.isnan(bd_rate(r, bumpy, r, d))
 
 
 def test_compare_scaled_rates(tmp_path):
