@@ -119,7 +119,9 @@ def fit_em(
     """Mini-batch EM for ``epochs`` epochs, then ``full_batch_epochs`` epochs of full-batch EM.
 
     ``step_size`` is a constant or a (start, end) pair annealed linearly over all mini-batch
-    updates. Returns one record per epoch with train (and valid) bits per dimension.
+    updates. Returns one record per epoch with train (and valid) bits per dimension. The coding
+    tables are refreshed at the end, and before every ``callback(epoch, record)`` (which may save
+    a checkpoint: its tables are then those of its parameters).
     Bad arguments (and a circuit with non-finite parameters) raise ``InputError`` before any update.
     """
     _check_circuit(pc, "fit_em")
@@ -184,6 +186,8 @@ def fit_em(
             rec["valid_bpd"] = bits_per_dim(pc, x_valid, batch_size)
         history.append(rec)
         if callback is not None:
+            # the callback may save or code: give it the coder's tables of these parameters
+            coding_tables(pc, refresh=True)
             callback(epoch, rec)
     bar.close()
     coding_tables(pc, refresh=True)  # the coder's integer tables follow the new parameters

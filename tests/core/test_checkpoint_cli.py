@@ -9,6 +9,7 @@ from conftest import random_hclt
 
 from pc_prior import CheckpointError, decode, encode, load, save
 from pc_prior.cli import main
+from pc_prior.coding import coding_tables
 from pc_prior.data import load_idx, load_mnist
 from pc_prior.files import write_file
 
@@ -192,7 +193,15 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
     fit_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fit_line["checkpoint"] == str(ckpt) and ckpt.is_file()
     # --valid holds out the last training images; the test split is never seen by the fit
-    assert load(ckpt).metadata["num_train"] == 300 - 20 and "valid_bpd" in fit_line
+    fitted = load(ckpt)
+    assert fitted.metadata["num_train"] == 300 - 20 and "valid_bpd" in fit_line
+    # the saved tables are those of the saved parameters (the per-epoch save once kept epoch 1's)
+    stored = coding_tables(fitted)
+    fresh = coding_tables(fitted, refresh=True)
+    for a, b in zip(
+        (stored.root, stored.trans, stored.emit), (fresh.root, fresh.trans, fresh.emit)
+    ):
+        assert torch.equal(a, b)
     assert (
         main(["lossless", "fit", "--data", str(tiny_idx), "--out", str(ckpt), "--valid", "300"])
         == 1
