@@ -160,10 +160,10 @@ class LosslessFit:
     """
 
     num_latents: int = 32
-    epochs: int = 8
+    epochs: int = 30
     full_batch_epochs: int = 1
     batch_size: int = 512
-    step_size: tuple[float, float] = (0.2, 0.02)
+    step_size: tuple[float, float] = (0.2, 0.01)
     pseudocount: float = 0.1
     adam_lr: float = 0.05
     num_bins: int = 16

@@ -92,8 +92,8 @@ def test_lossless_defaults_are_the_settings():
     assert from_args(s, args, LOSSLESS_OPTIONS) == s
     args = build_parser().parse_args(["lossless", "fit", "--latents", "3", "--step-size", "1", "0"])
     assert (args.num_latents, tuple(args.step_size)) == (3, (1.0, 0.0))
-    # the README's MNIST table: K=32, 8 + 1 EM epochs, step size 0.2 -> 0.02
-    assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (32, 8, 1, (0.2, 0.02))
+    # the README's MNIST table: K=32, 30 + 1 EM epochs, step size 0.2 -> 0.01
+    assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (32, 30, 1, (0.2, 0.01))
 
 
 def test_em_counts_equal_the_gradients_through_the_leaf_gather():
