@@ -487,13 +487,8 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                 if k not in ("self", "symbols", "indexes", "__class__")
             }
         )
-        num_latents, max_items, steps, batch_size = (
-            a["num_latents"],
-            a["max_items"],
-            a["steps"],
-            a["batch_size"],
-        )
-        lr, holdout, tail, max_radius = a["lr"], a["holdout"], a["tail"], a["max_radius"]
+        num_latents, max_items = a["num_latents"], a["max_items"]
+        holdout, tail, max_radius = a["holdout"], a["tail"], a["max_radius"]
         table = self._scale_table_or_default()
         ctx, actx, ctx_info = None, None, {}
         pc0 = self._require_fitted() if warm_start else None

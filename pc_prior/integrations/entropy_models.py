@@ -273,13 +273,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         a = self.check_fit_args(
             **{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")}
         )
-        max_items, tail, lr, step_size, pseudocount = (
-            a["max_items"],
-            a["tail"],
-            a["lr"],
-            a["step_size"],
-            a["pseudocount"],
-        )
+        max_items, tail = a["max_items"], a["tail"]
         if not isinstance(values, Tensor):
             raise InputError(
                 f"values must be a torch.Tensor of shape [N, {self.channels}], got {type(values).__name__}"
