@@ -88,6 +88,7 @@ NAMES = ("entropy_bottleneck", "gaussian_conditional")
 #: The device part of the test suite: the files that exercise coding, circuits, their training and
 #: the codecs' round trips. Left out: packaging (pins this machine's versions), DDP, the fuzzers.
 DEVICE_TESTS = (
+    "tests/core/test_device.py",  # these run on --device (PC_PRIOR_TEST_DEVICE); the rest on the CPU
     "tests/core/test_coding.py",
     "tests/core/test_coding_fast_path.py",
     "tests/core/test_golden_streams.py",
@@ -103,8 +104,12 @@ DEVICE_TESTS = (
     "tests/train/test_train.py",
     "tests/train/test_train_rd.py",
 )
-QUICK_TESTS = ("tests/core/test_golden_streams.py", "tests/core/test_coding.py")
-QUICK_TESTS_K = "golden or round_trip_random_data"
+QUICK_TESTS = (
+    "tests/core/test_device.py",
+    "tests/core/test_golden_streams.py",
+    "tests/core/test_coding.py",
+)
+QUICK_TESTS_K = "golden or round_trip_random_data or cross_devices"
 LOG_CAP = 16 * 2**20  # bytes of suite.log at most
 
 
@@ -344,7 +349,7 @@ def check_tests(ctx: Context) -> CheckResult:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
     if ctx.quick:
         cmd += ["-k", QUICK_TESTS_K]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PC_PRIOR_TEST_DEVICE=str(ctx.device))
     if (
         not ctx.quick
         and importlib.util.find_spec("xdist") is not None

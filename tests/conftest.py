@@ -31,3 +31,15 @@ def random_hclt(
 
 def all_assignments(num_vars: int, num_cats: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(num_cats), repeat=num_vars)))
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device of the device tests: ``PC_PRIOR_TEST_DEVICE`` (e.g. ``cuda``; the device suite
+    sets it), else the CPU. A device this machine lacks skips the test, naming it."""
+    import os
+
+    name = os.environ.get("PC_PRIOR_TEST_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"PC_PRIOR_TEST_DEVICE={name}, but no CUDA GPU is available")
+    return torch.device(name)

@@ -18,8 +18,8 @@ def test_quick_device_suite_on_cpu(tmp_path):
     )
     proc = subprocess.run(
         ["bash", str(REPO / "bench" / "device_suite.sh"), "--quick", "--device", "cpu",
-         "--out", str(out), "--minutes", "3"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+         "--out", str(out), "--minutes", "6"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=480, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
