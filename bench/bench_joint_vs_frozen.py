@@ -134,6 +134,7 @@ def run_quality(args: argparse.Namespace, q: int) -> None:
 def report(folders: list[str]) -> None:
     """Per-quality table and BD-rates of joint against frozen and frozen+ (PSNR-RGB)."""
     from pc_prior.eval.compare import bd_rate
+    from pc_prior.train import lambda_for_quality
 
     summaries = [json.loads((Path(f) / "summary.json").read_text()) for f in folders]
     summaries.sort(key=lambda s: s["quality"])
@@ -148,10 +149,21 @@ def report(folders: list[str]) -> None:
             cells.append(f"{r['bpp']:.4f}/{r['psnr-rgb']:.2f}".rjust(18))
         print(f"{s['quality']:>2} " + " ".join(cells))
         print("   seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items()))
+    # the objective every variant was trained for, on Kodak: λ·255²·MSE + bpp (MSE from the
+    # PSNR of the decoded images, which is the mean of per-image PSNRs: an approximation)
+    print("RD loss on the evaluation images, λ·255²·MSE + bpp (lower is better):")
+    for s in summaries:
+        lmbda = lambda_for_quality(s["quality"])
+        by = {r["variant"]: r for r in s["rows"]}
+        loss = {
+            v: lmbda * 255**2 * 10 ** (-by[v]["psnr-rgb"] / 10) + by[v]["bpp"] for v in VARIANTS
+        }
+        print(f"  q{s['quality']}: " + ", ".join(f"{v} {loss[v]:.4f}" for v in VARIANTS))
     for ref in ("frozen", "frozen+"):
         a, b = curves[ref], curves["joint"]
         bd = bd_rate([p[0] for p in a], [p[1] for p in a], [p[0] for p in b], [p[1] for p in b])
-        print(f"BD-rate joint vs {ref}: {bd:+.2f}%")
+        note = " (undefined: a curve's PSNR does not rise with its rate)" if bd != bd else ""
+        print(f"BD-rate joint vs {ref}: {bd:+.2f}%{note}")
 
 
 def main() -> None:
