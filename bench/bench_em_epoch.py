@@ -35,6 +35,8 @@ def reference_counts(pc: HCLT, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def step(pc: HCLT, x: torch.Tensor, counts_fn) -> None:
+    # em_update per parameter rather than training.apply_em_counts, so that the same bench also
+    # times older releases of the package (README: PYTHONPATH at the previous release)
     counts = counts_fn(pc, x)
     for logits, c in zip((pc.root_logits, pc.transition_logits, pc.emission_logits), counts):
         em_update(logits, c, 0.1, 0.1)

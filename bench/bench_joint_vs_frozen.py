@@ -188,10 +188,9 @@ def main() -> None:
         report(args.report)
         return
     torch.set_num_threads(1)
-    for q in args.qualities:
-        run_quality(args, q) if len(args.qualities) == 1 else run_quality(
-            argparse.Namespace(**{**vars(args), "out": f"{args.out}/q{q}"}), q
-        )
+    for q in args.qualities:  # several qualities: one subfolder each
+        out = args.out if len(args.qualities) == 1 else f"{args.out}/q{q}"
+        run_quality(argparse.Namespace(**{**vars(args), "out": out}), q)
 
 
 if __name__ == "__main__":

@@ -679,17 +679,13 @@ def _ours_train_for(pc: Any, x: Any, batch_size: int, seconds: float, device: st
     """Mini-batch EM (step 0.1, pseudocount 0.1, as the pyjuice run) for ``seconds`` of wall time."""
     import torch
 
-    from pc_prior.training import em_step_counts, em_update
+    from pc_prior.training import apply_em_counts, em_step_counts
 
     g = torch.Generator().manual_seed(1)
     steps, t0 = 0, time.perf_counter()
     while True:
         for idx in torch.randperm(len(x), generator=g).split(batch_size):
-            counts, _ = em_step_counts(pc, x[idx].to(device))
-            for logits, c in zip(
-                (pc.root_logits, pc.transition_logits, pc.emission_logits), counts
-            ):
-                em_update(logits, c, 0.1, 0.1)
+            apply_em_counts(pc, em_step_counts(pc, x[idx].to(device))[0], 0.1, 0.1)
             steps += 1
             _sync(device)
             if time.perf_counter() - t0 >= seconds:

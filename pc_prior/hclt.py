@@ -220,9 +220,8 @@ class LatentTreeCircuit(nn.Module):
         outs = [prev_out]
         for lvl in range(1, self.num_levels):
             idx, pl = self._level(lvl), self._parent_local(lvl)
-            full = (prev_out + insides[lvl - 1]).index_select(
-                0, pl
-            )  # parent's everything, per child
+            # the parent's everything, per child
+            full = (prev_out + insides[lvl - 1]).index_select(0, pl)
             excl = full - lams[lvl]  # remove this child's own message
             prev_out = _logmatmulexp(excl, trans.index_select(0, idx))
             outs.append(prev_out)
@@ -353,9 +352,8 @@ class HCLT(LatentTreeCircuit):
         log_emit = self.log_emissions() if log_emit is None else log_emit
         d, v, k = self.num_vars, self.num_cats, self.num_latents
         table = log_emit.index_select(0, self.level_order).transpose(1, 2).reshape(d * v, k)
-        rows = (self.level_order.new_tensor(range(d))[:, None] * v + x.T[self.level_order]).reshape(
-            -1
-        )
+        var = torch.arange(d, device=x.device)[:, None]  # row of (variable, value): var·V + value
+        rows = (var * v + x.T[self.level_order]).reshape(-1)
         leaves = table.index_select(0, rows).view(d, x.shape[0], k)
         if missing is not None:
             leaves = leaves.masked_fill(missing.T[self.level_order][..., None], 0.0)

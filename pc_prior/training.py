@@ -22,7 +22,7 @@ from .hclt import HCLT, check_symbols
 from .progress import progress_bar
 from .settings import LosslessFit
 
-__all__ = ["bits_per_dim", "em_step_counts", "em_update", "fit_adam", "fit_em"]
+__all__ = ["apply_em_counts", "bits_per_dim", "em_step_counts", "em_update", "fit_adam", "fit_em"]
 
 LN2 = math.log(2.0)
 
@@ -81,7 +81,8 @@ def em_update(logits: Tensor, counts: Tensor, step_size: float, pseudocount: flo
     logits.copy_(new.clamp_min(torch.finfo(new.dtype).tiny).log())
 
 
-def _apply(pc: HCLT, counts: list[Tensor], step_size: float, pseudocount: float) -> None:
+def apply_em_counts(pc: HCLT, counts: list[Tensor], step_size: float, pseudocount: float) -> None:
+    """``em_update`` of the root, transition and emission logits with ``em_step_counts``' counts."""
     for logits, cnt in zip((pc.root_logits, pc.transition_logits, pc.emission_logits), counts):
         em_update(logits, cnt, step_size, pseudocount)
 
@@ -165,7 +166,7 @@ def fit_em(
             if full:
                 acc = counts if acc is None else [a + c for a, c in zip(acc, counts)]
             else:
-                _apply(pc, counts, sched(t), pseudocount)
+                apply_em_counts(pc, counts, sched(t), pseudocount)
                 t += 1
             # refresh=False: the postfix is drawn with the next update, at the bar's interval
             bar.set_postfix(
@@ -176,7 +177,7 @@ def fit_em(
             )
             bar.update(1)
         if full and acc is not None:
-            _apply(pc, acc, 1.0, pseudocount)
+            apply_em_counts(pc, acc, 1.0, pseudocount)
         rec = {
             "epoch": epoch + 1,
             "mode": "full" if full else "mini",
@@ -190,7 +191,8 @@ def fit_em(
             coding_tables(pc, refresh=True)
             callback(epoch, rec)
     bar.close()
-    coding_tables(pc, refresh=True)  # the coder's integer tables follow the new parameters
+    if callback is None or not total_epochs:  # else the last epoch's callback has them already
+        coding_tables(pc, refresh=True)  # the coder's integer tables follow the new parameters
     return history
 
 

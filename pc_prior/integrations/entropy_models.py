@@ -290,8 +290,10 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         if max_items is not None and len(s) > max_items:
             s = s[torch.randperm(len(s), generator=g)[:max_items].to(dev)]
         if warm_start:
-            pc0 = self._require_fitted()
-            return self._train(pc0, self._indices(s)[0], values, a, g, progress)
+            pc = self._require_fitted()
+            hist = self._train(pc, self._indices(s)[0], values, a, g, progress, [])
+            self.update(force=True)
+            return hist
         srt = s.sort(0).values  # per-channel order statistics (torch.quantile caps input size)
         lo = srt[math.floor(tail * (len(s) - 1))]
         hi = srt[math.ceil((1.0 - tail) * (len(s) - 1))]
@@ -317,27 +319,27 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             pc = pc.to(dev)
         else:
             pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
-        logistic = leaves == "logistic"  # EM first, then smooth leaves refined by Adam
-        hist = self._train(pc, idx, None if logistic else values, a, g, progress)
-        if logistic:
+        hist = self._train(pc, idx, values, a, g, progress, [])
+        if leaves == "logistic":  # EM first, then smooth leaves refined by Adam
             pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
-            hist = self._train(pc, idx, values, a, g, progress, hist)
+            self._train(pc, idx, values, a, g, progress, hist)
+        self.pc = pc
+        self.update(force=True)
         return hist
 
     def _train(
         self,
         pc: HCLT | DiscretizedLogisticTree,
         idx: Tensor,
-        values: Tensor | None,
+        values: Tensor,
         a: dict[str, Any],
         g: torch.Generator,
         progress: bool,
-        hist: list[dict] | None = None,
+        hist: list[dict],
     ) -> list[dict]:
-        """Train ``pc`` from its current parameters: EM on leaf indices ``idx`` (categorical
-        leaves), or Adam on noisy ``values`` (logistic leaves); with values, install it as the
-        circuit and write its tables. Returns the history, appended to ``hist``."""
-        hist = [] if hist is None else hist
+        """Train ``pc`` from its current parameters with the fit settings ``a``: EM on leaf
+        indices ``idx`` (categorical leaves) or Adam on noisy ``values`` (logistic leaves).
+        Appends its records to ``hist`` and returns it."""
         if isinstance(pc, HCLT):
             hist += fit_em(
                 pc,
@@ -350,7 +352,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 seed=a["seed"],
                 progress=progress,
             )
-        elif values is not None:
+        else:
             dev = self.quantiles.device
             u = values.to(dev) - self._medians()
             opt = torch.optim.Adam(pc.parameters(), lr=a["lr"])
@@ -369,9 +371,6 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                         "train_bpd": float(loss.detach()),
                     }
                 )
-        if values is not None:
-            self.pc = pc
-            self.update(force=True)
         return hist
 
     # -- CompressAI interface -------------------------------------------------------------------
