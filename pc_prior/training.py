@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_int, check_real, check_step_size
@@ -22,7 +23,15 @@ from .hclt import HCLT, check_symbols
 from .progress import progress_bar
 from .settings import LosslessFit
 
-__all__ = ["apply_em_counts", "bits_per_dim", "em_step_counts", "em_update", "fit_adam", "fit_em"]
+__all__ = [
+    "apply_em_counts",
+    "bits_per_dim",
+    "em_step_counts",
+    "em_update",
+    "fit_adam",
+    "fit_em",
+    "smooth_leaves",
+]
 
 LN2 = math.log(2.0)
 
@@ -87,6 +96,37 @@ def apply_em_counts(pc: HCLT, counts: list[Tensor], step_size: float, pseudocoun
         em_update(logits, cnt, step_size, pseudocount)
 
 
+@torch.no_grad()
+def smooth_leaves(pc: HCLT, weight: float, width: float) -> None:
+    """Blend every leaf distribution's interior symbols with their Gaussian-kernel smoothing, in place.
+
+    Symbols 1..V-2 are the interior: leaf (i, k) keeps its mass there, and ``weight`` of it is
+    spread over neighbouring symbols with a Gaussian kernel of standard deviation ``width``
+    symbols (truncated at 3 widths; renormalized at the interior's edges). The two end symbols
+    are left alone: image intensities pile up there (clipping), and smoothing those spikes into
+    their neighbours costs more than it gains. Why at all: a leaf's categorical sees each grey
+    level a handful of times, and EM gives levels it never saw almost no mass; neighbouring
+    levels are about as likely. ``weight`` 0 is a no-op, as is a circuit with fewer than 4 symbols.
+    """
+    weight = check_real("weight", weight, 0.0, 1.0)
+    width = check_real("width", width, 0.0, low_open=True)
+    v = pc.num_cats
+    if weight == 0.0 or v < 4:
+        return
+    p = torch.softmax(pc.emission_logits.double(), -1)
+    inner = p[..., 1:-1].reshape(-1, 1, v - 2)
+    r = int(3 * width) + 1
+    t = torch.arange(-r, r + 1, dtype=torch.float64, device=p.device)
+    kernel = torch.exp(-0.5 * (t / width) ** 2).view(1, 1, -1)
+    spread = F.conv1d(inner, kernel, padding=r)
+    spread = spread / F.conv1d(torch.ones_like(inner[:1]), kernel, padding=r)  # edge-renormalized
+    mass = inner.sum(-1, keepdim=True)
+    spread = spread * (mass / spread.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny))
+    p[..., 1:-1] = ((1.0 - weight) * inner + weight * spread).view(*p.shape[:-1], v - 2)
+    dt = pc.emission_logits.dtype
+    pc.emission_logits.copy_(p.clamp_min(torch.finfo(dt).tiny).log().to(dt))
+
+
 def _check_circuit(pc: HCLT, fn: str) -> None:
     if not isinstance(pc, HCLT):
         raise InputError(f"{fn} trains an HCLT (categorical leaves), got {type(pc).__name__}")
@@ -112,6 +152,8 @@ def fit_em(
     step_size: float | tuple[float, float] = LosslessFit.step_size,
     pseudocount: float = LosslessFit.pseudocount,
     full_batch_epochs: int = LosslessFit.full_batch_epochs,
+    leaf_smoothing: float = LosslessFit.leaf_smoothing,
+    smoothing_width: float = LosslessFit.smoothing_width,
     x_valid: Tensor | None = None,
     seed: int = LosslessFit.seed,
     progress: bool = True,
@@ -120,7 +162,8 @@ def fit_em(
     """Mini-batch EM for ``epochs`` epochs, then ``full_batch_epochs`` epochs of full-batch EM.
 
     ``step_size`` is a constant or a (start, end) pair annealed linearly over all mini-batch
-    updates. Returns one record per epoch with train (and valid) bits per dimension. The coding
+    updates. After the last epoch, ``smooth_leaves(pc, leaf_smoothing, smoothing_width)``.
+    Returns one record per epoch with train (and valid) bits per dimension. The coding
     tables are refreshed at the end, and before every ``callback(epoch, record)`` (which may save
     a checkpoint: its tables are then those of its parameters).
     Bad arguments (and a circuit with non-finite parameters) raise ``InputError`` before any update.
@@ -131,6 +174,8 @@ def fit_em(
     step_size = check_step_size(step_size)
     pseudocount = check_real("pseudocount", pseudocount, 0.0)
     full_batch_epochs = check_int("full_batch_epochs", full_batch_epochs, 0)
+    leaf_smoothing = check_real("leaf_smoothing", leaf_smoothing, 0.0, 1.0)
+    smoothing_width = check_real("smoothing_width", smoothing_width, 0.0, low_open=True)
     if callback is not None and not callable(callback):
         raise InputError(f"callback must be callable or None, got {type(callback).__name__}")
     x_train = check_symbols(x_train, pc.num_vars, pc.num_cats, "x_train")
@@ -178,6 +223,8 @@ def fit_em(
             bar.update(1)
         if full and acc is not None:
             apply_em_counts(pc, acc, 1.0, pseudocount)
+        if epoch == total_epochs - 1:
+            smooth_leaves(pc, leaf_smoothing, smoothing_width)
         rec = {
             "epoch": epoch + 1,
             "mode": "full" if full else "mini",

@@ -349,6 +349,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 full_batch_epochs=a["full_batch_epochs"],
                 step_size=a["step_size"],
                 pseudocount=a["pseudocount"],
+                leaf_smoothing=0.0,  # chosen for images' grey levels, not latent symbols
                 seed=a["seed"],
                 progress=progress,
             )

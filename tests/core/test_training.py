@@ -31,7 +31,9 @@ def test_full_batch_em_never_decreases_likelihood():
     pc.init_params(x, seed=0)
     prev = bits_per_dim(pc, x)
     for _ in range(4):
-        fit_em(pc, x, epochs=0, full_batch_epochs=1, pseudocount=0.0, progress=False)
+        fit_em(
+            pc, x, epochs=0, full_batch_epochs=1, pseudocount=0.0, leaf_smoothing=0.0, progress=False
+        )
         cur = bits_per_dim(pc, x)
         assert cur <= prev + 1e-9
         prev = cur
@@ -78,7 +80,8 @@ def test_lossless_defaults_are_the_settings():
     em = inspect.signature(fit_em).parameters
     adam = inspect.signature(fit_adam).parameters
     s = LosslessFit()
-    for k in ("epochs", "batch_size", "step_size", "pseudocount", "full_batch_epochs", "seed"):
+    fields = ("epochs", "batch_size", "step_size", "pseudocount", "full_batch_epochs", "seed")
+    for k in fields + ("leaf_smoothing", "smoothing_width"):
         assert em[k].default == getattr(s, k), k
     assert (adam["epochs"].default, adam["batch_size"].default, adam["lr"].default) == (
         s.epochs,
@@ -92,8 +95,41 @@ def test_lossless_defaults_are_the_settings():
     assert from_args(s, args, LOSSLESS_OPTIONS) == s
     args = build_parser().parse_args(["lossless", "fit", "--latents", "3", "--step-size", "1", "0"])
     assert (args.num_latents, tuple(args.step_size)) == (3, (1.0, 0.0))
-    # the README's MNIST table: K=32, 30 + 1 EM epochs, step size 0.2 -> 0.01
-    assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (32, 30, 1, (0.2, 0.01))
+    # the README's MNIST table: K=32, 50 + 1 EM epochs, step size 0.2 -> 0.005, smoothing 0.1 / 4
+    assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (32, 50, 1, (0.2, 0.005))
+    assert (s.leaf_smoothing, s.smoothing_width) == (0.1, 4.0)
+    args = build_parser().parse_args(["lossless", "fit", "--leaf-smoothing", "0"])
+    assert args.leaf_smoothing == 0.0
+
+
+def test_smooth_leaves_spreads_interior_mass_and_keeps_the_ends():
+    from pc_prior.errors import InputError
+    from pc_prior.training import smooth_leaves
+
+    pc = random_hclt(parent=(-1, 0, 0), num_cats=12, num_latents=2, seed=4)
+    with torch.no_grad():  # leaf (0, 0): all interior mass on symbol 5, nothing on 4 or 6
+        logits = torch.full((12,), -1e4)
+        logits[[0, 5, 11]] = torch.tensor([1.0, 0.0, 2.0])
+        pc.emission_logits[0, 0] = logits
+    before = torch.softmax(pc.emission_logits.detach().double(), -1)
+    smooth_leaves(pc, 0.0, 4.0)
+    assert torch.equal(torch.softmax(pc.emission_logits.detach().double(), -1), before)
+    smooth_leaves(pc, 0.2, 1.0)
+    after = torch.softmax(pc.emission_logits.detach().double(), -1)
+    torch.testing.assert_close(after.sum(-1), torch.ones(3, 2, dtype=torch.float64))
+    # the end symbols and the interior's total keep their mass in every leaf
+    torch.testing.assert_close(after[..., [0, -1]], before[..., [0, -1]], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(after[..., 1:-1].sum(-1), before[..., 1:-1].sum(-1), rtol=1e-5, atol=1e-7)
+    # symbol 5 lends mass to its neighbours, nearer ones more, and keeps 80% plus its share
+    p = after[0, 0]
+    assert p[4] > p[3] > p[2] > 0 and p[6] > p[7] > 0
+    assert 0.8 * before[0, 0, 5] < p[5] < before[0, 0, 5]
+    for bad in ((-0.1, 1.0), (1.5, 1.0), (0.1, 0.0)):
+        try:
+            smooth_leaves(pc, *bad)
+        except InputError:
+            continue
+        raise AssertionError(f"smooth_leaves{bad} accepted")
 
 
 def test_em_counts_equal_the_gradients_through_the_leaf_gather():
