@@ -32,7 +32,13 @@ def test_full_batch_em_never_decreases_likelihood():
     prev = bits_per_dim(pc, x)
     for _ in range(4):
         fit_em(
-            pc, x, epochs=0, full_batch_epochs=1, pseudocount=0.0, leaf_smoothing=0.0, progress=False
+            pc,
+            x,
+            epochs=0,
+            full_batch_epochs=1,
+            pseudocount=0.0,
+            leaf_smoothing=0.0,
+            progress=False,
         )
         cur = bits_per_dim(pc, x)
         assert cur <= prev + 1e-9
@@ -119,7 +125,9 @@ def test_smooth_leaves_spreads_interior_mass_and_keeps_the_ends():
     torch.testing.assert_close(after.sum(-1), torch.ones(3, 2, dtype=torch.float64))
     # the end symbols and the interior's total keep their mass in every leaf
     torch.testing.assert_close(after[..., [0, -1]], before[..., [0, -1]], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(after[..., 1:-1].sum(-1), before[..., 1:-1].sum(-1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        after[..., 1:-1].sum(-1), before[..., 1:-1].sum(-1), rtol=1e-5, atol=1e-7
+    )
     # symbol 5 lends mass to its neighbours, nearer ones more, and keeps 80% plus its share
     p = after[0, 0]
     assert p[4] > p[3] > p[2] > 0 and p[6] > p[7] > 0
