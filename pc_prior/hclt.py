@@ -24,7 +24,7 @@ from ._checks import check_int
 from .errors import InputError
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
 
-__all__ = ["HCLT", "LatentTreeCircuit", "check_symbols"]
+__all__ = ["HCLT", "GroupedHCLT", "LatentTreeCircuit", "check_symbols"]
 
 
 def _logmatmulexp(a: Tensor, w: Tensor) -> Tensor:
@@ -318,7 +318,8 @@ class HCLT(LatentTreeCircuit):
             hist = (hist + 1.0) / (hist.sum(1, keepdim=True) + v)
         # Each state: a random-exponent tilt of the histogram, so states differ from the start.
         mix = torch.rand(d, k, v, generator=g, dtype=torch.float64)
-        self.emission_logits.copy_((hist.log()[:, None, :] + noise * 4 * mix).to(dt))
+        init = (hist.log()[:, None, :] + noise * 4 * mix).to(dt)
+        self.emission_logits.copy_(init.view_as(self.emission_logits))
 
     # -- leaves ------------------------------------------------------------------------------
     def log_emissions(self) -> Tensor:
@@ -427,3 +428,60 @@ class HCLT(LatentTreeCircuit):
             f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, "
             f"height={self.tree.height}"
         )
+
+
+class GroupedHCLT(HCLT):
+    """An HCLT whose leaf (i, k) has one categorical over ``num_symbols`` symbols per *group* g.
+
+    The group is side information each item carries per variable (a spatial context id, read
+    from already decoded neighbours), so p(x_i = v | z_i = k, g) = emission[i, k, g, v]. Items
+    are given as joint indices ``g * num_symbols + v`` (``num_cats = num_groups * num_symbols``):
+    every HCLT pass, EM count and coding table works on them unchanged, and the distributions
+    stay normalized per group (``log_emissions`` and the EM counts are per block of V).
+    ``group_coding_emissions`` gives the coder's per-group tables [D, G, K, V].
+    """
+
+    def __init__(
+        self,
+        tree: Tree,
+        num_symbols: int,
+        num_groups: int,
+        num_latents: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        num_symbols = check_int("num_symbols", num_symbols, 2)
+        num_groups = check_int("num_groups", num_groups, 1)
+        super().__init__(tree, num_groups * num_symbols, num_latents, dtype)
+        self.num_symbols, self.num_groups = int(num_symbols), int(num_groups)
+        self.emission_logits = nn.Parameter(
+            torch.zeros(tree.num_vars, num_latents, num_groups, num_symbols, dtype=dtype)
+        )
+
+    def joint_index(self, groups: Tensor, symbols: Tensor) -> Tensor:
+        """The HCLT symbol of (group, symbol) pairs: ``group * num_symbols + symbol``."""
+        return groups.long() * self.num_symbols + symbols.long()
+
+    def log_emissions(self) -> Tensor:
+        d, k = self.num_vars, self.num_latents
+        return torch.log_softmax(self.emission_logits, -1).reshape(d, k, self.num_cats)
+
+    @torch.no_grad()
+    def coding_emissions(self) -> Tensor:
+        d, k = self.num_vars, self.num_latents
+        return portable.softmax(self.emission_logits).reshape(d, k, self.num_cats)
+
+    @torch.no_grad()
+    def group_coding_emissions(self) -> Tensor:
+        """The coder's leaf pmfs per group [D, G, K, V], float64 (``pc_prior.portable``)."""
+        return portable.softmax(self.emission_logits).permute(0, 2, 1, 3).contiguous()
+
+    def emission_counts(self, rows: Tensor, flow: Tensor) -> Tensor:
+        """Expected emission counts [D, K, G, V] (EM normalizes each group's row on its own)."""
+        return super().emission_counts(rows, flow).view_as(self.emission_logits)
+
+    def config(self) -> dict[str, int]:
+        return {
+            "num_symbols": self.num_symbols,
+            "num_groups": self.num_groups,
+            "num_latents": self.num_latents,
+        }

@@ -62,6 +62,8 @@ class BottleneckFit:
     Fields:
         num_latents: latent states K per channel.
         structure: ``"star"`` (every channel a child of the highest-variance one) or ``"chow-liu"``.
+        context: ``"three-pass"``, ``"checkerboard"`` or None (one pass): a later pass's leaves
+            are conditioned on their channel's decoded neighbours (categorical leaves only).
         leaves: ``"categorical"`` (best on a frozen codec) or ``"logistic"`` (smooth, for joint
             fine-tuning).
         max_items: random latent positions used (None: all).
@@ -80,6 +82,7 @@ class BottleneckFit:
 
     num_latents: int = 16
     structure: str = "star"
+    context: str | None = None
     leaves: str = "categorical"
     max_items: int | None = 60000
     tail: float = 1e-4

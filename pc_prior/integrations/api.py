@@ -222,7 +222,7 @@ def _rows(t: Tensor) -> Tensor:
 def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -> dict[str, object]:
     """One eval-mode forward per image, stopped once every named module has seen its input.
 
-    Bottlenecks give their input rows [N, C]; conditionals give lists of (symbols int32, scale
+    Bottlenecks give their input maps [B, C, H, W], one per image; conditionals give lists of (symbols int32, scale
     indexes int16) maps [1, C, H, W], one per image, exactly what their coder would see. Circuit-backed modules only quantize
     meanwhile, so unfitted ones do not stop the pass.
     """
@@ -255,7 +255,7 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                         f"model.{n} got a latent of shape {tuple(args[0].shape)}: expected [B, C, H, W] "
                         "(PC entropy models take 4-D image latents only)"
                     )
-                got[n].append(_rows(args[0]))
+                got[n].append(args[0].detach().cpu())  # the latent map [B, C, H, W]
             seen.add(n)
             if len(seen) == len(names):
                 raise _Stop
@@ -299,7 +299,7 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
         if isinstance(parts[0], tuple):
             out[n] = ([p[0] for p in parts], [p[1] for p in parts])
         else:
-            out[n] = torch.cat(parts)
+            out[n] = parts
     return out
 
 
@@ -311,7 +311,7 @@ def collect_latents(
     Runs the model's own ``forward`` in eval mode and stops it at the bottleneck (a pre-hook),
     so this works for any CompressAI model whatever transforms lead to the bottleneck.
     """
-    return _collect(model, images, [name])[name]  # type: ignore[return-value]
+    return torch.cat([_rows(m) for m in _collect(model, images, [name])[name]])  # type: ignore[union-attr]
 
 
 def collect_conditional_inputs(
@@ -485,7 +485,7 @@ def fit_prior(
                     sym, idx = data[n]  # type: ignore[misc]
                     hists[n] = module.fit(sym, idx, **cond_kw)
                 else:
-                    hists[n] = module.fit(data[n].to(dev), **bottleneck_kw)  # type: ignore[union-attr]
+                    hists[n] = module.fit(data[n], **bottleneck_kw)  # type: ignore[union-attr,arg-type]
     finally:  # the codec's own parameters as they were; new ones (the circuits') require grad
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), True))

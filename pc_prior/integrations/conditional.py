@@ -68,7 +68,7 @@ from ..progress import progress_bar
 from ..settings import CHOICES, ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .base import PCEntropyModel, loaded_tables
-from .context import CheckerboardContext, lattice_masks
+from .context import CheckerboardContext, lattice_masks, pass_masks
 from .entropy_models import STRUCTURES, check_latent_shape
 
 __all__ = [
@@ -354,16 +354,12 @@ class PCConditional(PCEntropyModel, GaussianConditional):
 
     def _pass_masks(self, h: int, w: int) -> list[Tensor]:
         """Positions coded in each pass (non-empty): all at once; the checkerboard's anchors then the
-        rest; or with ``anchor_context`` the (even, even) quarter, the (odd, odd) quarter, the rest."""
-        if self.context is None:
-            return [torch.ones(h, w, dtype=torch.bool)]
-        anchors, rest = lattice_masks(h, w, "cross")
-        masks = (
-            [*lattice_masks(h, w, "diagonal"), rest]
-            if self.anchor_context is not None
-            else [anchors, rest]
-        )
-        return [m for m in masks if m.any()]
+        rest; or with ``anchor_context`` the (even, even) quarter, the (odd, odd) quarter, the rest
+        (``pc_prior.integrations.context.pass_masks``, the bottleneck's schedules too)."""
+        schedule = None if self.context is None else "checkerboard"
+        if self.anchor_context is not None:
+            schedule = "three-pass"
+        return [m for m, _ in pass_masks(h, w, schedule)]
 
     def _apply_context(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
         """Coded indexes and integer means [B, C, H, W] of every position from the symbols of the

@@ -40,7 +40,19 @@ from torch import Tensor, nn
 from ..continuous import gaussian_bits
 from .base import resize_buffers
 
-__all__ = ["LATTICES", "CheckerboardContext", "anchor_mask", "lattice_masks", "rounded_mean"]
+__all__ = [
+    "LATTICES",
+    "MAGNITUDE_EDGES",
+    "SCHEDULES",
+    "CheckerboardContext",
+    "anchor_mask",
+    "lattice_masks",
+    "leaf_groups",
+    "neighbour_bins",
+    "num_leaf_groups",
+    "pass_masks",
+    "rounded_mean",
+]
 
 FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
 COEF_BITS = 12  # fixed point of the mean coefficients
@@ -70,6 +82,84 @@ def lattice_masks(
     if lattice == "diagonal":
         return (i % 2 == 0) & (j % 2 == 0), (i % 2 == 1) & (j % 2 == 1)
     raise ValueError(f"lattice must be one of {LATTICES}, got {lattice!r}")
+
+
+SCHEDULES: dict[str | None, tuple[str, ...]] = {
+    None: (),
+    "checkerboard": ("cross",),
+    "three-pass": ("diagonal", "cross"),
+}
+"""The lattices of each coding schedule's later passes, in order (None: one pass, no context).
+The first pass codes what no lattice targets: everything, the anchors, or the (even, even)
+quarter. ``pass_masks`` turns a schedule into position masks; both entropy models use it."""
+
+MAGNITUDE_EDGES = (1, 2, 3, 4, 6, 9, 14)
+"""Bin edges of a channel's neighbour activity ``Σ|u|`` over its 4 decoded lattice neighbours
+(``neighbour_bins``): 0 | 1 | 2 | 3 | 4-5 | 6-8 | 9-13 | 14+."""
+
+
+def pass_masks(
+    h: int, w: int, schedule: str | None, device: torch.device | str = "cpu"
+) -> list[tuple[Tensor, str | None]]:
+    """(positions [H, W] bool, lattice of their context) of each non-empty pass of a schedule.
+
+    The first pass has no context (lattice None); a later pass's positions are its lattice's
+    targets, whose neighbours on that lattice are all coded in earlier passes.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {schedule!r}")
+    first = torch.ones(h, w, dtype=torch.bool, device=device)
+    passes: list[tuple[Tensor, str | None]] = []
+    for lattice in SCHEDULES[schedule]:
+        targets = lattice_masks(h, w, lattice, device)[1]
+        first &= ~targets
+        passes.append((targets, lattice))
+    return [(m, lat) for m, lat in [(first, None), *passes] if m.any()]
+
+
+def num_leaf_groups(schedule: str | None, edges: tuple[int, ...] = MAGNITUDE_EDGES) -> int:
+    """G, the leaf groups of a schedule: 1 for the first pass, ``2·len(edges) + 1`` per lattice."""
+    return 1 + len(SCHEDULES[schedule]) * (2 * len(edges) + 1)
+
+
+def neighbour_bins(symbols: Tensor, lattice: str, edges: Tensor) -> Tensor:
+    """Per-channel context ids [B, C, H, W] in ``0 .. 2·len(edges)`` from the lattice's sources.
+
+    ``b`` bins ``Σ|u|`` over the 4 neighbours on the lattice (its sources only; zero outside
+    the map) by ``edges``; the id is 0 when ``b = 0``, else ``2b - 1 + [Σu > 0]``: how busy the
+    same channel is around the position, and which sign dominates. Integer arithmetic only.
+    """
+    h, w = symbols.shape[-2:]
+    sources = lattice_masks(h, w, lattice, symbols.device)[0]
+    u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * sources
+    mag = _neighbour_sum(u.abs(), lattice)
+    b = (mag[..., None] >= edges.to(u.device)).sum(-1)
+    up = (_neighbour_sum(u, lattice) > 0).long()
+    return torch.where(b == 0, torch.zeros_like(b), 2 * b - 1 + up)
+
+
+def leaf_groups(
+    symbols: Tensor,
+    schedule: str | None,
+    edges: Tensor,
+    passes: list[tuple[Tensor, str | None]] | None = None,
+) -> Tensor:
+    """Leaf group [B, C, H, W] of every position under a schedule (``GroupedHCLT``'s groups).
+
+    0 in the first pass; in the j-th later pass ``1 + j·(2·len(edges) + 1)`` plus
+    ``neighbour_bins`` on its lattice. Reads only the symbols of positions coded in earlier
+    passes, so the decoder computes the same groups pass by pass from what it has decoded.
+    """
+    h, w = symbols.shape[-2:]
+    passes = pass_masks(h, w, schedule, symbols.device) if passes is None else passes
+    per = 2 * len(edges) + 1
+    groups = torch.zeros(symbols.shape, dtype=torch.long, device=symbols.device)
+    for mask, lattice in passes:
+        if lattice is not None:
+            j = SCHEDULES[schedule].index(lattice)
+            ids = 1 + j * per + neighbour_bins(symbols, lattice, edges)
+            groups = torch.where(mask, ids, groups)
+    return groups
 
 
 def _neighbour_sum(x: Tensor, lattice: str = "cross") -> Tensor:

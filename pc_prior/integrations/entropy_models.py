@@ -23,6 +23,7 @@ model's code length, which is all CompressAI's rate term uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import constriction
@@ -42,6 +43,7 @@ from ..coding import (
     encode_columns,
     escape_bits,
     finish_decoding,
+    quantize_probs,
     range_decoders,
 )
 from ..continuous import DiscretizedLogisticTree
@@ -49,16 +51,28 @@ from ..errors import (
     InputError,
     PCPriorError,
 )
-from ..hclt import HCLT
+from ..hclt import HCLT, GroupedHCLT
 from ..settings import CHOICES, BottleneckFit
-from ..structure import Tree
+from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from ..training import fit_em
 from .base import PCEntropyModel, check_latent_shape, loaded_tables
+from .context import MAGNITUDE_EDGES, leaf_groups, num_leaf_groups, pass_masks
 
 __all__ = ["PCEntropyBottleneck"]
 
 STRUCTURES = CHOICES["structure"]  # circuit structures over the channels (pc_prior.settings)
+SCHEDULE_CODES = (None, "checkerboard", "three-pass")  # _pc_schedule's values, in this order
 LN2 = math.log(2.0)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B*H*W, C] (items = positions, variables = channels)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _pass_rows(t: Tensor, mask: Tensor) -> Tensor:
+    """[B, C, H, W] at the positions of ``mask`` [H, W] -> rows [B*n, C], image by image."""
+    return t[..., mask].permute(0, 2, 1).reshape(-1, t.shape[1])
 
 
 def _check_size(size: Any) -> tuple[int, int]:
@@ -98,12 +112,25 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         del self.matrices, self.biases, self.factors
         self._init_tables(emit_dims=3)
         self.pc: HCLT | DiscretizedLogisticTree | None = None
+        # the coding schedule (an index of SCHEDULE_CODES) and the leaf contexts' bin edges
+        self.register_buffer("_pc_schedule", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("_leaf_edges", torch.zeros(0, dtype=torch.long))
 
     # -- state ----------------------------------------------------------------------------------
     @property
     def num_symbols(self) -> int:
         """V: the circuit's leaf alphabet size (largest channel alphabet + ESCAPE)."""
-        return self._require_fitted().num_cats
+        pc = self._require_fitted()
+        return pc.num_symbols if isinstance(pc, GroupedHCLT) else pc.num_cats
+
+    @property
+    def context(self) -> str | None:
+        """The spatial context's schedule: None (one pass), ``"checkerboard"`` or ``"three-pass"``."""
+        return SCHEDULE_CODES[int(self._pc_schedule[0])]
+
+    def _groups(self, s: Tensor) -> Tensor:
+        """Leaf groups [B, C, H, W] of symbol maps under the fitted schedule (all 0 without one)."""
+        return leaf_groups(s, self.context, self._leaf_edges)
 
     def _medians(self) -> Tensor:
         return self.quantiles[:, 0, 1].detach()
@@ -117,11 +144,19 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             self._offset.to(torch.int32),
             self._cdf_length.to(torch.int32),
             self._medians().float(),
+            *((self._pc_schedule, self._leaf_edges) if self.context is not None else ()),
             *extra,
         )
 
     def _compute_tables(self) -> CodingTables:
-        return coding_tables(self._require_fitted(), refresh=True)
+        pc = self._require_fitted()
+        if not isinstance(pc, GroupedHCLT):
+            return coding_tables(pc, refresh=True)
+        pc.check_finite()  # NaN or infinite parameters have no tables: name the parameter
+        root, trans = pc.coding_root_trans()
+        emit = pc.group_coding_emissions()  # [D, G, K, V]: one table per leaf group
+        parent = np.asarray(pc.tree.parent, dtype=np.int64)
+        return CodingTables(parent, *(quantize_probs(t) for t in (root, trans, emit)))
 
     def _tables_entries(self) -> int:
         pc = self._require_fitted()
@@ -154,10 +189,39 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 return
             if stored is not None:
                 v = stored.emit.shape[-1]
-            elif logits is not None and logits.dim() == 3:
+            elif logits is not None and logits.dim() in (3, 4):
                 v = logits.shape[-1]
             else:
                 v = int(n.max()) + 1
+            sched = state_dict.get(prefix + "_pc_schedule", torch.zeros(1, dtype=torch.long))
+            edges = state_dict.get(prefix + "_leaf_edges", torch.zeros(0, dtype=torch.long))
+            groups = None
+            if stored is not None and stored.emit.dim() == 4:
+                groups = stored.emit.shape[1]
+            elif logits is not None and logits.dim() == 4:
+                groups = logits.shape[2]
+            if (
+                tuple(sched.shape) != (1,)
+                or sched.dtype.is_floating_point
+                or not 0 <= int(sched[0]) < len(SCHEDULE_CODES)
+                or edges.dim() != 1
+                or edges.dtype.is_floating_point
+                or len(edges) > 64
+                or (len(edges) and (int(edges[0]) < 1 or bool((edges.diff() <= 0).any())))
+                or (groups is not None)
+                != (SCHEDULE_CODES[int(sched[0])] is not None and len(edges) > 0)
+                or (
+                    groups is not None
+                    and groups
+                    != num_leaf_groups(SCHEDULE_CODES[int(sched[0])], tuple(edges.tolist()))
+                )
+            ):
+                error_msgs.append(
+                    f"{prefix}: the spatial context (_pc_schedule, _leaf_edges) does not match "
+                    f"the circuit's leaf groups: expected a schedule index in 0..{len(SCHEDULE_CODES) - 1}, "
+                    "increasing positive edges, and one leaf group per context id"
+                )
+                return
             if int(n.min()) < 1 or int(n.max()) > v - 1 or int(off.abs().max()) > MAX_SYMBOL:
                 error_msgs.append(
                     f"{prefix}_cdf_length must lie in 1..{v - 1} and |_offset| <= {MAX_SYMBOL}"
@@ -165,10 +229,11 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 return
         elif any(m.startswith(prefix) for m in error_msgs):
             return
-        self._resize_for(state_dict, prefix, ("_offset", "_cdf_length", "_quantized_cdf"))
+        self._resize_for(
+            state_dict, prefix, ("_offset", "_cdf_length", "_quantized_cdf", "_leaf_edges")
+        )
         if trans is not None:
             parent = state_dict.get(prefix + "_pc_parent")
-            cls = HCLT if logits is not None else DiscretizedLogisticTree
             try:
                 if parent is None or trans.dim() != 3 or len(parent) != d or trans.shape[0] != d:
                     raise ValueError(f"_pc_parent and the transitions must be over {d} channels")
@@ -176,7 +241,20 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             except (ValueError, TypeError, PCPriorError) as e:
                 error_msgs.append(f"{prefix}: the circuit's tree is not valid: {e}")
                 return
-            self.pc = cls(tree, v, trans.shape[1], dtype=trans.dtype).to(self.quantiles.device)
+            k, dt = trans.shape[1], trans.dtype
+            if logits is not None and logits.dim() == 4:
+                pc: HCLT | DiscretizedLogisticTree = GroupedHCLT(tree, v, logits.shape[2], k, dt)
+            elif logits is not None:
+                pc = HCLT(tree, v, k, dtype=dt)
+            else:
+                pc = DiscretizedLogisticTree(tree, v, k, dtype=dt)
+            self.pc = pc.to(self.quantiles.device)
+        for name, default in (("_pc_schedule", torch.zeros(1, dtype=torch.long)),):
+            if prefix + name not in state_dict:  # files of pc-prior before spatial contexts
+                state_dict = {**state_dict, prefix + name: default}
+        if prefix + "_leaf_edges" not in state_dict:
+            state_dict = {**state_dict, prefix + "_leaf_edges": torch.zeros(0, dtype=torch.long)}
+            self._leaf_edges = torch.zeros(0, dtype=torch.long, device=self.quantiles.device)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -215,6 +293,12 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         a = fit_keywords(cls, cls.fit, ("values",), kwargs)
         check_choice("leaves", a["leaves"], CHOICES["leaves"])
         check_choice("structure", a["structure"], STRUCTURES)
+        check_choice("context", a["context"], CHOICES["context"])
+        if a["context"] is not None and a["leaves"] != "categorical":
+            raise InputError(
+                f"context={a['context']!r} needs categorical leaves (leaves={a['leaves']!r}): "
+                "pass context=None for logistic leaves"
+            )
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)
         a["max_alphabet"] = check_int("max_alphabet", a["max_alphabet"], 1)
@@ -232,9 +316,10 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
 
     def fit(
         self,
-        values: Tensor,
+        values: Tensor | Sequence[Tensor],
         num_latents: int = BottleneckFit.num_latents,
         *,
+        context: str | None = BottleneckFit.context,
         tail: float = BottleneckFit.tail,
         max_alphabet: int = BottleneckFit.max_alphabet,
         max_items: int | None = BottleneckFit.max_items,
@@ -251,7 +336,12 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         progress: bool = True,
         warm_start: bool = False,
     ) -> list[dict]:
-        """Learn alphabets, structure and parameters from latent values [N, C] (one row per position).
+        """Learn alphabets, structure and parameters from latent values: rows [N, C] (one per
+        position) or latent maps [B, C, H, W] (a sequence, one per image; a context needs them).
+
+        ``context`` (``"checkerboard"`` or ``"three-pass"``) codes the positions in passes
+        (``pc_prior.integrations.context.pass_masks``); a leaf of a later pass is conditioned on
+        its channel's decoded neighbours (``leaf_groups``: a ``GroupedHCLT``). None: one pass.
 
         Alphabets cover the [tail, 1 - tail] quantiles of each channel's symbols (at most
         ``max_alphabet`` symbols); everything else is escaped. ``max_items`` random positions are
@@ -274,24 +364,23 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             **{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")}
         )
         max_items, tail = a["max_items"], a["tail"]
-        if not isinstance(values, Tensor):
-            raise InputError(
-                f"values must be a torch.Tensor of shape [N, {self.channels}], got {type(values).__name__}"
-            )
-        if values.dim() != 2 or values.shape[1] != self.channels:
-            raise InputError(
-                f"values must have shape [N, {self.channels}], got {tuple(values.shape)}"
-            )
-        if len(values) == 0:
-            raise InputError("values is empty: no latent positions to fit on")
+        if warm_start:
+            context = self.context if self.fitted else None
         dev = self.quantiles.device
-        s = self.symbols(values.to(dev).T[None, :, :, None])[0, :, :, 0].T  # [N, C]
+        edges = self._leaf_edges.cpu() if warm_start else torch.tensor(MAGNITUDE_EDGES)
+        s, grp = self._fit_symbols(values, context, edges)  # [N, C]; groups None without context
+        if not isinstance(values, Tensor):  # rows of the maps (logistic leaves train on them)
+            values = torch.cat([_rows(y.detach()) for y in values])
         g = torch.Generator().manual_seed(seed)
         if max_items is not None and len(s) > max_items:
-            s = s[torch.randperm(len(s), generator=g)[:max_items].to(dev)]
+            keep = torch.randperm(len(s), generator=g)[:max_items].to(dev)
+            s, grp = s[keep], None if grp is None else grp[keep]
         if warm_start:
             pc = self._require_fitted()
-            hist = self._train(pc, self._indices(s)[0], values, a, g, progress, [])
+            idx = self._indices(s)[0]
+            if isinstance(pc, GroupedHCLT):
+                idx = pc.joint_index(grp, idx)
+            hist = self._train(pc, idx, values, a, g, progress, [])
             self.update(force=True)
             return hist
         srt = s.sort(0).values  # per-channel order statistics (torch.quantile caps input size)
@@ -312,13 +401,21 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         idx = torch.where(esc, torch.full_like(rel, v - 1), rel)
         if structure == "star":
             hub = int(idx.double().var(0).argmax()) if len(idx) > 1 else 0
-            pc = HCLT(
-                Tree(tuple(-1 if i == hub else hub for i in range(self.channels))), v, num_latents
-            )
-            pc.init_params(idx.cpu(), seed=seed)
-            pc = pc.to(dev)
+            tree = Tree(tuple(-1 if i == hub else hub for i in range(self.channels)))
         else:
-            pc = HCLT.from_data(idx.cpu(), v, num_latents, seed=seed).to(dev)
+            tree = chow_liu_tree(pairwise_mutual_information(idx.cpu(), v, seed=seed))
+        if grp is None:
+            pc = HCLT(tree, v, num_latents)
+            self._leaf_edges = torch.zeros(0, dtype=torch.long, device=dev)
+        else:
+            pc = GroupedHCLT(tree, v, num_leaf_groups(context, MAGNITUDE_EDGES), num_latents)
+            idx = pc.joint_index(grp, idx)
+            self._leaf_edges = edges.to(dev)
+        self._pc_schedule = torch.tensor(
+            [SCHEDULE_CODES.index(context)], dtype=torch.long, device=dev
+        )
+        pc.init_params(idx.cpu(), seed=seed)
+        pc = pc.to(dev)
         hist = self._train(pc, idx, values, a, g, progress, [])
         if leaves == "logistic":  # EM first, then smooth leaves refined by Adam
             pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
@@ -326,6 +423,40 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         self.pc = pc
         self.update(force=True)
         return hist
+
+    def _fit_symbols(
+        self, values: Tensor | Sequence[Tensor], context: str | None, edges: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Symbols [N, C] of every position of ``values`` (rows or maps) and, with a context,
+        their leaf groups [N, C] (computed on each map, so neighbours stay within an image)."""
+        c = self.channels
+        if isinstance(values, Tensor):
+            if context is not None:
+                raise InputError(
+                    f"context={context!r} needs latent maps (a list of [B, {c}, H, W] tensors, one "
+                    "per image: fit_prior collects them), not rows [N, C]; pass context=None for rows"
+                )
+            if values.dim() != 2 or values.shape[1] != c:
+                raise InputError(f"values must have shape [N, {c}], got {tuple(values.shape)}")
+            if len(values) == 0:
+                raise InputError("values is empty: no latent positions to fit on")
+            dev = self.quantiles.device
+            return self.symbols(values.to(dev).T[None, :, :, None])[0, :, :, 0].T, None
+        if not isinstance(values, (list, tuple)) or not values:
+            raise InputError(
+                f"values must be a torch.Tensor [N, {c}] or a non-empty list of latent maps "
+                f"[B, {c}, H, W], got {type(values).__name__}"
+            )
+        rows, groups = [], []
+        for y in values:
+            sym = self.symbols(y.to(self.quantiles.device))  # checks the shape
+            rows.append(_rows(sym))
+            if context is not None:
+                groups.append(_rows(leaf_groups(sym, context, edges)))
+        s = torch.cat(rows)
+        if len(s) == 0:
+            raise InputError("values hold no latent positions to fit on")
+        return s, (torch.cat(groups) if groups else None)
 
     def _train(
         self,
@@ -407,8 +538,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         pc = self._require_fitted()
         self._check_latent(s)
         b, c, h, w = s.shape
-        rows = s.permute(0, 2, 3, 1).reshape(-1, c)
-        idx, rel, esc = self._indices(rows)
+        idx, rel, esc = self._indices(_rows(s))
+        if isinstance(pc, GroupedHCLT):  # each leaf read in its group's table
+            idx = pc.joint_index(_rows(self._groups(s)), idx)
         leaf = pc.log_emissions().transpose(1, 2)[
             torch.arange(c, device=idx.device), idx
         ]  # [N, C, K]
@@ -444,16 +576,20 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         """One bitstream per batch item for the latent x [B, C, H, W]."""
         tables = self._require_tables()
         s = self.symbols(x)
-        b, c, h, w = s.shape
+        b, _c, h, w = s.shape
         if h * w == 0:
             raise ValueError(f"cannot code an empty latent of spatial size {h}x{w}")
-        p = h * w
-        idx, rel, esc = self._indices(s.permute(0, 2, 3, 1).reshape(-1, c))
         dev = tables.root.device
-        inc = IncrementalConditionals(tables, b * p, dev)
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
-        encode_columns(encs, inc, idx, p, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
+        grouped = tables.emit.dim() == 4
+        groups = self._groups(s) if grouped else None
+        for mask, _lattice in pass_masks(h, w, self.context, s.device):
+            n = int(mask.sum())
+            idx, rel, esc = self._indices(_pass_rows(s, mask))
+            grp = None if groups is None else _pass_rows(groups, mask)
+            inc = IncrementalConditionals(tables, b * n, dev, groups=grp)
+            encode_columns(encs, inc, idx, n, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
         fp = self._fingerprint(tables)
         return [self._frame(fp, (h, w), enc) for enc in encs]
 
@@ -471,19 +607,25 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         fp = self._fingerprint(tables)
         words = self._unframe(strings, fp, size, tables, self.channels)
         b, c, (h, w) = len(strings), self.channels, size
-        p = h * w
         dev = tables.root.device
+        at = self._offset.device
         v = tables.emit.shape[-1]
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         decs = range_decoders(words)
-        rel = decode_columns(
-            decs, IncrementalConditionals(tables, b * p, dev), p, v - 1, n_np, self.FORMAT.name
-        )
+        s = torch.zeros(b, c, h, w, dtype=torch.long, device=at)
+        grouped = tables.emit.dim() == 4
+        for mask, _lattice in pass_masks(h, w, self.context, at):
+            n = int(mask.sum())
+            # the groups of this pass read only positions decoded in earlier passes
+            grp = _pass_rows(self._groups(s), mask) if grouped else None
+            inc = IncrementalConditionals(tables, b * n, dev, groups=grp)
+            rel = decode_columns(decs, inc, n, v - 1, n_np, self.FORMAT.name)
+            vals = rel.to(at) + self._offset.long()
+            s[..., mask] = vals.view(b, n, c).permute(0, 2, 1)
         finish_decoding(decs, self.FORMAT.name)
-        s = rel.to(self._offset.device) + self._offset.long()
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
         med = self._medians()
         out = torch.empty(b, c, h, w, dtype=med.dtype, device=self._offset.device)
-        out.copy_(s.view(b, h, w, c).permute(0, 3, 1, 2))
+        out.copy_(s)
         return out.add_(med.to(out.device).view(1, -1, 1, 1))

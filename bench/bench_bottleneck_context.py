@@ -1,0 +1,101 @@
+"""Choosing ``PCEntropyBottleneck``'s spatial context on validation data (never on Kodak).
+
+For each shared factorized codec: collect its latents on ``bsds500/train`` (fit) and
+``bsds500/test`` (validation), both cropped to multiples of 64 as ``fit_prior`` reads folders.
+Fit a ``PCEntropyBottleneck`` per setting (context schedule x K x positions) on the training
+maps and report the validation code length (the model's ``-log2 p``, escapes included) against
+the codec's own ``EntropyBottleneck`` on the same latents, plus fit time. Each setting is one
+``PCEntropyBottleneck.fit`` call with the ``BottleneckFit`` defaults except what the row names.
+
+    OMP_NUM_THREADS=1 python bench/bench_bottleneck_context.py --qualities 1 \\
+        --contexts none checkerboard three-pass --json runs/bench_bottleneck_context.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@torch.no_grad()
+def latent_maps(net, folder: Path, limit: int | None) -> list[torch.Tensor]:
+    from pc_prior.images import crop_to_multiple, list_images, load_image
+    from pc_prior.settings import ImageFit
+
+    files = list_images(folder)[:limit]
+    return [net.g_a(crop_to_multiple(load_image(f), ImageFit.multiple)) for f in files]
+
+
+@torch.no_grad()
+def own_bits(eb, maps: list[torch.Tensor]) -> float:
+    """The codec's own EntropyBottleneck code length (its likelihoods, eval mode)."""
+    return sum(float(-torch.log2(eb(y, training=False)[1]).sum()) for y in maps)
+
+
+@torch.no_grad()
+def pc_bits(pc, maps: list[torch.Tensor]) -> float:
+    return sum(float(-pc.log_likelihood(pc.symbols(y)).sum()) / math.log(2) for y in maps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--qualities", type=int, nargs="+", default=[1])
+    ap.add_argument("--contexts", nargs="+", default=["none", "checkerboard", "three-pass"])
+    ap.add_argument("--latents", type=int, nargs="+", default=[16])
+    ap.add_argument("--max-items", type=int, nargs="+", default=[60000], help="0: all positions")
+    ap.add_argument("--limit", type=int, default=None, help="images per split (default: all)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    from pc_prior.integrations import PCEntropyBottleneck, load_codec
+
+    rows = []
+    for q in args.qualities:
+        net = load_codec(SHARED / "models" / f"bmshj2018-factorized-q{q}.pt")
+        train = latent_maps(net, SHARED / "data" / "bsds500" / "train", args.limit)
+        valid = latent_maps(net, SHARED / "data" / "bsds500" / "test", args.limit)
+        base = own_bits(net.entropy_bottleneck, valid)
+        pixels = sum(y.shape[-2] * y.shape[-1] * 256 for y in valid)
+        print(f"q{q}: own EntropyBottleneck {base / pixels:.4f} bpp on validation", flush=True)
+        for ctx in args.contexts:
+            for k in args.latents:
+                for items in args.max_items:
+                    pc = PCEntropyBottleneck(net.entropy_bottleneck.channels)
+                    pc.quantiles.data.copy_(net.entropy_bottleneck.quantiles.data)
+                    t0 = time.perf_counter()
+                    pc.fit(
+                        train,
+                        k,
+                        context=None if ctx == "none" else ctx,
+                        max_items=items or None,
+                        progress=False,
+                    )
+                    fit_s = time.perf_counter() - t0
+                    bits = pc_bits(pc, valid)
+                    row = {
+                        "quality": q,
+                        "context": ctx,
+                        "num_latents": k,
+                        "max_items": items or None,
+                        "valid_bpp": bits / pixels,
+                        "own_bpp": base / pixels,
+                        "saving": 1.0 - bits / base,
+                        "fit_seconds": round(fit_s, 1),
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

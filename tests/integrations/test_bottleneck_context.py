@@ -1,0 +1,192 @@
+"""Spatial context for ``PCEntropyBottleneck``: pass schedules, leaf groups, exact coding."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from compressai.models import FactorizedPrior
+from helpers import random_images
+
+from pc_prior.errors import InputError
+from pc_prior.hclt import GroupedHCLT
+from pc_prior.integrations import PCEntropyBottleneck, fit_prior, load_codec, save_codec
+from pc_prior.integrations.context import (
+    MAGNITUDE_EDGES,
+    lattice_masks,
+    leaf_groups,
+    neighbour_bins,
+    num_leaf_groups,
+    pass_masks,
+)
+from pc_prior.structure import Tree
+
+EDGES = torch.tensor(MAGNITUDE_EDGES)
+
+
+def _maps(n, c=5, h=9, w=11, seed=0):
+    """Latent maps whose channels share a smooth spatial field (so neighbours tell something)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        field = torch.nn.functional.avg_pool2d(torch.randn(1, 1, h + 2, w + 2, generator=g), 3, 1)
+        own = torch.nn.functional.avg_pool2d(torch.randn(1, c, h + 2, w + 2, generator=g), 3, 1)
+        out.append(6 * field + 5 * own + 0.4 * torch.randn(1, c, h, w, generator=g))
+    return out
+
+
+@pytest.mark.parametrize("schedule", [None, "checkerboard", "three-pass"])
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (5, 6), (7, 3)])
+def test_pass_masks_partition_and_neighbours_come_first(schedule, size):
+    h, w = size
+    passes = pass_masks(h, w, schedule)
+    total = torch.zeros(h, w, dtype=torch.long)
+    done = torch.zeros(h, w, dtype=torch.bool)
+    for k, (mask, lattice) in enumerate(passes):
+        assert mask.any()
+        assert (lattice is None) == (k == 0 or not done.any())
+        total += mask.long()
+        if lattice is not None:
+            sources, targets = lattice_masks(h, w, lattice)
+            assert torch.equal(mask, targets)
+            assert not (sources & ~done).any()  # every source is coded in an earlier pass
+        done |= mask
+    assert torch.equal(total, torch.ones(h, w, dtype=torch.long))
+
+
+def _naive_bins(sym, lattice):
+    b, c, h, w = sym.shape
+    sources = lattice_masks(h, w, lattice)[0]
+    offs = (
+        [(-1, 0), (1, 0), (0, -1), (0, 1)]
+        if lattice == "cross"
+        else [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    )
+    out = torch.zeros_like(sym)
+    for n, ch, i, j in itertools.product(range(b), range(c), range(h), range(w)):
+        mag = tot = 0
+        for di, dj in offs:
+            a, bb = i + di, j + dj
+            if 0 <= a < h and 0 <= bb < w and sources[a, bb]:
+                mag += abs(int(sym[n, ch, a, bb]))
+                tot += int(sym[n, ch, a, bb])
+        k = sum(mag >= e for e in MAGNITUDE_EDGES)
+        out[n, ch, i, j] = 0 if k == 0 else 2 * k - 1 + (tot > 0)
+    return out
+
+
+@pytest.mark.parametrize("lattice", ["cross", "diagonal"])
+def test_neighbour_bins_equal_a_naive_loop(lattice):
+    sym = torch.randint(-9, 10, (2, 3, 5, 6), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(neighbour_bins(sym, lattice, EDGES), _naive_bins(sym, lattice))
+
+
+@pytest.mark.parametrize("schedule", ["checkerboard", "three-pass"])
+def test_leaf_groups_read_only_earlier_passes(schedule):
+    g = torch.Generator().manual_seed(2)
+    sym = torch.randint(-6, 7, (2, 3, 6, 7), generator=g)
+    passes = pass_masks(6, 7, schedule)
+    groups = leaf_groups(sym, schedule, EDGES)
+    assert int(groups.min()) >= 0 and int(groups.max()) < num_leaf_groups(schedule)
+    for k, (mask, _) in enumerate(passes):
+        later = torch.zeros(6, 7, dtype=torch.bool)
+        for m, _ in passes[k:]:
+            later |= m
+        other = torch.where(later, torch.randint(-6, 7, sym.shape, generator=g), sym)
+        assert torch.equal(leaf_groups(other, schedule, EDGES)[..., mask], groups[..., mask])
+
+
+def test_grouped_hclt_sums_to_one_in_every_group():
+    tree = Tree((-1, 0, 0))
+    pc = GroupedHCLT(tree, num_symbols=3, num_groups=2, num_latents=2, dtype=torch.float64)
+    with torch.no_grad():
+        for p in pc.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64))
+    xs = torch.tensor(list(itertools.product(range(3), repeat=3)))
+    for groups in itertools.product(range(2), repeat=3):
+        g = torch.tensor(groups).expand_as(xs)
+        total = pc.log_prob(pc.joint_index(g, xs)).exp().sum()
+        assert abs(float(total) - 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("schedule", ["checkerboard", "three-pass"])
+def test_context_bottleneck_round_trip_is_exact_and_matches_its_code_length(schedule):
+    train, test = _maps(12), _maps(3, seed=9)
+    eb = PCEntropyBottleneck(5)
+    plain = PCEntropyBottleneck(5)
+    kw = dict(epochs=3, full_batch_epochs=1, progress=False)
+    eb.fit(train, 3, context=schedule, **kw)
+    plain.fit(train, 3, context=None, **kw)
+    assert eb.context == schedule and isinstance(eb.pc, GroupedHCLT)
+    assert eb._pc_emit.dim() == 4 and eb._pc_emit.shape[1] == num_leaf_groups(schedule)
+    y = torch.cat(test)
+    strings = eb.compress(y)
+    out = eb.decompress(strings, y.shape[-2:])
+    med = eb._medians().view(1, -1, 1, 1)
+    assert torch.equal(out, torch.round(y - med) + med)
+    # the real bytes are the model's code length up to the coder's overhead
+    bits = sum(8 * len(s) for s in strings)
+    model_bits = float(-eb.log_likelihood(eb.symbols(y)).sum()) / math.log(2)
+    assert model_bits < bits < model_bits * 1.02 + 8 * 40 * len(strings)
+    # the neighbours carry information here: fewer bits than the one-pass circuit
+    plain_bits = float(-plain.log_likelihood(plain.symbols(y)).sum()) / math.log(2)
+    assert model_bits < plain_bits
+    # forward's likelihoods are the same code length
+    _, lik = eb(y, training=False)
+    assert abs(float(-torch.log2(lik.double()).sum()) - model_bits) < 1e-3 * model_bits
+    # a reloaded module decodes the strings; the one-pass circuit refuses them
+    again = PCEntropyBottleneck(5)
+    again.load_state_dict(eb.state_dict())
+    assert again.context == schedule
+    assert torch.equal(again.decompress(strings, y.shape[-2:]), out)
+    with pytest.raises(Exception, match="another model"):
+        plain.decompress(strings, y.shape[-2:])
+
+
+def test_context_needs_maps_and_categorical_leaves():
+    eb = PCEntropyBottleneck(5)
+    rows = torch.randn(100, 5) * 3
+    with pytest.raises(InputError, match="needs latent maps"):
+        eb.fit(rows, 2, context="three-pass", progress=False)
+    with pytest.raises(InputError, match="categorical leaves"):
+        eb.fit(_maps(2), 2, context="checkerboard", leaves="logistic", progress=False)
+    with pytest.raises(InputError, match="context"):
+        eb.fit(_maps(2), 2, context="four-pass", progress=False)
+
+
+def test_corrupted_schedule_fails_the_load():
+    eb = PCEntropyBottleneck(5)
+    eb.fit(_maps(4), 2, context="three-pass", epochs=1, full_batch_epochs=0, progress=False)
+    sd = eb.state_dict()
+    for key, bad in (
+        ("_pc_schedule", torch.tensor([7])),
+        ("_pc_schedule", torch.tensor([1])),  # checkerboard: fewer groups than the circuit has
+        ("_leaf_edges", torch.tensor([3, 2, 1])),
+    ):
+        other = PCEntropyBottleneck(5)
+        with pytest.raises(RuntimeError, match="spatial context"):
+            other.load_state_dict({**sd, key: bad})
+
+
+def test_fit_prior_with_context_saves_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    net = FactorizedPrior(N=8, M=12).eval()
+    with torch.no_grad():
+        net.g_a[-1].weight.mul_(15.0)
+    fit_prior(
+        net,
+        random_images(3, seed=0),
+        num_latents=2,
+        context="checkerboard",
+        epochs=1,
+        progress=False,
+    )
+    assert net.entropy_bottleneck.context == "checkerboard"
+    net.update()
+    x = random_images(1, seed=5)[0]
+    out = net.compress(x)
+    save_codec(net, tmp_path / "c.pt", "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
+    again = load_codec(tmp_path / "c.pt")
+    assert again.entropy_bottleneck.context == "checkerboard"
+    rec = again.decompress(out["strings"], out["shape"])["x_hat"]
+    assert torch.equal(rec, net.decompress(out["strings"], out["shape"])["x_hat"])
