@@ -479,6 +479,23 @@ class GroupedHCLT(HCLT):
         """Expected emission counts [D, K, G, V] (EM normalizes each group's row on its own)."""
         return super().emission_counts(rows, flow).view_as(self.emission_logits)
 
+    @torch.no_grad()
+    def back_off(self, counts: Tensor, strength: float, pseudocount: float = 0.1) -> None:
+        """Set the leaves from emission counts [D, K, G, V], each group's pulled towards its leaf's
+        pooled distribution (all groups' counts together) by ``strength`` pseudo-counts.
+
+        ``p(v | k, g) = (n[k, g, v] + strength · pool[k, v] + pseudocount / V) / total``: a group
+        seen rarely codes like the leaf without context, a frequent one by its own counts (a
+        hierarchical Dirichlet prior). Why: G groups split a leaf's data G ways.
+        """
+        n = counts.detach().double()
+        pool = n.sum(2, keepdim=True)
+        pool = pool / pool.sum(-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
+        p = n + strength * pool + pseudocount / n.shape[-1]
+        p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
+        dt = self.emission_logits.dtype
+        self.emission_logits.copy_(p.clamp_min(torch.finfo(dt).tiny).log().to(dt))
+
     def config(self) -> dict[str, int]:
         return {
             "num_symbols": self.num_symbols,

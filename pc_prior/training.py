@@ -28,6 +28,7 @@ __all__ = [
     "bits_per_dim",
     "em_step_counts",
     "em_update",
+    "expected_counts",
     "fit_adam",
     "fit_em",
     "smooth_leaves",
@@ -67,6 +68,17 @@ def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
         torch.zeros_like(p) if c is None else c.detach() for p, c in zip((lr, lt, leaves), grads)
     )
     return [c_root, c_trans, pc.emission_counts(rows, flow)], float(ll.detach())
+
+
+def expected_counts(pc: HCLT, x: Tensor, batch_size: int = 4096) -> list[Tensor]:
+    """``em_step_counts`` summed over all of ``x`` in batches: full-batch EM's statistics."""
+    acc: list[Tensor] | None = None
+    for b in x.split(batch_size):
+        counts, _ = em_step_counts(pc, b.to(pc.root_logits.device))
+        acc = counts if acc is None else [a + c for a, c in zip(acc, counts)]
+    if acc is None:
+        raise InputError("x is empty (0 rows): no counts")
+    return acc
 
 
 def _normalize(counts: Tensor, pseudocount: float, current: Tensor) -> Tensor:

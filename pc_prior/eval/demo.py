@@ -339,6 +339,7 @@ def run_demo(
         full_batch_epochs=full_batch_epochs,
         batch_size=DEMO_BOTTLENECK.batch_size,
         step_size=DEMO_BOTTLENECK.step_size,
+        context=DEMO_BOTTLENECK.context,
         seed=seed,
         progress=progress,
     )

@@ -19,6 +19,7 @@ BOTTLENECK_OPTIONS = (
     "batch_size",
     "step_size",
     "structure",
+    "context",
     "leaves",
     "finetune_steps",
 )  # the PCEntropyBottleneck.fit settings pc-prior prior fit exposes (--latents, --max-items, ...)

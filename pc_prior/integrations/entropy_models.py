@@ -54,7 +54,7 @@ from ..errors import (
 from ..hclt import HCLT, GroupedHCLT
 from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
-from ..training import fit_em
+from ..training import expected_counts, fit_em
 from .base import PCEntropyModel, check_latent_shape, loaded_tables
 from .context import MAGNITUDE_EDGES, leaf_groups, num_leaf_groups, pass_masks
 
@@ -294,11 +294,6 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         check_choice("leaves", a["leaves"], CHOICES["leaves"])
         check_choice("structure", a["structure"], STRUCTURES)
         check_choice("context", a["context"], CHOICES["context"])
-        if a["context"] is not None and a["leaves"] != "categorical":
-            raise InputError(
-                f"context={a['context']!r} needs categorical leaves (leaves={a['leaves']!r}): "
-                "pass context=None for logistic leaves"
-            )
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)
         a["max_alphabet"] = check_int("max_alphabet", a["max_alphabet"], 1)
@@ -308,6 +303,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         a["full_batch_epochs"] = check_int("full_batch_epochs", a["full_batch_epochs"], 0)
         a["step_size"] = check_step_size(a["step_size"])
         a["pseudocount"] = check_real("pseudocount", a["pseudocount"], 0.0)
+        a["group_backoff"] = check_real("group_backoff", a["group_backoff"], 0.0)
         a["finetune_steps"] = check_int("finetune_steps", a["finetune_steps"], 0)
         a["lr"] = check_real("lr", a["lr"], 0.0, low_open=True)
         a["seed"] = check_int("seed", a["seed"])
@@ -328,6 +324,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         full_batch_epochs: int = BottleneckFit.full_batch_epochs,
         step_size: float | tuple[float, float] = BottleneckFit.step_size,
         pseudocount: float = BottleneckFit.pseudocount,
+        group_backoff: float = BottleneckFit.group_backoff,
         structure: str = BottleneckFit.structure,
         leaves: str = BottleneckFit.leaves,
         finetune_steps: int = BottleneckFit.finetune_steps,
@@ -341,7 +338,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
 
         ``context`` (``"checkerboard"`` or ``"three-pass"``) codes the positions in passes
         (``pc_prior.integrations.context.pass_masks``); a leaf of a later pass is conditioned on
-        its channel's decoded neighbours (``leaf_groups``: a ``GroupedHCLT``). None: one pass.
+        its channel's decoded neighbours (``leaf_groups``: a ``GroupedHCLT``), each group backed
+        off towards its leaf by ``group_backoff`` pseudo-counts. None: one pass. Rows [N, C]
+        have no neighbours and logistic leaves no groups: those fits are always one pass.
 
         Alphabets cover the [tail, 1 - tail] quantiles of each channel's symbols (at most
         ``max_alphabet`` symbols); everything else is escaped. ``max_items`` random positions are
@@ -368,6 +367,13 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             context = self.context if self.fitted else None
         dev = self.quantiles.device
         edges = self._leaf_edges.cpu() if warm_start else torch.tensor(MAGNITUDE_EDGES)
+        if warm_start and context is not None and isinstance(values, Tensor):
+            raise InputError(
+                f"this model codes in the {context!r} schedule: continue it on latent maps (a list "
+                f"of [B, {self.channels}, H, W] tensors, as fit_prior collects), not rows"
+            )
+        if isinstance(values, Tensor) or leaves == "logistic":
+            context = None  # rows have no neighbours; logistic leaves have no groups
         s, grp = self._fit_symbols(values, context, edges)  # [N, C]; groups None without context
         if not isinstance(values, Tensor):  # rows of the maps (logistic leaves train on them)
             values = torch.cat([_rows(y.detach()) for y in values])
@@ -430,12 +436,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         """Symbols [N, C] of every position of ``values`` (rows or maps) and, with a context,
         their leaf groups [N, C] (computed on each map, so neighbours stay within an image)."""
         c = self.channels
-        if isinstance(values, Tensor):
-            if context is not None:
-                raise InputError(
-                    f"context={context!r} needs latent maps (a list of [B, {c}, H, W] tensors, one "
-                    "per image: fit_prior collects them), not rows [N, C]; pass context=None for rows"
-                )
+        if isinstance(values, Tensor):  # rows carry no neighbours: one pass, whatever context says
             if values.dim() != 2 or values.shape[1] != c:
                 raise InputError(f"values must have shape [N, {c}], got {tuple(values.shape)}")
             if len(values) == 0:
@@ -484,6 +485,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 seed=a["seed"],
                 progress=progress,
             )
+            if isinstance(pc, GroupedHCLT):  # sparse leaf groups back off to their leaf
+                pc.back_off(expected_counts(pc, idx)[2], a["group_backoff"], a["pseudocount"])
         else:
             dev = self.quantiles.device
             u = values.to(dev) - self._medians()

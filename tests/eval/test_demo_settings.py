@@ -21,11 +21,17 @@ def test_demo_defaults_are_the_demo_preset():
     ):
         assert p[ours].default == getattr(args, field) == getattr(d, field), ours
     assert p["full_batch_epochs"].default == d.full_batch_epochs
-    # the preset is the defaults but for fewer epochs (the README's demo table: 3 + 1)
+    # the preset is the defaults but for fewer epochs, one pass and 60k positions (the README's
+    # demo table: 3 + 1, measured before the spatial context)
     assert (
         dataclasses.replace(
-            d, epochs=BottleneckFit.epochs, full_batch_epochs=BottleneckFit.full_batch_epochs
+            d,
+            epochs=BottleneckFit.epochs,
+            full_batch_epochs=BottleneckFit.full_batch_epochs,
+            context=BottleneckFit.context,
+            max_items=BottleneckFit.max_items,
         )
         == BottleneckFit()
     )
+    assert (d.context, d.max_items) == (None, 60000)
     assert (d.epochs, d.full_batch_epochs) == (3, 1)

@@ -143,13 +143,13 @@ def test_context_bottleneck_round_trip_is_exact_and_matches_its_code_length(sche
         plain.decompress(strings, y.shape[-2:])
 
 
-def test_context_needs_maps_and_categorical_leaves():
+def test_rows_and_logistic_leaves_fit_one_pass():
     eb = PCEntropyBottleneck(5)
     rows = torch.randn(100, 5) * 3
-    with pytest.raises(InputError, match="needs latent maps"):
-        eb.fit(rows, 2, context="three-pass", progress=False)
-    with pytest.raises(InputError, match="categorical leaves"):
-        eb.fit(_maps(2), 2, context="checkerboard", leaves="logistic", progress=False)
+    eb.fit(rows, 2, context="three-pass", epochs=1, progress=False)  # rows: one pass
+    assert eb.context is None and not isinstance(eb.pc, GroupedHCLT)
+    eb.fit(_maps(2), 2, context="checkerboard", leaves="logistic", epochs=1, progress=False)
+    assert eb.context is None  # logistic leaves: one pass
     with pytest.raises(InputError, match="context"):
         eb.fit(_maps(2), 2, context="four-pass", progress=False)
 
@@ -190,3 +190,18 @@ def test_fit_prior_with_context_saves_and_reloads(tmp_path):
     assert again.entropy_bottleneck.context == "checkerboard"
     rec = again.decompress(out["strings"], out["shape"])["x_hat"]
     assert torch.equal(rec, net.decompress(out["strings"], out["shape"])["x_hat"])
+
+
+def test_back_off_pulls_rare_groups_to_the_pooled_leaf():
+    pc = GroupedHCLT(Tree((-1, 0)), num_symbols=4, num_groups=3, num_latents=1, dtype=torch.float64)
+    counts = torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+    counts[:, 0, 0] = torch.tensor([1000.0, 0.0, 0.0, 0.0])  # frequent group: all symbol 0
+    counts[:, 0, 1] = torch.tensor([0.0, 0.0, 0.0, 1000.0])  # frequent group: all symbol 3
+    # group 2 never seen: it codes like the pooled leaf (half 0, half 3)
+    pc.back_off(counts, strength=10.0, pseudocount=0.0)
+    p = torch.softmax(pc.emission_logits.detach(), -1)[0, 0]
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(p[2], torch.tensor([0.5, 0.0, 0.0, 0.5], dtype=torch.float64))
+    assert float(p[0, 0]) == pytest.approx(1005 / 1010) and float(p[1, 3]) == pytest.approx(
+        1005 / 1010
+    )

@@ -37,7 +37,7 @@ def _bits(eb, values):
 
 def test_bottleneck_warm_start_keeps_alphabets_and_structure_and_fits_the_new_data():
     net = _factorized()
-    fit_prior(net, random_images(2, seed=0), num_latents=3, epochs=1, progress=False)
+    fit_prior(net, random_images(2, seed=0), num_latents=3, epochs=1, context=None, progress=False)
     eb = net.entropy_bottleneck
     # "another domain": brighter, smoother images
     new = [0.5 + 0.5 * x for x in random_images(3, seed=5)]
@@ -59,6 +59,24 @@ def test_bottleneck_warm_start_keeps_alphabets_and_structure_and_fits_the_new_da
         s = eb.symbols(net.g_a(x))
         strings = eb.compress(net.g_a(x))
         assert torch.equal(eb.symbols(eb.decompress(strings, s.shape[-2:])), s)
+
+
+def test_bottleneck_warm_start_keeps_the_spatial_context():
+    net = _factorized()
+    fit_prior(net, random_images(2, seed=0), num_latents=2, epochs=1, progress=False)
+    eb = net.entropy_bottleneck
+    assert eb.context == "three-pass"  # the default
+    groups = eb._pc_emit.shape[1]
+    logits = eb.pc.emission_logits.detach().clone()
+    fit_prior(net, random_images(2, seed=4), epochs=1, warm_start=True, progress=False)
+    assert eb.context == "three-pass" and eb._pc_emit.shape[1] == groups
+    assert not torch.equal(eb.pc.emission_logits, logits)
+    with pytest.raises(InputError, match="continue it on latent maps"):
+        eb.fit(collect_latents(net, random_images(1)), warm_start=True, progress=False)
+    x = random_images(1, seed=7)[0]
+    with torch.no_grad():
+        y = net.g_a(x)
+        assert torch.equal(eb.symbols(eb.decompress(eb.compress(y), y.shape[-2:])), eb.symbols(y))
 
 
 def test_warm_start_needs_a_fitted_pc_model():
