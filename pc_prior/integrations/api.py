@@ -15,6 +15,7 @@ from ..errors import InputError, UnsupportedModelError
 from ..images import crop_to_multiple, list_images, load_image
 from ..progress import progress_bar
 from ..settings import BottleneckFit, ImageFit
+from .base import position_rows
 from .codec_file import build_codec, load_codec, read_codec_file, save_codec
 from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
@@ -215,7 +216,7 @@ def _passthrough(module: nn.Module):
 
 
 def _rows(t: Tensor) -> Tensor:
-    return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1]).cpu()
+    return position_rows(t.detach()).cpu()
 
 
 @torch.no_grad()

@@ -51,6 +51,8 @@ __all__ = [
     "check_latent_shape",
     "loaded_tables",
     "no_cdf_tables",
+    "pass_rows",
+    "position_rows",
     "resize_buffers",
     "stored_tables",
     "unpack_strings",
@@ -184,6 +186,17 @@ def unpack_strings(
         check_payload_holds(h * w, item_bits, len(wd), fmt.name)
         words.append(wd)
     return words
+
+
+def position_rows(t: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B*H*W, C]: the items (positions) and variables (channels) the circuits see."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def pass_rows(t: Tensor, mask: Tensor) -> Tensor:
+    """[B, C, H, W] at the positions of ``mask`` [H, W] -> rows [B*n, C], image by image (one pass
+    of a coding schedule, ``pc_prior.integrations.context.pass_masks``)."""
+    return t[..., mask].permute(0, 2, 1).reshape(-1, t.shape[1])
 
 
 def check_latent_shape(owner: str, x: Any, channels: int, what: str = "latent") -> None:

@@ -67,7 +67,7 @@ from ..errors import InputError, NotFittedError, PCPriorError
 from ..progress import progress_bar
 from ..settings import CHOICES, ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
-from .base import PCEntropyModel, loaded_tables
+from .base import PCEntropyModel, loaded_tables, pass_rows, position_rows
 from .context import CheckerboardContext, lattice_masks, pass_masks
 from .entropy_models import STRUCTURES, check_latent_shape
 
@@ -366,16 +366,6 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         positions coded before it (``context`` and ``anchor_context`` read only those)."""
         return _contextualize(self.context, self.anchor_context, symbols, indexes)
 
-    @staticmethod
-    def _pass_rows(t: Tensor, mask: Tensor) -> Tensor:
-        """[B, C, H, W] at the positions of ``mask`` [H, W] -> rows [B*n, C], image by image."""
-        return t[..., mask].permute(0, 2, 1).reshape(-1, t.shape[1])
-
-    @staticmethod
-    def _rows(t: Tensor) -> Tensor:
-        """[B, C, H, W] -> [B*H*W, C] (items = positions, variables = channels)."""
-        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
     def log_likelihood(self, symbols: Tensor, indexes: Tensor) -> Tensor:
         """Code-length model: log p (nats) of each position's integer symbols, [B, H, W].
 
@@ -391,7 +381,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         ):  # later passes: shifted indexes, symbols less their integer means
             indexes, m = self._apply_context(symbols.long(), indexes)
             symbols = symbols - m
-        u, s = self._rows(symbols), self._rows(indexes).long()
+        u, s = position_rows(symbols), position_rows(indexes).long()
         sigma = self._scale_table_or_default()[s]
         r = self.radius if self._offset.numel() else None
         leaf = pc.leaf_log_probs(u, sigma, s)
@@ -511,8 +501,8 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                     s_ctx, m = _contextualize(ctx, actx, sy, sx)
                     coded.append((sy - m, s_ctx))
                 maps = coded
-            symbols = torch.cat([self._rows(sy) for sy, _ in maps])
-            indexes = torch.cat([self._rows(sx) for _, sx in maps])
+            symbols = torch.cat([position_rows(sy) for sy, _ in maps])
+            indexes = torch.cat([position_rows(sx) for _, sx in maps])
         elif context is not None:
             raise InputError(
                 f"the {context} context needs latent maps [B, C, H, W] (a list per image), not "
@@ -671,7 +661,9 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                 table = self.scale_table.to(sigma.dtype)
                 sigma = sigma * (table[s_ctx] / table[s])
                 values, s = values - m.to(values.dtype), s_ctx
-            logp = pc.log_prob(self._rows(values), self._rows(sigma), self._rows(s)).view(b, h, w)
+            logp = pc.log_prob(position_rows(values), position_rows(sigma), position_rows(s)).view(
+                b, h, w
+            )
         else:
             logp = self.log_likelihood(
                 torch.round(values.detach()).long(), self.build_indexes(scales)
@@ -699,10 +691,10 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
         for mask in self._pass_masks(h, w):
             n = int(mask.sum())
-            rel = self._pass_rows(u, mask) + r
+            rel = pass_rows(u, mask) + r
             esc = (rel < 0) | (rel > 2 * r)
             idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
-            inc = IncrementalConditionals(tables, b * n, "cpu", groups=self._pass_rows(s, mask))
+            inc = IncrementalConditionals(tables, b * n, "cpu", groups=pass_rows(s, mask))
             encode_columns(encs, inc, idx, n, rel.numpy(), esc.numpy(), alphabet)
         return [self._frame(fp, (h, w), enc) for enc in encs]
 
@@ -733,9 +725,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             if k > 0:  # the earlier passes are decoded: this pass's context
                 groups, m = self._apply_context(u, s)
             n = int(mask.sum())
-            inc = IncrementalConditionals(
-                tables, b * n, "cpu", groups=self._pass_rows(groups, mask)
-            )
+            inc = IncrementalConditionals(tables, b * n, "cpu", groups=pass_rows(groups, mask))
             rel = decode_columns(decs, inc, n, 2 * r + 1, alphabet, self.FORMAT.name)
             vals = (rel - r).view(b, n, c).permute(0, 2, 1)
             u[..., mask] = vals + m[..., mask] if m is not None else vals

@@ -55,7 +55,7 @@ from ..hclt import HCLT, GroupedHCLT
 from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from ..training import expected_counts, fit_em
-from .base import PCEntropyModel, check_latent_shape, loaded_tables
+from .base import PCEntropyModel, check_latent_shape, loaded_tables, pass_rows, position_rows
 from .context import MAGNITUDE_EDGES, leaf_groups, num_leaf_groups, pass_masks
 
 __all__ = ["PCEntropyBottleneck"]
@@ -63,16 +63,6 @@ __all__ = ["PCEntropyBottleneck"]
 STRUCTURES = CHOICES["structure"]  # circuit structures over the channels (pc_prior.settings)
 SCHEDULE_CODES = (None, "checkerboard", "three-pass")  # _pc_schedule's values, in this order
 LN2 = math.log(2.0)
-
-
-def _rows(t: Tensor) -> Tensor:
-    """[B, C, H, W] -> [B*H*W, C] (items = positions, variables = channels)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-
-
-def _pass_rows(t: Tensor, mask: Tensor) -> Tensor:
-    """[B, C, H, W] at the positions of ``mask`` [H, W] -> rows [B*n, C], image by image."""
-    return t[..., mask].permute(0, 2, 1).reshape(-1, t.shape[1])
 
 
 def _check_size(size: Any) -> tuple[int, int]:
@@ -376,7 +366,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             context = None  # rows have no neighbours; logistic leaves have no groups
         s, grp = self._fit_symbols(values, context, edges)  # [N, C]; groups None without context
         if not isinstance(values, Tensor):  # rows of the maps (logistic leaves train on them)
-            values = torch.cat([_rows(y.detach()) for y in values])
+            values = torch.cat([position_rows(y.detach()) for y in values])
         g = torch.Generator().manual_seed(seed)
         if max_items is not None and len(s) > max_items:
             keep = torch.randperm(len(s), generator=g)[:max_items].to(dev)
@@ -451,9 +441,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         rows, groups = [], []
         for y in values:
             sym = self.symbols(y.to(self.quantiles.device))  # checks the shape
-            rows.append(_rows(sym))
+            rows.append(position_rows(sym))
             if context is not None:
-                groups.append(_rows(leaf_groups(sym, context, edges)))
+                groups.append(position_rows(leaf_groups(sym, context, edges)))
         s = torch.cat(rows)
         if len(s) == 0:
             raise InputError("values hold no latent positions to fit on")
@@ -541,9 +531,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         pc = self._require_fitted()
         self._check_latent(s)
         b, c, h, w = s.shape
-        idx, rel, esc = self._indices(_rows(s))
+        idx, rel, esc = self._indices(position_rows(s))
         if isinstance(pc, GroupedHCLT):  # each leaf read in its group's table
-            idx = pc.joint_index(_rows(self._groups(s)), idx)
+            idx = pc.joint_index(position_rows(self._groups(s)), idx)
         leaf = pc.log_emissions().transpose(1, 2)[
             torch.arange(c, device=idx.device), idx
         ]  # [N, C, K]
@@ -589,8 +579,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         groups = self._groups(s) if grouped else None
         for mask, _lattice in pass_masks(h, w, self.context, s.device):
             n = int(mask.sum())
-            idx, rel, esc = self._indices(_pass_rows(s, mask))
-            grp = None if groups is None else _pass_rows(groups, mask)
+            idx, rel, esc = self._indices(pass_rows(s, mask))
+            grp = None if groups is None else pass_rows(groups, mask)
             inc = IncrementalConditionals(tables, b * n, dev, groups=grp)
             encode_columns(encs, inc, idx, n, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
         fp = self._fingerprint(tables)
@@ -620,7 +610,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         for mask, _lattice in pass_masks(h, w, self.context, at):
             n = int(mask.sum())
             # the groups of this pass read only positions decoded in earlier passes
-            grp = _pass_rows(self._groups(s), mask) if grouped else None
+            grp = pass_rows(self._groups(s), mask) if grouped else None
             inc = IncrementalConditionals(tables, b * n, dev, groups=grp)
             rel = decode_columns(decs, inc, n, v - 1, n_np, self.FORMAT.name)
             vals = rel.to(at) + self._offset.long()
