@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--contexts", nargs="+", default=["none", "checkerboard", "three-pass"])
     ap.add_argument("--latents", type=int, nargs="+", default=[16])
     ap.add_argument("--max-items", type=int, nargs="+", default=[60000], help="0: all positions")
+    ap.add_argument("--bins", nargs="+", default=["fixed"], help="context_bins: fixed, channel")
     ap.add_argument("--limit", type=int, default=None, help="images per split (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -65,33 +66,40 @@ def main() -> None:
         base = own_bits(net.entropy_bottleneck, valid)
         pixels = sum(y.shape[-2] * y.shape[-1] * 256 for y in valid)
         print(f"q{q}: own EntropyBottleneck {base / pixels:.4f} bpp on validation", flush=True)
-        for ctx in args.contexts:
-            for k in args.latents:
-                for items in args.max_items:
-                    pc = PCEntropyBottleneck(net.entropy_bottleneck.channels)
-                    pc.quantiles.data.copy_(net.entropy_bottleneck.quantiles.data)
-                    t0 = time.perf_counter()
-                    pc.fit(
-                        train,
-                        k,
-                        context=None if ctx == "none" else ctx,
-                        max_items=items or None,
-                        progress=False,
-                    )
-                    fit_s = time.perf_counter() - t0
-                    bits = pc_bits(pc, valid)
-                    row = {
-                        "quality": q,
-                        "context": ctx,
-                        "num_latents": k,
-                        "max_items": items or None,
-                        "valid_bpp": bits / pixels,
-                        "own_bpp": base / pixels,
-                        "saving": 1.0 - bits / base,
-                        "fit_seconds": round(fit_s, 1),
-                    }
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        settings = [
+            (ctx, k, items, bins)
+            for ctx in args.contexts
+            for k in args.latents
+            for items in args.max_items
+            for bins in (args.bins if ctx != "none" else ["fixed"])
+        ]
+        for ctx, k, items, bins in settings:
+            pc = PCEntropyBottleneck(net.entropy_bottleneck.channels)
+            pc.quantiles.data.copy_(net.entropy_bottleneck.quantiles.data)
+            t0 = time.perf_counter()
+            pc.fit(
+                train,
+                k,
+                context=None if ctx == "none" else ctx,
+                max_items=items or None,
+                context_bins=bins,
+                progress=False,
+            )
+            fit_s = time.perf_counter() - t0
+            bits = pc_bits(pc, valid)
+            row = {
+                "quality": q,
+                "context": ctx,
+                "context_bins": bins,
+                "num_latents": k,
+                "max_items": items or None,
+                "valid_bpp": bits / pixels,
+                "own_bpp": base / pixels,
+                "saving": 1.0 - bits / base,
+                "fit_seconds": round(fit_s, 1),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))

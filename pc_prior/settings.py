@@ -51,6 +51,7 @@ CHOICES: dict[str, tuple[str | None, ...]] = {
     "structure": ("chow-liu", "star"),
     "leaves": ("categorical", "logistic"),
     "context": ("three-pass", "checkerboard", None),
+    "context_bins": ("fixed", "channel"),
     "init": ("baseline", "data"),
 }
 """The values a choice-valued field takes (None: off; ``"none"`` on a command line)."""
@@ -65,6 +66,8 @@ class BottleneckFit:
         structure: ``"star"`` (every channel a child of the highest-variance one) or ``"chow-liu"``.
         context: ``"three-pass"``, ``"checkerboard"`` or None (one pass): a later pass's leaves
             are conditioned on their channel's decoded neighbours (categorical leaves only).
+        context_bins: bin edges of the neighbours' activity: ``"fixed"`` (the same for every
+            channel) or ``"channel"`` (each channel's own quantiles).
         leaves: ``"categorical"`` (best on a frozen codec) or ``"logistic"`` (smooth, for joint
             fine-tuning).
         max_items: random latent positions used (None: all).
@@ -86,6 +89,7 @@ class BottleneckFit:
     num_latents: int = 16
     structure: str = "star"
     context: str | None = "three-pass"
+    context_bins: str = "fixed"
     leaves: str = "categorical"
     max_items: int | None = None
     tail: float = 1e-4

@@ -46,6 +46,7 @@ __all__ = [
     "SCHEDULES",
     "CheckerboardContext",
     "anchor_mask",
+    "channel_edges",
     "lattice_masks",
     "leaf_groups",
     "neighbour_bins",
@@ -117,9 +118,35 @@ def pass_masks(
     return [(m, lat) for m, lat in [(first, None), *passes] if m.any()]
 
 
-def num_leaf_groups(schedule: str | None, edges: tuple[int, ...] = MAGNITUDE_EDGES) -> int:
-    """G, the leaf groups of a schedule: 1 for the first pass, ``2·len(edges) + 1`` per lattice."""
-    return 1 + len(SCHEDULES[schedule]) * (2 * len(edges) + 1)
+def _num_edges(edges: Tensor | tuple[int, ...]) -> int:
+    return int(edges.shape[-1]) if isinstance(edges, Tensor) else len(edges)
+
+
+def num_leaf_groups(schedule: str | None, edges: Tensor | tuple[int, ...] = MAGNITUDE_EDGES) -> int:
+    """G, the leaf groups of a schedule: 1 for the first pass, ``2E + 1`` per lattice (E edges)."""
+    return 1 + len(SCHEDULES[schedule]) * (2 * _num_edges(edges) + 1)
+
+
+def channel_edges(symbols: list[Tensor], num_edges: int = len(MAGNITUDE_EDGES)) -> Tensor:
+    """Per-channel bin edges [C, E] of the neighbour activity ``Σ|u|``: the quantiles
+    ``1/(E+1) .. E/(E+1)`` of its non-zero values over the cross lattice of training symbol maps
+    [B, C, H, W], rounded up, at least 1 and non-decreasing (a busy channel gets wider bins)."""
+    c = symbols[0].shape[1]
+    mags = [
+        _neighbour_sum(s.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP).abs(), "cross")
+        .transpose(0, 1)
+        .reshape(c, -1)
+        for s in symbols
+    ]
+    mag = torch.cat(mags, 1).double()
+    levels = torch.arange(1, num_edges + 1, dtype=torch.float64) / (num_edges + 1)
+    edges = torch.ones(c, num_edges, dtype=torch.long)
+    for ch in range(c):  # per channel: its own non-zero activities (a few thousand values each)
+        nz = mag[ch][mag[ch] > 0]
+        if len(nz):
+            nz = nz[:: max(1, len(nz) // 200_000)]
+            edges[ch] = torch.ceil(torch.quantile(nz, levels)).long().clamp_min(1)
+    return torch.cummax(edges, 1).values
 
 
 def neighbour_bins(symbols: Tensor, lattice: str, edges: Tensor) -> Tensor:
@@ -133,7 +160,9 @@ def neighbour_bins(symbols: Tensor, lattice: str, edges: Tensor) -> Tensor:
     sources = lattice_masks(h, w, lattice, symbols.device)[0]
     u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * sources
     mag = _neighbour_sum(u.abs(), lattice)
-    b = (mag[..., None] >= edges.to(u.device)).sum(-1)
+    e = edges.to(u.device)
+    e = e if e.dim() == 1 else e[:, None, None, :]  # [E], or per channel [C, E]
+    b = (mag[..., None] >= e).sum(-1)
     up = (_neighbour_sum(u, lattice) > 0).long()
     return torch.where(b == 0, torch.zeros_like(b), 2 * b - 1 + up)
 
@@ -152,7 +181,7 @@ def leaf_groups(
     """
     h, w = symbols.shape[-2:]
     passes = pass_masks(h, w, schedule, symbols.device) if passes is None else passes
-    per = 2 * len(edges) + 1
+    per = 2 * _num_edges(edges) + 1
     groups = torch.zeros(symbols.shape, dtype=torch.long, device=symbols.device)
     for mask, lattice in passes:
         if lattice is not None:

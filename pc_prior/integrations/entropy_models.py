@@ -56,7 +56,7 @@ from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from ..training import expected_counts, fit_em
 from .base import PCEntropyModel, check_latent_shape, loaded_tables, pass_rows, position_rows
-from .context import MAGNITUDE_EDGES, leaf_groups, num_leaf_groups, pass_masks
+from .context import MAGNITUDE_EDGES, channel_edges, leaf_groups, num_leaf_groups, pass_masks
 
 __all__ = ["PCEntropyBottleneck"]
 
@@ -194,22 +194,25 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 tuple(sched.shape) != (1,)
                 or sched.dtype.is_floating_point
                 or not 0 <= int(sched[0]) < len(SCHEDULE_CODES)
-                or edges.dim() != 1
+                or edges.dim() not in (1, 2)
+                or (edges.dim() == 2 and edges.shape[0] != d)
                 or edges.dtype.is_floating_point
-                or len(edges) > 64
-                or (len(edges) and (int(edges[0]) < 1 or bool((edges.diff() <= 0).any())))
+                or edges.shape[-1] > 64
+                or (
+                    edges.numel() and (int(edges.min()) < 1 or bool((edges.diff(dim=-1) < 0).any()))
+                )
                 or (groups is not None)
-                != (SCHEDULE_CODES[int(sched[0])] is not None and len(edges) > 0)
+                != (SCHEDULE_CODES[int(sched[0])] is not None and edges.numel() > 0)
                 or (
                     groups is not None
-                    and groups
-                    != num_leaf_groups(SCHEDULE_CODES[int(sched[0])], tuple(edges.tolist()))
+                    and groups != num_leaf_groups(SCHEDULE_CODES[int(sched[0])], edges)
                 )
             ):
                 error_msgs.append(
                     f"{prefix}: the spatial context (_pc_schedule, _leaf_edges) does not match "
                     f"the circuit's leaf groups: expected a schedule index in 0..{len(SCHEDULE_CODES) - 1}, "
-                    "increasing positive edges, and one leaf group per context id"
+                    "non-decreasing positive edges ([E] or per channel [C, E]), and one leaf group "
+                    "per context id"
                 )
                 return
             if int(n.min()) < 1 or int(n.max()) > v - 1 or int(off.abs().max()) > MAX_SYMBOL:
@@ -284,6 +287,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         check_choice("leaves", a["leaves"], CHOICES["leaves"])
         check_choice("structure", a["structure"], STRUCTURES)
         check_choice("context", a["context"], CHOICES["context"])
+        check_choice("context_bins", a["context_bins"], CHOICES["context_bins"])
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)
         a["max_alphabet"] = check_int("max_alphabet", a["max_alphabet"], 1)
@@ -306,6 +310,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         num_latents: int = BottleneckFit.num_latents,
         *,
         context: str | None = BottleneckFit.context,
+        context_bins: str = BottleneckFit.context_bins,
         tail: float = BottleneckFit.tail,
         max_alphabet: int = BottleneckFit.max_alphabet,
         max_items: int | None = BottleneckFit.max_items,
@@ -356,7 +361,10 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         if warm_start:
             context = self.context if self.fitted else None
         dev = self.quantiles.device
-        edges = self._leaf_edges.cpu() if warm_start else torch.tensor(MAGNITUDE_EDGES)
+        if warm_start:
+            edges: Tensor | None = self._leaf_edges
+        else:
+            edges = torch.tensor(MAGNITUDE_EDGES) if context_bins == "fixed" else None
         if warm_start and context is not None and isinstance(values, Tensor):
             raise InputError(
                 f"this model codes in the {context!r} schedule: continue it on latent maps (a list "
@@ -364,7 +372,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             )
         if isinstance(values, Tensor) or leaves == "logistic":
             context = None  # rows have no neighbours; logistic leaves have no groups
-        s, grp = self._fit_symbols(values, context, edges)  # [N, C]; groups None without context
+        s, grp, edges = self._fit_symbols(values, context, edges)  # groups None without context
         if not isinstance(values, Tensor):  # rows of the maps (logistic leaves train on them)
             values = torch.cat([position_rows(y.detach()) for y in values])
         g = torch.Generator().manual_seed(seed)
@@ -404,7 +412,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             pc = HCLT(tree, v, num_latents)
             self._leaf_edges = torch.zeros(0, dtype=torch.long, device=dev)
         else:
-            pc = GroupedHCLT(tree, v, num_leaf_groups(context, MAGNITUDE_EDGES), num_latents)
+            assert edges is not None
+            pc = GroupedHCLT(tree, v, num_leaf_groups(context, edges), num_latents)
             idx = pc.joint_index(grp, idx)
             self._leaf_edges = edges.to(dev)
         self._pc_schedule = torch.tensor(
@@ -421,10 +430,11 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         return hist
 
     def _fit_symbols(
-        self, values: Tensor | Sequence[Tensor], context: str | None, edges: Tensor
-    ) -> tuple[Tensor, Tensor | None]:
+        self, values: Tensor | Sequence[Tensor], context: str | None, edges: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Symbols [N, C] of every position of ``values`` (rows or maps) and, with a context,
-        their leaf groups [N, C] (computed on each map, so neighbours stay within an image)."""
+        their leaf groups [N, C] (computed on each map, so neighbours stay within an image) and
+        the bin edges used (``edges``; None: per channel from the maps, ``channel_edges``)."""
         c = self.channels
         if isinstance(values, Tensor):  # rows carry no neighbours: one pass, whatever context says
             if values.dim() != 2 or values.shape[1] != c:
@@ -432,22 +442,22 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             if len(values) == 0:
                 raise InputError("values is empty: no latent positions to fit on")
             dev = self.quantiles.device
-            return self.symbols(values.to(dev).T[None, :, :, None])[0, :, :, 0].T, None
+            return self.symbols(values.to(dev).T[None, :, :, None])[0, :, :, 0].T, None, edges
         if not isinstance(values, (list, tuple)) or not values:
             raise InputError(
                 f"values must be a torch.Tensor [N, {c}] or a non-empty list of latent maps "
                 f"[B, {c}, H, W], got {type(values).__name__}"
             )
-        rows, groups = [], []
-        for y in values:
-            sym = self.symbols(y.to(self.quantiles.device))  # checks the shape
-            rows.append(position_rows(sym))
-            if context is not None:
-                groups.append(position_rows(leaf_groups(sym, context, edges)))
-        s = torch.cat(rows)
+        maps = [self.symbols(y.to(self.quantiles.device)) for y in values]  # checks the shapes
+        s = torch.cat([position_rows(sym) for sym in maps])
         if len(s) == 0:
             raise InputError("values hold no latent positions to fit on")
-        return s, (torch.cat(groups) if groups else None)
+        if context is None:
+            return s, None, edges
+        if edges is None:  # per-channel edges from these maps
+            edges = channel_edges(maps).to(self.quantiles.device)
+        groups = [position_rows(leaf_groups(sym, context, edges)) for sym in maps]
+        return s, torch.cat(groups), edges
 
     def _train(
         self,

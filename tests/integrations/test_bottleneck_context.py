@@ -205,3 +205,34 @@ def test_back_off_pulls_rare_groups_to_the_pooled_leaf():
     assert float(p[0, 0]) == pytest.approx(1005 / 1010) and float(p[1, 3]) == pytest.approx(
         1005 / 1010
     )
+
+
+def test_channel_edges_follow_each_channels_activity_and_bin_per_channel():
+    from pc_prior.integrations.context import channel_edges
+
+    g = torch.Generator().manual_seed(3)
+    maps = [
+        torch.randint(-2, 3, (1, 3, 8, 9), generator=g) * torch.tensor([1, 5, 20]).view(1, 3, 1, 1)
+    ]
+    edges = channel_edges(maps)
+    assert edges.shape == (3, len(MAGNITUDE_EDGES)) and int(edges.min()) >= 1
+    assert bool((edges.diff(dim=-1) >= 0).all())
+    assert bool((edges[2] > edges[0]).any()) and int(edges[2, -1]) > int(edges[1, -1]) > int(
+        edges[0, -1]
+    )
+    sym = maps[0]
+    per = neighbour_bins(sym, "cross", edges)
+    for ch in range(3):  # per-channel edges bin each channel as that channel's fixed edges would
+        ref = neighbour_bins(sym[:, ch : ch + 1], "cross", edges[ch])
+        assert torch.equal(per[:, ch : ch + 1], ref)
+
+
+def test_context_bins_channel_round_trip():
+    eb = PCEntropyBottleneck(5)
+    eb.fit(_maps(6), 2, context="three-pass", context_bins="channel", epochs=1, progress=False)
+    assert eb._leaf_edges.shape == (5, len(MAGNITUDE_EDGES))
+    y = torch.cat(_maps(2, seed=4))
+    again = PCEntropyBottleneck(5)
+    again.load_state_dict(eb.state_dict())
+    out = again.decompress(eb.compress(y), y.shape[-2:])
+    assert torch.equal(eb.symbols(out), eb.symbols(y))
