@@ -20,6 +20,7 @@ BOTTLENECK_OPTIONS = (
     "step_size",
     "structure",
     "context",
+    "context_bins",
     "leaves",
     "finetune_steps",
 )  # the PCEntropyBottleneck.fit settings pc-prior prior fit exposes (--latents, --max-items, ...)
