@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +62,7 @@ __all__ = [
     "IncrementalConditionals",
     "check_decode_limit",
     "check_payload_holds",
+    "circuit_tables",
     "coding_tables",
     "decode",
     "decode_columns",
@@ -217,6 +218,20 @@ def check_symbol_circuit(pc: object, fn: str) -> SymbolCircuit:
     return pc
 
 
+@torch.no_grad()
+def circuit_tables(pc: LatentTreeCircuit, emissions: Callable[[], Tensor]) -> CodingTables:
+    """The coder's integer tables of ``pc``: its root and transitions (``coding_root_trans``) and
+    the leaf pmfs ``emissions()`` returns ([D, K, V], or [D, S, K, V] per item group), quantized.
+
+    The one place tables are computed from parameters (``coding_tables`` and the entropy models).
+    Non-finite parameters raise ``InputError`` naming the parameter before any table is built.
+    """
+    pc.check_finite()
+    root, trans = pc.coding_root_trans()
+    parent = np.asarray(pc.tree.parent, dtype=np.int64)
+    return CodingTables(parent, *(quantize_probs(t) for t in (root, trans, emissions())))
+
+
 def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
     """The circuit's quantized tables: computed on first use (or with ``refresh``) and kept in its buffers.
 
@@ -229,13 +244,7 @@ def coding_tables(pc: LatentTreeCircuit, refresh: bool = False) -> CodingTables:
         )
     root, trans, emit = (getattr(pc, n) for n in _TABLE_BUFFERS)
     if refresh or root.numel() == 0:
-        pc.check_finite()  # NaN or infinite parameters have no tables: name the parameter
-        with torch.no_grad():
-            root, trans = (quantize_probs(p) for p in pc.coding_root_trans())
-            emit = quantize_probs(pc.coding_emissions())
-        set_coding_tables(
-            pc, CodingTables(np.asarray(pc.tree.parent, dtype=np.int64), root, trans, emit)
-        )
+        set_coding_tables(pc, circuit_tables(pc, pc.coding_emissions))
         root, trans, emit = (getattr(pc, n) for n in _TABLE_BUFFERS)
     return CodingTables(
         np.asarray(pc.tree.parent, dtype=np.int64), root.double(), trans.double(), emit.double()

@@ -55,11 +55,11 @@ from ..coding import (
     MAX_SYMBOL,
     CodingTables,
     IncrementalConditionals,
+    circuit_tables,
     decode_columns,
     encode_columns,
     escape_bits,
     finish_decoding,
-    quantize_probs,
     range_decoders,
 )
 from ..continuous import LIKELIHOOD_BOUND, ScaleConditionedTree, gaussian_bin_mass
@@ -152,11 +152,8 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         pc = self._require_fitted()
         if self._offset.numel() == 0:
             raise NotFittedError("PCConditional has no alphabet radius: fit it first")
-        pc.check_finite()  # NaN or infinite parameters have no coding tables: name the parameter
-        root, trans = pc.coding_root_trans()
-        emit = pc.emission_probs(self.radius, self._scale_table_or_default())
-        parent = np.asarray(pc.tree.parent, dtype=np.int64)
-        return CodingTables(parent, *(quantize_probs(t) for t in (root, trans, emit)))
+        table = self._scale_table_or_default()
+        return circuit_tables(pc, lambda: pc.emission_probs(self.radius, table))
 
     def _tables_entries(self) -> int:
         pc = self._require_fitted()

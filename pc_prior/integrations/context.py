@@ -51,6 +51,7 @@ __all__ = [
     "leaf_groups",
     "neighbour_bins",
     "num_leaf_groups",
+    "pass_groups",
     "pass_masks",
     "rounded_mean",
 ]
@@ -92,7 +93,9 @@ SCHEDULES: dict[str | None, tuple[str, ...]] = {
 }
 """The lattices of each coding schedule's later passes, in order (None: one pass, no context).
 The first pass codes what no lattice targets: everything, the anchors, or the (even, even)
-quarter. ``pass_masks`` turns a schedule into position masks; both entropy models use it."""
+quarter. ``pass_masks`` turns a schedule into position masks; both entropy models use it.
+The keys' order is saved (``PCEntropyBottleneck``'s ``_pc_schedule`` is an index into it):
+append new schedules, never reorder."""
 
 MAGNITUDE_EDGES = (1, 2, 3, 4, 6, 9, 14)
 """Bin edges of a channel's neighbour activity ``Σ|u|`` over its 4 decoded lattice neighbours
@@ -167,27 +170,27 @@ def neighbour_bins(symbols: Tensor, lattice: str, edges: Tensor) -> Tensor:
     return torch.where(b == 0, torch.zeros_like(b), 2 * b - 1 + up)
 
 
-def leaf_groups(
-    symbols: Tensor,
-    schedule: str | None,
-    edges: Tensor,
-    passes: list[tuple[Tensor, str | None]] | None = None,
+def pass_groups(
+    symbols: Tensor, schedule: str | None, lattice: str | None, edges: Tensor
 ) -> Tensor:
-    """Leaf group [B, C, H, W] of every position under a schedule (``GroupedHCLT``'s groups).
+    """Leaf groups [B, C, H, W] of the pass whose context is on ``lattice`` (meaningful at its
+    positions): 0 for the first pass (None); for the j-th later pass ``1 + j·(2E + 1)`` plus
+    ``neighbour_bins`` on its lattice, which reads only positions coded in earlier passes."""
+    if lattice is None:
+        return torch.zeros(symbols.shape, dtype=torch.long, device=symbols.device)
+    j = SCHEDULES[schedule].index(lattice)
+    return 1 + j * (2 * _num_edges(edges) + 1) + neighbour_bins(symbols, lattice, edges)
 
-    0 in the first pass; in the j-th later pass ``1 + j·(2·len(edges) + 1)`` plus
-    ``neighbour_bins`` on its lattice. Reads only the symbols of positions coded in earlier
-    passes, so the decoder computes the same groups pass by pass from what it has decoded.
-    """
+
+def leaf_groups(symbols: Tensor, schedule: str | None, edges: Tensor) -> Tensor:
+    """Leaf group [B, C, H, W] of every position under a schedule (``GroupedHCLT``'s groups):
+    each pass's ``pass_groups`` at its positions. The decoder computes the same groups pass by
+    pass from what it has decoded."""
     h, w = symbols.shape[-2:]
-    passes = pass_masks(h, w, schedule, symbols.device) if passes is None else passes
-    per = 2 * _num_edges(edges) + 1
     groups = torch.zeros(symbols.shape, dtype=torch.long, device=symbols.device)
-    for mask, lattice in passes:
+    for mask, lattice in pass_masks(h, w, schedule, symbols.device):
         if lattice is not None:
-            j = SCHEDULES[schedule].index(lattice)
-            ids = 1 + j * per + neighbour_bins(symbols, lattice, edges)
-            groups = torch.where(mask, ids, groups)
+            groups = torch.where(mask, pass_groups(symbols, schedule, lattice, edges), groups)
     return groups
 
 

@@ -38,12 +38,12 @@ from ..coding import (
     MAX_SYMBOL,
     CodingTables,
     IncrementalConditionals,
+    circuit_tables,
     coding_tables,
     decode_columns,
     encode_columns,
     escape_bits,
     finish_decoding,
-    quantize_probs,
     range_decoders,
 )
 from ..continuous import DiscretizedLogisticTree
@@ -56,12 +56,20 @@ from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from ..training import expected_counts, fit_em
 from .base import PCEntropyModel, check_latent_shape, loaded_tables, pass_rows, position_rows
-from .context import MAGNITUDE_EDGES, channel_edges, leaf_groups, num_leaf_groups, pass_masks
+from .context import (
+    MAGNITUDE_EDGES,
+    SCHEDULES,
+    channel_edges,
+    leaf_groups,
+    num_leaf_groups,
+    pass_groups,
+    pass_masks,
+)
 
 __all__ = ["PCEntropyBottleneck"]
 
 STRUCTURES = CHOICES["structure"]  # circuit structures over the channels (pc_prior.settings)
-SCHEDULE_CODES = (None, "checkerboard", "three-pass")  # _pc_schedule's values, in this order
+SCHEDULE_CODES = tuple(SCHEDULES)  # _pc_schedule's values: an index into the schedules' order
 LN2 = math.log(2.0)
 
 
@@ -142,11 +150,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         pc = self._require_fitted()
         if not isinstance(pc, GroupedHCLT):
             return coding_tables(pc, refresh=True)
-        pc.check_finite()  # NaN or infinite parameters have no tables: name the parameter
-        root, trans = pc.coding_root_trans()
-        emit = pc.group_coding_emissions()  # [D, G, K, V]: one table per leaf group
-        parent = np.asarray(pc.tree.parent, dtype=np.int64)
-        return CodingTables(parent, *(quantize_probs(t) for t in (root, trans, emit)))
+        return circuit_tables(pc, pc.group_coding_emissions)  # [D, G, K, V]: a table per group
 
     def _tables_entries(self) -> int:
         pc = self._require_fitted()
@@ -157,6 +161,12 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
     ):
         """Check the alphabets (and any stored tables), resize the buffers and build the circuit;
         once its parameters are loaded, take the stored tables or rebuild and verify them."""
+        # files of pc-prior before spatial contexts: one pass, no edges
+        state_dict = {
+            prefix + "_pc_schedule": torch.zeros(1, dtype=torch.long),
+            prefix + "_leaf_edges": torch.zeros(0, dtype=torch.long),
+            **state_dict,
+        }
         stored = loaded_tables(state_dict, prefix, error_msgs)
         trans = state_dict.get(prefix + "pc.transition_logits")
         logits = state_dict.get(prefix + "pc.emission_logits")
@@ -183,8 +193,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 v = logits.shape[-1]
             else:
                 v = int(n.max()) + 1
-            sched = state_dict.get(prefix + "_pc_schedule", torch.zeros(1, dtype=torch.long))
-            edges = state_dict.get(prefix + "_leaf_edges", torch.zeros(0, dtype=torch.long))
+            sched, edges = state_dict[prefix + "_pc_schedule"], state_dict[prefix + "_leaf_edges"]
             groups = None
             if stored is not None and stored.emit.dim() == 4:
                 groups = stored.emit.shape[1]
@@ -242,12 +251,6 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             else:
                 pc = DiscretizedLogisticTree(tree, v, k, dtype=dt)
             self.pc = pc.to(self.quantiles.device)
-        for name, default in (("_pc_schedule", torch.zeros(1, dtype=torch.long)),):
-            if prefix + name not in state_dict:  # files of pc-prior before spatial contexts
-                state_dict = {**state_dict, prefix + name: default}
-        if prefix + "_leaf_edges" not in state_dict:
-            state_dict = {**state_dict, prefix + "_leaf_edges": torch.zeros(0, dtype=torch.long)}
-            self._leaf_edges = torch.zeros(0, dtype=torch.long, device=self.quantiles.device)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -358,10 +361,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             **{k: v for k, v in locals().items() if k not in ("self", "values", "__class__")}
         )
         max_items, tail = a["max_items"], a["tail"]
-        if warm_start:
-            context = self.context if self.fitted else None
         dev = self.quantiles.device
-        if warm_start:
+        if warm_start:  # the fitted schedule and edges
+            context = self.context if self.fitted else None
             edges: Tensor | None = self._leaf_edges
         else:
             edges = torch.tensor(MAGNITUDE_EDGES) if context_bins == "fixed" else None
@@ -373,8 +375,6 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         if isinstance(values, Tensor) or leaves == "logistic":
             context = None  # rows have no neighbours; logistic leaves have no groups
         s, grp, edges = self._fit_symbols(values, context, edges)  # groups None without context
-        if not isinstance(values, Tensor):  # rows of the maps (logistic leaves train on them)
-            values = torch.cat([position_rows(y.detach()) for y in values])
         g = torch.Generator().manual_seed(seed)
         if max_items is not None and len(s) > max_items:
             keep = torch.randperm(len(s), generator=g)[:max_items].to(dev)
@@ -463,15 +463,15 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         self,
         pc: HCLT | DiscretizedLogisticTree,
         idx: Tensor,
-        values: Tensor,
+        values: Tensor | Sequence[Tensor],
         a: dict[str, Any],
         g: torch.Generator,
         progress: bool,
         hist: list[dict],
     ) -> list[dict]:
         """Train ``pc`` from its current parameters with the fit settings ``a``: EM on leaf
-        indices ``idx`` (categorical leaves) or Adam on noisy ``values`` (logistic leaves).
-        Appends its records to ``hist`` and returns it."""
+        indices ``idx`` (categorical leaves) or Adam on noisy ``values`` (logistic leaves; rows,
+        or maps turned into rows here). Appends its records to ``hist`` and returns it."""
         if isinstance(pc, HCLT):
             hist += fit_em(
                 pc,
@@ -489,6 +489,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 pc.back_off(expected_counts(pc, idx)[2], a["group_backoff"], a["pseudocount"])
         else:
             dev = self.quantiles.device
+            if not isinstance(values, Tensor):
+                values = torch.cat([position_rows(y.detach()) for y in values])
             u = values.to(dev) - self._medians()
             opt = torch.optim.Adam(pc.parameters(), lr=a["lr"])
             for _step in range(a["finetune_steps"]):
@@ -617,10 +619,12 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         decs = range_decoders(words)
         s = torch.zeros(b, c, h, w, dtype=torch.long, device=at)
         grouped = tables.emit.dim() == 4
-        for mask, _lattice in pass_masks(h, w, self.context, at):
+        for mask, lattice in pass_masks(h, w, self.context, at):
             n = int(mask.sum())
             # the groups of this pass read only positions decoded in earlier passes
-            grp = pass_rows(self._groups(s), mask) if grouped else None
+            grp = None
+            if grouped:
+                grp = pass_rows(pass_groups(s, self.context, lattice, self._leaf_edges), mask)
             inc = IncrementalConditionals(tables, b * n, dev, groups=grp)
             rel = decode_columns(decs, inc, n, v - 1, n_np, self.FORMAT.name)
             vals = rel.to(at) + self._offset.long()
