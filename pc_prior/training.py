@@ -122,7 +122,7 @@ def smooth_leaves(pc: HCLT, weight: float, width: float) -> None:
     """
     weight = check_real("weight", weight, 0.0, 1.0)
     width = check_real("width", width, 0.0, low_open=True)
-    v = pc.num_cats
+    v = pc.emission_logits.shape[-1]  # symbols per distribution (per group for a GroupedHCLT)
     if weight == 0.0 or v < 4:
         return
     p = torch.softmax(pc.emission_logits.double(), -1)

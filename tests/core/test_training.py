@@ -132,6 +132,16 @@ def test_smooth_leaves_spreads_interior_mass_and_keeps_the_ends():
     p = after[0, 0]
     assert p[4] > p[3] > p[2] > 0 and p[6] > p[7] > 0
     assert 0.8 * before[0, 0, 5] < p[5] < before[0, 0, 5]
+    # a grouped circuit's distributions are per group: each is smoothed over its own symbols
+    from pc_prior.hclt import GroupedHCLT
+
+    grouped = GroupedHCLT(pc.tree, num_symbols=12, num_groups=2, num_latents=2)
+    with torch.no_grad():
+        grouped.emission_logits.copy_(torch.randn(grouped.emission_logits.shape))
+    ends = torch.softmax(grouped.emission_logits.detach().double(), -1)[..., [0, -1]]
+    smooth_leaves(grouped, 0.2, 1.0)
+    q = torch.softmax(grouped.emission_logits.detach().double(), -1)
+    torch.testing.assert_close(q[..., [0, -1]], ends, rtol=1e-5, atol=1e-7)
     for bad in ((-0.1, 1.0), (1.5, 1.0), (0.1, 0.0)):
         try:
             smooth_leaves(pc, *bad)
