@@ -448,6 +448,11 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 f"values must be a torch.Tensor [N, {c}] or a non-empty list of latent maps "
                 f"[B, {c}, H, W], got {type(values).__name__}"
             )
+        for i, y in enumerate(values):
+            if not isinstance(y, Tensor):
+                raise InputError(
+                    f"values[{i}] must be a latent map tensor [B, {c}, H, W], got {type(y).__name__}"
+                )
         maps = [self.symbols(y.to(self.quantiles.device)) for y in values]  # checks the shapes
         s = torch.cat([position_rows(sym) for sym in maps])
         if len(s) == 0:

@@ -152,6 +152,12 @@ def test_rows_and_logistic_leaves_fit_one_pass():
     assert eb.context is None  # logistic leaves: one pass
     with pytest.raises(InputError, match="context"):
         eb.fit(_maps(2), 2, context="four-pass", progress=False)
+    with pytest.raises(InputError, match=r"values\[1\] must be a latent map tensor"):
+        eb.fit([_maps(1)[0], _maps(1)[0].numpy()], 2, progress=False)
+    with pytest.raises(InputError, match=r"expected a latent of shape \[B, 5, H, W\]"):
+        eb.fit([torch.zeros(1, 4, 3, 3)], 2, progress=False)
+    with pytest.raises(InputError, match="non-empty list of latent maps"):
+        eb.fit([], 2, progress=False)
 
 
 def test_corrupted_schedule_fails_the_load():
