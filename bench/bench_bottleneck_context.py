@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--latents", type=int, nargs="+", default=[16])
     ap.add_argument("--max-items", type=int, nargs="+", default=[60000], help="0: all positions")
     ap.add_argument("--bins", nargs="+", default=["fixed"], help="context_bins: fixed, channel")
+    ap.add_argument(
+        "--group-fit", nargs="+", default=["joint"], help="group_fit: joint, states-first"
+    )
     ap.add_argument("--limit", type=int, default=None, help="images per split (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -67,13 +70,14 @@ def main() -> None:
         pixels = sum(y.shape[-2] * y.shape[-1] * 256 for y in valid)
         print(f"q{q}: own EntropyBottleneck {base / pixels:.4f} bpp on validation", flush=True)
         settings = [
-            (ctx, k, items, bins)
+            (ctx, k, items, bins, gf)
             for ctx in args.contexts
             for k in args.latents
             for items in args.max_items
             for bins in (args.bins if ctx != "none" else ["fixed"])
+            for gf in (args.group_fit if ctx != "none" else ["joint"])
         ]
-        for ctx, k, items, bins in settings:
+        for ctx, k, items, bins, gf in settings:
             pc = PCEntropyBottleneck(net.entropy_bottleneck.channels)
             pc.quantiles.data.copy_(net.entropy_bottleneck.quantiles.data)
             t0 = time.perf_counter()
@@ -83,6 +87,7 @@ def main() -> None:
                 context=None if ctx == "none" else ctx,
                 max_items=items or None,
                 context_bins=bins,
+                group_fit=gf,
                 progress=False,
             )
             fit_s = time.perf_counter() - t0
@@ -91,6 +96,7 @@ def main() -> None:
                 "quality": q,
                 "context": ctx,
                 "context_bins": bins,
+                "group_fit": gf,
                 "num_latents": k,
                 "max_items": items or None,
                 "valid_bpp": bits / pixels,

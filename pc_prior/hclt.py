@@ -457,6 +457,20 @@ class GroupedHCLT(HCLT):
             torch.zeros(tree.num_vars, num_latents, num_groups, num_symbols, dtype=dtype)
         )
 
+    @classmethod
+    @torch.no_grad()
+    def from_hclt(cls, pc: HCLT, num_groups: int) -> GroupedHCLT:
+        """The same circuit with every leaf copied into ``num_groups`` groups: it gives every item
+        the probability ``pc`` gives its symbols, whatever its groups (a start for ``back_off``)."""
+        if type(pc) is not HCLT:
+            raise InputError(f"from_hclt lifts a plain HCLT, got {type(pc).__name__}")
+        out = cls(pc.tree, pc.num_cats, num_groups, pc.num_latents, pc.root_logits.dtype)
+        out = out.to(pc.root_logits.device)
+        out.root_logits.copy_(pc.root_logits)
+        out.transition_logits.copy_(pc.transition_logits)
+        out.emission_logits.copy_(pc.emission_logits[:, :, None, :].expand_as(out.emission_logits))
+        return out
+
     def joint_index(self, groups: Tensor, symbols: Tensor) -> Tensor:
         """The HCLT symbol of (group, symbol) pairs: ``group * num_symbols + symbol``."""
         return groups.long() * self.num_symbols + symbols.long()

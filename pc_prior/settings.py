@@ -52,6 +52,7 @@ CHOICES: dict[str, tuple[str | None, ...]] = {
     "leaves": ("categorical", "logistic"),
     "context": ("three-pass", "checkerboard", None),
     "context_bins": ("fixed", "channel"),
+    "group_fit": ("joint", "states-first"),
     "init": ("baseline", "data"),
 }
 """The values a choice-valued field takes (None: off; ``"none"`` on a command line)."""
@@ -81,6 +82,9 @@ class BottleneckFit:
         pseudocount: EM smoothing (Dirichlet pseudo-counts per distribution).
         group_backoff: with a context, after EM each leaf group's distribution is pulled towards
             its leaf's pooled one by this many pseudo-counts (``GroupedHCLT.back_off``).
+        group_fit: with a context, how the leaf groups are learned: ``"joint"`` (EM of the
+            latent states and the grouped leaves together) or ``"states-first"`` (EM without
+            context first, then each group's leaves from one count pass of those states).
         finetune_steps: Adam steps that refine logistic leaves after EM.
         lr: Adam's learning rate for those steps.
         seed: seed of the subsampling, structure and EM.
@@ -100,6 +104,7 @@ class BottleneckFit:
     step_size: tuple[float, float] = (0.5, 0.02)
     pseudocount: float = 0.1
     group_backoff: float = 40.0
+    group_fit: str = "joint"
     finetune_steps: int = 300
     lr: float = 0.01
     seed: int = 0

@@ -21,6 +21,7 @@ BOTTLENECK_OPTIONS = (
     "structure",
     "context",
     "context_bins",
+    "group_fit",
     "leaves",
     "finetune_steps",
 )  # the PCEntropyBottleneck.fit settings pc-prior prior fit exposes (--latents, --max-items, ...)

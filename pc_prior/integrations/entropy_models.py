@@ -291,6 +291,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         check_choice("structure", a["structure"], STRUCTURES)
         check_choice("context", a["context"], CHOICES["context"])
         check_choice("context_bins", a["context_bins"], CHOICES["context_bins"])
+        check_choice("group_fit", a["group_fit"], CHOICES["group_fit"])
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)
         a["max_alphabet"] = check_int("max_alphabet", a["max_alphabet"], 1)
@@ -323,6 +324,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         step_size: float | tuple[float, float] = BottleneckFit.step_size,
         pseudocount: float = BottleneckFit.pseudocount,
         group_backoff: float = BottleneckFit.group_backoff,
+        group_fit: str = BottleneckFit.group_fit,
         structure: str = BottleneckFit.structure,
         leaves: str = BottleneckFit.leaves,
         finetune_steps: int = BottleneckFit.finetune_steps,
@@ -337,7 +339,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         ``context`` (``"checkerboard"`` or ``"three-pass"``) codes the positions in passes
         (``pc_prior.integrations.context.pass_masks``); a leaf of a later pass is conditioned on
         its channel's decoded neighbours (``leaf_groups``: a ``GroupedHCLT``), each group backed
-        off towards its leaf by ``group_backoff`` pseudo-counts. None: one pass. Rows [N, C]
+        off towards its leaf by ``group_backoff`` pseudo-counts. ``group_fit="states-first"``
+        learns the latent states without context first (the one-pass circuit), then each
+        group's leaves from one count pass of those states. None: one pass. Rows [N, C]
         have no neighbours and logistic leaves no groups: those fits are always one pass.
 
         Alphabets cover the [tail, 1 - tail] quantiles of each channel's symbols (at most
@@ -408,20 +412,26 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             tree = Tree(tuple(-1 if i == hub else hub for i in range(self.channels)))
         else:
             tree = chow_liu_tree(pairwise_mutual_information(idx.cpu(), v, seed=seed))
-        if grp is None:
-            pc = HCLT(tree, v, num_latents)
-            self._leaf_edges = torch.zeros(0, dtype=torch.long, device=dev)
-        else:
-            assert edges is not None
-            pc = GroupedHCLT(tree, v, num_leaf_groups(context, edges), num_latents)
-            idx = pc.joint_index(grp, idx)
-            self._leaf_edges = edges.to(dev)
         self._pc_schedule = torch.tensor(
             [SCHEDULE_CODES.index(context)], dtype=torch.long, device=dev
         )
+        if grp is None:
+            self._leaf_edges = torch.zeros(0, dtype=torch.long, device=dev)
+        else:
+            assert edges is not None
+            self._leaf_edges = edges.to(dev)
+        if grp is None or group_fit == "states-first":  # the groups, if any, come after EM
+            pc = HCLT(tree, v, num_latents)
+        else:
+            pc = GroupedHCLT(tree, v, num_leaf_groups(context, self._leaf_edges), num_latents)
+            idx = pc.joint_index(grp, idx)
         pc.init_params(idx.cpu(), seed=seed)
         pc = pc.to(dev)
         hist = self._train(pc, idx, values, a, g, progress, [])
+        if grp is not None and not isinstance(pc, GroupedHCLT):  # states-first: now the groups
+            pc = GroupedHCLT.from_hclt(pc, num_leaf_groups(context, self._leaf_edges))
+            idx = pc.joint_index(grp, idx)
+            self._back_off_groups(pc, idx, a)
         if leaves == "logistic":  # EM first, then smooth leaves refined by Adam
             pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
             self._train(pc, idx, values, a, g, progress, hist)
@@ -490,8 +500,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 seed=a["seed"],
                 progress=progress,
             )
-            if isinstance(pc, GroupedHCLT):  # sparse leaf groups back off to their leaf
-                pc.back_off(expected_counts(pc, idx)[2], a["group_backoff"], a["pseudocount"])
+            if isinstance(pc, GroupedHCLT):
+                self._back_off_groups(pc, idx, a)
         else:
             dev = self.quantiles.device
             if not isinstance(values, Tensor):
@@ -514,6 +524,11 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                     }
                 )
         return hist
+
+    @staticmethod
+    def _back_off_groups(pc: GroupedHCLT, idx: Tensor, a: dict[str, Any]) -> None:
+        """Leaf groups from one full-batch count pass, sparse ones backed off to their leaf."""
+        pc.back_off(expected_counts(pc, idx)[2], a["group_backoff"], a["pseudocount"])
 
     # -- CompressAI interface -------------------------------------------------------------------
     def update(self, force: bool = False, update_quantiles: bool = False) -> bool:

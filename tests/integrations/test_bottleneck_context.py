@@ -242,3 +242,41 @@ def test_context_bins_channel_round_trip():
     again.load_state_dict(eb.state_dict())
     out = again.decompress(eb.compress(y), y.shape[-2:])
     assert torch.equal(eb.symbols(out), eb.symbols(y))
+
+
+def test_lifted_hclt_gives_every_group_the_plain_circuits_probabilities():
+    from pc_prior.hclt import HCLT
+
+    pc = HCLT(Tree((-1, 0, 0)), num_cats=3, num_latents=2, dtype=torch.float64)
+    with torch.no_grad():
+        for p in pc.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64))
+    lifted = GroupedHCLT.from_hclt(pc, num_groups=4)
+    xs = torch.tensor(list(itertools.product(range(3), repeat=3)))
+    ref = pc.log_prob(xs)
+    for groups in [(0, 0, 0), (3, 1, 2), (2, 2, 0)]:
+        g = torch.tensor(groups).expand_as(xs)
+        torch.testing.assert_close(lifted.log_prob(lifted.joint_index(g, xs)), ref)
+    with pytest.raises(InputError, match="plain HCLT"):
+        GroupedHCLT.from_hclt(lifted, 2)
+
+
+def test_states_first_keeps_the_one_pass_states_and_learns_groups_on_them():
+    train, test = _maps(12), _maps(3, seed=9)
+    kw = dict(epochs=3, full_batch_epochs=1, progress=False)
+    eb, plain = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
+    eb.fit(train, 3, context="three-pass", group_fit="states-first", **kw)
+    plain.fit(train, 3, context=None, **kw)
+    assert isinstance(eb.pc, GroupedHCLT) and eb.context == "three-pass"
+    # the latent states are exactly the one-pass circuit's; only the leaves see the groups
+    assert torch.equal(eb.pc.root_logits, plain.pc.root_logits)
+    assert torch.equal(eb.pc.transition_logits, plain.pc.transition_logits)
+    y = torch.cat(test)
+    strings = eb.compress(y)
+    again = PCEntropyBottleneck(5)
+    again.load_state_dict(eb.state_dict())
+    assert torch.equal(eb.symbols(again.decompress(strings, y.shape[-2:])), eb.symbols(y))
+    bits = float(-eb.log_likelihood(eb.symbols(y)).sum())
+    assert bits < float(-plain.log_likelihood(plain.symbols(y)).sum())
+    with pytest.raises(InputError, match="group_fit"):
+        eb.fit(train, 3, context="three-pass", group_fit="groups-first", progress=False)
