@@ -13,7 +13,7 @@ The defaults are the settings the README's figures were measured with:
   size 0.5 -> 0.02 (the factorized Kodak table; chosen on bsds500/train -> bsds500/test).
 - ``ConditionalFit``: the three-pass context, K=32 Chow-Liu, 6000 Adam steps of 512 positions,
   all positions (the hyperprior Kodak table).
-- ``LosslessFit``: K=32, 50 mini-batch + 1 full-batch EM epochs of 512 rows, step size
+- ``LosslessFit``: K=64, 50 mini-batch + 1 full-batch EM epochs of 512 rows, step size
   0.2 -> 0.005, then leaf smoothing 0.1 over 4 grey levels (the MNIST table; chosen on 5,000
   held-out training images).
 
@@ -179,7 +179,7 @@ class LosslessFit:
         seed: seed of the structure, initialization and batches.
     """
 
-    num_latents: int = 32
+    num_latents: int = 64
     epochs: int = 50
     full_batch_epochs: int = 1
     batch_size: int = 512

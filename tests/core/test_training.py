@@ -101,8 +101,8 @@ def test_lossless_defaults_are_the_settings():
     assert from_args(s, args, LOSSLESS_OPTIONS) == s
     args = build_parser().parse_args(["lossless", "fit", "--latents", "3", "--step-size", "1", "0"])
     assert (args.num_latents, tuple(args.step_size)) == (3, (1.0, 0.0))
-    # the README's MNIST table: K=32, 50 + 1 EM epochs, step size 0.2 -> 0.005, smoothing 0.1 / 4
-    assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (32, 50, 1, (0.2, 0.005))
+    # the README's MNIST table: K=64, 50 + 1 EM epochs, step size 0.2 -> 0.005, smoothing 0.1 / 4
+    assert (s.num_latents, s.epochs, s.full_batch_epochs, s.step_size) == (64, 50, 1, (0.2, 0.005))
     assert (s.leaf_smoothing, s.smoothing_width) == (0.1, 4.0)
     args = build_parser().parse_args(["lossless", "fit", "--leaf-smoothing", "0"])
     assert args.leaf_smoothing == 0.0
