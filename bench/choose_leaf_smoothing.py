@@ -24,7 +24,9 @@ from pc_prior.training import bits_per_dim, smooth_leaves
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="an HCLT fitted with --valid N --leaf-smoothing 0")
+    ap.add_argument(
+        "--model", required=True, help="an HCLT fitted with --valid N --leaf-smoothing 0"
+    )
     ap.add_argument("--data", default=None, help="idx folder (default: ../shared/data/mnist)")
     ap.add_argument("--valid", type=int, default=5000, help="the N the model was fitted with")
     ap.add_argument("--shares", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
@@ -40,7 +42,9 @@ def main() -> None:
             smoothed = copy.deepcopy(pc)
             smooth_leaves(smoothed, share, width)
             bpd = bits_per_dim(smoothed, held_out)
-            print(json.dumps({"share": share, "width": width, "valid_bpd": round(bpd, 5)}), flush=True)
+            print(
+                json.dumps({"share": share, "width": width, "valid_bpd": round(bpd, 5)}), flush=True
+            )
 
 
 if __name__ == "__main__":

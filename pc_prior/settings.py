@@ -8,8 +8,8 @@ defaults included), so ``fit_prior(net, images)`` and ``pc-prior prior fit`` fit
 
 The defaults are the settings the README's figures were measured with:
 
-- ``BottleneckFit``: K=16, star, the three-pass spatial context (leaf groups backed off by 40
-  pseudo-counts), all positions, 6 mini-batch + 2 full-batch EM epochs of 256 positions, step
+- ``BottleneckFit``: K=16, star, the three-pass spatial context (latent states fitted first
+  without context, then the leaf groups, backed off by 40 pseudo-counts), all positions, 6 mini-batch + 2 full-batch EM epochs of 256 positions, step
   size 0.5 -> 0.02 (the factorized Kodak table; chosen on bsds500/train -> bsds500/test).
 - ``ConditionalFit``: the three-pass context, K=32 Chow-Liu, 6000 Adam steps of 512 positions,
   all positions (the hyperprior Kodak table).
@@ -104,7 +104,7 @@ class BottleneckFit:
     step_size: tuple[float, float] = (0.5, 0.02)
     pseudocount: float = 0.1
     group_backoff: float = 40.0
-    group_fit: str = "joint"
+    group_fit: str = "states-first"
     finetune_steps: int = 300
     lr: float = 0.01
     seed: int = 0
