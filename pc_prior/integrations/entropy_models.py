@@ -357,8 +357,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
 
         ``warm_start=True`` continues the fitted circuit on new values instead (``pc-prior prior fit
         --init``: adapt a prior to a domain): the alphabets, structure, K and leaf kind are kept,
-        so ``num_latents``, ``structure``, ``leaves``, ``tail`` and ``max_alphabet`` are not used;
-        EM (categorical leaves) or the Adam refinement (logistic leaves) starts from the current
+        so ``num_latents``, ``structure``, ``leaves``, ``tail``, ``max_alphabet`` and
+        ``group_fit`` are not used; EM (categorical leaves: on the grouped circuit as it is, states
+        and groups together) or the Adam refinement (logistic leaves) starts from the current
         parameters. ``NotFittedError`` if there is nothing to continue.
         """
         a = self.check_fit_args(
