@@ -35,6 +35,12 @@ def main() -> None:
 
     pc = load(args.model)
     x = load_mnist(args.data, "train")
+    fitted_on = pc.metadata.get("num_train")
+    if fitted_on is not None and fitted_on + args.valid != len(x):
+        raise SystemExit(
+            f"{args.model} was fitted on {fitted_on} of {len(x)} training images: pass --valid "
+            f"{len(x) - fitted_on} so the held-out images are the ones the fit did not see"
+        )
     held_out = x[len(x) - args.valid :]
     print(json.dumps({"share": 0.0, "valid_bpd": round(bits_per_dim(pc, held_out), 5)}), flush=True)
     for width in args.widths:

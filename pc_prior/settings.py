@@ -9,8 +9,9 @@ defaults included), so ``fit_prior(net, images)`` and ``pc-prior prior fit`` fit
 The defaults are the settings the README's figures were measured with:
 
 - ``BottleneckFit``: K=16, star, the three-pass spatial context (latent states fitted first
-  without context, then the leaf groups, backed off by 40 pseudo-counts), all positions, 6 mini-batch + 2 full-batch EM epochs of 256 positions, step
-  size 0.5 -> 0.02 (the factorized Kodak table; chosen on bsds500/train -> bsds500/test).
+  without context, then the leaf groups, backed off by 40 pseudo-counts), all positions, 6
+  mini-batch + 2 full-batch EM epochs of 256 positions, step size 0.5 -> 0.02 (the factorized
+  Kodak table; chosen on bsds500/train -> bsds500/test).
 - ``ConditionalFit``: the three-pass context, K=32 Chow-Liu, 6000 Adam steps of 512 positions,
   all positions (the hyperprior Kodak table).
 - ``LosslessFit``: K=64, 50 mini-batch + 1 full-batch EM epochs of 512 rows, step size

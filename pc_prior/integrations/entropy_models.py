@@ -416,21 +416,23 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         self._pc_schedule = torch.tensor(
             [SCHEDULE_CODES.index(context)], dtype=torch.long, device=dev
         )
+        num_groups = 1
         if grp is None:
             self._leaf_edges = torch.zeros(0, dtype=torch.long, device=dev)
         else:
             assert edges is not None
             self._leaf_edges = edges.to(dev)
+            num_groups = num_leaf_groups(context, self._leaf_edges)
         if grp is None or group_fit == "states-first":  # the groups, if any, come after EM
             pc = HCLT(tree, v, num_latents)
         else:
-            pc = GroupedHCLT(tree, v, num_leaf_groups(context, self._leaf_edges), num_latents)
+            pc = GroupedHCLT(tree, v, num_groups, num_latents)
             idx = pc.joint_index(grp, idx)
         pc.init_params(idx.cpu(), seed=seed)
         pc = pc.to(dev)
         hist = self._train(pc, idx, values, a, g, progress, [])
         if grp is not None and not isinstance(pc, GroupedHCLT):  # states-first: now the groups
-            pc = GroupedHCLT.from_hclt(pc, num_leaf_groups(context, self._leaf_edges))
+            pc = GroupedHCLT.from_hclt(pc, num_groups)
             idx = pc.joint_index(grp, idx)
             self._back_off_groups(pc, idx, a)
         if leaves == "logistic":  # EM first, then smooth leaves refined by Adam
