@@ -68,8 +68,8 @@ class Format:
 
 
 LOSSLESS = Format(
-    b"PL", 2, 4, "pc-prior lossless"
-)  # fields: N items, D variables, V symbols, block size
+    b"PL", 3, 4, "pc-prior lossless"
+)  # fields: N items, D variables, V symbols, block size; 3: alphabets of 64+ coded in two steps
 BOTTLENECK = Format(b"PB", 3, 2, "PCEntropyBottleneck")  # fields: latent H, W
 CONDITIONAL = Format(b"PG", 3, 2, "PCConditional")  # fields: latent H, W
 FORMATS = {f.magic: f for f in (LOSSLESS, BOTTLENECK, CONDITIONAL)}

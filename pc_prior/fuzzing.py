@@ -1,6 +1,7 @@
 """Fuzzing pc-prior's formats: mutated streams and files must fail with a project error or decode right.
 
-``run_fuzz(cases, seed)`` builds tiny models (a lossless HCLT, a ``PCEntropyBottleneck``, a
+``run_fuzz(cases, seed)`` builds tiny models (lossless HCLTs of 3 and of 70 symbols, the latter
+coded in two steps, a ``PCEntropyBottleneck``, a
 ``PCConditional`` with the three-pass context, and a small CompressAI codec with a PC bottleneck),
 encodes reference data, and then decodes or loads mutated copies: random bit flips, every kind of
 truncation, appended bytes, random bytes, header fields changed *with the checksum or digest
@@ -170,19 +171,24 @@ def _stream_targets(g: torch.Generator) -> list[_Target]:
     from .hclt import HCLT
     from .structure import Tree
 
-    pc = HCLT(Tree((1, -1, 1, 0, 0, 2)), 3, 4, dtype=torch.float64)
-    with torch.no_grad():
-        for p in pc.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 1.5)
-    xs = [pc.sample(n, generator=g) for n in (1, 7, 40)]
-    lossless = _Target(
-        "lossless",
-        [encode(pc, x) for x in xs],
-        lambda i, d: decode(pc, d),
-        lambda i, out: torch.equal(out, xs[i]),
-        framing.LOSSLESS,
-        weight=3.0,
-    )
+    def lossless_target(name: str, num_cats: int) -> tuple[_Target, HCLT]:
+        pc = HCLT(Tree((1, -1, 1, 0, 0, 2)), num_cats, 4, dtype=torch.float64)
+        with torch.no_grad():
+            for p in pc.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 1.5)
+        xs = [pc.sample(n, generator=g) for n in (1, 7, 40)]
+        target = _Target(
+            name,
+            [encode(pc, x) for x in xs],
+            lambda i, d: decode(pc, d),
+            lambda i, out: torch.equal(out, xs[i]),
+            framing.LOSSLESS,
+            weight=3.0,
+        )
+        return target, pc
+
+    lossless, pc = lossless_target("lossless", 3)
+    wide, _ = lossless_target("lossless-wide", 70)  # two-step symbols, a padded last group
 
     eb, y = _bottleneck(g)
     ys = [y[:1], y[1:2, :, :2, :3]]
@@ -241,7 +247,7 @@ def _stream_targets(g: torch.Generator) -> list[_Target]:
         lambda i, out: torch.equal(out, eb_out[i]),
         weight=0.5,
     )
-    return [lossless, bottleneck, conditional, cross, sizes]
+    return [lossless, wide, bottleneck, conditional, cross, sizes]
 
 
 def _bottleneck(g: torch.Generator) -> tuple[Any, torch.Tensor]:
@@ -479,7 +485,14 @@ def run_fuzz(
         for t in (
             targets
         ):  # the unmutated references must decode right, or the run would measure nothing
-            if t.name in ("lossless", "bottleneck", "conditional", "checkpoint-file", "codec-file"):
+            if t.name in (
+                "lossless",
+                "lossless-wide",
+                "bottleneck",
+                "conditional",
+                "checkpoint-file",
+                "codec-file",
+            ):
                 for i, data in enumerate(t.data):
                     if not t.same(i, t.run(i, data)):
                         raise RuntimeError(

@@ -8,8 +8,11 @@ from pc_prior.coding import (
     BLOCK_ITEMS,
     IncrementalConditionals,
     coding_tables,
+    decode_columns,
     incremental_conditionals,
+    min_item_bits,
     naive_conditionals,
+    symbol_split,
 )
 
 LN2 = np.log(2.0)
@@ -88,6 +91,83 @@ def test_coding_probabilities_independent_of_threads_and_batching():
     assert torch.equal(full[:37], weights(x[:37], 2))  # another batch size, other kernels
     assert torch.equal(full[5:6], weights(x[5:6], 1))
     assert (full == full.round()).all() and float(full.max()) < 2.0**53  # exact integers
+
+
+def test_symbol_split_width():
+    assert [symbol_split(v) for v in (2, 63, 64, 70, 256, 257, 2**24)] == [
+        0,
+        0,
+        8,
+        16,
+        16,
+        32,
+        4096,
+    ]
+
+
+@pytest.mark.parametrize("num_cats", [64, 70, 256])
+def test_two_step_probabilities_multiply_to_the_one_step_conditionals(num_cats):
+    pc = random_hclt((1, -1, 1, 0, 0, 2), num_cats=num_cats, num_latents=5, seed=num_cats)
+    x = pc.sample(300, generator=torch.Generator().manual_seed(0))
+    tables = coding_tables(pc)
+    one = IncrementalConditionals(tables, len(x))
+    two = IncrementalConditionals(tables, len(x), split=True)
+    width = symbol_split(num_cats)
+    assert two.width == width and one.width == 0
+    for i in one.order:
+        w = one.weights()
+        p_one = w / w.sum(-1, keepdim=True)
+        group = two.group_probabilities()
+        member = two.member_probabilities(x[:, i] // width)
+        assert group.shape == (len(x), -(-num_cats // width)) and member.shape == (len(x), width)
+        torch.testing.assert_close(group.sum(-1), torch.ones(len(x), dtype=torch.float64))
+        torch.testing.assert_close(member.sum(-1), torch.ones(len(x), dtype=torch.float64))
+        # p(group) * p(member | group) is the one-step probability of each item's symbol
+        rows = torch.arange(len(x))
+        joint = group[rows, x[:, i] // width] * member[rows, x[:, i] % width]
+        torch.testing.assert_close(joint, p_one[rows, x[:, i]], rtol=1e-12, atol=0)
+        one.observe(x[:, i])
+        two.observe(x[:, i])
+
+
+@pytest.mark.parametrize("n", [1, 3, 300])
+def test_two_step_round_trip_and_size(n):
+    pc = random_hclt((1, -1, 1, 0, 0, 2, 2, 5), num_cats=70, num_latents=6, seed=n)
+    x = pc.sample(n, generator=torch.Generator().manual_seed(n))
+    x[0] = 69  # the padded last group's real members
+    data = encode(pc, x)
+    assert torch.equal(decode(pc, data), x)
+    coded_bits = (len(data) - header_size(pc, n)) * 8 - check_bits(n)
+    assert coded_bits >= n * min_item_bits(coding_tables(pc), split=True) - 96
+    if n == 300:
+        nll_bits = float(-pc.log_prob(x).detach().sum()) / LN2
+        assert nll_bits - 64 <= coded_bits <= 1.01 * nll_bits + 64
+
+
+def test_two_step_decoding_refuses_a_padding_member():
+    import constriction
+
+    pc = random_hclt((1, -1, 1, 0), num_cats=70, num_latents=3)
+    tables = coding_tables(pc)
+    inc = IncrementalConditionals(tables, 2, split=True)
+    family = constriction.stream.model.Categorical(perfect=False)
+    enc = constriction.stream.queue.RangeEncoder()
+    group = torch.full((2,), 4)  # symbols 64..79: 70..79 are padding
+    enc.encode(group.int().numpy(), family, inc.group_probabilities().numpy())
+    enc.encode(np.array([15, 15], np.int32), family, inc.member_probabilities(group).numpy())
+    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
+    with pytest.raises(BitstreamError, match="outside variable .* alphabet"):
+        decode_columns([dec], IncrementalConditionals(tables, 2, split=True), 2)
+
+
+def test_two_steps_need_shared_tables_and_no_escapes():
+    tables = coding_tables(random_hclt(num_cats=70))
+    grouped = type(tables)(tables.parent, tables.root, tables.trans, tables.emit[:, None])
+    with pytest.raises(ValueError, match="shared emission tables"):
+        IncrementalConditionals(grouped, 2, groups=torch.zeros(2, 6, dtype=torch.long), split=True)
+    inc = IncrementalConditionals(tables, 2, split=True)
+    with pytest.raises(ValueError, match="escapes"):
+        decode_columns([], inc, 1, escape=69, alphabet=np.full(6, 69))
 
 
 def test_tables_are_state_that_survives_moves_and_casts(tmp_path):

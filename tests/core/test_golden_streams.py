@@ -47,6 +47,19 @@ def test_coding_the_stored_symbols_gives_the_stored_bytes():
     assert encode(load(EXPECTED / "lossless-hclt.pt"), symbols) == stream
 
 
+def test_golden_two_step_stream_decodes_and_reencodes():
+    wide = GOLDEN["wide"]
+    symbols = torch.load(EXPECTED / "lossless-wide-symbols.pt", weights_only=True).long()
+    stream = (EXPECTED / "lossless-wide.bin").read_bytes()
+    pc = load(EXPECTED / "lossless-wide-hclt.pt")
+    assert pc.num_cats >= 64 and symbols.shape == (wide["rows"], pc.num_vars)
+    assert int(symbols.max()) >= 64  # the padded last group is exercised
+    assert stream[:3] == framing.LOSSLESS.magic + bytes([framing.LOSSLESS.version])
+    assert len(stream) == wide["bytes"]
+    assert torch.equal(decode(pc, stream), symbols)
+    assert encode(pc, symbols) == stream
+
+
 def test_golden_files_stay_small():
     total = sum(p.stat().st_size for p in EXPECTED.iterdir() if p.is_file())
     assert total < 200_000

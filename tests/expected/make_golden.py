@@ -23,8 +23,13 @@ What is here (a few tens of KB in all; ``golden.json`` names the format versions
   the scale indexes it was coded under): a tiny ``ScaleHyperprior`` (N=4, M=6) with both entropy
   models swapped, the conditional with the three-pass context.
 
+- ``lossless-wide-hclt.pt``, ``lossless-wide.bin``, ``lossless-wide-symbols.pt``: the same with
+  70 symbols and 1500 rows, which the lossless stream codes in two steps (group, then member;
+  version 3).
+
 When a *stream* version changes (``pc_prior.framing`` refuses older stream versions by design),
-rerun this script and record the new version in CHANGELOG.md. When a *file* version changes and
+rerun this script and record the new version in CHANGELOG.md; ``--only lossless --keep-models``
+rewrites just the lossless streams and keeps the stored checkpoints (and the versions they pin). When a *file* version changes and
 older files are still read (as for codec files), keep these files: they then test the old reader;
 write the new version's files with ``--out`` to a new folder if they should be pinned too.
 Everything is seeded and fitted with explicit settings, so a rerun on the same versions of torch
@@ -62,10 +67,16 @@ def lossless_data(n: int, seed: int = 0) -> torch.Tensor:
     return x
 
 
-def make_lossless(out: Path) -> dict:
+def wide_data(n: int, seed: int = 0) -> torch.Tensor:
+    """[n, 6] symbols in 0..69: ``lossless_data`` spread over 70 symbols, so the stream codes
+    them in two steps (``pc_prior.coding.symbol_split``) with a padded last group."""
+    g = torch.Generator().manual_seed(seed + 100)
+    return lossless_data(n, seed) * 20 + torch.randint(0, 10, (n, 6), generator=g)
+
+
+def _fit_lossless(train: torch.Tensor, num_cats: int) -> pc_prior.HCLT:
     torch.manual_seed(0)
-    train = lossless_data(2000, seed=0)
-    pc = pc_prior.HCLT.from_data(train, num_cats=4, num_latents=4, seed=0)
+    pc = pc_prior.HCLT.from_data(train, num_cats=num_cats, num_latents=4, seed=0)
     pc_prior.fit_em(
         pc,
         train,
@@ -76,17 +87,36 @@ def make_lossless(out: Path) -> dict:
         pseudocount=0.1,
         progress=False,
     )
-    symbols = lossless_data(4200, seed=1)
+    return pc
+
+
+def _lossless_files(out: Path, stem: str, data, num_cats: int, rows: int, keep_model: bool) -> dict:
+    """``<stem>-hclt.pt``, ``<stem>.bin`` and ``<stem>-symbols.pt``; with ``keep_model`` a stored
+    model and its symbols are kept and only the stream is written anew (a stream version change
+    that leaves the checkpoint format alone: the stored checkpoint then still pins its version)."""
+    model, symbols_file = out / f"{stem}-hclt.pt", out / f"{stem}-symbols.pt"
+    if keep_model and model.exists() and symbols_file.exists():
+        pc = pc_prior.load(model)
+        symbols = torch.load(symbols_file, weights_only=True).long()
+        checkpoint_version = torch.load(model, weights_only=True)["version"]
+    else:
+        pc = _fit_lossless(data(2000, seed=0), num_cats)
+        symbols = data(rows, seed=1)
+        pc_prior.save(pc, model, note="golden stream model")
+        torch.save(symbols.to(torch.uint8), symbols_file)
+        checkpoint_version = CHECKPOINT_VERSION
     stream = pc_prior.encode(pc, symbols)
-    pc_prior.save(pc, out / "lossless-hclt.pt", note="golden stream model")
-    (out / "lossless.bin").write_bytes(stream)
-    torch.save(symbols.to(torch.uint8), out / "lossless-symbols.pt")
-    assert torch.equal(pc_prior.decode(pc_prior.load(out / "lossless-hclt.pt"), stream), symbols)
+    (out / f"{stem}.bin").write_bytes(stream)
+    assert torch.equal(pc_prior.decode(pc_prior.load(model), stream), symbols)
+    return {"checkpoint_version": checkpoint_version, "rows": len(symbols), "bytes": len(stream)}
+
+
+def make_lossless(out: Path, keep_models: bool = False) -> dict:
+    """A 4-symbol stream (one coding step) and a 70-symbol one (two steps, padded last group)."""
     return {
         "stream": {"magic": framing.LOSSLESS.magic.decode(), "version": framing.LOSSLESS.version},
-        "checkpoint_version": CHECKPOINT_VERSION,
-        "rows": len(symbols),
-        "bytes": len(stream),
+        **_lossless_files(out, "lossless", lossless_data, 4, 4200, keep_models),
+        "wide": _lossless_files(out, "lossless-wide", wide_data, 70, 1500, keep_models),
     }
 
 
@@ -206,15 +236,29 @@ def make_conditional(out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=("lossless", "bottleneck", "conditional"),
+        help="write only these parts; the others keep their files and golden.json entries",
+    )
+    p.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="lossless: keep the stored models and symbols, write only the streams anew",
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "pc_prior": pc_prior.__version__,
-        "torch": torch.__version__.split("+")[0],
-        "lossless": make_lossless(args.out),
-        "bottleneck": make_bottleneck(args.out),
-        "conditional": make_conditional(args.out),
+    old = args.out / "golden.json"
+    manifest = json.loads(old.read_text()) if old.exists() else {}
+    manifest |= {"pc_prior": pc_prior.__version__, "torch": torch.__version__.split("+")[0]}
+    makers = {
+        "lossless": lambda: make_lossless(args.out, args.keep_models),
+        "bottleneck": lambda: make_bottleneck(args.out),
+        "conditional": lambda: make_conditional(args.out),
     }
+    for name in args.only or makers:
+        manifest[name] = makers[name]()
     (args.out / "golden.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest, indent=2))
 
