@@ -564,8 +564,8 @@ class IncrementalConditionals:
         elif self.n >= self.t.emit.shape[-1]:
             # _renorm and matrix products work row by row, so computing a message for each of
             # the V symbols and then picking each item's row is the same as picking first: V*K
-            # work instead of N*K (embedding: a row gather, faster than index_select on CPU)
-            table = _renorm(self.t.emit[i].T.contiguous())  # row-major: a fast row gather
+            # work instead of N*K (a row gather from a row-major table, into a reused buffer)
+            table = _renorm(self.t.emit[i].T.contiguous())
             p = int(self.parent[i])
             if self.last[i] == self.step and p >= 0:  # a leaf: its message to the parent at once
                 table = _renorm(table @ self.t.trans[i].T)
@@ -777,10 +777,15 @@ def finish_decoding(decoders: list[Any], name: str = "pc-prior") -> None:
 
 
 def _decode_split_column(
-    decoders: list[Any], inc: IncrementalConditionals, items_per_string: int, i: int, name: str
+    decoders: list[Any],
+    inc: IncrementalConditionals,
+    items_per_string: int,
+    i: int,
+    family: Any,
+    name: str,
 ) -> np.ndarray:
     """Variable i's values of every string, coded in two steps (group, then member)."""
-    p, n, family = items_per_string, inc.n, _categorical()
+    p, n = items_per_string, inc.n
     group_probs = _numpy(inc.group_probabilities())
     group = np.empty(n, dtype=np.int64)
     for j, dec in enumerate(decoders):
@@ -824,7 +829,7 @@ def decode_columns(
     with decoding(name):
         for i in inc.order:
             if inc.width:
-                rel[i] = torch.from_numpy(_decode_split_column(decoders, inc, p, i, name))
+                rel[i] = torch.from_numpy(_decode_split_column(decoders, inc, p, i, family, name))
                 inc.observe(rel[i])
                 continue
             col = np.empty(n, dtype=np.int64)

@@ -22,15 +22,14 @@ What is here (a few tens of KB in all; ``golden.json`` names the format versions
   ``conditional-<i>.bin`` (``PCConditional.compress``) and ``conditional-latents.pt`` (y_hat and
   the scale indexes it was coded under): a tiny ``ScaleHyperprior`` (N=4, M=6) with both entropy
   models swapped, the conditional with the three-pass context.
-
-- ``lossless-wide-hclt.pt``, ``lossless-wide.bin``, ``lossless-wide-symbols.pt``: the same with
-  70 symbols and 1500 rows, which the lossless stream codes in two steps (group, then member;
-  version 3).
+- ``lossless-wide-hclt.pt``, ``lossless-wide.bin``, ``lossless-wide-symbols.pt``: the lossless
+  files again with 70 symbols and 1500 rows, which the lossless stream codes in two steps (group,
+  then member; version 3).
 
 When a *stream* version changes (``pc_prior.framing`` refuses older stream versions by design),
 rerun this script and record the new version in CHANGELOG.md; ``--only lossless --keep-models``
-rewrites just the lossless streams and keeps the stored checkpoints (and the versions they pin). When a *file* version changes and
-older files are still read (as for codec files), keep these files: they then test the old reader;
+rewrites just the lossless streams and keeps the stored checkpoints (and the versions they pin).
+When a *file* version changes and older files are still read (as for codec files), keep these files: they then test the old reader;
 write the new version's files with ``--out`` to a new folder if they should be pinned too.
 Everything is seeded and fitted with explicit settings, so a rerun on the same versions of torch
 and pc-prior writes the same bytes.
