@@ -1,18 +1,16 @@
 """Which ``PCConditional`` settings pay: context, states K and Adam steps, on one frozen hyperprior codec.
 
 Collects the shared bmshj2018-hyperprior codec's symbols and scale indexes on BSDS500 train
-(cropped to 64) and Kodak (padded to 64), then for every variant ``CONTEXT:K:STEPS`` fits a
-``PCConditional`` on the BSDS500 maps (``--max-items`` positions) and reports Kodak's y code
-length under the model (``log_likelihood``: the coded model's bits up to the 22-bit tables),
-against CompressAI's Gaussian conditional on the same symbols. Model bits only: no z, no headers
-(bench_hyperprior_rates.py and the eval harness code for real).
+(the fit split) and BSDS500 test (the validation split), both cropped to 64 as ``fit_prior``
+reads folders, then for every variant ``CONTEXT:K:STEPS`` fits a ``PCConditional`` on the
+training maps (``--max-items`` positions) and reports the validation y code length under the model
+(``log_likelihood``: the coded model's bits up to the 22-bit tables), against CompressAI's
+Gaussian conditional on the same symbols. Model bits only: no z, no headers (the eval harness
+codes for real). Settings are chosen here, never on Kodak (the test set).
 
-    OMP_NUM_THREADS=2 python bench/bench_conditional_ablation.py --quality 3 \\
-        --variants checkerboard:16:1000 checkerboard:16:3000 checkerboard:32:1000 \\
-                   checkerboard:32:3000 three-pass:32:3000 --json runs/conditional_ablation_q3.json
-
-Measured with that command on q3 (2 threads, the 2-core box; the Kodak y of the Gaussian is
-3,718,598 bits): see the README ("Hyperprior codecs") for the table.
+    python bench/bench_conditional_ablation.py --quality 3 \\
+        --variants three-pass:16:6000 three-pass:32:3000 three-pass:32:6000 \\
+        --json runs/conditional_ablation_q3.json
 """
 
 from __future__ import annotations
@@ -48,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="bmshj2018-hyperprior")
     ap.add_argument("--models", type=Path, default=SHARED / "models")
     ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500" / "train")
-    ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
+    ap.add_argument(
+        "--valid", type=Path, default=SHARED / "data" / "bsds500" / "test", help="validation photos"
+    )
     ap.add_argument(
         "--variants",
         nargs="+",
@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         help="CONTEXT:K:STEPS, CONTEXT one of three-pass, checkerboard, none",
     )
     ap.add_argument("--max-items", type=int, default=120000)
-    ap.add_argument(
-        "--max-images", type=int, default=None, help="training images used (default: all)"
-    )
-    ap.add_argument("--kodak-images", type=int, default=None)
+    ap.add_argument("--max-images", type=int, default=None, help="images per split (default: all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -73,11 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         list_images,
         load_codec,
         load_image,
-        pad_to_multiple,
     )
 
     codec = args.models / f"{args.arch}-q{args.quality}.pt"
-    for p in (codec, args.train, args.kodak):
+    for p in (codec, args.train, args.valid):
         if not p.exists():
             print(f"missing {p}: this bench needs ../shared (models and data)", file=sys.stderr)
             return 2
@@ -85,18 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     net.update(force=True)
     table = net.gaussian_conditional.scale_table.cpu()
     train_files = list_images(args.train)[: args.max_images]
-    kodak_files = list_images(args.kodak)[: args.kodak_images]
+    valid_files = list_images(args.valid)[: args.max_images]
     with torch.no_grad():
         tr_sym, tr_idx = collect_conditional_inputs(
             net, (crop_to_multiple(load_image(f), 64) for f in train_files), maps=True
         )
-        ko_sym, ko_idx = collect_conditional_inputs(
-            net, (pad_to_multiple(load_image(f), 64) for f in kodak_files), maps=True
+        va_sym, va_idx = collect_conditional_inputs(
+            net, (crop_to_multiple(load_image(f), 64) for f in valid_files), maps=True
         )
-    base = gaussian_bits(ko_sym, ko_idx, table)
+    base = gaussian_bits(va_sym, va_idx, table)
     print(
-        f"q{args.quality}: {len(train_files)} BSDS500 maps, {len(kodak_files)} Kodak maps; "
-        f"Kodak y under the Gaussian: {base:.0f} bits",
+        f"q{args.quality}: {len(train_files)} training maps, {len(valid_files)} validation maps; "
+        f"validation y under the Gaussian: {base:.0f} bits",
         flush=True,
     )
     rows = []
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         fit_s = time.perf_counter() - t
         with torch.no_grad():
             nats = -sum(
-                float(gc.log_likelihood(s.long(), i.long()).sum()) for s, i in zip(ko_sym, ko_idx)
+                float(gc.log_likelihood(s.long(), i.long()).sum()) for s, i in zip(va_sym, va_idx)
             )
         bits = nats / math.log(2)
         row = {
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "context": ctx,
             "latents": int(k),
             "steps": int(steps),
-            "kodak_y_bits": bits,
+            "valid_y_bits": bits,
             "saving_pct": 100 * (1 - bits / base),
             "fit_s": fit_s,
             "table_mb": gc._pc_emit.numel() * 4 / 2**20,
@@ -133,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(
-        "\n| variant (context:K:steps) | Kodak y bits | saving vs Gaussian | fit s | tables MB |\n|---|---|---|---|---|"
+        "\n| variant (context:K:steps) | validation y bits | saving vs Gaussian | fit s | tables MB |\n|---|---|---|---|---|"
     )
     for r in rows:
         print(
-            f"| {r['variant']} | {r['kodak_y_bits']:.0f} | {r['saving_pct']:.2f}% | {r['fit_s']:.0f} | "
+            f"| {r['variant']} | {r['valid_y_bits']:.0f} | {r['saving_pct']:.2f}% | {r['fit_s']:.0f} | "
             f"{r['table_mb']:.0f} |"
         )
     if args.json:

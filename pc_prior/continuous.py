@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,6 +162,69 @@ class DiscretizedLogisticTree(LatentTreeCircuit):
         return f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, leaves=logistic"
 
 
+class _GaussianLeafLogMass(torch.autograd.Function):
+    """``ScaleConditionedTree``'s leaf log-masses [N, D, K] with a hand-written backward.
+
+    Leaf (d, k) at a value u of scale σ and scale index s: X ~ N(σ·loc[d,k], scale²) with
+    ``log scale = log_scale[d,k] + offset[d,s] + (1 + power[d,k])·log σ``, and the result is
+    ``log max(P(u - 1/2 < X < u + 1/2), LIKELIHOOD_BOUND)``, evaluated in the lower tail (it is
+    symmetric in u - mean). These [N, D, K] tensors are the bulk of ``PCConditional.fit``'s
+    work; autograd's chain takes about 55 passes over them per step, this about 35, and the
+    parameters' gradients are reduced over N by matrix products instead of broadcast copies.
+    The values equal the plain formula up to rounding (tested against it, gradients too).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        u: Tensor,
+        sigma: Tensor,
+        s: Tensor,
+        loc: Tensor,
+        log_scale: Tensor,
+        power: Tensor,
+        offset: Tensor,
+    ) -> Tensor:
+        d = torch.arange(u.shape[-1], device=u.device)
+        log_sig = sigma.log()
+        log_sc = torch.addcmul(log_scale + offset[d, s][..., None], log_sig[..., None], 1.0 + power)
+        inv = log_sc.neg_().exp_()  # 1 / scale
+        dev = u[..., None] - sigma[..., None] * loc  # value less the leaf's mean
+        a = (0.5 - dev.abs()).mul_(inv)  # upper bin edge in scale units, lower tail
+        b = a - inv  # lower bin edge
+        mass = torch.special.ndtr(a) - torch.special.ndtr(b)
+        ctx.save_for_backward(u, sigma, s, loc, power, offset, log_sig, a, b, inv, dev, mass)
+        return mass.clamp_min(LIKELIHOOD_BOUND).log_()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        u, sigma, s, loc, power, offset, log_sig, a, b, inv, dev, mass = ctx.saved_tensors
+        # d log mass: through the clamp only where the mass is above the bound
+        gm = torch.where(mass > LIKELIHOOD_BOUND, grad / mass, 0.0).mul_((2.0 * math.pi) ** -0.5)
+        phi_a = (a * a).mul_(-0.5).exp_()  # φ·sqrt(2π), the constant is in gm
+        phi_b = (b * b).mul_(-0.5).exp_()
+        g_log_sc = (b * phi_b).sub_(a * phi_a).mul_(gm)  # d/d log scale: ∂a/∂log scale = -a
+        g_dev = (phi_b - phi_a).mul_(inv).mul_(gm)  # d/d |u - mean|
+        g_dev = torch.where(dev < 0, -g_dev, g_dev)  # d/d (u - mean); at 0 it is 0 itself
+        n_need = ctx.needs_input_grad
+        g_u = g_dev.sum(-1) if n_need[0] else None
+        g_sigma = None
+        if n_need[1]:  # mean σ·loc and scale σ^(1 + power)
+            g_sigma = torch.einsum("ndk,dk->nd", g_log_sc, 1.0 + power) / sigma - torch.einsum(
+                "ndk,dk->nd", g_dev, loc
+            )
+        g_loc = -torch.einsum("ndk,nd->dk", g_dev, sigma) if n_need[3] else None
+        g_log_scale = g_log_sc.sum(0) if n_need[4] else None
+        g_power = torch.einsum("ndk,nd->dk", g_log_sc, log_sig) if n_need[5] else None
+        g_offset = None
+        if n_need[6]:
+            d = torch.arange(u.shape[-1], device=u.device).expand_as(s)
+            g_offset = torch.zeros_like(offset).index_put_(
+                (d, s), g_log_sc.sum(-1), accumulate=True
+            )
+        return g_u, g_sigma, None, g_loc, g_log_scale, g_power, g_offset
+
+
 class ScaleConditionedTree(LatentTreeCircuit):
     """Latent tree over D channels whose leaves are discretized Gaussians scaled by side information.
 
@@ -250,10 +314,16 @@ class ScaleConditionedTree(LatentTreeCircuit):
 
     def leaf_log_probs(self, u: Tensor, sigma: Tensor, s: Tensor) -> Tensor:
         """Leaf log-likelihoods [N, D, K] of values u [N, D] at scales sigma [N, D] of indexes s [N, D]."""
-        mu, scale = self._loc_scale(sigma, s)
-        v = (u[..., None].to(mu.dtype) - mu).abs()  # symmetric: evaluate in the lower tail
-        mass = normal_cdf((0.5 - v) / scale) - normal_cdf((-0.5 - v) / scale)
-        return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
+        dt = self.loc.dtype
+        return _GaussianLeafLogMass.apply(
+            u.to(dt),
+            sigma.to(dt),
+            s.long(),
+            self.loc,
+            self.log_scale,
+            self.scale_power,
+            self.scale_offset,
+        )
 
     def escape_log_probs(self, radius: int, sigma: Tensor, s: Tensor) -> Tensor:
         """log P(|u| > radius) per leaf, [N, D, K]."""

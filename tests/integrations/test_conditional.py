@@ -356,3 +356,46 @@ def test_sliced_gradient_equals_whole_batch_gradient():
         for a, b in zip(grad, grads[0]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert any(float(p.abs().sum()) > 0 for p in grads[0])
+
+
+def _plain_leaf_log_probs(pc: ScaleConditionedTree, u, sigma, s):
+    """The leaf formula written out with autograd's own operations (the reference)."""
+    from pc_prior.continuous import LIKELIHOOD_BOUND, normal_cdf
+
+    mu = sigma[..., None] * pc.loc
+    off = pc.scale_offset[torch.arange(pc.num_vars), s][..., None]
+    scale = torch.exp(pc.log_scale + off + torch.log(sigma)[..., None] * (1.0 + pc.scale_power))
+    v = (u[..., None] - mu).abs()
+    mass = normal_cdf((0.5 - v) / scale) - normal_cdf((-0.5 - v) / scale)
+    return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
+
+
+def test_gaussian_leaves_and_their_gradients_equal_the_plain_formula():
+    g = torch.Generator().manual_seed(7)
+    pc = ScaleConditionedTree(Tree((-1, 0, 1)), 4, num_scales=6, dtype=torch.float64)
+    with torch.no_grad():
+        for p in (pc.loc, pc.log_scale, pc.scale_power, pc.scale_offset):
+            p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    s = torch.randint(6, (40, 3), generator=g)
+    sigma = torch.tensor([0.11, 0.3, 0.9, 2.0, 5.0, 20.0], dtype=torch.float64)[s]
+    u = torch.randint(-30, 31, (40, 3), generator=g).double()  # far tails: clamped leaves too
+    u[:5] += (
+        torch.rand(5, 3, generator=g, dtype=torch.float64) - 0.5
+    )  # noisy values, as in training
+    results = []
+    for fn in (pc.leaf_log_probs, lambda *a: _plain_leaf_log_probs(pc, *a)):
+        pc.zero_grad()
+        uu, ss = u.clone().requires_grad_(True), sigma.clone().requires_grad_(True)
+        out = fn(uu, ss, s)
+        weights = torch.randn(
+            out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype
+        )
+        (out * weights).sum().backward()
+        results.append(
+            [out.detach(), uu.grad, ss.grad]
+            + [p.grad.clone() for p in pc.parameters() if p.grad is not None]
+        )
+    assert (results[1][0] <= math.log(1e-9) + 1e-9).any()  # the test reaches the clamp
+    assert len(results[0]) == len(results[1]) == 7  # u, sigma and the four leaf parameters
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
