@@ -175,7 +175,7 @@ class _GaussianLeafLogMass(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         u: Tensor,
         sigma: Tensor,
@@ -197,7 +197,7 @@ class _GaussianLeafLogMass(torch.autograd.Function):
         return mass.clamp_min(LIKELIHOOD_BOUND).log_()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         u, sigma, s, loc, power, offset, log_sig, a, b, inv, dev, mass = ctx.saved_tensors
         # d log mass: through the clamp only where the mass is above the bound
         gm = torch.where(mass > LIKELIHOOD_BOUND, grad / mass, 0.0).mul_((2.0 * math.pi) ** -0.5)
