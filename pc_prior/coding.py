@@ -701,6 +701,18 @@ def escape_bits(rel: Tensor, n: Tensor) -> Tensor:
     return 1.0 + math.log2(_LEN_ALPHABET) + nbits
 
 
+def _column_plan(
+    inc: IncrementalConditionals, strings: int, items_per_string: int, escapes: bool
+) -> tuple[Tensor | None, list[tuple[int, int, int]]]:
+    """The probability buffer and string chunks of one-step columns (none for two-step ones,
+    which code every string's column at once); two-step symbols take no escapes."""
+    if not inc.width:
+        return _probability_buffer(inc), _chunks(strings, items_per_string)
+    if escapes:
+        raise ValueError("escapes cannot be combined with two-step symbols (split)")
+    return None, []
+
+
 def encode_columns(
     encoders: list[Any],
     inc: IncrementalConditionals,
@@ -718,14 +730,11 @@ def encode_columns(
     ``decode_columns``.
     """
     p = items_per_string
-    if inc.width and esc is not None:
-        raise ValueError("escapes cannot be combined with two-step symbols (split)")
+    buf, chunks = _column_plan(inc, len(encoders), p, esc is not None)
     # coding order: columns of idx, each contiguous
     cols = np.ascontiguousarray(idx.cpu().numpy().astype(np.int32).T)
     idx_t = idx.to(inc.t.emit.device).long().T
     family = _categorical()
-    buf = _probability_buffer(inc)
-    chunks = _chunks(len(encoders), p)
     for i in inc.order:
         if inc.width:  # two steps: every string's groups, then its members
             group = _numpy(inc.group_probabilities())
@@ -822,10 +831,7 @@ def decode_columns(
     d = len(inc.order)
     rel = torch.empty(d, n, dtype=torch.long)  # by column, transposed at the end
     family = _categorical()
-    buf = _probability_buffer(inc)
-    chunks = _chunks(len(decoders), p)
-    if inc.width and escape is not None:
-        raise ValueError("escapes cannot be combined with two-step symbols (split)")
+    buf, chunks = _column_plan(inc, len(decoders), p, escape is not None)
     with decoding(name):
         for i in inc.order:
             if inc.width:
