@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "CHOICES",
+    "CONDITIONAL_CONTEXTS",
     "DEMO_BOTTLENECK",
     "RD_BOTTLENECK",
     "BottleneckFit",
@@ -51,12 +52,15 @@ __all__ = [
 CHOICES: dict[str, tuple[str | None, ...]] = {
     "structure": ("chow-liu", "star"),
     "leaves": ("categorical", "logistic"),
-    "context": ("three-pass", "checkerboard", None),
+    "context": ("three-pass", "checkerboard", "four-pass", None),
     "context_bins": ("fixed", "channel"),
     "group_fit": ("joint", "states-first"),
     "init": ("baseline", "data"),
 }
 """The values a choice-valued field takes (None: off; ``"none"`` on a command line)."""
+
+CONDITIONAL_CONTEXTS: tuple[str | None, ...] = ("three-pass", "checkerboard", None)
+"""``ConditionalFit.context``'s values: the four-pass schedule is the bottleneck's alone."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,9 @@ class BottleneckFit:
     Fields:
         num_latents: latent states K per channel.
         structure: ``"star"`` (every channel a child of the highest-variance one) or ``"chow-liu"``.
-        context: ``"three-pass"``, ``"checkerboard"`` or None (one pass): a later pass's leaves
-            are conditioned on their channel's decoded neighbours (categorical leaves only).
+        context: ``"three-pass"``, ``"four-pass"``, ``"checkerboard"`` or None (one pass): a
+            later pass's leaves are conditioned on their channel's decoded neighbours
+            (categorical leaves only).
         context_bins: bin edges of the neighbours' activity: ``"channel"`` (each channel's own
             quantiles; chosen on bsds500/test, +0.17 to +0.24 points over fixed at q1-q4) or
             ``"fixed"`` (the same edges for every channel).
@@ -235,12 +240,14 @@ def add_arguments(
     *,
     prefix: str = "",
     flags: dict[str, str] | None = None,
+    choices: dict[str, tuple[str | None, ...]] | None = None,
 ) -> None:
     """One ``--[prefix]flag`` option per field in ``names`` of the settings ``defaults``.
 
     Type, choices and help come from the dataclass; the default is ``defaults``' value, so a
     preset (``DEMO_BOTTLENECK``) sets a command's defaults. ``flags`` renames options
     (``{"num_latents": "latents"}``); the parsed values go to ``[prefix]name`` (see ``from_args``).
+    ``choices`` narrows a field's ``CHOICES`` for this command.
     """
     helps = field_help(type(defaults))
     types = {f.name: str(f.type) for f in dataclasses.fields(defaults)}
@@ -252,8 +259,9 @@ def add_arguments(
             "dest": (prefix + name).replace("-", "_"),
             "help": text + " (default: %(default)s)",
         }
-        if name in CHOICES:
-            kw["choices"] = ["none" if c is None else c for c in CHOICES[name]]
+        allowed = (choices or {}).get(name, CHOICES.get(name))
+        if allowed is not None:
+            kw["choices"] = ["none" if c is None else c for c in allowed]
             kw["default"] = "none" if value is None else value
         elif types[name].startswith("tuple"):
             kw.update(type=float, nargs=2, metavar=("START", "END"), default=value)

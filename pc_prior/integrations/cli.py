@@ -9,7 +9,15 @@ import argparse
 import json
 
 from ..errors import InputError
-from ..settings import BottleneckFit, ConditionalFit, ImageFit, add_arguments, as_kwargs, from_args
+from ..settings import (
+    CONDITIONAL_CONTEXTS,
+    BottleneckFit,
+    ConditionalFit,
+    ImageFit,
+    add_arguments,
+    as_kwargs,
+    from_args,
+)
 
 BOTTLENECK_OPTIONS = (
     "num_latents",
@@ -70,7 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also swap the hyperprior's gaussian_conditional for a PCConditional",
     )
     add_arguments(
-        fit, ConditionalFit(), CONDITIONAL_OPTIONS, prefix="cond-", flags={"num_latents": "latents"}
+        fit,
+        ConditionalFit(),
+        CONDITIONAL_OPTIONS,
+        prefix="cond-",
+        flags={"num_latents": "latents"},
+        choices={"context": CONDITIONAL_CONTEXTS},
     )
     fit.add_argument(
         "--device",

@@ -65,7 +65,7 @@ from ..coding import (
 from ..continuous import LIKELIHOOD_BOUND, ScaleConditionedTree, gaussian_bin_mass
 from ..errors import InputError, NotFittedError, PCPriorError
 from ..progress import progress_bar
-from ..settings import CHOICES, ConditionalFit
+from ..settings import CHOICES, CONDITIONAL_CONTEXTS, ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .base import PCEntropyModel, loaded_tables, pass_rows, position_rows
 from .context import CheckerboardContext, lattice_masks, pass_masks
@@ -83,9 +83,7 @@ GRAD_CHUNK = 128
 """Positions per backward pass in ``fit``: a mini-batch's gradient is summed over slices this size,
 whose [rows, C, K] leaf intermediates stay in cache (1.5-2x faster per step on CPU than the whole
 512-position batch at once; the same gradient up to float rounding)."""
-CONTEXTS = tuple(
-    c for c in CHOICES["context"] if c
-)  # PCConditional.fit's spatial contexts (or None)
+CONTEXTS = tuple(c for c in CONDITIONAL_CONTEXTS if c)  # PCConditional.fit's spatial contexts
 
 
 def accumulate_gradient(
@@ -425,7 +423,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         so a bad argument fails before latents are collected or a context is fitted.
         """
         a = fit_keywords(cls, cls.fit, ("symbols", "indexes"), kwargs)
-        check_choice("context", a["context"], CHOICES["context"])
+        check_choice("context", a["context"], CONDITIONAL_CONTEXTS)
         check_choice("structure", a["structure"], STRUCTURES)
         check_choice("init", a["init"], CHOICES["init"])
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)

@@ -11,6 +11,9 @@ splits them into the (even, even) quarter, coded first, and the (odd, odd) quart
 diagonal neighbours are in the first. ``PCConditional``'s ``"three-pass"`` context uses both: the
 (even, even) quarter alone, then the (odd, odd) quarter given its diagonal neighbours, then the
 non-anchor half given its four neighbours (``"cross"`` lattice, as with two passes).
+``PCEntropyBottleneck``'s ``"four-pass"`` schedule also splits the non-anchors: those of even
+rows given their four neighbours (``"cross-even-rows"``), then those of odd rows, whose eight
+neighbours (row, column and diagonal) are all decoded by then (``"eight"``).
 
 What a later position (a *target* of the lattice) uses, per channel c:
 
@@ -60,7 +63,7 @@ FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
 COEF_BITS = 12  # fixed point of the mean coefficients
 LUT_SIZE = 1024  # code lengths of |u - m| >= this are taken as this one's while fitting
 SYMBOL_CLIP = 4096  # |u| used by the features is clipped here (keeps every sum far below 2**63)
-LATTICES = ("cross", "diagonal")
+LATTICES = ("cross", "diagonal", "cross-even-rows", "eight")
 
 
 def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
@@ -74,15 +77,23 @@ def lattice_masks(
     """[H, W] bool masks (sources, targets) of a lattice: targets are coded after the sources.
 
     ``"cross"``: the anchors (row + column even), then the rest. ``"diagonal"``: the (even, even)
-    quarter, then the (odd, odd) quarter (the two halves of the anchors).
+    quarter, then the (odd, odd) quarter (the two halves of the anchors). ``"cross-even-rows"``:
+    the anchors, then the non-anchors of even rows (their four row and column neighbours are
+    anchors). ``"eight"``: everything but the non-anchors of odd rows, then those, whose eight
+    neighbours (row, column and diagonal) are all sources.
     """
     i = torch.arange(h, device=device)[:, None]
     j = torch.arange(w, device=device)[None, :]
+    anchors = (i + j) % 2 == 0
     if lattice == "cross":
-        a = (i + j) % 2 == 0
-        return a, ~a
+        return anchors, ~anchors
     if lattice == "diagonal":
         return (i % 2 == 0) & (j % 2 == 0), (i % 2 == 1) & (j % 2 == 1)
+    if lattice == "cross-even-rows":
+        return anchors, ~anchors & (i % 2 == 0)
+    if lattice == "eight":
+        targets = ~anchors & (i % 2 == 1)
+        return ~targets, targets
     raise ValueError(f"lattice must be one of {LATTICES}, got {lattice!r}")
 
 
@@ -90,6 +101,7 @@ SCHEDULES: dict[str | None, tuple[str, ...]] = {
     None: (),
     "checkerboard": ("cross",),
     "three-pass": ("diagonal", "cross"),
+    "four-pass": ("diagonal", "cross-even-rows", "eight"),
 }
 """The lattices of each coding schedule's later passes, in order (None: one pass, no context).
 The first pass codes what no lattice targets: everything, the anchors, or the (even, even)
@@ -157,13 +169,14 @@ def neighbour_bins(symbols: Tensor, lattice: str, edges: Tensor) -> Tensor:
 
     ``b`` bins ``Σ|u|`` over the 4 neighbours on the lattice (its sources only; zero outside
     the map) by ``edges``; the id is 0 when ``b = 0``, else ``2b - 1 + [Σu > 0]``: how busy the
-    same channel is around the position, and which sign dominates. Integer arithmetic only.
+    same channel is around the position, and which sign dominates. The ``"eight"`` lattice sums
+    8 neighbours against twice the edges (the edges are for 4). Integer arithmetic only.
     """
     h, w = symbols.shape[-2:]
     sources = lattice_masks(h, w, lattice, symbols.device)[0]
     u = symbols.long().clamp(-SYMBOL_CLIP, SYMBOL_CLIP) * sources
     mag = _neighbour_sum(u.abs(), lattice)
-    e = edges.to(u.device)
+    e = edges.to(u.device) * (2 if lattice == "eight" else 1)
     e = e if e.dim() == 1 else e[:, None, None, :]  # [E], or per channel [C, E]
     b = (mag[..., None] >= e).sum(-1)
     up = (_neighbour_sum(u, lattice) > 0).long()
@@ -195,12 +208,14 @@ def leaf_groups(symbols: Tensor, schedule: str | None, edges: Tensor) -> Tensor:
 
 
 def _neighbour_sum(x: Tensor, lattice: str = "cross") -> Tensor:
-    """Sum of the 4 lattice neighbours (zero outside the map) of [B, C, H, W]: the row and column
-    neighbours (``"cross"``) or the diagonal ones (``"diagonal"``)."""
+    """Sum of the lattice neighbours (zero outside the map) of [B, C, H, W]: the 4 diagonal ones
+    (``"diagonal"``), all 8 (``"eight"``), else the 4 row and column neighbours."""
     p = F.pad(x, (1, 1, 1, 1))
+    diagonal = p[..., :-2, :-2] + p[..., 2:, 2:] + p[..., 2:, :-2] + p[..., :-2, 2:]
     if lattice == "diagonal":
-        return p[..., :-2, :-2] + p[..., 2:, 2:] + p[..., 2:, :-2] + p[..., :-2, 2:]
-    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+        return diagonal
+    cross = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+    return cross + diagonal if lattice == "eight" else cross
 
 
 def rounded_mean(coef: Tensor, usum: Tensor, count: Tensor) -> Tensor:

@@ -123,7 +123,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
 
     @property
     def context(self) -> str | None:
-        """The spatial context's schedule: None (one pass), ``"checkerboard"`` or ``"three-pass"``."""
+        """The spatial context's schedule: None (one pass), ``"checkerboard"``, ``"three-pass"`` or ``"four-pass"``."""
         return SCHEDULE_CODES[int(self._pc_schedule[0])]
 
     def _groups(self, s: Tensor) -> Tensor:
@@ -336,7 +336,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         """Learn alphabets, structure and parameters from latent values: rows [N, C] (one per
         position) or latent maps [B, C, H, W] (a sequence, one per image; a context needs them).
 
-        ``context`` (``"checkerboard"`` or ``"three-pass"``) codes the positions in passes
+        ``context`` (``"checkerboard"``, ``"three-pass"`` or ``"four-pass"``) codes the positions in passes
         (``pc_prior.integrations.context.pass_masks``); a leaf of a later pass is conditioned on
         its channel's decoded neighbours (``leaf_groups``: a ``GroupedHCLT``), each group backed
         off towards its leaf by ``group_backoff`` pseudo-counts. ``group_fit="states-first"``

@@ -35,7 +35,7 @@ def _maps(n, c=5, h=9, w=11, seed=0):
     return out
 
 
-@pytest.mark.parametrize("schedule", [None, "checkerboard", "three-pass"])
+@pytest.mark.parametrize("schedule", [None, "checkerboard", "three-pass", "four-pass"])
 @pytest.mark.parametrize("size", [(1, 1), (1, 4), (5, 6), (7, 3)])
 def test_pass_masks_partition_and_neighbours_come_first(schedule, size):
     h, w = size
@@ -57,11 +57,9 @@ def test_pass_masks_partition_and_neighbours_come_first(schedule, size):
 def _naive_bins(sym, lattice):
     b, c, h, w = sym.shape
     sources = lattice_masks(h, w, lattice)[0]
-    offs = (
-        [(-1, 0), (1, 0), (0, -1), (0, 1)]
-        if lattice == "cross"
-        else [(-1, -1), (-1, 1), (1, -1), (1, 1)]
-    )
+    cross, diagonal = [(-1, 0), (1, 0), (0, -1), (0, 1)], [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    offs = {"diagonal": diagonal, "eight": cross + diagonal}.get(lattice, cross)
+    edges = [e * (2 if lattice == "eight" else 1) for e in MAGNITUDE_EDGES]
     out = torch.zeros_like(sym)
     for n, ch, i, j in itertools.product(range(b), range(c), range(h), range(w)):
         mag = tot = 0
@@ -70,18 +68,18 @@ def _naive_bins(sym, lattice):
             if 0 <= a < h and 0 <= bb < w and sources[a, bb]:
                 mag += abs(int(sym[n, ch, a, bb]))
                 tot += int(sym[n, ch, a, bb])
-        k = sum(mag >= e for e in MAGNITUDE_EDGES)
+        k = sum(mag >= e for e in edges)
         out[n, ch, i, j] = 0 if k == 0 else 2 * k - 1 + (tot > 0)
     return out
 
 
-@pytest.mark.parametrize("lattice", ["cross", "diagonal"])
+@pytest.mark.parametrize("lattice", ["cross", "diagonal", "cross-even-rows", "eight"])
 def test_neighbour_bins_equal_a_naive_loop(lattice):
     sym = torch.randint(-9, 10, (2, 3, 5, 6), generator=torch.Generator().manual_seed(1))
     assert torch.equal(neighbour_bins(sym, lattice, EDGES), _naive_bins(sym, lattice))
 
 
-@pytest.mark.parametrize("schedule", ["checkerboard", "three-pass"])
+@pytest.mark.parametrize("schedule", ["checkerboard", "three-pass", "four-pass"])
 def test_leaf_groups_read_only_earlier_passes(schedule):
     g = torch.Generator().manual_seed(2)
     sym = torch.randint(-6, 7, (2, 3, 6, 7), generator=g)
@@ -109,7 +107,7 @@ def test_grouped_hclt_sums_to_one_in_every_group():
         assert abs(float(total) - 1.0) < 1e-12
 
 
-@pytest.mark.parametrize("schedule", ["checkerboard", "three-pass"])
+@pytest.mark.parametrize("schedule", ["checkerboard", "three-pass", "four-pass"])
 def test_context_bottleneck_round_trip_is_exact_and_matches_its_code_length(schedule):
     train, test = _maps(12), _maps(3, seed=9)
     eb = PCEntropyBottleneck(5)
@@ -151,7 +149,7 @@ def test_rows_and_logistic_leaves_fit_one_pass():
     eb.fit(_maps(2), 2, context="checkerboard", leaves="logistic", epochs=1, progress=False)
     assert eb.context is None  # logistic leaves: one pass
     with pytest.raises(InputError, match="context"):
-        eb.fit(_maps(2), 2, context="four-pass", progress=False)
+        eb.fit(_maps(2), 2, context="five-pass", progress=False)
     with pytest.raises(InputError, match=r"values\[1\] must be a latent map tensor"):
         eb.fit([_maps(1)[0], _maps(1)[0].numpy()], 2, progress=False)
     with pytest.raises(InputError, match=r"expected a latent of shape \[B, 5, H, W\]"):

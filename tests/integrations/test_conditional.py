@@ -278,6 +278,8 @@ def test_collect_and_fit_argument_errors(hyper):
         gc.fit(sym, idx, structure="ring")
     with pytest.raises(ValueError, match="init"):
         gc.fit(sym, idx, init="random")
+    with pytest.raises(ValueError, match="context"):  # the bottleneck's schedule only
+        gc.fit(sym, idx, context="four-pass")
     with pytest.raises(ValueError, match="needs latent maps.*context=None"):
         gc.fit(sym, idx)  # rows, under the default three-pass context
     with pytest.raises(ValueError, match="shape"):
