@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument(
         "--group-fit", nargs="+", default=["joint"], help="group_fit: joint, states-first"
     )
+    ap.add_argument(
+        "--group-epochs", type=int, nargs="+", default=[0], help="group_epochs (states-first)"
+    )
     ap.add_argument("--limit", type=int, default=None, help="images per split (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -70,14 +73,15 @@ def main() -> None:
         pixels = sum(y.shape[-2] * y.shape[-1] * 256 for y in valid)
         print(f"q{q}: own EntropyBottleneck {base / pixels:.4f} bpp on validation", flush=True)
         settings = [
-            (ctx, k, items, bins, gf)
+            (ctx, k, items, bins, gf, ge)
             for ctx in args.contexts
             for k in args.latents
             for items in args.max_items
             for bins in (args.bins if ctx != "none" else ["fixed"])
             for gf in (args.group_fit if ctx != "none" else ["joint"])
+            for ge in (args.group_epochs if gf == "states-first" else [0])
         ]
-        for ctx, k, items, bins, gf in settings:
+        for ctx, k, items, bins, gf, ge in settings:
             pc = PCEntropyBottleneck(net.entropy_bottleneck.channels)
             pc.quantiles.data.copy_(net.entropy_bottleneck.quantiles.data)
             t0 = time.perf_counter()
@@ -88,6 +92,7 @@ def main() -> None:
                 max_items=items or None,
                 context_bins=bins,
                 group_fit=gf,
+                group_epochs=ge,
                 progress=False,
             )
             fit_s = time.perf_counter() - t0
@@ -97,6 +102,7 @@ def main() -> None:
                 "context": ctx,
                 "context_bins": bins,
                 "group_fit": gf,
+                "group_epochs": ge,
                 "num_latents": k,
                 "max_items": items or None,
                 "valid_bpp": bits / pixels,

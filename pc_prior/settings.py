@@ -92,6 +92,8 @@ class BottleneckFit:
         group_fit: with a context, how the leaf groups are learned: ``"joint"`` (EM of the
             latent states and the grouped leaves together) or ``"states-first"`` (EM without
             context first, then each group's leaves from one count pass of those states).
+        group_epochs: with ``"states-first"``, full-batch EM epochs of the grouped circuit
+            (states and groups together) after that count pass, then the back-off again.
         finetune_steps: Adam steps that refine logistic leaves after EM.
         lr: Adam's learning rate for those steps.
         seed: seed of the subsampling, structure and EM.
@@ -112,6 +114,7 @@ class BottleneckFit:
     pseudocount: float = 0.1
     group_backoff: float = 40.0
     group_fit: str = "states-first"
+    group_epochs: int = 0
     finetune_steps: int = 300
     lr: float = 0.01
     seed: int = 0

@@ -30,6 +30,7 @@ BOTTLENECK_OPTIONS = (
     "context",
     "context_bins",
     "group_fit",
+    "group_epochs",
     "leaves",
     "finetune_steps",
 )  # the PCEntropyBottleneck.fit settings pc-prior prior fit exposes (--latents, --max-items, ...)

@@ -302,6 +302,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         a["step_size"] = check_step_size(a["step_size"])
         a["pseudocount"] = check_real("pseudocount", a["pseudocount"], 0.0)
         a["group_backoff"] = check_real("group_backoff", a["group_backoff"], 0.0)
+        a["group_epochs"] = check_int("group_epochs", a["group_epochs"], 0)
         a["finetune_steps"] = check_int("finetune_steps", a["finetune_steps"], 0)
         a["lr"] = check_real("lr", a["lr"], 0.0, low_open=True)
         a["seed"] = check_int("seed", a["seed"])
@@ -325,6 +326,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         pseudocount: float = BottleneckFit.pseudocount,
         group_backoff: float = BottleneckFit.group_backoff,
         group_fit: str = BottleneckFit.group_fit,
+        group_epochs: int = BottleneckFit.group_epochs,
         structure: str = BottleneckFit.structure,
         leaves: str = BottleneckFit.leaves,
         finetune_steps: int = BottleneckFit.finetune_steps,
@@ -341,7 +343,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         its channel's decoded neighbours (``leaf_groups``: a ``GroupedHCLT``), each group backed
         off towards its leaf by ``group_backoff`` pseudo-counts. ``group_fit="states-first"``
         learns the latent states without context first (the one-pass circuit), then each
-        group's leaves from one count pass of those states. None: one pass. Rows [N, C]
+        group's leaves from one count pass of those states, then ``group_epochs`` full-batch
+        EM epochs of the grouped circuit (backed off again). None: one pass. Rows [N, C]
         have no neighbours and logistic leaves no groups: those fits are always one pass.
 
         Alphabets cover the [tail, 1 - tail] quantiles of each channel's symbols (at most
@@ -435,6 +438,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             pc = GroupedHCLT.from_hclt(pc, num_groups)
             idx = pc.joint_index(grp, idx)
             self._back_off_groups(pc, idx, a)
+            if a["group_epochs"]:  # then states and groups together, backed off again
+                grouped = a | {"epochs": 0, "full_batch_epochs": a["group_epochs"]}
+                self._train(pc, idx, values, grouped, g, progress, hist)
         if leaves == "logistic":  # EM first, then smooth leaves refined by Adam
             pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
             self._train(pc, idx, values, a, g, progress, hist)

@@ -278,3 +278,20 @@ def test_states_first_keeps_the_one_pass_states_and_learns_groups_on_them():
     assert bits < float(-plain.log_likelihood(plain.symbols(y)).sum())
     with pytest.raises(InputError, match="group_fit"):
         eb.fit(train, 3, context="three-pass", group_fit="groups-first", progress=False)
+
+
+def test_group_epochs_continue_the_grouped_circuit_after_the_count_pass():
+    train = _maps(6, seed=5)
+    kw = dict(epochs=2, full_batch_epochs=1, progress=False)
+    eb, two_step = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
+    eb.fit(train, 3, group_epochs=2, **kw)
+    two_step.fit(train, 3, **kw)  # group_epochs=0: states first, count pass, back-off
+    before = float(-two_step.log_likelihood(torch.cat([two_step.symbols(y) for y in train])).sum())
+    # the same as continuing the grouped circuit by two full-batch epochs (a warm start)
+    two_step.fit(train, warm_start=True, epochs=0, full_batch_epochs=2, progress=False)
+    for name in ("_pc_root", "_pc_trans", "_pc_emit"):
+        assert torch.equal(getattr(eb, name), getattr(two_step, name))
+    after = float(-eb.log_likelihood(torch.cat([eb.symbols(y) for y in train])).sum())
+    assert after < before  # the grouped EM fits the training maps better
+    with pytest.raises(InputError, match="group_epochs"):
+        eb.fit(train, 3, group_epochs=-1, progress=False)
