@@ -263,7 +263,7 @@ def test_states_first_keeps_the_one_pass_states_and_learns_groups_on_them():
     train, test = _maps(12), _maps(3, seed=9)
     kw = dict(epochs=3, full_batch_epochs=1, progress=False)
     eb, plain = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
-    eb.fit(train, 3, context="three-pass", group_fit="states-first", **kw)
+    eb.fit(train, 3, context="three-pass", group_fit="states-first", group_epochs=0, **kw)
     plain.fit(train, 3, context=None, **kw)
     assert isinstance(eb.pc, GroupedHCLT) and eb.context == "three-pass"
     # the latent states are exactly the one-pass circuit's; only the leaves see the groups
@@ -285,7 +285,7 @@ def test_group_epochs_continue_the_grouped_circuit_after_the_count_pass():
     kw = dict(epochs=2, full_batch_epochs=1, progress=False)
     eb, two_step = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
     eb.fit(train, 3, group_epochs=2, **kw)
-    two_step.fit(train, 3, **kw)  # group_epochs=0: states first, count pass, back-off
+    two_step.fit(train, 3, group_epochs=0, **kw)  # states first, count pass, back-off
     before = float(-two_step.log_likelihood(torch.cat([two_step.symbols(y) for y in train])).sum())
     # the same as continuing the grouped circuit by two full-batch epochs (a warm start)
     two_step.fit(train, warm_start=True, epochs=0, full_batch_epochs=2, progress=False)

@@ -128,7 +128,9 @@ def test_fit_prior_returns_histories_by_name_for_one_or_several():
         progress=False,
     )
     assert isinstance(one, dict) and list(one) == list(seq) == ["entropy_bottleneck"]
-    assert [r["epoch"] for r in one["entropy_bottleneck"]] == [1]
+    # one mini-batch epoch, then the default grouped epochs (full batch) after the count pass
+    modes = [r["mode"] for r in one["entropy_bottleneck"]]
+    assert modes == ["mini"] + ["full"] * BottleneckFit.group_epochs
 
 
 def test_fit_prior_and_cli_fit_the_same_hyperprior_circuits(tmp_path, capsys):
