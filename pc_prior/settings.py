@@ -95,7 +95,8 @@ class BottleneckFit:
             context first, then each group's leaves from one count pass of those states).
         group_epochs: with ``"states-first"``, full-batch EM epochs of the grouped circuit
             (states and groups together) after that count pass, then the back-off again (8:
-            chosen on bsds500/test over 0, 2 and 4, +0.2 to +0.9 points at q1-q4).
+            chosen on bsds500/test over 0, 2 and 4, +0.2 to +0.9 points at q1-q4; 16 added at
+            most 0.07 more at q1 and q4).
         finetune_steps: Adam steps that refine logistic leaves after EM.
         lr: Adam's learning rate for those steps.
         seed: seed of the subsampling, structure and EM.
