@@ -14,6 +14,7 @@ the codec's own ``EntropyBottleneck`` on the same latents, plus fit time. Each s
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import time
@@ -26,12 +27,15 @@ SHARED = ROOT.parent / "shared"
 
 
 @torch.no_grad()
-def latent_maps(net, folder: Path, limit: int | None) -> list[torch.Tensor]:
+def latent_maps(net, folder: Path, limit: int | None, mirror: bool = False) -> list[torch.Tensor]:
+    """``g_a`` of each image of ``folder`` (cropped as ``fit_prior`` crops), and with ``mirror``
+    of its left-right mirror image too (a data augmentation to validate)."""
     from pc_prior.images import crop_to_multiple, list_images, load_image
     from pc_prior.settings import ImageFit
 
     files = list_images(folder)[:limit]
-    return [net.g_a(crop_to_multiple(load_image(f), ImageFit.multiple)) for f in files]
+    images = [crop_to_multiple(load_image(f), ImageFit.multiple) for f in files]
+    return [net.g_a(x) for x in images] + [net.g_a(x.flip(-1)) for x in images if mirror]
 
 
 @torch.no_grad()
@@ -50,6 +54,7 @@ def main() -> None:
     ap.add_argument("--qualities", type=int, nargs="+", default=[1])
     ap.add_argument("--contexts", nargs="+", default=["none", "checkerboard", "three-pass"])
     ap.add_argument("--latents", type=int, nargs="+", default=[16])
+    ap.add_argument("--structures", nargs="+", default=["star"], help="star, chow-liu")
     ap.add_argument("--max-items", type=int, nargs="+", default=[60000], help="0: all positions")
     ap.add_argument("--bins", nargs="+", default=["fixed"], help="context_bins: fixed, channel")
     ap.add_argument(
@@ -58,48 +63,64 @@ def main() -> None:
     ap.add_argument(
         "--group-epochs", type=int, nargs="+", default=[0], help="group_epochs (states-first)"
     )
+    ap.add_argument(
+        "--fit-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another PCEntropyBottleneck.fit keyword for every row (a Python literal)",
+    )
+    ap.add_argument(
+        "--mirror", action="store_true", help="also fit on the training photos' mirror images"
+    )
     ap.add_argument("--limit", type=int, default=None, help="images per split (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     from pc_prior.integrations import PCEntropyBottleneck, load_codec
 
+    extra = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.fit_option)}
+
     rows = []
     for q in args.qualities:
         net = load_codec(SHARED / "models" / f"bmshj2018-factorized-q{q}.pt")
-        train = latent_maps(net, SHARED / "data" / "bsds500" / "train", args.limit)
+        train = latent_maps(net, SHARED / "data" / "bsds500" / "train", args.limit, args.mirror)
         valid = latent_maps(net, SHARED / "data" / "bsds500" / "test", args.limit)
         base = own_bits(net.entropy_bottleneck, valid)
         pixels = sum(y.shape[-2] * y.shape[-1] * 256 for y in valid)
         print(f"q{q}: own EntropyBottleneck {base / pixels:.4f} bpp on validation", flush=True)
         settings = [
-            (ctx, k, items, bins, gf, ge)
+            (ctx, st, k, items, bins, gf, ge)
             for ctx in args.contexts
+            for st in args.structures
             for k in args.latents
             for items in args.max_items
             for bins in (args.bins if ctx != "none" else ["fixed"])
             for gf in (args.group_fit if ctx != "none" else ["joint"])
             for ge in (args.group_epochs if gf == "states-first" else [0])
         ]
-        for ctx, k, items, bins, gf, ge in settings:
+        for ctx, st, k, items, bins, gf, ge in settings:
             pc = PCEntropyBottleneck(net.entropy_bottleneck.channels)
             pc.quantiles.data.copy_(net.entropy_bottleneck.quantiles.data)
             t0 = time.perf_counter()
             pc.fit(
                 train,
                 k,
+                structure=st,
                 context=None if ctx == "none" else ctx,
                 max_items=items or None,
                 context_bins=bins,
                 group_fit=gf,
                 group_epochs=ge,
                 progress=False,
+                **extra,
             )
             fit_s = time.perf_counter() - t0
             bits = pc_bits(pc, valid)
             row = {
                 "quality": q,
                 "context": ctx,
+                "structure": st,
                 "context_bins": bins,
                 "group_fit": gf,
                 "group_epochs": ge,
@@ -109,6 +130,8 @@ def main() -> None:
                 "own_bpp": base / pixels,
                 "saving": 1.0 - bits / base,
                 "fit_seconds": round(fit_s, 1),
+                "mirror": args.mirror,
+                **extra,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

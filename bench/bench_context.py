@@ -1,9 +1,11 @@
 """What the checkerboard context alone buys on frozen hyperprior codecs, and two variants of it.
 
 For each quality: collect the shared bmshj2018-hyperprior codec's symbols and scale indexes on
-BSDS500 (cropped to 64) and Kodak (padded to 64), fit ``CheckerboardContext`` on BSDS500, and
-report Kodak's y code length under CompressAI's Gaussian (table scales) with and without the
-context (no circuit: the context's own share of ``PCConditional``'s saving). Two variants, on the
+``bsds500/train`` (fit) and ``bsds500/test`` (validation), both cropped to 64 as ``fit_prior``
+reads folders, fit ``CheckerboardContext`` on the first, and report the validation y code length
+under CompressAI's Gaussian (table scales) with and without the context (no circuit: the
+context's own share of ``PCConditional``'s saving). Kodak, the test set, chooses nothing, so it is
+not read here. Two variants, on the
 non-anchor or anchor positions they would change:
 
 - ``cross_mean``: the integer mean predicted from all channels of the neighbours (ridge least
@@ -33,7 +35,7 @@ def rows_at(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def shift_refit(ctx, train, test, table, mean_fn) -> float:
-    """Kodak non-anchor bits with means from ``mean_fn`` and a per-cell shift refit for them."""
+    """Validation non-anchor bits with means from ``mean_fn`` and a per-cell shift refit for them."""
     from pc_prior.continuous import gaussian_bits
     from pc_prior.integrations.context import anchor_mask
 
@@ -69,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--qualities", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--models", type=Path, default=SHARED / "models")
-    ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500")
-    ap.add_argument("--kodak", type=Path, default=SHARED / "data" / "kodak")
+    ap.add_argument("--train", type=Path, default=SHARED / "data" / "bsds500" / "train")
+    ap.add_argument("--valid", type=Path, default=SHARED / "data" / "bsds500" / "test")
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
@@ -83,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         list_images,
         load_codec,
         load_image,
-        pad_to_multiple,
         swap_entropy_model,
     )
     from pc_prior.integrations.context import (
@@ -101,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         swap_entropy_model(net, "gaussian_conditional")  # only its collection hook is used
         table = net.gaussian_conditional.scale_table.double()
 
-        def maps(files, prep):
+        def maps(folder):
+            files = list_images(folder)[: args.max_images]
             sym, idx = collect_conditional_inputs(
-                net, (prep(load_image(f)) for f in files), maps=True
+                net, (crop_to_multiple(load_image(f), 64) for f in files), maps=True
             )
             return [(s.long(), i.long()) for s, i in zip(sym, idx)]
 
-        train = maps(list_images(args.train)[: args.max_images], lambda x: crop_to_multiple(x, 64))
-        test = maps(list_images(args.kodak), lambda x: pad_to_multiple(x, 64))
+        train, test = maps(args.train), maps(args.valid)
         c = train[0][0].shape[1]
         ctx = CheckerboardContext(c, table)
         ctx.fit(train, table)
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             d_ctx += float(gaussian_bits((sym - m).double(), table[s2])[..., quarter].sum())
         row = {
             "quality": q,
-            "kodak_y_bits_gaussian": base,
-            "kodak_y_bits_context": ctx_bits,
+            "valid_y_bits_gaussian": base,
+            "valid_y_bits_context": ctx_bits,
             "context_saving_pct": 100 * (1 - ctx_bits / base),
             "non_anchor_saving_pct": 100 * (1 - non_ctx / non_base),
             "mean_coef_abs_mean": float(ctx.coef.double().abs().mean() / 2**12),
