@@ -49,6 +49,35 @@ def pc_bits(pc, maps: list[torch.Tensor]) -> float:
     return sum(float(-pc.log_likelihood(pc.symbols(y)).sum()) / math.log(2) for y in maps)
 
 
+PINNED = (
+    "num_latents",
+    "progress",
+    "structure",
+    "context",
+    "max_items",
+    "context_bins",
+    "group_fit",
+    "group_epochs",
+)
+
+
+def fit_options(ap: argparse.ArgumentParser, options: list[str]) -> dict:
+    """``--fit-option NAME=VALUE`` pairs as fit keywords; a clear argparse error on a malformed
+    pair, a value that is not a Python literal, or a keyword the bench's own axes set."""
+    out = {}
+    for o in options:
+        name, sep, value = o.partition("=")
+        if not sep or not name.isidentifier():
+            ap.error(f"--fit-option takes NAME=VALUE, got {o!r}")
+        if name in PINNED:
+            ap.error(f"--fit-option {name}: set it with the bench's own option instead")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            ap.error(f"--fit-option {name}: {value!r} is not a Python literal (e.g. 15.0, 'fixed')")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--qualities", type=int, nargs="+", default=[1])
@@ -79,7 +108,7 @@ def main() -> None:
 
     from pc_prior.integrations import PCEntropyBottleneck, load_codec
 
-    extra = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.fit_option)}
+    extra = fit_options(ap, args.fit_option)
 
     rows = []
     for q in args.qualities:

@@ -1,7 +1,7 @@
 """What the checkerboard context alone buys on frozen hyperprior codecs, and two variants of it.
 
 For each quality: collect the shared bmshj2018-hyperprior codec's symbols and scale indexes on
-``bsds500/train`` (fit) and ``bsds500/test`` (validation), both cropped to 64 as ``fit_prior``
+``bsds500/train`` (fit) and ``bsds500/test`` (validation), both cropped as ``fit_prior``
 reads folders, fit ``CheckerboardContext`` on the first, and report the validation y code length
 under CompressAI's Gaussian (table scales) with and without the context (no circuit: the
 context's own share of ``PCConditional``'s saving). Kodak, the test set, chooses nothing, so it is
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         lattice_masks,
         rounded_mean,
     )
+    from pc_prior.settings import ImageFit
 
     rows = []
     for q in args.qualities:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         def maps(folder):
             files = list_images(folder)[: args.max_images]
             sym, idx = collect_conditional_inputs(
-                net, (crop_to_multiple(load_image(f), 64) for f in files), maps=True
+                net, (crop_to_multiple(load_image(f), ImageFit.multiple) for f in files), maps=True
             )
             return [(s.long(), i.long()) for s, i in zip(sym, idx)]
 
