@@ -153,6 +153,7 @@ def main() -> None:
                 "context_bins": bins,
                 "group_fit": gf,
                 "group_epochs": ge,
+                "state_context": pc.state_context,
                 "num_latents": k,
                 "max_items": items or None,
                 "valid_bpp": bits / pixels,

@@ -62,6 +62,7 @@ from .structure import Tree
 
 __all__ = [
     "BLOCK_ITEMS",
+    "MAX_PARAM",
     "MAX_SYMBOL",
     "BitstreamError",
     "CodingTables",
@@ -361,6 +362,11 @@ class IncrementalConditionals:
     as ``group_probabilities()`` then ``member_probabilities(group)``: K(V/B + B) products per item
     instead of K V. Both come from exact integer weights (the member weights of a group sum to the
     group's weight exactly), so their product is the one-step conditional up to rounding.
+
+    Per-item roots: ``roots`` [N, K] (integer weights in 1..MAX_PARAM, as the tables' root)
+    replaces the root prior item by item (a prior over the latent states chosen from side
+    information); after the last variable, ``root_states()`` gives each item's most probable
+    root state, exactly.
     """
 
     def __init__(
@@ -370,9 +376,22 @@ class IncrementalConditionals:
         device: torch.device | str = "cpu",
         groups: Tensor | None = None,
         split: bool = False,
+        roots: Tensor | None = None,
     ) -> None:
         self.t = tables.to(device)
         self.n = n
+        k = tables.root.shape[0]
+        if roots is not None:
+            if tuple(roots.shape) != (n, k):
+                raise ValueError(f"roots must have shape [{n}, {k}], got {tuple(roots.shape)}")
+            roots = roots.to(self.t.root.device, self.t.root.dtype)
+            if roots.numel() and (
+                float(roots.min()) < 1
+                or float(roots.max()) > MAX_PARAM
+                or not torch.equal(roots, roots.floor())
+            ):
+                raise ValueError(f"roots must be integer weights in 1..{MAX_PARAM}")
+        self._roots = roots
         if (tables.emit.dim() == 4) != (groups is not None):
             raise ValueError(
                 "groups [N, D] are needed exactly when the emission tables are [D, S, K, V]"
@@ -404,12 +423,12 @@ class IncrementalConditionals:
         self._trans_t = self.t.trans.transpose(1, 2).contiguous()
         parent = np.asarray(tables.parent)
         d = len(parent)
-        roots = np.flatnonzero(parent < 0)
+        tree_roots = np.flatnonzero(parent < 0)
         children: list[list[int]] = [[] for _ in range(d)]
         for i, p in enumerate(parent):
             if p >= 0:
                 children[p].append(i)
-        order, stack = [], [int(roots[0])]
+        order, stack = [], [int(tree_roots[0])]
         while stack:
             v = stack.pop()
             order.append(v)
@@ -444,7 +463,7 @@ class IncrementalConditionals:
             i = int(self.order[self.step])
             p = int(self.parent[i])
             if p < 0:
-                self._pending = self.t.root[None]
+                self._pending = self.t.root[None] if self._roots is None else self._roots
             else:
                 ctx = _renorm(torch.mul(self._out[p], self._inside[p], out=self._buffer()))
                 out = torch.mm(ctx, self._trans_t[i].T, out=self._buffer())
@@ -579,6 +598,20 @@ class IncrementalConditionals:
         else:
             self._inside[i] = _renorm(self.t.emit[i].T[values])
         self._close(i)
+
+    def root_states(self) -> Tensor:
+        """Each item's most probable root state [N] (int64) given all its variables, under the
+        tables' own root prior: the argmax of exact integers (the root's evidence message times
+        the root weights, both below 2**23, so their product is exact), ties to the lowest state.
+        Call it after the last ``observe``."""
+        if self.step != len(self.order):
+            raise RuntimeError("root_states() needs every variable observed first")
+        root = int(self.order[0])
+        score = self._inside[root] * self.t.root  # [N, K], exact integer products
+        k = score.shape[-1]
+        top = score == score.amax(-1, keepdim=True)
+        rank = k - torch.arange(k, device=score.device)
+        return k - (top.long() * rank).amax(-1)
 
     def _close(self, s: int) -> None:
         """Close every subtree that ends at this step from ``s`` up, deepest first, passing its

@@ -56,6 +56,7 @@ CHOICES: dict[str, tuple[str | None, ...]] = {
     "context": ("three-pass", "checkerboard", "four-pass", None),
     "context_bins": ("fixed", "channel"),
     "group_fit": ("joint", "states-first"),
+    "state_context": ("neighbours", None),
     "init": ("baseline", "data"),
 }
 """The values a choice-valued field takes (None: off; ``"none"`` on a command line)."""
@@ -97,6 +98,10 @@ class BottleneckFit:
             (states and groups together) after that count pass, then the back-off again (8:
             chosen on bsds500/test over 0, 2 and 4, +0.2 to +0.9 points at q1-q4; 16 added at
             most 0.07 more at q1 and q4).
+        state_context: with a context, ``"neighbours"`` gives a later pass's positions a prior
+            over the latent states chosen by the states of their decoded neighbours (the most
+            common one and how many share it), fitted by EM after the leaves; None keeps one
+            prior for every position.
         finetune_steps: Adam steps that refine logistic leaves after EM.
         lr: Adam's learning rate for those steps.
         seed: seed of the subsampling, structure and EM.
@@ -118,6 +123,7 @@ class BottleneckFit:
     group_backoff: float = 40.0
     group_fit: str = "states-first"
     group_epochs: int = 8
+    state_context: str | None = "neighbours"
     finetune_steps: int = 300
     lr: float = 0.01
     seed: int = 0

@@ -4,6 +4,7 @@ a tiny fitted hyperprior and a CPU trainer. Test modules import from here, never
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -111,3 +112,16 @@ def gc_inputs(model, x):
         else:
             scales, means = params, None
         return y, scales, means, model.gaussian_conditional.build_indexes(scales)
+
+
+def bottleneck_round_trip(eb, y: torch.Tensor) -> tuple[list[bytes], torch.Tensor, float, float]:
+    """Code latents y with a fitted bottleneck and check the decode is y rounded around the
+    medians, exactly; returns the strings, the decoded latent, their real bits and the model's
+    code length in bits (``log_likelihood``)."""
+    strings = eb.compress(y)
+    out = eb.decompress(strings, y.shape[-2:])
+    med = eb._medians().view(1, -1, 1, 1)
+    assert torch.equal(out, torch.round(y - med) + med)
+    bits = sum(8 * len(s) for s in strings)
+    model_bits = float(-eb.log_likelihood(eb.symbols(y)).detach().sum()) / math.log(2)
+    return strings, out, bits, model_bits

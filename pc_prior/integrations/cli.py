@@ -31,6 +31,7 @@ BOTTLENECK_OPTIONS = (
     "context_bins",
     "group_fit",
     "group_epochs",
+    "state_context",
     "leaves",
     "finetune_steps",
 )  # the PCEntropyBottleneck.fit settings pc-prior prior fit exposes (--latents, --max-items, ...)

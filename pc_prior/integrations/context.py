@@ -26,6 +26,11 @@ What a later position (a *target* of the lattice) uses, per channel c:
   ``u - m``, so the reconstruction ``round(y)`` is unchanged (the frozen codec decodes the same
   image).
 
+``PCEntropyBottleneck`` reads two contexts from a later pass's decoded lattice neighbours: per
+channel, the magnitude bin and sign of the same channel's neighbours (``neighbour_bins``, its
+leaf groups), and per position, the neighbours' most common latent state and how many share it
+(``state_ids``, its state context).
+
 Everything the decoder computes from decoded data is integer arithmetic on int64 (fixed-point
 ``1/σ`` per scale index, integer thresholds, floor divisions), so encoder and decoder agree bit
 for bit on every device and thread count. ``fit`` chooses ``coef`` and ``shift`` by exhaustive
@@ -54,9 +59,11 @@ __all__ = [
     "leaf_groups",
     "neighbour_bins",
     "num_leaf_groups",
+    "num_state_ids",
     "pass_groups",
     "pass_masks",
     "rounded_mean",
+    "state_ids",
 ]
 
 FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
@@ -205,6 +212,42 @@ def leaf_groups(symbols: Tensor, schedule: str | None, edges: Tensor) -> Tensor:
         if lattice is not None:
             groups = torch.where(mask, pass_groups(symbols, schedule, lattice, edges), groups)
     return groups
+
+
+STATE_COUNTS = 4
+"""How many of a position's decoded lattice neighbours share the most common latent state is
+binned as 1, 2, 3 or 4+ (``state_ids``); the eight-neighbour lattice saturates at 4 too."""
+
+
+def num_state_ids(schedule: str | None, num_states: int) -> int:
+    """R, the state-context ids of a schedule (``state_ids``): per pass ``1 + 4K`` (K states)."""
+    return (1 + len(SCHEDULES[schedule])) * (1 + STATE_COUNTS * num_states)
+
+
+def state_ids(states: Tensor, schedule: str | None, lattice: str | None, num_states: int) -> Tensor:
+    """State-context ids [B, H, W] of the pass whose context is on ``lattice``, from the latent
+    states [B, H, W] (``0 .. K-1``) of the positions coded in earlier passes.
+
+    The id names the pass and the most common state among the position's decoded lattice
+    neighbours (ties: the lowest state) with how many of them share it (``STATE_COUNTS`` bins),
+    or none at all (the map's border, and the first pass): ``p·(1 + 4K) + 1 + 4·state + count - 1``.
+    It reads only the lattice's sources, so the decoder computes the same ids pass by pass; the
+    states of other positions may hold anything. Integer arithmetic only (counts of one-hots).
+    """
+    b, h, w = states.shape
+    per_pass = 1 + STATE_COUNTS * num_states
+    if lattice is None:
+        return torch.zeros(b, h, w, dtype=torch.long, device=states.device)
+    j = 1 + SCHEDULES[schedule].index(lattice)
+    sources = lattice_masks(h, w, lattice, states.device)[0]
+    onehot = F.one_hot(states.long().clamp(0, num_states - 1), num_states).permute(0, 3, 1, 2)
+    counts = _neighbour_sum(onehot * sources, lattice)  # [B, K, H, W]
+    # one maximum per position, ties to the lowest state, whatever the device's tie rule
+    rank = num_states - 1 - torch.arange(num_states, device=states.device)
+    best = (counts * num_states + rank[:, None, None]).amax(1)
+    top, mode = best // num_states, num_states - 1 - best % num_states
+    ids = 1 + STATE_COUNTS * mode + top.clamp(1, STATE_COUNTS) - 1
+    return j * per_pass + torch.where(top > 0, ids, torch.zeros_like(ids))
 
 
 def _neighbour_sum(x: Tensor, lattice: str = "cross") -> Tensor:

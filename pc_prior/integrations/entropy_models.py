@@ -15,6 +15,14 @@ Determinism. Compression uses only the integer tables in registered buffers (``_
 written by ``update()`` like CompressAI's CDF tables, and ``pc_prior.coding``'s exact integer
 conditionals; a saved and reloaded state dict therefore decodes bit-exactly on any device.
 
+State context. With a spatial context, a later pass's positions can also get their own prior over
+the root's latent states (``_state_roots``: integer weights per state-context id, saved as they
+are coded with). The id comes from the most probable root states of the decoded neighbours, which
+encoder and decoder both take from the coder's exact integer messages
+(``IncrementalConditionals.root_states``) after each pass: the states carry what the neighbours
+say about the position as a whole (busy or flat, which texture), where the leaf groups carry what
+each channel's own neighbours say.
+
 Rate in ``forward``. The joint log-probability of a position is spread evenly over its C
 channels (likelihood_c = p(position)^(1/C)), so ``-sum(log2 likelihoods)`` is exactly the
 model's code length, which is all CompressAI's rate term uses.
@@ -35,6 +43,7 @@ from torch import Tensor
 from .. import framing
 from .._checks import check_choice, check_int, check_real, check_step_size, fit_keywords
 from ..coding import (
+    MAX_PARAM,
     MAX_SYMBOL,
     CodingTables,
     IncrementalConditionals,
@@ -44,6 +53,7 @@ from ..coding import (
     encode_columns,
     escape_bits,
     finish_decoding,
+    quantize_probs,
     range_decoders,
 )
 from ..continuous import DiscretizedLogisticTree
@@ -62,8 +72,10 @@ from .context import (
     channel_edges,
     leaf_groups,
     num_leaf_groups,
+    num_state_ids,
     pass_groups,
     pass_masks,
+    state_ids,
 )
 
 __all__ = ["PCEntropyBottleneck"]
@@ -71,6 +83,8 @@ __all__ = ["PCEntropyBottleneck"]
 STRUCTURES = CHOICES["structure"]  # circuit structures over the channels (pc_prior.settings)
 SCHEDULE_CODES = tuple(SCHEDULES)  # _pc_schedule's values: an index into the schedules' order
 LN2 = math.log(2.0)
+STATE_BACKOFF = 10.0  # pseudo-counts pulling each state-context prior towards the root prior
+STATE_EM_ROUNDS = 30  # EM rounds of the state-context priors (the leaves stay fixed)
 
 
 def _check_size(size: Any) -> tuple[int, int]:
@@ -113,6 +127,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         # the coding schedule (an index of SCHEDULE_CODES) and the leaf contexts' bin edges
         self.register_buffer("_pc_schedule", torch.zeros(1, dtype=torch.long))
         self.register_buffer("_leaf_edges", torch.zeros(0, dtype=torch.long))
+        # the state context's root priors [R, K], integer weights as the coder's (empty: off)
+        self.register_buffer("_state_roots", torch.zeros(0, 0, dtype=torch.int32))
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -125,6 +141,12 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
     def context(self) -> str | None:
         """The spatial context's schedule: None (one pass), ``"checkerboard"``, ``"three-pass"`` or ``"four-pass"``."""
         return SCHEDULE_CODES[int(self._pc_schedule[0])]
+
+    @property
+    def state_context(self) -> str | None:
+        """``"neighbours"`` when a later pass's latent-state prior depends on its decoded
+        neighbours' states (``_state_roots``), else None."""
+        return "neighbours" if self._state_roots.numel() else None
 
     def _groups(self, s: Tensor) -> Tensor:
         """Leaf groups [B, C, H, W] of symbol maps under the fitted schedule (all 0 without one)."""
@@ -143,6 +165,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             self._cdf_length.to(torch.int32),
             self._medians().float(),
             *((self._pc_schedule, self._leaf_edges) if self.context is not None else ()),
+            *((self._state_roots,) if self.state_context is not None else ()),
             *extra,
         )
 
@@ -165,6 +188,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         state_dict = {
             prefix + "_pc_schedule": torch.zeros(1, dtype=torch.long),
             prefix + "_leaf_edges": torch.zeros(0, dtype=torch.long),
+            prefix + "_state_roots": torch.zeros(0, 0, dtype=torch.int32),
             **state_dict,
         }
         stored = loaded_tables(state_dict, prefix, error_msgs)
@@ -224,6 +248,21 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                     "per context id"
                 )
                 return
+            roots, schedule = state_dict[prefix + "_state_roots"], SCHEDULE_CODES[int(sched[0])]
+            if roots.numel() and (
+                trans is None
+                or groups is None
+                or roots.dtype.is_floating_point
+                or tuple(roots.shape) != (num_state_ids(schedule, trans.shape[1]), trans.shape[1])
+                or int(roots.min()) < 1
+                or int(roots.max()) > MAX_PARAM
+            ):
+                error_msgs.append(
+                    f"{prefix}_state_roots (the state context's priors) must be integer weights "
+                    f"in 1..{MAX_PARAM}, one row of K per state-context id of the {schedule!r} "
+                    f"schedule, got {tuple(roots.shape)} {roots.dtype}"
+                )
+                return
             if int(n.min()) < 1 or int(n.max()) > v - 1 or int(off.abs().max()) > MAX_SYMBOL:
                 error_msgs.append(
                     f"{prefix}_cdf_length must lie in 1..{v - 1} and |_offset| <= {MAX_SYMBOL}"
@@ -232,7 +271,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         elif any(m.startswith(prefix) for m in error_msgs):
             return
         self._resize_for(
-            state_dict, prefix, ("_offset", "_cdf_length", "_quantized_cdf", "_leaf_edges")
+            state_dict,
+            prefix,
+            ("_offset", "_cdf_length", "_quantized_cdf", "_leaf_edges", "_state_roots"),
         )
         if trans is not None:
             parent = state_dict.get(prefix + "_pc_parent")
@@ -292,6 +333,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         check_choice("context", a["context"], CHOICES["context"])
         check_choice("context_bins", a["context_bins"], CHOICES["context_bins"])
         check_choice("group_fit", a["group_fit"], CHOICES["group_fit"])
+        check_choice("state_context", a["state_context"], CHOICES["state_context"])
         a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
         a["tail"] = check_real("tail", a["tail"], 0.0, 0.5, high_open=True)
         a["max_alphabet"] = check_int("max_alphabet", a["max_alphabet"], 1)
@@ -327,6 +369,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         group_backoff: float = BottleneckFit.group_backoff,
         group_fit: str = BottleneckFit.group_fit,
         group_epochs: int = BottleneckFit.group_epochs,
+        state_context: str | None = BottleneckFit.state_context,
         structure: str = BottleneckFit.structure,
         leaves: str = BottleneckFit.leaves,
         finetune_steps: int = BottleneckFit.finetune_steps,
@@ -346,6 +389,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         group's leaves from one count pass of those states, then ``group_epochs`` full-batch
         EM epochs of the grouped circuit (backed off again). None: one pass. Rows [N, C]
         have no neighbours and logistic leaves no groups: those fits are always one pass.
+        ``state_context="neighbours"`` (with a context) then fits, leaves fixed, a prior over the
+        latent states per state-context id (``state_ids``: the decoded neighbours' most common
+        state and its count), each backed off towards the root prior (``_fit_state_roots``).
 
         Alphabets cover the [tail, 1 - tail] quantiles of each channel's symbols (at most
         ``max_alphabet`` symbols); everything else is escaped. ``max_items`` random positions are
@@ -393,6 +439,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             if isinstance(pc, GroupedHCLT):
                 idx = pc.joint_index(grp, idx)
             hist = self._train(pc, idx, values, a, g, progress, [])
+            if self.state_context is not None:  # the priors follow the refitted states
+                self._state_roots = self._fit_state_roots(values)
             self.update(force=True)
             return hist
         srt = s.sort(0).values  # per-channel order statistics (torch.quantile caps input size)
@@ -406,6 +454,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         self._offset = lo.to(torch.int32)
         self._cdf_length = n.to(torch.int32)
         self._quantized_cdf = torch.zeros(self.channels, 0, dtype=torch.int32, device=dev)
+        self._state_roots = torch.zeros(0, 0, dtype=torch.int32, device=dev)
         v = int(n.max()) + 1
         self.pc = None  # num_symbols comes from the new circuit below
         rel = s - lo
@@ -445,8 +494,67 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             pc = DiscretizedLogisticTree.from_hclt(pc, lo, n)
             self._train(pc, idx, values, a, g, progress, hist)
         self.pc = pc
+        if state_context is not None and isinstance(pc, GroupedHCLT):
+            self._state_roots = self._fit_state_roots(values)
         self.update(force=True)
         return hist
+
+    @torch.no_grad()
+    def _fit_state_roots(self, values: Tensor | Sequence[Tensor]) -> Tensor:
+        """The state context's priors [R, K] (integer weights) for latent maps ``values``.
+
+        With the fitted leaves fixed, each position's evidence per root state is known, so the
+        priors are a mixture's weights: ``STATE_EM_ROUNDS`` EM rounds over all positions, each
+        id's counts plus ``STATE_BACKOFF`` pseudo-counts of the root prior (a rare id codes
+        as without the context). The ids come from states inferred in floating point; the coder
+        infers them exactly (``IncrementalConditionals.root_states``), which can differ at a
+        near tie: that costs a little rate, never correctness.
+        """
+        pc = self._require_fitted()
+        assert isinstance(values, (list, tuple)) and self.context is not None
+        evidence, ids = [], []
+        for y in values:
+            m, _ = self._root_evidence(self.symbols(y.to(self.quantiles.device)))
+            evidence.append(m)
+            ids.append(self._state_ids(m, y.shape[0], *y.shape[-2:]).reshape(-1))
+        m, idx = torch.cat(evidence).double(), torch.cat(ids)
+        r, k = num_state_ids(self.context, pc.num_latents), pc.num_latents
+        root = pc.log_root().detach().double().exp()
+        log_prior = root.log().expand(r, k)
+        for _ in range(STATE_EM_ROUNDS):
+            post = torch.softmax(log_prior[idx] + m, -1)
+            counts = torch.zeros(r, k, dtype=torch.float64, device=m.device).index_add_(
+                0, idx, post
+            )
+            prior = counts + STATE_BACKOFF * root
+            prior = prior / prior.sum(-1, keepdim=True)
+            log_prior = prior.log()
+        return quantize_probs(prior).to(torch.int32)
+
+    def _root_evidence(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Per position of symbol maps s [B, C, H, W]: log p(its symbols | root state) [B*H*W, K]
+        in nats (each leaf in its group's table) and the escapes' bypass bits [B*H*W]."""
+        pc = self._require_fitted()
+        c = s.shape[1]
+        idx, rel, esc = self._indices(position_rows(s))
+        if isinstance(pc, GroupedHCLT):  # each leaf read in its group's table
+            idx = pc.joint_index(position_rows(self._groups(s)), idx)
+        leaf = pc.log_emissions().transpose(1, 2)[
+            torch.arange(c, device=idx.device), idx
+        ]  # [N, C, K]
+        m = pc.upward(leaf, keep=True)[1][0][0]  # the root's inside values, before its prior
+        bits = torch.where(esc, escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
+        return m, bits
+
+    def _state_ids(self, m: Tensor, b: int, h: int, w: int) -> Tensor:
+        """State-context ids [B, H, W] from root evidence m [B*H*W, K]: each position's most
+        probable state under the root prior (floating point), then ``state_ids`` pass by pass."""
+        pc = self._require_fitted()
+        states = (m + pc.log_root().detach()).argmax(-1).view(b, h, w)
+        ids = torch.zeros(b, h, w, dtype=torch.long, device=m.device)
+        for mask, lattice in pass_masks(h, w, self.context, m.device):
+            ids[:, mask] = state_ids(states, self.context, lattice, pc.num_latents)[:, mask]
+        return ids
 
     def _fit_symbols(
         self, values: Tensor | Sequence[Tensor], context: str | None, edges: Tensor | None
@@ -571,15 +679,15 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         """Code length model: log p of each position's symbols s [B, C, H, W] in nats, [B, H, W]."""
         pc = self._require_fitted()
         self._check_latent(s)
-        b, c, h, w = s.shape
-        idx, rel, esc = self._indices(position_rows(s))
-        if isinstance(pc, GroupedHCLT):  # each leaf read in its group's table
-            idx = pc.joint_index(position_rows(self._groups(s)), idx)
-        leaf = pc.log_emissions().transpose(1, 2)[
-            torch.arange(c, device=idx.device), idx
-        ]  # [N, C, K]
-        logp = pc.upward(leaf)[0]
-        bits = torch.where(esc, escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
+        b, _c, h, w = s.shape
+        m, bits = self._root_evidence(s)
+        if self.state_context is None:
+            log_root = pc.log_root()
+        else:  # each position's prior by its state-context id
+            roots = self._state_roots.to(m.device, torch.float64)
+            log_rows = (roots / roots.sum(-1, keepdim=True)).log().to(m.dtype)
+            log_root = log_rows[self._state_ids(m.detach(), b, h, w).reshape(-1)]
+        logp = torch.logsumexp(m + log_root, -1)
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
 
     def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
@@ -618,14 +726,27 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
         grouped = tables.emit.dim() == 4
         groups = self._groups(s) if grouped else None
-        for mask, _lattice in pass_masks(h, w, self.context, s.device):
+        states = torch.zeros(b, h, w, dtype=torch.long, device=s.device)
+        for mask, lattice in pass_masks(h, w, self.context, s.device):
             n = int(mask.sum())
             idx, rel, esc = self._indices(pass_rows(s, mask))
             grp = None if groups is None else pass_rows(groups, mask)
-            inc = IncrementalConditionals(tables, b * n, dev, groups=grp)
+            roots = self._pass_roots(states, mask, lattice)
+            inc = IncrementalConditionals(tables, b * n, dev, groups=grp, roots=roots)
             encode_columns(encs, inc, idx, n, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
+            if roots is not None:
+                states[:, mask] = inc.root_states().to(states.device).view(b, n)
         fp = self._fingerprint(tables)
         return [self._frame(fp, (h, w), enc) for enc in encs]
+
+    def _pass_roots(self, states: Tensor, mask: Tensor, lattice: str | None) -> Tensor | None:
+        """The coder's root weights [B*n, K] of one pass's positions, by their state-context ids
+        (from the exact states of earlier passes), or None without a state context."""
+        if self.state_context is None:
+            return None
+        k = self._state_roots.shape[1]
+        ids = state_ids(states, self.context, lattice, k)[:, mask].reshape(-1)
+        return self._state_roots.to(ids.device)[ids].double()
 
     def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
         """Decode ``compress``'s strings into the dequantized latent [B, C, H, W].
@@ -647,6 +768,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         decs = range_decoders(words)
         s = torch.zeros(b, c, h, w, dtype=torch.long, device=at)
+        states = torch.zeros(b, h, w, dtype=torch.long, device=at)
         grouped = tables.emit.dim() == 4
         for mask, lattice in pass_masks(h, w, self.context, at):
             n = int(mask.sum())
@@ -654,10 +776,13 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             grp = None
             if grouped:
                 grp = pass_rows(pass_groups(s, self.context, lattice, self._leaf_edges), mask)
-            inc = IncrementalConditionals(tables, b * n, dev, groups=grp)
+            roots = self._pass_roots(states, mask, lattice)
+            inc = IncrementalConditionals(tables, b * n, dev, groups=grp, roots=roots)
             rel = decode_columns(decs, inc, n, v - 1, n_np, self.FORMAT.name)
             vals = rel.to(at) + self._offset.long()
             s[..., mask] = vals.view(b, n, c).permute(0, 2, 1)
+            if roots is not None:
+                states[:, mask] = inc.root_states().to(at).view(b, n)
         finish_decoding(decs, self.FORMAT.name)
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
