@@ -102,6 +102,8 @@ class BottleneckFit:
             over the latent states chosen by the states of their decoded neighbours (the most
             common one and how many share it), fitted by EM after the leaves; None keeps one
             prior for every position.
+        state_epochs: with the state context, full-batch EM epochs of the circuit under the
+            state priors (each position its own), each followed by new priors.
         finetune_steps: Adam steps that refine logistic leaves after EM.
         lr: Adam's learning rate for those steps.
         seed: seed of the subsampling, structure and EM.
@@ -124,6 +126,7 @@ class BottleneckFit:
     group_fit: str = "states-first"
     group_epochs: int = 8
     state_context: str | None = "neighbours"
+    state_epochs: int = 0
     finetune_steps: int = 300
     lr: float = 0.01
     seed: int = 0

@@ -50,14 +50,18 @@ def bits_per_dim(pc: HCLT, x: Tensor, batch_size: int = 1024) -> float:
     return total / (len(x) * pc.num_vars * LN2)
 
 
-def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
+def em_step_counts(
+    pc: HCLT, x: Tensor, log_root: Tensor | None = None
+) -> tuple[list[Tensor], float]:
     """Expected sufficient statistics (root, transitions, emissions) on a batch, and its log-likelihood.
 
     The counts are the flows: gradients of the log-likelihood with respect to the log root prior,
     the log transitions and the gathered leaf values, which one ``index_add`` turns into emission
-    counts (cheaper than differentiating through the gather).
+    counts (cheaper than differentiating through the gather). ``log_root`` [N, K] gives each
+    item its own root prior; the root counts are then per item ([N, K], the root posteriors).
     """
-    lr, lt = (p.detach().requires_grad_(True) for p in (pc.log_root(), pc.log_transitions()))
+    lr = (pc.log_root() if log_root is None else log_root).detach().requires_grad_(True)
+    lt = pc.log_transitions().detach().requires_grad_(True)
     with torch.no_grad():
         leaves, rows = pc.level_leaf_log_probs(x, log_emit=pc.log_emissions())
     leaves.requires_grad_(True)
@@ -70,15 +74,24 @@ def em_step_counts(pc: HCLT, x: Tensor) -> tuple[list[Tensor], float]:
     return [c_root, c_trans, pc.emission_counts(rows, flow)], float(ll.detach())
 
 
-def expected_counts(pc: HCLT, x: Tensor, batch_size: int = 4096) -> list[Tensor]:
-    """``em_step_counts`` summed over all of ``x`` in batches: full-batch EM's statistics."""
+def expected_counts(
+    pc: HCLT, x: Tensor, batch_size: int = 4096, log_root: Tensor | None = None
+) -> list[Tensor]:
+    """``em_step_counts`` summed over all of ``x`` in batches: full-batch EM's statistics. With
+    per-item root priors ``log_root`` [N, K], the root counts stay per item ([N, K])."""
     acc: list[Tensor] | None = None
-    for b in x.split(batch_size):
-        counts, _ = em_step_counts(pc, b.to(pc.root_logits.device))
+    roots: list[Tensor] = []
+    dev = pc.root_logits.device
+    priors = [None] * -(-len(x) // batch_size) if log_root is None else log_root.split(batch_size)
+    for b, lr in zip(x.split(batch_size), priors):
+        counts, _ = em_step_counts(pc, b.to(dev), None if lr is None else lr.to(dev))
+        if lr is not None:  # per item: kept apart, summed below only to share the loop
+            roots.append(counts[0])
+            counts = [counts[0].sum(0), *counts[1:]]
         acc = counts if acc is None else [a + c for a, c in zip(acc, counts)]
     if acc is None:
         raise InputError("x is empty (0 rows): no counts")
-    return acc
+    return [torch.cat(roots), *acc[1:]] if log_root is not None else acc
 
 
 def _normalize(counts: Tensor, pseudocount: float, current: Tensor) -> Tensor:

@@ -64,7 +64,7 @@ from ..errors import (
 from ..hclt import HCLT, GroupedHCLT
 from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
-from ..training import expected_counts, fit_em
+from ..training import em_update, expected_counts, fit_em
 from .base import PCEntropyModel, check_latent_shape, loaded_tables, pass_rows, position_rows
 from .context import (
     MAGNITUDE_EDGES,
@@ -345,6 +345,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         a["pseudocount"] = check_real("pseudocount", a["pseudocount"], 0.0)
         a["group_backoff"] = check_real("group_backoff", a["group_backoff"], 0.0)
         a["group_epochs"] = check_int("group_epochs", a["group_epochs"], 0)
+        a["state_epochs"] = check_int("state_epochs", a["state_epochs"], 0)
         a["finetune_steps"] = check_int("finetune_steps", a["finetune_steps"], 0)
         a["lr"] = check_real("lr", a["lr"], 0.0, low_open=True)
         a["seed"] = check_int("seed", a["seed"])
@@ -370,6 +371,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         group_fit: str = BottleneckFit.group_fit,
         group_epochs: int = BottleneckFit.group_epochs,
         state_context: str | None = BottleneckFit.state_context,
+        state_epochs: int = BottleneckFit.state_epochs,
         structure: str = BottleneckFit.structure,
         leaves: str = BottleneckFit.leaves,
         finetune_steps: int = BottleneckFit.finetune_steps,
@@ -440,7 +442,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
                 idx = pc.joint_index(grp, idx)
             hist = self._train(pc, idx, values, a, g, progress, [])
             if self.state_context is not None:  # the priors follow the refitted states
-                self._state_roots = self._fit_state_roots(values)
+                self._state_roots = self._fit_state_roots(values, a)
             self.update(force=True)
             return hist
         srt = s.sort(0).values  # per-channel order statistics (torch.quantile caps input size)
@@ -495,40 +497,59 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             self._train(pc, idx, values, a, g, progress, hist)
         self.pc = pc
         if state_context is not None and isinstance(pc, GroupedHCLT):
-            self._state_roots = self._fit_state_roots(values)
+            self._state_roots = self._fit_state_roots(values, a)
         self.update(force=True)
         return hist
 
     @torch.no_grad()
-    def _fit_state_roots(self, values: Tensor | Sequence[Tensor]) -> Tensor:
+    def _fit_state_roots(self, values: Tensor | Sequence[Tensor], a: dict[str, Any]) -> Tensor:
         """The state context's priors [R, K] (integer weights) for latent maps ``values``.
 
-        With the fitted leaves fixed, each position's evidence per root state is known, so the
-        priors are a mixture's weights: ``STATE_EM_ROUNDS`` EM rounds over all positions, each
-        id's counts plus ``STATE_BACKOFF`` pseudo-counts of the root prior (a rare id codes
-        as without the context). The ids come from states inferred in floating point; the coder
-        infers them exactly (``IncrementalConditionals.root_states``), which can differ at a
-        near tie: that costs a little rate, never correctness.
+        With the circuit fixed, each position's evidence per root state is known, so the priors
+        are a mixture's weights: ``STATE_EM_ROUNDS`` EM rounds over all positions, each id's
+        counts plus ``STATE_BACKOFF`` pseudo-counts of the root prior (a rare id codes as
+        without the context). ``a["state_epochs"]`` full-batch EM epochs of the circuit under
+        those priors (each position its own root prior; transitions and leaf groups, backed
+        off again) come between, with new states, ids and priors after each. The ids come from
+        states inferred in floating point; the coder infers them exactly
+        (``IncrementalConditionals.root_states``), which can differ at a near tie: that costs
+        a little rate, never correctness.
         """
         pc = self._require_fitted()
         assert isinstance(values, (list, tuple)) and self.context is not None
-        evidence, ids = [], []
-        for y in values:
-            m, _ = self._root_evidence(self.symbols(y.to(self.quantiles.device)))
-            evidence.append(m)
-            ids.append(self._state_ids(m, y.shape[0], *y.shape[-2:]).reshape(-1))
-        m, idx = torch.cat(evidence).double(), torch.cat(ids)
+        maps = [self.symbols(y.to(self.quantiles.device)) for y in values]
         r, k = num_state_ids(self.context, pc.num_latents), pc.num_latents
-        root = pc.log_root().detach().double().exp()
-        log_prior = root.log().expand(r, k)
-        for _ in range(STATE_EM_ROUNDS):
-            post = torch.softmax(log_prior[idx] + m, -1)
-            counts = torch.zeros(r, k, dtype=torch.float64, device=m.device).index_add_(
-                0, idx, post
+        for epoch in range(a["state_epochs"] + 1):
+            evidence, ids = [], []
+            for sym in maps:
+                m, _ = self._root_evidence(sym)
+                evidence.append(m)
+                ids.append(self._state_ids(m, sym.shape[0], *sym.shape[-2:]).reshape(-1))
+            m, idx = torch.cat(evidence).double(), torch.cat(ids)
+            root = pc.log_root().detach().double().exp()
+            log_prior = root.log().expand(r, k)
+            for _ in range(STATE_EM_ROUNDS):
+                post = torch.softmax(log_prior[idx] + m, -1)
+                counts = torch.zeros(r, k, dtype=torch.float64, device=m.device)
+                prior = counts.index_add_(0, idx, post) + STATE_BACKOFF * root
+                prior = prior / prior.sum(-1, keepdim=True)
+                log_prior = prior.log()
+            if epoch == a["state_epochs"]:
+                break
+            del m, evidence
+            rows = torch.cat(
+                [
+                    pc.joint_index(
+                        position_rows(self._groups(sym)), self._indices(position_rows(sym))[0]
+                    )
+                    for sym in maps
+                ]
             )
-            prior = counts + STATE_BACKOFF * root
-            prior = prior / prior.sum(-1, keepdim=True)
-            log_prior = prior.log()
+            dt = pc.root_logits.dtype
+            with torch.enable_grad():  # the counts are gradients (``em_step_counts``)
+                stats = expected_counts(pc, rows, log_root=log_prior[idx].to(dt))
+            em_update(pc.transition_logits, stats[1], 1.0, a["pseudocount"])
+            pc.back_off(stats[2], a["group_backoff"], a["pseudocount"])
         return quantize_probs(prior).to(torch.int32)
 
     def _root_evidence(self, s: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,6 +2,7 @@ import torch
 from conftest import random_hclt
 
 from pc_prior import HCLT, bits_per_dim, fit_adam, fit_em
+from pc_prior.training import expected_counts
 
 
 def _data(n=2000, seed=1):
@@ -182,3 +183,21 @@ def test_log_prob_equals_the_variable_order_pass_with_missing_values():
     pc.init_params(x, seed=1)
     ref = pc.upward(pc.leaf_log_probs(x.masked_fill(missing, 0), missing))[0]
     assert torch.allclose(pc.log_prob(x, missing), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_per_item_root_priors_split_the_root_counts_by_item():
+    pc = random_hclt((1, -1, 1, 0, 0, 2), num_cats=3, num_latents=4, seed=6)
+    x = pc.sample(300, generator=torch.Generator().manual_seed(2))
+    shared = expected_counts(pc, x, batch_size=128)
+    same = expected_counts(pc, x, batch_size=128, log_root=pc.log_root().detach().expand(300, -1))
+    assert same[0].shape == (300, 4)  # per item: the root posteriors
+    assert torch.allclose(same[0].sum(0), shared[0]) and torch.allclose(
+        same[0].sum(1), torch.ones(300, dtype=same[0].dtype)
+    )
+    for a, b in zip(same[1:], shared[1:]):
+        assert torch.allclose(a, b)
+    # a prior sure of state 2 for the first half of the items puts their root counts there
+    lr = pc.log_root().detach().expand(300, -1).clone()
+    lr[:150] = torch.log(torch.tensor([1e-9, 1e-9, 1.0, 1e-9], dtype=lr.dtype))
+    sure = expected_counts(pc, x, batch_size=128, log_root=lr)[0]
+    assert torch.all(sure[:150, 2] > 0.999) and torch.allclose(sure[150:], same[0][150:])

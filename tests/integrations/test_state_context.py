@@ -178,3 +178,17 @@ def test_warm_start_refits_the_state_priors():
     y = torch.cat(_maps(1, seed=12))
     med = eb._medians().view(1, -1, 1, 1)
     assert torch.equal(eb.decompress(eb.compress(y), y.shape[-2:]), torch.round(y - med) + med)
+
+
+def test_state_epochs_refit_the_circuit_under_the_state_priors():
+    eb = PCEntropyBottleneck(5)
+    kw = dict(epochs=3, full_batch_epochs=1, progress=False, context="three-pass")
+    eb.fit(_maps(12), 3, state_epochs=1, **kw)
+    once = _fit()
+    assert not torch.equal(eb.pc.emission_logits, once.pc.emission_logits)
+    assert not torch.equal(eb._state_roots, once._state_roots)
+    y = torch.cat(_maps(2, seed=9))
+    _, _, bits, model_bits = bottleneck_round_trip(eb, y)
+    assert model_bits < bits < model_bits * 1.02 + 8 * 40 * 2
+    with pytest.raises(InputError, match="state_epochs"):
+        eb.fit(_maps(3), 2, state_epochs=-1, progress=False)
