@@ -78,6 +78,7 @@ __all__ = [
     "escape_bits",
     "finish_decoding",
     "incremental_conditionals",
+    "lowest_argmax",
     "min_item_bits",
     "naive_conditionals",
     "quantize_probs",
@@ -329,6 +330,17 @@ def check_payload_holds(items: int, item_bits: float, payload_words: int, name: 
             f"{name} bitstream corrupted: {items} items cannot fit in a payload of "
             f"{4 * payload_words} bytes under this model"
         )
+
+
+def lowest_argmax(x: Tensor, dim: int) -> Tensor:
+    """Index of the maximum of exact values ``x`` along ``dim``, ties to the lowest index, on
+    every device: no reliance on a kernel's tie rule (the coder's states must agree bit for bit)."""
+    k = x.shape[dim]
+    shape = [1] * x.dim()
+    shape[dim] = k
+    rank = (k - torch.arange(k, device=x.device)).view(shape)
+    top = x == x.amax(dim, keepdim=True)
+    return k - (top.long() * rank).amax(dim)
 
 
 def _renorm(x: Tensor) -> Tensor:
@@ -607,11 +619,7 @@ class IncrementalConditionals:
         if self.step != len(self.order):
             raise RuntimeError("root_states() needs every variable observed first")
         root = int(self.order[0])
-        score = self._inside[root] * self.t.root  # [N, K], exact integer products
-        k = score.shape[-1]
-        top = score == score.amax(-1, keepdim=True)
-        rank = k - torch.arange(k, device=score.device)
-        return k - (top.long() * rank).amax(-1)
+        return lowest_argmax(self._inside[root] * self.t.root, -1)  # exact integer products
 
     def _close(self, s: int) -> None:
         """Close every subtree that ends at this step from ``s`` up, deepest first, passing its

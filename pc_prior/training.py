@@ -9,6 +9,7 @@ expected flow through theta); autograd computes all of them in one backward pass
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 
@@ -82,7 +83,7 @@ def expected_counts(
     acc: list[Tensor] | None = None
     roots: list[Tensor] = []
     dev = pc.root_logits.device
-    priors = [None] * -(-len(x) // batch_size) if log_root is None else log_root.split(batch_size)
+    priors = itertools.repeat(None) if log_root is None else log_root.split(batch_size)
     for b, lr in zip(x.split(batch_size), priors):
         counts, _ = em_step_counts(pc, b.to(dev), None if lr is None else lr.to(dev))
         if lr is not None:  # per item: kept apart, summed below only to share the loop

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..coding import lowest_argmax
 from ..continuous import gaussian_bits
 from .base import resize_buffers
 
@@ -242,10 +243,8 @@ def state_ids(states: Tensor, schedule: str | None, lattice: str | None, num_sta
     sources = lattice_masks(h, w, lattice, states.device)[0]
     onehot = F.one_hot(states.long().clamp(0, num_states - 1), num_states).permute(0, 3, 1, 2)
     counts = _neighbour_sum(onehot * sources, lattice)  # [B, K, H, W]
-    # one maximum per position, ties to the lowest state, whatever the device's tie rule
-    rank = num_states - 1 - torch.arange(num_states, device=states.device)
-    best = (counts * num_states + rank[:, None, None]).amax(1)
-    top, mode = best // num_states, num_states - 1 - best % num_states
+    mode = lowest_argmax(counts, 1)  # ties to the lowest state, whatever the device
+    top = counts.gather(1, mode[:, None]).squeeze(1)
     ids = 1 + STATE_COUNTS * mode + top.clamp(1, STATE_COUNTS) - 1
     return j * per_pass + torch.where(top > 0, ids, torch.zeros_like(ids))
 

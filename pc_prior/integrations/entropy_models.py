@@ -537,14 +537,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             if epoch == a["state_epochs"]:
                 break
             del m, evidence
-            rows = torch.cat(
-                [
-                    pc.joint_index(
-                        position_rows(self._groups(sym)), self._indices(position_rows(sym))[0]
-                    )
-                    for sym in maps
-                ]
-            )
+            rows = torch.cat([self._leaf_indices(sym)[0] for sym in maps])
             dt = pc.root_logits.dtype
             with torch.enable_grad():  # the counts are gradients (``em_step_counts``)
                 stats = expected_counts(pc, rows, log_root=log_prior[idx].to(dt))
@@ -552,14 +545,21 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             pc.back_off(stats[2], a["group_backoff"], a["pseudocount"])
         return quantize_probs(prior).to(torch.int32)
 
+    def _leaf_indices(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``_indices`` of every position of symbol maps s [B, C, H, W] ([B*H*W, C] rows), each
+        leaf index in its group's table for a grouped circuit (the circuit's symbols)."""
+        pc = self._require_fitted()
+        idx, rel, esc = self._indices(position_rows(s))
+        if isinstance(pc, GroupedHCLT):  # each leaf read in its group's table
+            idx = pc.joint_index(position_rows(self._groups(s)), idx)
+        return idx, rel, esc
+
     def _root_evidence(self, s: Tensor) -> tuple[Tensor, Tensor]:
         """Per position of symbol maps s [B, C, H, W]: log p(its symbols | root state) [B*H*W, K]
         in nats (each leaf in its group's table) and the escapes' bypass bits [B*H*W]."""
         pc = self._require_fitted()
         c = s.shape[1]
-        idx, rel, esc = self._indices(position_rows(s))
-        if isinstance(pc, GroupedHCLT):  # each leaf read in its group's table
-            idx = pc.joint_index(position_rows(self._groups(s)), idx)
+        idx, rel, esc = self._leaf_indices(s)
         leaf = pc.log_emissions().transpose(1, 2)[
             torch.arange(c, device=idx.device), idx
         ]  # [N, C, K]
