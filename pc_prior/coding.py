@@ -358,6 +358,21 @@ def _renorm(x: Tensor) -> Tensor:
     return x.mul_(torch.ldexp(torch.ones_like(m), MESSAGE_BITS - e)).floor_()
 
 
+def _table_runs(groups: Tensor, num_tables: int) -> tuple[Tensor, list[list[tuple[int, int]]]]:
+    """Items sorted by table for every variable at once: ``order`` [N, D] (each column's items
+    grouped by their table, stable) and per variable the runs ``(table, count)`` in that order.
+
+    One sort and one count for all D variables instead of a unique, argsort and bincount per
+    variable: the per-item path's bookkeeping is then a column lookup.
+    """
+    d = groups.shape[1]
+    order = torch.argsort(groups, dim=0, stable=True)
+    key = groups + num_tables * torch.arange(d, device=groups.device)
+    counts = torch.bincount(key.reshape(-1), minlength=d * num_tables).view(d, num_tables)
+    runs = [[(t, c) for t, c in enumerate(row) if c] for row in counts.tolist()]
+    return order, runs
+
+
 class IncrementalConditionals:
     """Step-by-step conditionals p(x_i | x_<i) in the tree's preorder, batched over N items.
 
@@ -430,6 +445,10 @@ class IncrementalConditionals:
             ):
                 raise ValueError(f"groups must lie in 0..{tables.emit.shape[1] - 1}")
         self.groups = groups
+        self._by_table: tuple[Tensor, list[list[tuple[int, int]]]] | None = None
+        if groups is not None:
+            self._by_table = _table_runs(groups, tables.emit.shape[1])
+        self._weights: Tensor | None = None  # per-item tables: this step's weights, made once
         # [child state, parent state]: ``x @ trans_t[i].T`` runs faster than ``x @ trans[i]`` in
         # MKL's float64 kernels, with the same exact integer result
         self._trans_t = self.t.trans.transpose(1, 2).contiguous()
@@ -509,8 +528,10 @@ class IncrementalConditionals:
         """
         i = int(self.order[self.step])
         if self.groups is not None:  # per-item tables: the general path
-            w = self.weights()[start:stop]
-            return w / w.sum(-1, keepdim=True)
+            w = self.weights()[start:stop]  # made once per variable, however many slices
+            return torch.div(
+                w, w.sum(-1, keepdim=True), out=out[: stop - start] if out is not None else None
+            )
         msg = self._message()
         msg = msg if len(msg) == 1 else msg[start:stop]
         emit = self.t.emit[i]
@@ -573,22 +594,35 @@ class IncrementalConditionals:
             return out @ self.t.emit[i]
         # One matrix product per distinct table: far faster than a batched product over items,
         # and exact all the same (integer sums below 2**53 do not depend on the kernel).
-        g = self.groups[:, i]
-        vals, inv = torch.unique(g, return_inverse=True)
-        if len(vals) == 1:
-            return out @ self.t.emit[i, int(vals[0])]
-        order = torch.argsort(inv)
-        pieces = out.expand(self.n, -1)[order].split(torch.bincount(inv).tolist())
-        res = torch.empty(self.n, self.t.emit.shape[-1], dtype=out.dtype, device=out.device)
-        res[order] = torch.cat([p @ self.t.emit[i, v] for v, p in zip(vals.tolist(), pieces)])
-        return res
+        if self._weights is None:
+            self._weights = self._table_weights(i, out)
+        return self._weights
+
+    def _table_weights(self, i: int, out: Tensor) -> Tensor:
+        """Weights [N, V] of variable i under per-item tables: the items sorted by table once
+        (``_table_runs``), then one matrix product per table in use, written in place."""
+        assert self._by_table is not None
+        order, runs = self._by_table[0][:, i], self._by_table[1][i]
+        emit = self.t.emit[i]
+        if len(runs) == 1:
+            return out @ emit[runs[0][0]]
+        if len(out) == 1:  # the root's message: one row per table, then each item's row
+            return (out @ emit)[:, 0][self.groups[:, i]]  # type: ignore[index]
+        rows = torch.index_select(out, 0, order, out=self._buffer())
+        w = torch.empty(self.n, emit.shape[-1], dtype=out.dtype, device=out.device)
+        start = 0
+        for table, count in runs:
+            torch.mm(rows[start : start + count], emit[table], out=w[start : start + count])
+            start += count
+        self._recycle(rows)
+        return torch.empty_like(w).index_copy_(0, order, w)
 
     def observe(self, values: Tensor) -> None:
         """Record the values [N] of the variable whose weights were just returned."""
         i = int(self.order[self.step])
         assert self._pending is not None, "observe() must follow weights() or probabilities()"
         self._out[i] = self._pending
-        self._pending = None
+        self._pending = self._weights = None
         values = values.to(self.t.emit.device).long()
         if self.groups is not None:
             self._inside[i] = _renorm(self.t.emit[i][self.groups[:, i], :, values])  # [N, K]

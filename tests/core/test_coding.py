@@ -6,6 +6,7 @@ from conftest import random_hclt, shared_path
 from pc_prior import HCLT, BitstreamError, decode, encode, fit_em, framing, load, save
 from pc_prior.coding import (
     BLOCK_ITEMS,
+    CodingTables,
     IncrementalConditionals,
     coding_tables,
     decode_columns,
@@ -249,3 +250,34 @@ def test_mnist_subset_round_trip():
     assert torch.equal(decode(pc, data), xt)
     nll_bits = float(-pc.log_prob(xt).detach().sum()) / LN2
     assert (len(data) - header_size(pc, len(xt))) * 8 - check_bits(len(xt)) <= 1.01 * nll_bits
+
+
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_per_item_tables_equal_each_items_own_tables(n):
+    """Per-item emission tables (sorted by table once for all variables) give every item exactly
+    the weights of a coder holding only its own tables, and probability slices agree with them."""
+    pc = random_hclt((1, -1, 1, 0, 0, 2, 2, 5), num_cats=5, num_latents=4, seed=3)
+    t = coding_tables(pc)
+    g = torch.Generator().manual_seed(n)
+    s = 6  # tables per variable, some used by a single item, some by none
+    emit = torch.randint(1, 2**22, (8, s, 4, 5), generator=g).double()
+    groups = torch.randint(0, s, (n, 8), generator=g) ** 2 // s  # skewed: low tables crowded
+    x = torch.randint(0, 5, (n, 8), generator=g)
+    inc = IncrementalConditionals(CodingTables(t.parent, t.root, t.trans, emit), n, groups=groups)
+    alone = [
+        IncrementalConditionals(
+            CodingTables(t.parent, t.root, t.trans, emit[torch.arange(8), groups[m]]), 1
+        )
+        for m in range(n)
+    ]
+    buf = torch.empty(n, 5, dtype=torch.float64)
+    for i in inc.order:
+        w = inc.weights()
+        assert inc.weights() is w  # made once per variable
+        for m, one in enumerate(alone):
+            assert torch.equal(w[m], one.weights()[0])
+            one.observe(x[m : m + 1, i])
+        half = n // 2
+        parts = [inc.probabilities(0, half, buf).clone(), inc.probabilities(half, n, buf).clone()]
+        assert torch.equal(torch.cat(parts), w / w.sum(-1, keepdim=True))
+        inc.observe(x[:, i])
