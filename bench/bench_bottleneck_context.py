@@ -104,9 +104,17 @@ def main() -> None:
     )
     ap.add_argument("--limit", type=int, default=None, help="images per split (default: all)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also save each setting's codec (the frozen codec with the fitted prior) here, "
+        "e.g. to time its decoding with bench/bench_codec_speed.py",
+    )
     args = ap.parse_args()
 
-    from pc_prior.integrations import PCEntropyBottleneck, load_codec
+    from pc_prior.integrations import PCEntropyBottleneck, load_codec, save_codec
 
     extra = fit_options(ap, args.fit_option)
 
@@ -163,6 +171,11 @@ def main() -> None:
                 "mirror": args.mirror,
                 **extra,
             }
+            if args.save:
+                own, net.entropy_bottleneck = net.entropy_bottleneck, pc
+                name = f"q{q}-{ctx}-{st}-k{k}-{bins}-{gf}-ge{ge}-n{items or 'all'}.pt"
+                row["codec"] = str(save_codec(net, args.save / name, "bmshj2018-factorized", q))
+                net.entropy_bottleneck = own
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
