@@ -16,6 +16,7 @@ codes for real). Settings are chosen here, never on Kodak (the test set).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -59,17 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-images", type=int, default=None, help="images per split (default: all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also save each variant's codec (the frozen codec with its own z bottleneck and the "
+        "fitted PCConditional) here, e.g. to time its decoding with bench/bench_codec_speed.py",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from pc_prior.integrations import (
-        PCConditional,
         collect_conditional_inputs,
         crop_to_multiple,
         list_images,
         load_codec,
         load_image,
+        save_codec,
+        swap_entropy_model,
     )
 
     codec = args.models / f"{args.arch}-q{args.quality}.pt"
@@ -98,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in args.variants:
         ctx, k, steps = spec.split(":")
-        gc = PCConditional(None)
-        gc.scale_table = table.clone()
+        model = copy.deepcopy(net)  # the codec with this variant's conditional swapped in
+        gc = swap_entropy_model(model, "gaussian_conditional")
         t = time.perf_counter()
         gc.fit(
             list(tr_sym),
@@ -126,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             "fit_s": fit_s,
             "table_mb": gc._pc_emit.numel() * 4 / 2**20,
         }
+        if args.save:
+            name = f"{args.arch}-q{args.quality}-{ctx}-k{k}-{steps}.pt"
+            row["codec"] = str(save_codec(model, args.save / name, args.arch, args.quality))
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(

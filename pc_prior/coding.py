@@ -589,27 +589,28 @@ class IncrementalConditionals:
     def weights(self) -> Tensor:
         """Integer weights [N, V] (exact, float64) of the next variable's conditional."""
         i = int(self.order[self.step])
-        out = self._message().expand(self.n, -1)
+        msg = self._message()
         if self.groups is None:
-            return out @ self.t.emit[i]
+            return msg.expand(self.n, -1) @ self.t.emit[i]
         # One matrix product per distinct table: far faster than a batched product over items,
         # and exact all the same (integer sums below 2**53 do not depend on the kernel).
         if self._weights is None:
-            self._weights = self._table_weights(i, out)
+            self._weights = self._table_weights(i, msg)
         return self._weights
 
-    def _table_weights(self, i: int, out: Tensor) -> Tensor:
-        """Weights [N, V] of variable i under per-item tables: the items sorted by table once
-        (``_table_runs``), then one matrix product per table in use, written in place."""
-        assert self._by_table is not None
+    def _table_weights(self, i: int, msg: Tensor) -> Tensor:
+        """Weights [N, V] of variable i under per-item tables from its message ``msg`` ([N, K],
+        or [1, K] for the shared root prior): the items sorted by table once (``_table_runs``),
+        then one matrix product per table in use, written in place."""
+        assert self._by_table is not None and self.groups is not None
         order, runs = self._by_table[0][:, i], self._by_table[1][i]
         emit = self.t.emit[i]
+        if len(msg) == 1:  # the shared root prior: one row per table, then each item's row
+            return (msg @ emit)[:, 0][self.groups[:, i]]
         if len(runs) == 1:
-            return out @ emit[runs[0][0]]
-        if len(out) == 1:  # the root's message: one row per table, then each item's row
-            return (out @ emit)[:, 0][self.groups[:, i]]  # type: ignore[index]
-        rows = torch.index_select(out, 0, order, out=self._buffer())
-        w = torch.empty(self.n, emit.shape[-1], dtype=out.dtype, device=out.device)
+            return msg @ emit[runs[0][0]]
+        rows = torch.index_select(msg, 0, order, out=self._buffer())
+        w = torch.empty(self.n, emit.shape[-1], dtype=msg.dtype, device=msg.device)
         start = 0
         for table, count in runs:
             torch.mm(rows[start : start + count], emit[table], out=w[start : start + count])
