@@ -568,20 +568,8 @@ class IncrementalConditionals:
         i = int(self.order[self.step])
         msg, member = self._message(), self._member_emit[i]  # [N or 1, K], [G, K, B]
         group = group.to(member.device).long()
-        if len(msg) == 1:  # the root: one row per group
-            w = (msg @ member)[:, 0][group]
-        else:
-            order = torch.argsort(group)
-            counts = torch.bincount(group, minlength=len(member)).tolist()
-            rows = torch.index_select(msg, 0, order, out=self._buffer())
-            w_sorted = torch.empty(self.n, member.shape[-1], dtype=msg.dtype, device=msg.device)
-            start = 0
-            for g, c in enumerate(counts):
-                if c:
-                    torch.mm(rows[start : start + c], member[g], out=w_sorted[start : start + c])
-                    start += c
-            w = torch.empty_like(w_sorted).index_copy_(0, order, w_sorted)
-            self._recycle(rows)
+        order, runs = _table_runs(group[:, None], len(member))
+        w = self._products_by_table(msg, member, group, order[:, 0], runs[0])
         s = self._group_w.gather(1, group[:, None])
         self._group_w = None
         return w.div_(s)
@@ -599,21 +587,36 @@ class IncrementalConditionals:
         return self._weights
 
     def _table_weights(self, i: int, msg: Tensor) -> Tensor:
-        """Weights [N, V] of variable i under per-item tables from its message ``msg`` ([N, K],
-        or [1, K] for the shared root prior): the items sorted by table once (``_table_runs``),
-        then one matrix product per table in use, written in place."""
+        """Weights [N, V] of variable i under per-item tables from its message ``msg``, with the
+        items sorted by table once for all variables (``_table_runs``)."""
         assert self._by_table is not None and self.groups is not None
-        order, runs = self._by_table[0][:, i], self._by_table[1][i]
-        emit = self.t.emit[i]
-        if len(msg) == 1:  # the shared root prior: one row per table, then each item's row
-            return (msg @ emit)[:, 0][self.groups[:, i]]
+        order, runs = self._by_table
+        return self._products_by_table(msg, self.t.emit[i], self.groups[:, i], order[:, i], runs[i])
+
+    def _products_by_table(
+        self,
+        msg: Tensor,
+        tables: Tensor,
+        table_of: Tensor,
+        order: Tensor,
+        runs: list[tuple[int, int]],
+    ) -> Tensor:
+        """Each item's message row times its own table: ``msg[n] @ tables[table_of[n]]``, [N, V].
+
+        ``msg`` is [N, K], or [1, K] for a prior shared by every item (then one row per table,
+        and each item takes its table's). Otherwise the items in ``order`` (sorted by table, in
+        ``runs`` of ``(table, count)``) get one matrix product per table in use, written in place.
+        Exact for any kernel: integer sums below 2**53.
+        """
+        if len(msg) == 1:
+            return (msg @ tables)[:, 0][table_of]
         if len(runs) == 1:
-            return msg @ emit[runs[0][0]]
+            return msg @ tables[runs[0][0]]
         rows = torch.index_select(msg, 0, order, out=self._buffer())
-        w = torch.empty(self.n, emit.shape[-1], dtype=msg.dtype, device=msg.device)
+        w = torch.empty(self.n, tables.shape[-1], dtype=msg.dtype, device=msg.device)
         start = 0
         for table, count in runs:
-            torch.mm(rows[start : start + count], emit[table], out=w[start : start + count])
+            torch.mm(rows[start : start + count], tables[table], out=w[start : start + count])
             start += count
         self._recycle(rows)
         return torch.empty_like(w).index_copy_(0, order, w)
