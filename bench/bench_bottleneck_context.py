@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import json
 import math
 import time
@@ -114,7 +115,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from pc_prior.integrations import PCEntropyBottleneck, load_codec, save_codec
+    from pc_prior.integrations import load_codec, save_codec, swap_entropy_model
 
     extra = fit_options(ap, args.fit_option)
 
@@ -137,8 +138,8 @@ def main() -> None:
             for ge in (args.group_epochs if gf == "states-first" else [0])
         ]
         for ctx, st, k, items, bins, gf, ge in settings:
-            pc = PCEntropyBottleneck(net.entropy_bottleneck.channels)
-            pc.quantiles.data.copy_(net.entropy_bottleneck.quantiles.data)
+            model = copy.deepcopy(net)  # the codec with this setting's prior swapped in
+            pc = swap_entropy_model(model, "entropy_bottleneck")
             t0 = time.perf_counter()
             pc.fit(
                 train,
@@ -172,10 +173,8 @@ def main() -> None:
                 **extra,
             }
             if args.save:
-                own, net.entropy_bottleneck = net.entropy_bottleneck, pc
                 name = f"q{q}-{ctx}-{st}-k{k}-{bins}-{gf}-ge{ge}-n{items or 'all'}.pt"
-                row["codec"] = str(save_codec(net, args.save / name, "bmshj2018-factorized", q))
-                net.entropy_bottleneck = own
+                row["codec"] = str(save_codec(model, args.save / name, "bmshj2018-factorized", q))
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
