@@ -4,6 +4,7 @@ a tiny fitted hyperprior and a CPU trainer. Test modules import from here, never
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 import struct
 from pathlib import Path
@@ -16,6 +17,15 @@ from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from pc_prior.integrations import fit_prior
 
 NAMES = ("entropy_bottleneck", "gaussian_conditional")
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str):
+    """The module ``bench/<name>.py`` (bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:

@@ -1,21 +1,15 @@
 """bench/bench_spflow.py: skips cleanly without SPFlow; with it, both libraries' HCLTs are normalized."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_spflow.py"
+from helpers import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_spflow", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_spflow")
 
 
 def test_skips_without_spflow(monkeypatch, capsys):
