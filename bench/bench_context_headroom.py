@@ -53,6 +53,11 @@ VARIANTS = ("recal", "checkerboard", "serial", "channel", "channel-checkerboard"
 SCALE_BOUND = 0.11
 
 
+def variant_slices(variant: str, slices: int) -> int:
+    """Channel slices a variant decodes in: ``slices`` for the ``channel*`` ones, else 1."""
+    return slices if variant.startswith("channel") else 1
+
+
 def code_bits(sym: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     """Bits of integer ``sym`` under N(mean, scale) integrated over [sym - 0.5, sym + 0.5]."""
     return gaussian_bits(sym - mean, scale.clamp_min(SCALE_BOUND))
@@ -78,31 +83,22 @@ class ContextModel(nn.Module):
         in_slice = torch.arange(c) * slices // c
         out_slice = torch.arange(f) * slices // f
         feats = [torch.zeros(c, dtype=torch.long)]  # log σ: known before any symbol
+        same_or_later = in_slice[None] <= out_slice[:, None]  # [f, c] relations of slices
+        earlier = in_slice[None] < out_slice[:, None]
+        all_taps = torch.ones(5, 5)
         if slices > 1:
             self.previous = nn.Conv2d(c, f, 5, padding=2)
-            self.register_buffer(
-                "previous_mask",
-                (in_slice[None] < out_slice[:, None])
-                .float()[..., None, None]
-                .expand(f, c, 5, 5)
-                .clone(),
-            )
+            self.register_buffer("previous_mask", earlier[..., None, None] * all_taps)
             feats.append(out_slice)
         if self.spatial_kind:
             self.spatial = nn.Conv2d(c, f, 5, padding=2)
             if self.spatial_kind == "serial":  # type A: strictly before the centre in raster order
-                taps = torch.ones(5, 5)
+                taps = all_taps.clone()
                 taps[2, 2:] = 0
                 taps[3:] = 0
-                mask = taps.expand(f, c, 5, 5).clone()
-                mask *= (in_slice[None] <= out_slice[:, None]).float()[..., None, None]
+                mask = same_or_later[..., None, None] * taps
             else:  # anchors of the output's own slice (inputs masked to anchors in forward)
-                mask = (
-                    (in_slice[None] == out_slice[:, None])
-                    .float()[..., None, None]
-                    .expand(f, c, 5, 5)
-                    .clone()
-                )
+                mask = (same_or_later & ~earlier)[..., None, None] * all_taps
             self.register_buffer("spatial_mask", mask)
             feats.append(out_slice)
         deg_in = torch.cat(feats)
@@ -228,7 +224,7 @@ def train(
 ) -> tuple[ContextModel, list[dict]]:
     torch.manual_seed(seed)
     c = train_maps[0][0].shape[1]
-    model = ContextModel(c, variant, width, slices if variant.startswith("channel") else 1)
+    model = ContextModel(c, variant, width, variant_slices(variant, slices))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / steps, 1.0)))
@@ -264,7 +260,7 @@ def decode_passes(variant: str, slices: int) -> int | None:
     if "serial" in variant:
         return None
     per_slice = 2 if "checkerboard" in variant else 1
-    return per_slice * (slices if variant.startswith("channel") else 1)
+    return per_slice * variant_slices(variant, slices)
 
 
 @torch.no_grad()
@@ -283,7 +279,7 @@ def time_networks(variants: list[str], channels: int, width: int, slices: int, r
         if passes is None:
             print(f"| {v} | 1536 (serial, one per position) | | |")
             continue
-        model = ContextModel(channels, v, width, slices if v.startswith("channel") else 1).eval()
+        model = ContextModel(channels, v, width, variant_slices(v, slices)).eval()
         model(x, ls)  # warm up
         times = []
         for _ in range(runs):

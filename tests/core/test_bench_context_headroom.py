@@ -35,7 +35,7 @@ def _allowed(variant, slice_of, anchors, out, inp):
 def test_context_models_are_causal(variant):
     mod = _bench()
     c, h, w, slices = 8, 6, 6, 4
-    s = slices if variant.startswith("channel") else 1
+    s = mod.variant_slices(variant, slices)
     torch.manual_seed(0)
     model = mod.ContextModel(c, variant, width=24, slices=s)
     torch.nn.init.normal_(model.layers[-1].weight)  # the bench starts at zero: no gradient path
