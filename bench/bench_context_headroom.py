@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from pc_prior.continuous import gaussian_bits
+from pc_prior.errors import InputError
 from pc_prior.integrations.context import anchor_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,6 +181,8 @@ def collect(
                 yield crop_to_multiple(img, ImageFit.multiple)
                 continue
             h, w = img.shape[-2:]
+            if h < 256 or w < 256:
+                raise InputError(f"{f}: {h}x{w} is smaller than the 256x256 crops; pass --crops 0")
             for _ in range(crops):
                 dy = int(torch.randint(h - 255, (1,), generator=gen))
                 dx = int(torch.randint(w - 255, (1,), generator=gen))
