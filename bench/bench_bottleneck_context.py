@@ -31,11 +31,10 @@ SHARED = ROOT.parent / "shared"
 def latent_maps(net, folder: Path, limit: int | None, mirror: bool = False) -> list[torch.Tensor]:
     """``g_a`` of each image of ``folder`` (cropped as ``fit_prior`` crops), and with ``mirror``
     of its left-right mirror image too (a data augmentation to validate)."""
-    from pc_prior.images import crop_to_multiple, list_images, load_image
+    from pc_prior.images import FolderImages
     from pc_prior.settings import ImageFit
 
-    files = list_images(folder)[:limit]
-    images = [crop_to_multiple(load_image(f), ImageFit.multiple) for f in files]
+    images = list(FolderImages(folder, ImageFit.multiple, limit))
     return [net.g_a(x) for x in images] + [net.g_a(x.flip(-1)) for x in images if mirror]
 
 

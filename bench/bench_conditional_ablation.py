@@ -73,14 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from pc_prior.integrations import (
+        FolderImages,
         collect_conditional_inputs,
-        crop_to_multiple,
-        list_images,
         load_codec,
-        load_image,
         save_codec,
         swap_entropy_model,
     )
+    from pc_prior.settings import ImageFit
 
     codec = args.models / f"{args.arch}-q{args.quality}.pt"
     for p in (codec, args.train, args.valid):
@@ -90,18 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     net = load_codec(codec).eval()
     net.update(force=True)
     table = net.gaussian_conditional.scale_table.cpu()
-    train_files = list_images(args.train)[: args.max_images]
-    valid_files = list_images(args.valid)[: args.max_images]
-    with torch.no_grad():
-        tr_sym, tr_idx = collect_conditional_inputs(
-            net, (crop_to_multiple(load_image(f), 64) for f in train_files), maps=True
-        )
-        va_sym, va_idx = collect_conditional_inputs(
-            net, (crop_to_multiple(load_image(f), 64) for f in valid_files), maps=True
-        )
+    train_images = FolderImages(args.train, ImageFit.multiple, args.max_images)
+    valid_images = FolderImages(args.valid, ImageFit.multiple, args.max_images)
+    tr_sym, tr_idx = collect_conditional_inputs(net, train_images, maps=True)
+    va_sym, va_idx = collect_conditional_inputs(net, valid_images, maps=True)
     base = gaussian_bits(va_sym, va_idx, table)
     print(
-        f"q{args.quality}: {len(train_files)} training maps, {len(valid_files)} validation maps; "
+        f"q{args.quality}: {len(train_images)} training maps, {len(valid_images)} validation maps; "
         f"validation y under the Gaussian: {base:.0f} bits",
         flush=True,
     )

@@ -79,14 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from pc_prior.integrations import (
-        collect_conditional_inputs,
-        crop_to_multiple,
-        list_images,
-        load_codec,
-        load_image,
-        swap_entropy_model,
-    )
+    from pc_prior.integrations import FolderImages, collect_conditional_inputs, load_codec
     from pc_prior.integrations.context import (
         CheckerboardContext,
         anchor_mask,
@@ -100,13 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     for q in args.qualities:
         net = load_codec(args.models / f"bmshj2018-hyperprior-q{q}.pt")
         net.update(force=True)
-        swap_entropy_model(net, "gaussian_conditional")  # only its collection hook is used
         table = net.gaussian_conditional.scale_table.double()
 
         def maps(folder):
-            files = list_images(folder)[: args.max_images]
             sym, idx = collect_conditional_inputs(
-                net, (crop_to_multiple(load_image(f), ImageFit.multiple) for f in files), maps=True
+                net, FolderImages(folder, ImageFit.multiple, args.max_images), maps=True
             )
             return [(s.long(), i.long()) for s, i in zip(sym, idx)]
 

@@ -158,28 +158,22 @@ def collect(
     if path.exists():
         return torch.load(path, weights_only=True)
     from pc_prior.integrations import (
+        FolderImages,
         collect_conditional_inputs,
-        crop_to_multiple,
-        list_images,
         load_codec,
         load_image,
-        swap_entropy_model,
     )
     from pc_prior.settings import ImageFit
 
     net = load_codec(models / f"bmshj2018-hyperprior-q{quality}.pt")
     net.update(force=True)
-    swap_entropy_model(net, "gaussian_conditional")  # only its collection hook is used
     table = net.gaussian_conditional.scale_table.float()
-    files = list_images(folder)
+    folder_images = FolderImages(folder, ImageFit.multiple)
     gen = torch.Generator().manual_seed(seed)
 
-    def images():
-        for f in files:
+    def random_crops():
+        for f in folder_images.files:
             img = load_image(f)
-            if not crops:
-                yield crop_to_multiple(img, ImageFit.multiple)
-                continue
             h, w = img.shape[-2:]
             if h < 256 or w < 256:
                 raise InputError(f"{f}: {h}x{w} is smaller than the 256x256 crops; pass --crops 0")
@@ -188,7 +182,9 @@ def collect(
                 dx = int(torch.randint(w - 255, (1,), generator=gen))
                 yield img[..., dy : dy + 256, dx : dx + 256]
 
-    sym, idx = collect_conditional_inputs(net, images(), maps=True)
+    sym, idx = collect_conditional_inputs(
+        net, random_crops() if crops else folder_images, maps=True
+    )
     out = [(s.float(), table[i.long()].log()) for s, i in zip(sym, idx)]
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(out, path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -27,16 +28,11 @@ import torch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def latent_symbols(net: torch.nn.Module, files: list[Path], multiple: int) -> list[torch.Tensor]:
-    """Integer symbols round(y - median) [1, C, h, w] of each image (cropped to ``multiple``)."""
-    from pc_prior.integrations import crop_to_multiple, load_image
-
+def latent_symbols(net: torch.nn.Module, images: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Integer symbols round(y - median) [1, C, h, w] of each image."""
     med = net.entropy_bottleneck.quantiles[:, 0, 1].detach().reshape(1, -1, 1, 1)  # medians
     with torch.no_grad():
-        return [
-            torch.round(net.g_a(crop_to_multiple(load_image(f), multiple)) - med).long()
-            for f in files
-        ]
+        return [torch.round(net.g_a(x) - med).long() for x in images]
 
 
 def blocks(ys: list[torch.Tensor], b: int) -> torch.Tensor:
@@ -70,13 +66,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from pc_prior.hclt import HCLT
-    from pc_prior.integrations import list_images, load_codec
+    from pc_prior.integrations import FolderImages, load_codec
     from pc_prior.structure import Tree
     from pc_prior.training import fit_em
 
     net = load_codec(SHARED / "models" / f"bmshj2018-factorized-q{args.quality}.pt")
-    train_y = latent_symbols(net, list_images(SHARED / "data" / "bsds500")[: args.train_images], 64)
-    test_y = latent_symbols(net, list_images(SHARED / "data" / "kodak"), 64)
+    train_y = latent_symbols(net, FolderImages(SHARED / "data" / "bsds500", 64, args.train_images))
+    test_y = latent_symbols(net, FolderImages(SHARED / "data" / "kodak", 64))
     pixels = sum(y.shape[-2] * y.shape[-1] * 256 for y in test_y)
     for b in args.blocks:
         t = time.time()

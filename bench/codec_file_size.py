@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pc_prior.images import crop_to_multiple, list_images, load_image
+from pc_prior.images import FolderImages
 from pc_prior.integrations import fit_prior, load_codec, save_codec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -44,9 +44,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     base = SHARED / "models" / f"bmshj2018-hyperprior-q{args.quality}.pt"
-    photos = list_images(SHARED / "data" / "bsds500" / "train")[: args.images]
     net = load_codec(base)
-    images = [crop_to_multiple(load_image(p), 64) for p in photos]
+    images = list(FolderImages(SHARED / "data" / "bsds500" / "train", max_images=args.images))
     fit_prior(
         net,
         images,

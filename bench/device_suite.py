@@ -273,10 +273,10 @@ def _images(folder: Path, limit: int | None = None) -> list[Path]:
 
 
 def _fit_images(folder: Path, limit: int) -> list[Any]:
-    """[1, 3, H, W] training images, cropped to multiples of 64 (what ``fit_prior`` fits on)."""
-    from pc_prior.integrations import crop_to_multiple, load_image
+    """[1, 3, H, W] training images, cropped as ``fit_prior`` crops a folder (none if it is absent)."""
+    from pc_prior.integrations import FolderImages
 
-    return [crop_to_multiple(load_image(f), 64) for f in _images(folder, limit)]
+    return list(FolderImages(folder, max_images=limit)) if folder.is_dir() else []
 
 
 def _codec_meta(lm: Any) -> dict[str, Any]:

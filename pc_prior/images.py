@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "IMG_EXTENSIONS",
     "MIN_DIV",
     "MS_SSIM_MIN_SIDE",
+    "FolderImages",
     "compute_metrics",
     "crop_padding",
     "crop_to_multiple",
@@ -123,6 +125,34 @@ def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
     if h < multiple or w < multiple:
         return pad_to_multiple(x, multiple)
     return x[..., : h - h % multiple, : w - w % multiple]
+
+
+class FolderImages(Sequence[Tensor]):
+    """The images of a folder as a fit reads them: ``list_images`` order, the first ``max_images``
+    (all with ``None``), each ``load_image``-ed and cropped to multiples of ``multiple``.
+
+    Lazy (an image is read when it is indexed or iterated to), so a large folder never sits in
+    memory, and sized, so a progress bar knows the total. ``fit_prior``, ``pc-prior prior fit``,
+    the Lightning prior fit and the benches read folders through it, so they all see the same crops.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        multiple: int = MIN_DIV,
+        max_images: int | None = None,
+    ) -> None:
+        self.multiple = check_int("multiple", multiple, 1)
+        max_images = check_int("max_images", max_images, 1, allow_none=True)
+        self.files = list_images(root)[:max_images]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
+        if not isinstance(i, int):
+            raise InputError(f"FolderImages takes an int index, got {type(i).__name__}")
+        return crop_to_multiple(load_image(self.files[i]), self.multiple)
 
 
 def psnr(a: Tensor, b: Tensor, max_val: float = 1.0) -> Tensor:

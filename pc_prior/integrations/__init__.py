@@ -1,10 +1,11 @@
 """CompressAI entropy models backed by probabilistic circuits.
 
-The image helpers (``list_images``, ``load_image``, ``pad_to_multiple``, ``crop_to_multiple``) are
+The image helpers (``list_images``, ``load_image``, ``pad_to_multiple``, ``crop_to_multiple``,
+``FolderImages``) are
 ``pc_prior.images``' own, re-exported here.
 """
 
-from ..images import crop_to_multiple, list_images, load_image, pad_to_multiple
+from ..images import FolderImages, crop_to_multiple, list_images, load_image, pad_to_multiple
 from .api import (
     collect_conditional_inputs,
     collect_latents,
@@ -25,6 +26,7 @@ from .entropy_models import PCEntropyBottleneck
 
 __all__ = [
     "CheckerboardContext",
+    "FolderImages",
     "PCConditional",
     "PCEntropyBottleneck",
     "ResolvedCodec",

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_int
 from ..errors import InputError, UnsupportedModelError
-from ..images import crop_to_multiple, list_images, load_image
+from ..images import FolderImages
 from ..progress import progress_bar
 from ..settings import BottleneckFit, ImageFit
 from .base import position_rows
@@ -467,11 +467,9 @@ def fit_prior(
         p.requires_grad_(False)
     try:
         if isinstance(images, Path):
-            files = list_images(images)[:max_images]
-            seq: Iterable[Tensor] = (
-                crop_to_multiple(load_image(f), multiple).to(dev, dt) for f in files
-            )
-            total = len(files)
+            folder = FolderImages(images, multiple, max_images)
+            seq: Iterable[Tensor] = (x.to(dev, dt) for x in folder)
+            total = len(folder)
         else:
             seq, total = (x.to(dev, dt) for x in images), len(images)
         seq = progress_bar(seq, total=total, desc="latents", unit="img", disable=not progress)

@@ -194,10 +194,9 @@ class RDModule(RDTrainingModule):
         """Batches of training images for the initial fit, the same on every rank (seeded)."""
         hp = self.hparams
         if hp.prior_images is not None:
-            from ..images import crop_to_multiple, list_images, load_image
+            from ..images import FolderImages
 
-            files = list_images(hp.prior_images)[: hp.prior_max_images]
-            return [crop_to_multiple(load_image(f), hp.pad_multiple) for f in files]
+            return list(FolderImages(hp.prior_images, hp.pad_multiple, hp.prior_max_images))
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         dataset = getattr(dm, "train_set", None)
         if dataset is None and dm is not None:

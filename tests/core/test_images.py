@@ -11,6 +11,7 @@ from PIL import Image
 from pc_prior.errors import InputError
 from pc_prior.images import (
     IMG_EXTENSIONS,
+    FolderImages,
     compute_metrics,
     crop_padding,
     crop_to_multiple,
@@ -100,6 +101,35 @@ def test_crop_to_multiple_keeps_the_top_left_and_pads_small_images():
     assert torch.equal(crop_to_multiple(small, 32), pad_to_multiple(small, 32))
     with pytest.raises(InputError, match="multiple must be an integer >= 1"):
         crop_to_multiple(x, 0)
+
+
+def test_folder_images_reads_lazily_in_list_order_cropped(tmp_path, monkeypatch):
+    a = _png(tmp_path / "a.png", 70, 140, seed=1)
+    _png(
+        tmp_path / "b.png", 40, 50, seed=2
+    )  # smaller than the multiple: padded, as crop_to_multiple does
+    _png(tmp_path / "c.png", 64, 64, seed=3)
+    reads = []
+    real = load_image
+    monkeypatch.setattr("pc_prior.images.load_image", lambda p: reads.append(p.name) or real(p))
+    folder = FolderImages(tmp_path, 32, max_images=2)
+    assert len(folder) == 2 and reads == []  # sized without reading a file
+    got = list(folder)
+    assert reads == ["a.png", "b.png"]
+    assert got[0].shape == (1, 3, 64, 128)
+    ref = torch.from_numpy(a[:64, :128]).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(got[0], ref)
+    assert torch.equal(got[1], crop_to_multiple(real(tmp_path / "b.png"), 32))
+    assert torch.equal(folder[-1], got[1])
+    assert len(FolderImages(tmp_path)) == 3  # max_images=None: all
+    with pytest.raises(InputError, match="max_images must be an integer >= 1"):
+        FolderImages(tmp_path, 32, max_images=0)
+    with pytest.raises(InputError, match="multiple must be an integer >= 1"):
+        FolderImages(tmp_path, 0)
+    with pytest.raises(InputError, match="int index"):
+        folder[0:1]
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        FolderImages(tmp_path / "missing")
 
 
 def test_psnr_by_hand_and_of_identical_images():
