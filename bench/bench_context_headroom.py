@@ -36,6 +36,7 @@ Kodak-sized latent.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -66,19 +67,27 @@ def code_bits(sym: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     return gaussian_bits(sym - mean, scale.clamp_min(SCALE_BOUND))
 
 
+PREVIOUS_HIDDEN = 128  # width of the hidden 5x5 layers over earlier slices (--depth > 1)
+
+
 class ContextModel(nn.Module):
     """Mean and scale of every symbol from the hyper scales and (optionally) masked 5x5 contexts.
 
     Channels are split in ``slices`` groups decoded one after another (1: no channel order). Two
-    convolutions: ``previous`` sees all taps of the slices decoded before the output's slice (the
-    channel-wise context, parallel over positions); ``spatial`` sees the output's own slice (all
+    context networks: ``previous``, ``depth`` 5x5 convolutions (leaky ReLU between, hidden width
+    ``PREVIOUS_HIDDEN``, as ELIC's channel context), sees all taps
+    of the slices decoded before the output's slice (the channel-wise context, parallel over
+    positions; a hidden unit of slice k sees hidden units of slices <= k, so at any depth it depends
+    on slices < k only); ``spatial``, one 5x5 convolution, sees the output's own slice (all
     slices for ``serial``) at the positions decoded before it: the anchors (checkerboard) or the
     earlier positions in raster order (serial). The 1x1 layers are autoregressive masks (MADE):
     a hidden unit of degree d sees context features of slices <= d, an output of slice k hidden
     units of degree <= k, so no symbol sees itself or a later slice.
     """
 
-    def __init__(self, channels: int, variant: str, width: int = 384, slices: int = 1) -> None:
+    def __init__(
+        self, channels: int, variant: str, width: int = 384, slices: int = 1, depth: int = 1
+    ) -> None:
         super().__init__()
         self.variant, self.slices = variant, slices
         self.spatial_kind = next((k for k in ("checkerboard", "serial") if k in variant), None)
@@ -89,9 +98,16 @@ class ContextModel(nn.Module):
         same_or_later = in_slice[None] <= out_slice[:, None]  # [f, c] relations of slices
         earlier = in_slice[None] < out_slice[:, None]
         all_taps = torch.ones(5, 5)
-        if slices > 1:
-            self.previous = nn.Conv2d(c, f, 5, padding=2)
-            self.register_buffer("previous_mask", earlier[..., None, None] * all_taps)
+        if slices > 1:  # widths c -> 128 -> ... -> f; degrees: strictly earlier, then <=
+            hw = PREVIOUS_HIDDEN
+            sizes = [c] + [hw] * (depth - 1) + [f]
+            degs = [in_slice] + [torch.arange(hw) * slices // hw] * (depth - 1) + [out_slice]
+            self.previous = nn.ModuleList(
+                nn.Conv2d(a, b, 5, padding=2) for a, b in itertools.pairwise(sizes)
+            )
+            for i, (da, db) in enumerate(itertools.pairwise(degs)):
+                rel = da[None] < db[:, None] if i == 0 else da[None] <= db[:, None]
+                self.register_buffer(f"previous_mask{i}", rel[..., None, None] * all_taps)
             feats.append(out_slice)
         if self.spatial_kind:
             self.spatial = nn.Conv2d(c, f, 5, padding=2)
@@ -125,9 +141,14 @@ class ContextModel(nn.Module):
         conv = nn.functional.conv2d
         feats = [log_sigma]
         if self.slices > 1:
-            feats.append(
-                conv(sym, self.previous.weight * self.previous_mask, self.previous.bias, padding=2)
-            )
+            h = sym
+            for i, layer in enumerate(self.previous):
+                if i:
+                    h = nn.functional.leaky_relu(h)
+                h = conv(
+                    h, layer.weight * getattr(self, f"previous_mask{i}"), layer.bias, padding=2
+                )
+            feats.append(h)
         if self.spatial_kind == "serial":
             feats.append(
                 conv(sym, self.spatial.weight * self.spatial_mask, self.spatial.bias, padding=2)
@@ -222,10 +243,11 @@ def train(
     seed: int,
     width: int,
     slices: int,
+    depth: int = 1,
 ) -> tuple[ContextModel, list[dict]]:
     torch.manual_seed(seed)
     c = train_maps[0][0].shape[1]
-    model = ContextModel(c, variant, width, variant_slices(variant, slices))
+    model = ContextModel(c, variant, width, variant_slices(variant, slices), depth)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / steps, 1.0)))
@@ -265,7 +287,9 @@ def decode_passes(variant: str, slices: int) -> int | None:
 
 
 @torch.no_grad()
-def time_networks(variants: list[str], channels: int, width: int, slices: int, runs: int) -> None:
+def time_networks(
+    variants: list[str], channels: int, width: int, slices: int, runs: int, depth: int = 1
+) -> None:
     """Median time of the networks' evaluations a decoder of one Kodak image (y 32x48) needs.
 
     Every pass evaluates the whole network (an upper bound: a decoder could compute only the pass's
@@ -280,7 +304,7 @@ def time_networks(variants: list[str], channels: int, width: int, slices: int, r
         if passes is None:
             print(f"| {v} | 1536 (serial, one per position) | | |")
             continue
-        model = ContextModel(channels, v, width, variant_slices(v, slices)).eval()
+        model = ContextModel(channels, v, width, variant_slices(v, slices), depth).eval()
         model(x, ls)  # warm up
         times = []
         for _ in range(runs):
@@ -307,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--slices", type=int, default=8, help="channel slices of the channel-* variants"
     )
+    ap.add_argument(
+        "--depth",
+        type=int,
+        default=1,
+        help="5x5 convolutions over the earlier slices (channel-* variants)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "headroom")
     ap.add_argument(
@@ -326,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.time:
-        time_networks(args.variants, 192, args.width, args.slices, runs=7)
+        time_networks(args.variants, 192, args.width, args.slices, runs=7, depth=args.depth)
         return 0
 
     train_maps = collect(args.quality, args.train, args.models, args.cache, args.crops, args.seed)
@@ -349,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.width,
             args.slices,
+            args.depth,
         )
         final = log[-1]["valid_bits"]
         rows.append(
@@ -359,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 "crops": args.crops,
                 "width": args.width,
                 "slices": args.slices,
+                "depth": args.depth,
                 "valid_y_bits_gaussian": base,
                 "valid_y_bits": final,
                 "saving_pct": 100 * (1 - final / base),

@@ -29,15 +29,24 @@ def _allowed(variant, slice_of, anchors, out, inp):
 
 
 @pytest.mark.parametrize(
-    "variant",
-    ["recal", "checkerboard", "serial", "channel", "channel-checkerboard", "channel-serial"],
+    ("variant", "depth"),
+    [
+        ("recal", 1),
+        ("checkerboard", 1),
+        ("serial", 1),
+        ("channel", 1),
+        ("channel", 3),
+        ("channel-checkerboard", 1),
+        ("channel-checkerboard", 3),
+        ("channel-serial", 1),
+    ],
 )
-def test_context_models_are_causal(variant):
+def test_context_models_are_causal(variant, depth):
     mod = _bench()
     c, h, w, slices = 8, 6, 6, 4
     s = mod.variant_slices(variant, slices)
     torch.manual_seed(0)
-    model = mod.ContextModel(c, variant, width=24, slices=s)
+    model = mod.ContextModel(c, variant, width=24, slices=s, depth=depth)
     torch.nn.init.normal_(model.layers[-1].weight)  # the bench starts at zero: no gradient path
     slice_of = (torch.arange(c) * s // c).tolist()
     anchors = mod.anchor_mask(h, w)
