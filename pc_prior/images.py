@@ -150,9 +150,9 @@ class FolderImages(Sequence[Tensor]):
         return len(self.files)
 
     def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
-        if not isinstance(i, int):
+        if not hasattr(i, "__index__"):  # ints and numpy/torch integers; no slices
             raise InputError(f"FolderImages takes an int index, got {type(i).__name__}")
-        return crop_to_multiple(load_image(self.files[i]), self.multiple)
+        return crop_to_multiple(load_image(self.files[i.__index__()]), self.multiple)
 
 
 def psnr(a: Tensor, b: Tensor, max_val: float = 1.0) -> Tensor:

@@ -120,7 +120,7 @@ def test_folder_images_reads_lazily_in_list_order_cropped(tmp_path, monkeypatch)
     ref = torch.from_numpy(a[:64, :128]).permute(2, 0, 1)[None].float() / 255
     assert torch.equal(got[0], ref)
     assert torch.equal(got[1], crop_to_multiple(real(tmp_path / "b.png"), 32))
-    assert torch.equal(folder[-1], got[1])
+    assert torch.equal(folder[-1], got[1]) and torch.equal(folder[np.int64(0)], got[0])
     assert len(FolderImages(tmp_path)) == 3  # max_images=None: all
     with pytest.raises(InputError, match="max_images must be an integer >= 1"):
         FolderImages(tmp_path, 32, max_images=0)
