@@ -354,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only time the networks' evaluations for one Kodak-sized latent (no data, no fit)",
     )
     args = ap.parse_args(argv)
+    for name, low in (("steps", 1), ("batch", 1), ("width", 1), ("slices", 1), ("depth", 1)):
+        if getattr(args, name) < low:
+            ap.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if args.crops < 0:
+        ap.error(f"--crops must be 0 (whole photos) or more, got {args.crops}")
     torch.set_num_threads(args.threads)
     if args.time:
         time_networks(args.variants, 192, args.width, args.slices, runs=7, depth=args.depth)

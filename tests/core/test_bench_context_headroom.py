@@ -73,3 +73,21 @@ def test_decode_passes():
     assert mod.decode_passes("channel", 8) == 8
     assert mod.decode_passes("channel-checkerboard", 8) == 16
     assert mod.decode_passes("serial", 8) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--depth", "0"], "--depth must be at least 1, got 0"),
+        (["--slices", "0"], "--slices must be at least 1, got 0"),
+        (["--steps", "-1"], "--steps must be at least 1, got -1"),
+        (["--crops", "-2"], "--crops must be 0 (whole photos) or more, got -2"),
+    ],
+)
+def test_bad_sizes_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        # nothing here exists: without the check the bench fails fast elsewhere, not with exit 2
+        missing = "/nonexistent/never-read"
+        _bench().main([*argv, "--cache", missing, "--models", missing, "--train", missing])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
