@@ -514,8 +514,12 @@ class IncrementalConditionals:
         return torch.empty(self.n, k, dtype=self.t.root.dtype, device=self.t.root.device)
 
     def _recycle(self, t: Tensor) -> None:
-        """Hand a consumed [N, K] message back to ``_buffer`` (never the tables' root row)."""
-        if t.shape == (self.n, self.t.root.shape[0]) and t.data_ptr() != self.t.root.data_ptr():
+        """Hand a consumed [N, K] message back to ``_buffer`` (never the tables' root row, nor the
+        caller's per-item ``roots``: buffers are overwritten in place)."""
+        if t.shape == (self.n, self.t.root.shape[0]) and t.data_ptr() not in (
+            self.t.root.data_ptr(),
+            -1 if self._roots is None else self._roots.data_ptr(),
+        ):
             self._free.append(t)
 
     def probabilities(self, start: int, stop: int, out: Tensor | None = None) -> Tensor:
@@ -634,7 +638,9 @@ class IncrementalConditionals:
             # _renorm and matrix products work row by row, so computing a message for each of
             # the V symbols and then picking each item's row is the same as picking first: V*K
             # work instead of N*K (a row gather from a row-major table, into a reused buffer)
-            table = _renorm(self.t.emit[i].T.contiguous())
+            # a copy, always: with K = 1 ``.T.contiguous()`` is a view of the model's own table,
+            # and _renorm works in place (the coder would rewrite its tables mid-stream)
+            table = _renorm(self.t.emit[i].T.clone(memory_format=torch.contiguous_format))
             p = int(self.parent[i])
             if self.last[i] == self.step and p >= 0:  # a leaf: its message to the parent at once
                 table = _renorm(table @ self.t.trans[i].T)

@@ -281,3 +281,20 @@ def test_per_item_tables_equal_each_items_own_tables(n):
         parts = [inc.probabilities(0, half, buf).clone(), inc.probabilities(half, n, buf).clone()]
         assert torch.equal(torch.cat(parts), w / w.sum(-1, keepdim=True))
         inc.observe(x[:, i])
+
+
+@pytest.mark.parametrize("num_latents", [1, 2, 3])
+@pytest.mark.parametrize("num_cats", [3, 70])  # one-step and two-step symbols (SPLIT_MIN_SYMBOLS)
+@pytest.mark.parametrize("n", [2, 150])  # fewer items than symbols, and more (observe's two paths)
+def test_coding_leaves_the_tables_untouched(num_latents, num_cats, n):
+    # K = 1 once made ``emit[i].T.contiguous()`` a view of the tables, which the in-place
+    # renormalisation then overwrote mid-stream: the model refused its own output
+    pc = random_hclt((1, -1, 1, 0), num_cats=num_cats, num_latents=num_latents, seed=num_cats)
+    x = pc.sample(n, generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in coding_tables(pc).state().items()}
+    data = encode(pc, x)
+    mid = {k: v.clone() for k, v in coding_tables(pc).state().items()}
+    assert torch.equal(decode(pc, data), x)
+    after = coding_tables(pc).state()
+    for k in before:
+        assert torch.equal(mid[k], before[k]) and torch.equal(after[k], before[k]), k
