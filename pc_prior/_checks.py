@@ -24,8 +24,19 @@ __all__ = [
     "check_real",
     "check_rows",
     "check_step_size",
+    "check_tensor",
     "fit_keywords",
 ]
+
+# The dtypes each kind of tensor argument may have: the ones every device computes with. Bools,
+# complex numbers, quantized and float8 tensors have no meaning here (or fail inside torch).
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TENSOR_KINDS = {
+    "integer": INTEGER_DTYPES,
+    "float": FLOAT_DTYPES,
+    "real": INTEGER_DTYPES + FLOAT_DTYPES,
+}
 
 
 @overload
@@ -146,6 +157,28 @@ def check_rows(name: str, x: Any, num_vars: int | None = None) -> torch.Tensor:
         raise InputError(f"{name} must have shape [N, {num_vars or 'D'}], got {tuple(x.shape)}")
     if len(x) == 0:
         raise InputError(f"{name} is empty (0 rows)")
+    return x
+
+
+def check_tensor(
+    name: str, x: Any, kind: Literal["integer", "float", "real"], shape: str = ""
+) -> torch.Tensor:
+    """``x`` if it is a dense tensor with values of ``kind`` (``TENSOR_KINDS``), else ``InputError``.
+
+    Sparse, nested and meta tensors (no values to read) and dtypes outside the kind fail here,
+    with their name, instead of as a ``NotImplementedError`` inside torch. ``shape`` (for
+    example ``"[B, C, H, W]"``) only words the message.
+    """
+    what = f"{'an' if kind == 'integer' else 'a'} {kind} torch.Tensor{' ' + shape if shape else ''}"
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be {what}, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise InputError(f"{name} must be a dense tensor, got layout {x.layout} (call .to_dense())")
+    if x.is_meta:
+        raise InputError(f"{name} is a meta tensor: it has no values to code or fit on")
+    if x.is_quantized or x.dtype not in TENSOR_KINDS[kind]:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in TENSOR_KINDS[kind])
+        raise InputError(f"{name} must be {what} ({allowed}), got {x.dtype}")
     return x
 
 

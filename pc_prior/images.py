@@ -7,28 +7,55 @@ there is one extension list, one padding convention and one PSNR. They follow Co
 float tensors in [0, 1], zero padding *centred* on the image to a multiple of 64
 (``compressai.ops.compute_padding``), PSNR ``20·log10(max) − 10·log10(MSE)`` and MS-SSIM from
 ``pytorch_msssim``.
+
+Reading (``load_image``) departs from CompressAI's ``read_image`` (``convert("RGB")``) where that
+is wrong, and follows it where it is a choice:
+
+- Every image becomes 8-bit RGB, because the codecs see 8-bit values. 16-bit grayscale (modes
+  ``I;16``, ``I;16B``, ...) is scaled, ``round(v / 257)``, where ``convert("RGB")`` clips every
+  value above 255 to white. Mode ``I`` (32-bit integers: Pillow's mode for 16-bit PGM and 32-bit
+  TIFFs) is read the same way when its values lie in 0..65535 and refused otherwise; mode ``F``
+  (floats, no agreed scale: [0, 1] or [0, 255]) is refused. 16-bit RGB(A) files Pillow reduces
+  to 8 bits itself (the high byte: within one level of ``v / 257``).
+- Alpha is dropped, as CompressAI does (``LA``, ``RGBA``, ``P`` with transparency, ...): the
+  colour channels are the picture, so a fit and an evaluation code what the file stores, and
+  bpp and PSNR match CompressAI's. Premultiplied alpha is undone first.
+- The EXIF orientation tag is ignored, as CompressAI does: the pixels are coded as stored (the
+  tag is metadata that a codec does not carry), so the numbers match ``eval_model``'s on the same
+  file. Apply ``PIL.ImageOps.exif_transpose`` yourself to view a picture upright.
+- ICC profiles are ignored; CMYK, YCbCr and LAB are converted by Pillow.
+
+A fit crops images to multiples of ``multiple`` so the circuit sees no padding; ``FolderImages``
+therefore skips (with a warning naming them) the images with a side shorter than ``multiple``,
+which could only be padded, and refuses a folder holding nothing else.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_int
+from ._checks import check_int, check_tensor
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "IMG_EXTENSIONS",
     "MIN_DIV",
     "MS_SSIM_MIN_SIDE",
     "FolderImages",
+    "check_image_batch",
     "compute_metrics",
     "crop_padding",
     "crop_to_multiple",
@@ -66,8 +93,52 @@ def list_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Pa
     return files
 
 
+def _open_error(path: Path, e: Exception) -> InputError:
+    return InputError(f"cannot read {path} as an image ({e}); pass a readable image file")
+
+
+def _rgb8(im: PILImage, path: Path) -> np.ndarray:
+    """The pixels of ``im`` as 8-bit RGB [H, W, 3] (the reading rules of the module docstring)."""
+    mode = im.mode
+    if mode == "I" or mode.startswith("I;16"):  # 16-bit grayscale (or 32-bit ints holding it)
+        v = np.asarray(im).astype(np.int64)  # the array interface knows the byte order
+        lo, hi = (int(v.min()), int(v.max())) if v.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise InputError(
+                f"cannot read {path}: a 32-bit integer image (mode {mode}) with values "
+                f"{lo}..{hi}, outside 16 bits (0..65535); scale it to 8 or 16 bits "
+                "(mode L or I;16) and save it again"
+            )
+        grey = ((v + 128) // 257).astype(np.uint8)  # round(v / 257): 65535 -> 255, exactly
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "F":
+        raise InputError(
+            f"cannot read {path}: a 32-bit float image (mode F) has no agreed value scale "
+            "([0, 1] or [0, 255]); save it as 8- or 16-bit integers (mode L or I;16)"
+        )
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
+        im = im.convert(_ALPHA_MODES.get(mode, "RGBA"))  # unpremultiplied, palette resolved
+    elif mode not in _COLOUR_MODES:
+        raise InputError(
+            f"cannot read {path}: images of mode {mode} are not supported; save it as RGB or "
+            "grayscale (8 or 16 bits)"
+        )
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)  # from LA / RGBA: alpha dropped
+
+
+# Modes Pillow opens and converts to RGB itself; the alpha modes by their unpremultiplied form.
+_COLOUR_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+_ALPHA_MODES = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBA": "RGBA", "RGBa": "RGBA"}
+
+
 def load_image(path: str | os.PathLike[str]) -> Tensor:
-    """The image at ``path`` as RGB, a float32 tensor [1, 3, H, W] in [0, 1] (8-bit values / 255)."""
+    """The image at ``path`` as RGB, a float32 tensor [1, 3, H, W] in [0, 1] (8-bit values / 255).
+
+    Any mode Pillow opens: 16-bit grayscale scaled to 8 bits (``round(v / 257)``), alpha dropped,
+    the EXIF orientation ignored (pixels as stored, as CompressAI reads them); float images
+    (mode ``F``) and 32-bit integer ones beyond 16 bits raise ``InputError`` naming the mode.
+    The module docstring gives the reasons.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -75,16 +146,49 @@ def load_image(path: str | os.PathLike[str]) -> Tensor:
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            arr = _rgb8(im, path)
     except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"cannot read {path} as an image ({e}); pass a readable image file") from e
+        raise _open_error(path, e) from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of the image at ``path`` as ``load_image`` returns it, from its header alone."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise _open_error(path, e) from e
+    return h, w
 
 
 def _check_image(name: str, x: object) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() < 2:
         what = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise InputError(f"{name} must be an image tensor [..., H, W], got {what}")
+    return x
+
+
+def check_image_batch(name: str, x: object) -> Tensor:
+    """``x`` if it is an image batch a codec reads: a dense float tensor [B, 3, H, W] with B, H and
+    W >= 1 and values in [0, 1] (any float dtype: it is converted to the codec's own), else
+    ``InputError`` naming what is wrong. Images in 0..255 or with 1 or 4 channels would otherwise
+    run through the codec and fit a prior to latents no real image gives."""
+    x = check_tensor(name, x, "float", "[B, 3, H, W]")
+    if x.dim() != 4 or x.shape[1] != 3 or 0 in x.shape:
+        raise InputError(
+            f"{name} must be an RGB image batch [B, 3, H, W] with B, H, W >= 1, got shape "
+            f"{tuple(x.shape)}"
+            + (" (grayscale: repeat it to 3 channels)" if x.dim() == 4 and x.shape[1] == 1 else "")
+        )
+    lo, hi = float(x.min()), float(x.max())
+    if not (lo >= 0.0 and hi <= 1.0):  # also false for NaN
+        raise InputError(
+            f"{name} must hold values in [0, 1] (as load_image gives), got "
+            f"{lo:g}..{hi:g}" + (" (divide by 255)" if 1.0 < hi <= 255.0 else "")
+        )
     return x
 
 
@@ -118,7 +222,8 @@ def crop_padding(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Crop ``x`` [..., H, W] at the bottom and right to multiples of ``multiple``, so no padding
-    enters (e.g. a fit); a side shorter than ``multiple`` is padded instead (``pad_to_multiple``)."""
+    enters (e.g. a fit); a side shorter than ``multiple`` is padded instead (``pad_to_multiple``),
+    so ``FolderImages`` skips such images."""
     x = _check_image("x", x)
     multiple = check_int("multiple", multiple, 1)
     h, w = x.shape[-2:]
@@ -129,9 +234,13 @@ def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
 
 class FolderImages(Sequence[Tensor]):
     """The images of a folder as a fit reads them: ``list_images`` order, the first ``max_images``
-    (all with ``None``), each ``load_image``-ed and cropped to multiples of ``multiple``.
+    (all with ``None``) with both sides at least ``multiple``, each ``load_image``-ed and cropped
+    to multiples of ``multiple``, so no padding enters.
 
-    Lazy (an image is read when it is indexed or iterated to), so a large folder never sits in
+    Images with a side shorter than ``multiple`` could only be padded, so they are skipped, named
+    in ``skipped`` and in one warning (``skipped N images smaller than MxM``); a folder holding
+    only such images raises ``InputError``. Lazy (only the headers are read up front, for the
+    sizes; an image's pixels when it is indexed or iterated to), so a large folder never sits in
     memory, and sized, so a progress bar knows the total. ``fit_prior``, ``pc-prior prior fit``,
     the Lightning prior fit and the benches read folders through it, so they all see the same crops.
     """
@@ -144,7 +253,33 @@ class FolderImages(Sequence[Tensor]):
     ) -> None:
         self.multiple = check_int("multiple", multiple, 1)
         max_images = check_int("max_images", max_images, 1, allow_none=True)
-        self.files = list_images(root)[:max_images]
+        self.files: list[Path] = []
+        self.skipped: list[Path] = []  # too small: a side shorter than ``multiple``
+        named = []  # the skipped images with their sizes, for the message
+        for path in list_images(root):
+            if max_images is not None and len(self.files) == max_images:
+                break
+            h, w = _image_size(path)
+            if min(h, w) < self.multiple:
+                self.skipped.append(path)
+                named.append(f"{path.relative_to(root).as_posix()} ({h}x{w})")
+            else:
+                self.files.append(path)
+        if self.skipped:
+            m, n = self.multiple, len(self.skipped)
+            names = ", ".join(named[:5]) + (", ..." if n > 5 else "")
+            if not self.files:
+                raise InputError(
+                    f"{'the one image' if n == 1 else f'all {n} images'} in {root} "
+                    f"{'is' if n == 1 else 'are'} smaller than {m}x{m} ({names}); a fit crops "
+                    f"images to multiples of {m} and pads none: pass larger images, or a smaller "
+                    "multiple (--multiple) if the codec's downsampling allows it"
+                )
+            warnings.warn(
+                f"skipped {n} image{'s' if n > 1 else ''} smaller than {m}x{m} in {root} "
+                f"(a fit crops to multiples of {m} and pads none): {names}",
+                stacklevel=2,
+            )
 
     def __len__(self) -> int:
         return len(self.files)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_int
 from ..errors import InputError, UnsupportedModelError
-from ..images import FolderImages
+from ..images import FolderImages, check_image_batch
 from ..progress import progress_bar
 from ..settings import BottleneckFit, ImageFit
 from .base import position_rows
@@ -347,8 +347,10 @@ def fit_prior(
 ) -> dict[str, list[dict]]:
     """Freeze ``model``, collect the latents at its entropy model(s) and fit the circuit(s).
 
-    ``images`` is a folder (every image, cropped to multiples of ``multiple``, so the circuit
-    sees no padding) or a sequence of [1, 3, H, W] tensors. ``name`` is one module name or several,
+    ``images`` is a folder (``FolderImages``: every image cropped to multiples of ``multiple``, so
+    the circuit sees no padding; images with a side shorter than ``multiple`` are skipped with a
+    warning, and a folder of only such images raises ``InputError``) or a sequence of [1, 3, H, W]
+    tensors, used as given (neither cropped nor padded). ``name`` is one module name or several,
     e.g. ``("entropy_bottleneck", "gaussian_conditional")`` for a hyperprior codec; plain modules
     are swapped for circuit-backed ones first. All named modules' inputs are collected in one pass.
     Bottlenecks are fitted with ``num_latents`` and the remaining keyword arguments
@@ -419,8 +421,8 @@ def fit_prior(
         )
     if any(isinstance(m, GaussianConditional) for m in modules.values()):
         PCConditional.check_fit_args(**cond_kw)
-    if isinstance(images, (str, Path)):
-        images = Path(images)
+    if isinstance(images, (str, Path)):  # read now (headers), so a bad folder stops before the swap
+        images = FolderImages(Path(images), multiple, max_images)
     else:
         if isinstance(images, Tensor) or not isinstance(images, Iterable):
             raise InputError(
@@ -432,20 +434,7 @@ def fit_prior(
         if not images:
             raise InputError("images is empty: no images to collect latents from")
         for i, x in enumerate(images):
-            if (
-                not isinstance(x, Tensor)
-                or x.dim() != 4
-                or not x.dtype.is_floating_point
-                or x.shape[0] == 0
-            ):
-                what = (
-                    f"{x.dtype} tensor of shape {tuple(x.shape)}"
-                    if isinstance(x, Tensor)
-                    else type(x).__name__
-                )
-                raise InputError(
-                    f"images[{i}] must be a float image tensor [B, 3, H, W] (B >= 1), got {what}"
-                )
+            check_image_batch(f"images[{i}]", x)
     ref = next(
         model.parameters(), torch.zeros(())
     )  # images go to the codec's device and dtype (a .double() codec too)
@@ -466,10 +455,9 @@ def fit_prior(
     for p in before:
         p.requires_grad_(False)
     try:
-        if isinstance(images, Path):
-            folder = FolderImages(images, multiple, max_images)
-            seq: Iterable[Tensor] = (x.to(dev, dt) for x in folder)
-            total = len(folder)
+        if isinstance(images, FolderImages):
+            seq: Iterable[Tensor] = (x.to(dev, dt) for x in images)
+            total = len(images)
         else:
             seq, total = (x.to(dev, dt) for x in images), len(images)
         seq = progress_bar(seq, total=total, desc="latents", unit="img", disable=not progress)

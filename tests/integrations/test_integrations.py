@@ -328,6 +328,8 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
                 "0",
                 "--max-items",
                 "500",
+                "--multiple",  # a factorized codec downsamples by 16; the images are 40x56
+                "16",
                 "--leaves",
                 leaves,
                 "--finetune-steps",
