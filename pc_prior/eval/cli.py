@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..settings import DEMO_BOTTLENECK, add_arguments
+from .compare import BD_MIN_POINTS
+
+if TYPE_CHECKING:
+    from ..integrations.codec_file import ResolvedCodec
 
 DEMO_OPTIONS = ("num_latents", "structure", "epochs", "max_items")  # run_demo's fit options
 
@@ -74,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="rate-distortion of codecs on an image folder (real bitstreams), CompressAI JSON",
         description="Compress and decompress every image of --data with each MODEL; write means "
-        "and per-image rows as CompressAI results JSON.",
+        "and per-image rows as CompressAI results JSON: one RD curve, so all MODELs must share "
+        "one architecture and entropy model (run eval once per curve). Undefined values (MS-SSIM "
+        "below 161 px) are null, with the reason under 'undefined'.",
     )
     p.add_argument(
         "models",
@@ -98,7 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--output", "-o", default=None, help="write the results JSON here (default: print only)"
     )
     p.add_argument(
-        "--name", default=None, help="curve name in the JSON (default: from the first model)"
+        "--name",
+        default=None,
+        help="curve name in the JSON (default: the architecture, '+ PC prior' for PC codecs)",
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument(
@@ -111,7 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_eval)
 
     c = sub.add_parser(
-        "compare", help="rate savings per quality, BD-rates and an RD plot of two eval JSON files"
+        "compare",
+        help="rate savings per quality, BD-rates and an RD plot of two eval JSON files",
+        description="Compare two results files of 'pc-prior eval' (or CompressAI's format): rate "
+        f"savings per quality and BD-rates, with the number of points per curve (a BD-rate from "
+        f"fewer than {BD_MIN_POINTS} is reported with a warning). Files that record different "
+        "image sets are refused unless --allow-different-images.",
     )
     c.add_argument("baseline", help="baseline results JSON (CompressAI format)")
     c.add_argument("candidate", help="candidate results JSON")
@@ -128,6 +141,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="BD interpolation (default: %(default)s)",
     )
     c.add_argument("--json", default=None, help="also write the comparison as JSON here")
+    c.add_argument(
+        "--allow-different-images",
+        action="store_true",
+        help="compare files measured on different images (a warning instead of an error)",
+    )
     c.set_defaults(func=_compare)
 
     r = sub.add_parser(
@@ -181,9 +199,9 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-    from ..images import list_images
+    from ..images import MS_SSIM_MIN_SIDE, list_images
     from ..integrations.codec_file import resolve_codec
-    from .rd import evaluate_model, results_json
+    from .rd import dumps_json, evaluate_model, results_json, write_json
 
     resolve_device(
         args.device
@@ -208,24 +226,28 @@ def _eval(args: argparse.Namespace) -> int:
         resolve_codec(m, arch=args.arch, device=args.device, metric=args.metric)
         for m in args.models
     ]
+    curve = _one_curve(loaded)  # before any image is coded
     runs = []
     for lm in loaded:
         res = evaluate_model(lm.net, images, progress=not args.no_progress, desc=lm.name)
         runs.append({"model": lm.name, "quality": lm.quality, **res})
         m = res["mean"]
+        ms = m["ms-ssim-rgb"]
+        ms_text = (
+            f"n/a (an image side below {MS_SSIM_MIN_SIDE} px)" if math.isnan(ms) else f"{ms:.4f}"
+        )
         print(
             f"{lm.name}: bpp {m['bpp']:.4f} (estimated {m['bpp_estimated']:.4f}), PSNR-RGB {m['psnr-rgb']:.3f} dB, "
-            f"MS-SSIM {m['ms-ssim-rgb']:.4f}, enc {1000 * m['encoding_time']:.1f} ms, "
+            f"MS-SSIM {ms_text}, enc {1000 * m['encoding_time']:.1f} ms, "
             f"dec {1000 * m['decoding_time']:.1f} ms ({len(images)} images; decoded = forward "
             f"bit for bit: {sum(r['decoded_equals_forward'] for r in res['images'])}/{len(images)})",
             file=sys.stderr,
         )
     import compressai
 
-    name = args.name or (loaded[0].arch if loaded[0].arch else loaded[0].name)
     out = results_json(
         runs,
-        name=name,
+        name=args.name or curve,
         description=f"Inference ({compressai.get_entropy_coder()})",
         extra={
             "dataset": str(args.data),
@@ -234,21 +256,48 @@ def _eval(args: argparse.Namespace) -> int:
             "sources": [lm.source for lm in loaded],
         },
     )
-    text = json.dumps(out, indent=2)
     if args.output:
-        path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+        path = write_json(args.output, out)
         print(f"wrote {path}", file=sys.stderr)
     else:
-        print(text)
+        print(dumps_json(out))
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare, format_comparison, plot_rd
+def _curve_of(lm: ResolvedCodec) -> str:
+    """The RD curve a codec's points belong to: its architecture, and whether it codes with PC priors."""
+    pc = lm.info.get("pc_modules")
+    return f"{lm.arch or lm.name}{' + PC prior' if pc else ''}"
 
-    res = compare(args.baseline, args.candidate, method=args.method)
+
+def _one_curve(loaded: list[ResolvedCodec]) -> str:
+    """The name of the one curve ``loaded`` makes; ``InputError`` naming each group if they mix
+    architectures or entropy models (a results file holds one curve, named after it)."""
+    from ..errors import InputError
+
+    groups: dict[str, list[str]] = {}
+    for lm in loaded:
+        groups.setdefault(_curve_of(lm), []).append(lm.source or lm.name)
+    if len(groups) > 1:
+        listed = "; ".join(f"{g}: {', '.join(srcs)}" for g, srcs in groups.items())
+        raise InputError(
+            f"these codecs belong to {len(groups)} different RD curves ({listed}), and one results "
+            "file holds one curve of one architecture and entropy model: run 'pc-prior eval' once "
+            "per curve, each with its own --output, and compare the files with 'pc-prior compare'"
+        )
+    return next(iter(groups))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare, comparison_record, format_comparison, plot_rd
+    from .rd import write_json
+
+    res = compare(
+        args.baseline,
+        args.candidate,
+        method=args.method,
+        allow_different_images=args.allow_different_images,
+    )
     base, cand = res.pop("_curves")
     print(format_comparison(res))
     if not args.no_plot:
@@ -263,8 +312,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"\nRD plot: {plot}")
         res["plot"] = str(plot)
     if args.json:
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
-        Path(args.json).write_text(json.dumps(clean, indent=2) + "\n")
+        write_json(args.json, comparison_record(res))
     return 0
 
 

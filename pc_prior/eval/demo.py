@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -85,12 +84,6 @@ def write_photos(names: Sequence[str], folder: Path) -> list[Path]:
         Image.fromarray(skimage_photo(n)).save(p)
         paths.append(p)
     return paths
-
-
-def _pixel_hash(x: Tensor) -> str:
-    """Hash of an image's 8-bit pixels (so the same photo in another file format still matches)."""
-    a = (x * 255).round().to(torch.uint8).cpu().numpy()
-    return hashlib.sha1(str(a.shape).encode() + a.tobytes()).hexdigest()
 
 
 def _augment(x: Tensor) -> list[Tensor]:
@@ -270,7 +263,7 @@ def run_demo(
     from ..images import crop_to_multiple, list_images, load_image
     from ..integrations import fit_prior, save_codec
     from .compare import load_curve, rate_savings
-    from .rd import evaluate_model, results_json
+    from .rd import evaluate_model, pixel_sha256, results_json, write_json
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
@@ -291,10 +284,10 @@ def run_demo(
     train_paths = train_paths[:max_train_images]
 
     train_x = [load_image(p) for p in train_paths]
-    train_hash = {_pixel_hash(x): p for x, p in zip(train_x, train_paths)}
+    train_hash = {pixel_sha256(x): p for x, p in zip(train_x, train_paths)}
     overlap = []
     for p in test_paths:
-        q = train_hash.get(_pixel_hash(load_image(p)))
+        q = train_hash.get(pixel_sha256(load_image(p)))
         if q is not None:
             overlap.append(f"{p} = {q}")
     if overlap:
@@ -375,7 +368,13 @@ def run_demo(
                 "saving_pct": 100.0 * (1.0 - c["bpp"] / b["bpp"]),
                 "psnr": c["psnr-rgb"],
                 "psnr_base": b["psnr-rgb"],
-                "ms_ssim": c["ms-ssim-rgb"],
+                # null where undefined (an image side below 161 px), the reason beside it
+                "ms_ssim": None if math.isnan(c["ms-ssim-rgb"]) else c["ms-ssim-rgb"],
+                **(
+                    {"ms_ssim_undefined": c["undefined"]["ms-ssim-rgb"]}
+                    if "ms-ssim-rgb" in c.get("undefined", {})
+                    else {}
+                ),
                 "enc_base": b["encoding_time"],
                 "enc_pc": c["encoding_time"],
                 "dec_base": b["decoding_time"],
@@ -415,8 +414,8 @@ def run_demo(
         description=f"PC prior K={latents} {structure}",
         extra=extra,
     )
-    (out / "base.json").write_text(json.dumps(base_json, indent=2) + "\n")
-    (out / "pc.json").write_text(json.dumps(pc_json, indent=2) + "\n")
+    write_json(out / "base.json", base_json)
+    write_json(out / "pc.json", pc_json)
     savings = rate_savings(load_curve(out / "base.json"), load_curve(out / "pc.json"))
 
     codec_path = None
@@ -476,7 +475,7 @@ def run_demo(
         },
     }
     (out / "table.txt").write_text(table + "\n")
-    (out / "demo.json").write_text(json.dumps(_clean(summary), indent=2, default=str) + "\n")
+    write_json(out / "demo.json", summary)
 
     log("")
     log(table)
@@ -496,16 +495,3 @@ def run_demo(
         + (f", {codec_path}" if codec_path else "")
     )
     return summary
-
-
-def _clean(o: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null, numpy scalars plain numbers."""
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        o = o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o

@@ -10,6 +10,7 @@ measured on the cropped, 8-bit-rounded reconstruction (PSNR-RGB, MS-SSIM-RGB), a
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import statistics
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,7 @@ from ..errors import InputError
 from ..images import (
     IMG_EXTENSIONS,
     MIN_DIV,
+    MS_SSIM_MIN_SIDE,
     compute_metrics,
     crop_padding,
     load_image,
@@ -37,9 +40,12 @@ __all__ = [
     "MIN_DIV",
     "compute_metrics",
     "count_bytes",
+    "dumps_json",
     "evaluate_image",
     "evaluate_model",
+    "pixel_sha256",
     "results_json",
+    "write_json",
 ]
 
 METRICS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
@@ -54,6 +60,51 @@ def count_bytes(strings: Any) -> int:
     raise TypeError(
         f"compress() strings must be nested lists of bytes, found {type(strings).__name__}"
     )
+
+
+def pixel_sha256(x: Tensor) -> str:
+    """SHA-256 of an image's shape and 8-bit pixels (``x`` in [0, 1]): the same picture in another
+    file, format or folder gets the same digest, another crop or picture another one."""
+    a = (x.detach() * 255).round().clamp(0, 255).to(torch.uint8).cpu().contiguous().numpy()
+    return hashlib.sha256(str(tuple(a.shape)).encode() + a.tobytes()).hexdigest()
+
+
+def _json_plain(o: Any, where: str) -> Any:
+    """``o`` with numpy scalars and arrays as Python numbers and lists, tuples as lists, paths as
+    strings; a NaN or infinity anywhere raises ``InputError`` naming where it is."""
+    if isinstance(o, dict):
+        return {k: _json_plain(v, f"{where}.{k}" if where else str(k)) for k, v in o.items()}
+    if isinstance(o, np.ndarray):
+        o = o.tolist()
+    if isinstance(o, (list, tuple)):
+        return [_json_plain(v, f"{where}[{i}]") for i, v in enumerate(o)]
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        raise InputError(
+            f"cannot write {o} at {where or 'the top level'} as JSON, which has no NaN or infinity: "
+            "store null with the reason it is undefined (an 'undefined' entry) instead"
+        )
+    return o
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON text of ``obj`` (``allow_nan=False``: no bare NaN or Infinity, which strict
+    parsers refuse). Numpy numbers and arrays, tuples and paths are written as plain JSON; a
+    non-finite float raises ``InputError`` naming its place, so an undefined value must be written
+    as null with a reason rather than slip out as invalid JSON."""
+    return json.dumps(_json_plain(obj, ""), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``dumps_json(obj)`` and a newline to ``path`` (creating its folder); returns the path."""
+    path = Path(path)
+    text = dumps_json(obj)  # fails before anything is written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return path
 
 
 def _sync(device: torch.device) -> None:
@@ -94,6 +145,8 @@ def evaluate_image(
     timed calls after ``warmup`` untimed ones), ``psnr-rgb_forward`` (of the forward's
     reconstruction), ``decoded_equals_forward`` (the decoded image is the forward's, clamped to
     [0, 1], bit for bit) and ``x_hat_sha256`` (of the decoded image, to compare two codecs').
+    A metric that is undefined for this image is NaN, with the reason in ``undefined``
+    (``{"ms-ssim-rgb": "image side below 161 px (WxH)"}``; MS-SSIM needs both sides >= 161).
     """
     runs, warmup = check_int("runs", runs, 1), check_int("warmup", warmup, 0)
     device = _device_of(net)
@@ -123,6 +176,10 @@ def evaluate_image(
 
     nbytes = count_bytes(enc["strings"])
     out: dict[str, Any] = compute_metrics(x, x_hat)
+    if math.isnan(out["ms-ssim-rgb"]) and min(size) < MS_SSIM_MIN_SIDE:
+        out["undefined"] = {
+            "ms-ssim-rgb": f"image side below {MS_SSIM_MIN_SIDE} px ({size[1]}x{size[0]})"
+        }
     out.update(
         bpp=nbytes * 8.0 / num_pixels,
         bits=nbytes * 8,
@@ -158,8 +215,9 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Evaluate ``net`` on image files: ``{"mean": {...}, "images": [{"image": name, ...}, ...]}``.
 
-    Each row is ``evaluate_image``'s (``runs``, ``warmup``: its timing); ``mean`` averages the
-    numeric fields over the images.
+    Each row is ``evaluate_image``'s (``runs``, ``warmup``: its timing) with the file name and
+    ``image_sha256`` (``pixel_sha256`` of the image, which tells image sets apart); ``mean``
+    averages the numeric fields over the images (NaN where a metric is undefined for any image).
     """
     from ..progress import progress_bar
 
@@ -168,8 +226,9 @@ def evaluate_model(
         raise InputError("no images to evaluate: pass at least one image file")
     rows = []
     for path in progress_bar(images, desc=desc, unit="img", disable=not progress, leave=False):
-        row = evaluate_image(net, load_image(path), min_div=min_div, runs=runs, warmup=warmup)
-        rows.append({"image": Path(path).name, **row})
+        x = load_image(path)
+        row = evaluate_image(net, x, min_div=min_div, runs=runs, warmup=warmup)
+        rows.append({"image": Path(path).name, "image_sha256": pixel_sha256(x), **row})
     keys = [
         k
         for k, v in rows[0].items()
@@ -177,8 +236,48 @@ def evaluate_model(
     ]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     if any(math.isnan(r["ms-ssim-rgb"]) for r in rows):
-        warnings.warn("MS-SSIM is NaN for images with a side of 160 pixels or less", stacklevel=2)
+        warnings.warn(
+            f"MS-SSIM is NaN for images with a side below {MS_SSIM_MIN_SIDE} pixels", stacklevel=2
+        )
     return {"mean": mean, "images": rows}
+
+
+def _image_set(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``{"count", "names", "sha256"}`` of the images the runs coded (all runs must share them).
+
+    ``sha256`` digests the sorted per-image pixel digests (None when rows lack ``image_sha256``):
+    equal for the same pictures in any order, folder or file format, so ``pc-prior compare`` can
+    tell whether two results files measured the same images.
+    """
+    sets: list[dict[str, Any]] = []
+    for run in runs:
+        rows = run["images"]
+        hashes = [r.get("image_sha256") for r in rows]
+        digest = None
+        if rows and all(isinstance(h, str) for h in hashes):
+            digest = hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+        sets.append({"count": len(rows), "names": [r["image"] for r in rows], "sha256": digest})
+    for run, other in zip(runs[1:], sets[1:]):
+        if (other["sha256"], sorted(other["names"])) != (
+            sets[0]["sha256"],
+            sorted(sets[0]["names"]),
+        ):
+            raise InputError(
+                f"runs {runs[0]['model']!r} and {run['model']!r} coded different images "
+                f"({sets[0]['count']} and {other['count']}); one results file holds one curve "
+                "measured on one image set: evaluate every model on the same images"
+            )
+    return sets[0]
+
+
+def _null_undefined(row: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a per-image row with each metric it marks undefined (NaN) as None."""
+    why = row.get("undefined") or {}
+    return {k: (None if k in why and _is_nan(v) else v) for k, v in row.items()}
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
 
 
 def results_json(
@@ -190,21 +289,39 @@ def results_json(
     """CompressAI's results format: ``{"name", "description", "results": {metric: [one value per run]}}``.
 
     Each run is ``{"model": label, "quality": int|None, "mean": {...}, "images": [...]}``; the results
-    lists follow the order of ``runs``. Per-image rows go under ``"per_image"``, keyed by model label.
+    lists follow the order of ``runs``. Per-image rows go under ``"per_image"``, keyed by model label;
+    ``"image_set"`` names the images (``count``, ``names``, ``sha256`` of their pixels). A metric
+    undefined for some images (MS-SSIM below 161 px) is null, in the rows and in the means, and
+    ``"undefined"`` says why (``{"ms-ssim-rgb": reason}``); the result is strict JSON for
+    ``dumps_json`` (a NaN without a reason is refused there).
     """
     results: dict[str, list[Any]] = {k: [] for k in METRICS}
     results.update({"bpp_estimated": [], "bits": [], "model": [], "quality": []})
+    undefined: dict[str, str] = {}
     for run in runs:
         for k in METRICS + ("bpp_estimated", "bits"):
-            results[k].append(run["mean"][k])
+            v = run["mean"][k]
+            bad = [r for r in run["images"] if k in (r.get("undefined") or {})]
+            if _is_nan(v) and bad:
+                v = None
+                undefined.setdefault(
+                    k,
+                    f"{k} undefined for {len(bad)} of {len(run['images'])} images: "
+                    + "; ".join(f"{r['image']}: {r['undefined'][k]}" for r in bad[:5])
+                    + (" ..." if len(bad) > 5 else ""),
+                )
+            results[k].append(v)
         results["model"].append(run["model"])
         results["quality"].append(run.get("quality"))
-    out = {
+    out: dict[str, Any] = {
         "name": name,
         "description": description,
         "results": results,
-        "per_image": {run["model"]: run["images"] for run in runs},
+        "image_set": _image_set(runs) if runs else None,
+        "per_image": {run["model"]: [_null_undefined(r) for r in run["images"]] for run in runs},
     }
+    if undefined:
+        out["undefined"] = undefined
     if extra:
         out.update(extra)
     return out

@@ -68,21 +68,34 @@ def demo_run(tiny_codec, folders, tmp_path_factory):
     return out, res, "\n".join(lines)
 
 
+def _strict(text: str):
+    """Parse JSON as strict parsers do: a bare NaN, Infinity or -Infinity is an error."""
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: bare {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_demo_writes_table_plot_and_json(demo_run):
     out, res, text = demo_run
     for f in ("table.txt", "demo.png", "demo.json", "base.json", "pc.json", "pc-codec.pt"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((out / "demo.json").read_text())
+    summary = _strict((out / "demo.json").read_text())
     assert summary["reconstructions_identical"] and summary["disjoint"] and summary["augment"]
+    # the test images are below 161 px: MS-SSIM null with the reason, no bare NaN in any file
+    for r in summary["images"]:
+        assert r["ms_ssim"] is None and "below 161 px" in r["ms_ssim_undefined"]
     assert [r["image"] for r in summary["images"]] == ["astronaut.png", "coffee.jpg"]
     assert summary["images"][0]["size"] == "90x70"
     for name in (
         "base.json",
         "pc.json",
     ):  # CompressAI results format, readable by 'pc-prior compare'
-        d = json.loads((out / name).read_text())
+        d = _strict((out / name).read_text())
         assert len(d["results"]["bpp"]) == 1 and "psnr-rgb" in d["results"]
+        assert d["results"]["ms-ssim-rgb"] == [None] and "161 px" in d["undefined"]["ms-ssim-rgb"]
     table = (out / "table.txt").read_text()
     assert "astronaut.png" in table and "mean of 2" in table and table.strip() in text
     assert "identical (PC vs base, bit for bit): yes (2/2 images)" in text

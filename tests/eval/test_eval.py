@@ -239,3 +239,173 @@ def test_pc_codec_file_is_evaluated_with_its_circuit(image_dir, tmp_path):
     assert [r["psnr-rgb"] for r in res["images"]] == [r["psnr-rgb"] for r in ref["images"]]
     assert [r["x_hat_sha256"] for r in res["images"]] == [r["x_hat_sha256"] for r in ref["images"]]
     assert all(r["decoded_equals_forward"] for r in res["images"])
+
+
+def _strict(text: str):
+    """Parse JSON as strict parsers do: a bare NaN, Infinity or -Infinity is an error."""
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: bare {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def plain_ckpt(tmp_path_factory):
+    """A second FactorizedPrior(N=8, M=12), as a plain state dict (needs --arch)."""
+    from compressai.models import FactorizedPrior
+
+    torch.manual_seed(1)
+    other = FactorizedPrior(N=8, M=12)
+    other.update(force=True)
+    p = tmp_path_factory.mktemp("plain") / "plain.pth"
+    torch.save(other.state_dict(), p)
+    return p
+
+
+def _eval_json(ckpts, data, out, capsys, *extra) -> dict:
+    argv = ["eval", *map(str, ckpts), "--arch", "bmshj2018-factorized", "--data", str(data)]
+    assert main(argv + ["--output", str(out), "--no-progress", *extra]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    return _strict(out.read_text())
+
+
+def test_results_json_below_161_px_is_strict_with_reasons(tiny_ckpt, plain_ckpt, tmp_path, capsys):
+    """MS-SSIM is undefined below 161 px: null with the reason, never a bare NaN; compare reads it."""
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(_skimage("coffee", 64, 80)).save(small / "c.png")
+    out = tmp_path / "small.json"
+    data = _eval_json([tiny_ckpt, plain_ckpt], small, out, capsys)  # strict parse: no NaN
+    res = data["results"]
+    assert res["ms-ssim-rgb"] == [None, None]
+    assert all(math.isfinite(v) for v in res["psnr-rgb"] + res["bpp"])
+    assert data["undefined"]["ms-ssim-rgb"] == (
+        "ms-ssim-rgb undefined for 1 of 1 images: c.png: image side below 161 px (80x64)"
+    )
+    for rows in data["per_image"].values():
+        assert rows[0]["ms-ssim-rgb"] is None
+        assert rows[0]["undefined"] == {"ms-ssim-rgb": "image side below 161 px (80x64)"}
+    # printed to stdout (no --output): strict as well
+    argv = ["eval", str(tiny_ckpt), "--arch", "bmshj2018-factorized", "--data", str(small)]
+    assert main(argv + ["--no-progress"]) == 0
+    assert _strict(capsys.readouterr().out)["results"]["ms-ssim-rgb"] == [None]
+
+    js = tmp_path / "cmp.json"
+    assert main(["compare", str(out), str(out), "--no-plot", "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    assert "BD-rate (MS-SSIM dB):  n/a: MS-SSIM undefined (baseline: ms-ssim-rgb undefined" in text
+    assert "image side below 161 px (80x64)" in text
+    cmp = _strict(js.read_text())
+    assert cmp["bd_rate_ms_ssim"] is None and "161 px" in cmp["undefined"]["bd_rate_ms_ssim"]
+    assert cmp["points"] == {"baseline": 2, "candidate": 2}
+    assert [set(r) & {"d_ms_ssim"} for r in cmp["per_quality"]] == [set(), set()]
+    assert [r["saving_pct"] for r in cmp["per_quality"]] == [0.0, 0.0]
+
+
+def test_dumps_json_refuses_nan_naming_where(tmp_path):
+    from pathlib import Path
+
+    from pc_prior.errors import InputError
+    from pc_prior.eval.rd import dumps_json, write_json
+
+    ok = {"a": np.float32(0.5), "b": (1, np.int64(2)), "p": Path("x/y"), "n": None}
+    assert _strict(dumps_json(ok)) == {"a": 0.5, "b": [1, 2], "p": "x/y", "n": None}
+    with pytest.raises(InputError, match=r"cannot write nan at results\.psnr\[1\] as JSON"):
+        dumps_json({"results": {"psnr": [1.0, float("nan")]}})
+    with pytest.raises(InputError, match=r"inf at x\[0\]\.y"):
+        write_json(tmp_path / "bad.json", {"x": [{"y": np.float64("inf")}]})
+    assert not (tmp_path / "bad.json").exists()  # nothing half-written
+
+
+def test_results_record_the_image_set_and_compare_refuses_other_images(
+    tiny_ckpt, plain_ckpt, image_dir, tmp_path, capsys
+):
+    both = _eval_json([tiny_ckpt, plain_ckpt], image_dir, tmp_path / "both.json", capsys)
+    s = both["image_set"]
+    assert s["count"] == 2 and s["names"] == ["a.png", "b.png"] and len(s["sha256"]) == 64
+    rows = both["per_image"]["tiny"]
+    assert [len(r["image_sha256"]) for r in rows] == [64, 64]
+
+    # the same pictures under other names and formats, listed in another order: the same set
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    Image.open(image_dir / "a.png").save(renamed / "z.bmp")
+    Image.open(image_dir / "sub" / "b.png").save(renamed / "y.png")
+    same = _eval_json([tiny_ckpt, plain_ckpt], renamed, tmp_path / "renamed.json", capsys)
+    assert same["image_set"]["sha256"] == s["sha256"]
+    assert (
+        main(["compare", str(tmp_path / "both.json"), str(tmp_path / "renamed.json"), "--no-plot"])
+        == 0
+    )
+    assert "images:    the same 2 images (" in capsys.readouterr().out
+
+    # one image fewer: refused, naming both sets and the fix
+    _eval_json([tiny_ckpt, plain_ckpt], image_dir, tmp_path / "one.json", capsys, "--limit", "1")
+    argv = ["compare", str(tmp_path / "both.json"), str(tmp_path / "one.json"), "--no-plot"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "measured different images" in err
+    assert f"baseline {tmp_path / 'both.json'}: {image_dir}, 2 images (a.png, b.png;" in err
+    assert f"candidate {tmp_path / 'one.json'}: {image_dir}, 1 image (a.png;" in err
+    assert "only in the baseline: b.png; only in the candidate: none" in err
+    assert "same --data and --limit" in err and "--allow-different-images" in err
+    assert main(argv + ["--allow-different-images"]) == 0
+    out = capsys.readouterr().out
+    assert "images:    DIFFERENT (compared anyway" in out
+    assert "warning: the two results files measured different images" in out
+
+    # the same names, other pixels (a crop): refused too
+    cropped = tmp_path / "cropped"
+    (cropped / "sub").mkdir(parents=True)
+    Image.fromarray(_skimage("astronaut", 150, 160)).save(cropped / "a.png")
+    Image.open(image_dir / "sub" / "b.png").save(cropped / "sub" / "b.png")
+    _eval_json([tiny_ckpt, plain_ckpt], cropped, tmp_path / "cropped.json", capsys)
+    assert main(["compare", str(tmp_path / "both.json"), str(tmp_path / "cropped.json")]) == 1
+    assert "the file names match but the pixels differ" in capsys.readouterr().err
+
+
+def _codec_file(net, path, arch, **extra):
+    from pc_prior.integrations import save_codec
+
+    net.update(force=True)
+    return save_codec(net.eval(), path, arch=arch, quality=1, **extra)
+
+
+def test_eval_refuses_codecs_of_different_curves(tiny_net, image_dir, tmp_path, capsys):
+    """A factorized and a hyperprior codec (or a base and a PC codec) make no one RD curve."""
+    from compressai.models import FactorizedPrior, ScaleHyperprior
+
+    from pc_prior.integrations import fit_prior
+
+    torch.manual_seed(0)
+    fact = _codec_file(FactorizedPrior(N=8, M=12), tmp_path / "fact.pt", "bmshj2018-factorized")
+    hyper = _codec_file(ScaleHyperprior(N=8, M=12), tmp_path / "hyper.pt", "bmshj2018-hyperprior")
+    out = tmp_path / "mixed.json"
+    argv = ["eval", str(fact), str(hyper), "--data", str(image_dir), "--output", str(out)]
+    assert main(argv + ["--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"belong to 2 different RD curves (bmshj2018-factorized: {fact}; "
+        f"bmshj2018-hyperprior: {hyper})" in err
+    )
+    assert "run 'pc-prior eval' once per curve, each with its own --output" in err
+    assert not out.exists()
+
+    # the same architecture, its own entropy model and a PC prior: two curves as well
+    tiny = {"net_kwargs": {"N": 8, "M": 12}}
+    base = _codec_file(tiny_net, tmp_path / "base.pt", "FactorizedPrior", **tiny)
+    pc_net = FactorizedPrior(N=8, M=12)
+    pc_net.load_state_dict(tiny_net.state_dict())
+    fit_prior(pc_net, [torch.rand(1, 3, 64, 64)], num_latents=2, epochs=1, progress=False)
+    pc = _codec_file(pc_net, tmp_path / "pc.pt", "FactorizedPrior", **tiny)
+    assert main(["eval", str(base), str(pc), "--data", str(image_dir), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"(FactorizedPrior: {base}; FactorizedPrior + PC prior: {pc})" in err
+
+    # codecs of one curve: named after it
+    assert (
+        main(["eval", str(pc), "--data", str(image_dir), "--output", str(out), "--no-progress"])
+        == 0
+    )
+    assert _strict(out.read_text())["name"] == "FactorizedPrior + PC prior"
