@@ -6,10 +6,21 @@ sizes against the stored tensors' shapes, the dtype against an allowlist, and th
 shapes and ranges (``CodingTables.validated``). Anything else is a ``CheckpointError`` naming the
 file and the field.
 
-Every circuit of the package (``HCLT``, ``DiscretizedLogisticTree``, ``ScaleConditionedTree``) is
-saved the same way: its class name, ``config()`` (the sizes its constructor takes), the tree, the
-dtype and its state dict. The expected state is taken from the same class built on the ``meta``
-device (no memory), so a forged size fails before anything is allocated.
+Every circuit of the package (``HCLT``, ``GroupedHCLT``, ``DiscretizedLogisticTree``,
+``ScaleConditionedTree``) is saved the same way: its class name, ``config()`` (the sizes its
+constructor takes), the tree, the dtype and its state dict. Each config size is checked against
+its plausible range (``_CONFIG_RANGES``; a ``GroupedHCLT``'s joint alphabet ``num_groups *
+num_symbols`` too, against the coder's ``MAX_SYMBOLS``), then the expected state is taken from the
+same class built on the ``meta`` device (no memory), so a forged size fails before anything is
+allocated, and the circuit is built only once every stored tensor has the expected shape and
+dtype (its memory is then that of the file's own tensors).
+
+Circuits with per-variable leaves (``HCLT`` and its subclass ``GroupedHCLT``,
+``DiscretizedLogisticTree``: ``_PER_VARIABLE``) also carry the coding tables ``pc_prior.encode``
+codes with, checked (``CodingTables.validated``) and then against the circuit's sizes. For a
+``GroupedHCLT`` these are the tables of its joint symbols ``g * num_symbols + v`` [D, K, G·V]:
+what ``encode``/``decode`` use; ``PCEntropyBottleneck`` codes with per-group tables it rebuilds
+from the same parameters (``group_coding_emissions``), so they are not saved here.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
 from .errors import CheckpointError, InputError
 from .files import check_format, read_file, write_file
 from .framing import CHECKPOINT_FILE
-from .hclt import HCLT, LatentTreeCircuit
+from .hclt import HCLT, GroupedHCLT, LatentTreeCircuit
 from .structure import Tree
 
 __all__ = ["CHECKPOINT_VERSION", "CIRCUITS", "CheckpointError", "load", "save"]
@@ -35,13 +46,16 @@ CHECKPOINT_VERSION = CHECKPOINT_FILE.version  # pc_prior.framing tables every fo
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_VARIABLES = 2**20
 CIRCUITS: dict[str, type[LatentTreeCircuit]] = {
-    c.__name__: c for c in (HCLT, DiscretizedLogisticTree, ScaleConditionedTree)
+    c.__name__: c for c in (HCLT, GroupedHCLT, DiscretizedLogisticTree, ScaleConditionedTree)
 }
 _CONFIG_RANGES = {
     "num_cats": (2, MAX_SYMBOLS),
     "num_latents": (1, MAX_LATENTS),
     "num_scales": (1, 4096),
+    "num_symbols": (2, MAX_SYMBOLS),  # GroupedHCLT: per group; times num_groups <= MAX_SYMBOLS
+    "num_groups": (1, MAX_SYMBOLS // 2),
 }
+_PER_VARIABLE = (HCLT, DiscretizedLogisticTree)  # circuits whose coding tables are saved
 
 
 def save(pc: LatentTreeCircuit, path: str | os.PathLike, **metadata: Any) -> None:
@@ -53,7 +67,7 @@ def save(pc: LatentTreeCircuit, path: str | os.PathLike, **metadata: Any) -> Non
     dtype = str(pc.root_logits.dtype).removeprefix("torch.")
     if dtype not in _DTYPES:
         raise InputError(f"save supports float32 and float64 circuits, this one is {dtype}")
-    per_variable = hasattr(pc, "num_cats")  # the others' tables belong to their entropy model
+    per_variable = isinstance(pc, _PER_VARIABLE)  # the others' tables: their entropy model's
     write_file(
         {
             "format": CHECKPOINT_FILE.key,
@@ -103,6 +117,11 @@ def _kind_and_config(state: dict, path: Path) -> tuple[type[LatentTreeCircuit], 
             raise CheckpointError(
                 f"{path}: config {key} = {value!r} is not an integer in {lo}..{hi}"
             )
+    if "num_groups" in config and config["num_groups"] * config["num_symbols"] > MAX_SYMBOLS:
+        raise CheckpointError(
+            f"{path}: config num_groups * num_symbols = {config['num_groups']} * "
+            f"{config['num_symbols']} is more joint symbols than the coder's {MAX_SYMBOLS}"
+        )
     return cls, config
 
 
@@ -151,7 +170,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
             )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"{path}: params.{name} has NaN or infinite values")
-    per_variable = "num_cats" in config
+    per_variable = issubclass(cls, _PER_VARIABLE)
     tables = (
         CodingTables.from_state(state.get("coding_tables"), where=f"{path}: coding_tables")
         if per_variable
@@ -160,7 +179,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
     pc = cls(tree, **config, dtype=dtype)
     pc.load_state_dict(params)
     if tables is not None:
-        set_coding_tables(pc, tables)
+        try:
+            set_coding_tables(pc, tables)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: coding_tables: {e}") from e
     pc.to(device)
     metadata = state.get("metadata", {})
     pc.metadata = metadata if isinstance(metadata, dict) else {}  # type: ignore[assignment]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import portable
-from ._checks import check_int
+from ._checks import check_int, check_tensor
 from .errors import InputError
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
 
@@ -38,10 +38,7 @@ def _logmatmulexp(a: Tensor, w: Tensor) -> Tensor:
 
 def check_symbols(x: Tensor, num_vars: int, num_cats: int, name: str = "x") -> Tensor:
     """Validate integer data [N, D] with symbols in 0..num_cats-1; return it as int64 (else ``InputError``)."""
-    if not isinstance(x, Tensor):
-        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        raise InputError(f"{name} must have an integer dtype, got {x.dtype}")
+    check_tensor(name, x, "integer", f"[N, {num_vars}]")
     if x.dim() != 2 or x.shape[1] != num_vars:
         raise InputError(f"{name} must have shape [N, {num_vars}], got {tuple(x.shape)}")
     if x.numel():
@@ -51,6 +48,16 @@ def check_symbols(x: Tensor, num_vars: int, num_cats: int, name: str = "x") -> T
                 f"{name} has symbols out of range: min {lo}, max {hi}, allowed 0..{num_cats - 1}"
             )
     return x.long()
+
+
+def check_circuit_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` if a circuit's parameters can have it (a float dtype they can be trained in)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise InputError(
+            f"dtype must be torch.float32 or torch.float64 (the parameters are trained logits), "
+            f"got {dtype!r}"
+        )
+    return dtype
 
 
 class LatentTreeCircuit(nn.Module):
@@ -68,6 +75,7 @@ class LatentTreeCircuit(nn.Module):
     def __init__(self, tree: Tree, num_latents: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         num_latents = check_int("num_latents", num_latents, 1)
+        check_circuit_dtype(dtype)
         if not isinstance(tree, Tree):
             raise InputError(f"tree must be a pc_prior.Tree, got {type(tree).__name__}")
         self.tree = tree
@@ -287,9 +295,12 @@ class HCLT(LatentTreeCircuit):
             what = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
             raise InputError(f"x must be a tensor of shape [N, D], got {what}")
         num_cats = check_int("num_cats", num_cats, 2)
+        check_circuit_dtype(dtype)
         x = check_symbols(x, x.shape[1], num_cats)
         if x.shape[0] == 0:
             raise InputError("x has no rows to learn a structure from")
+        if x.shape[1] == 0:
+            raise InputError("x has no variables (shape [N, 0]): a circuit needs at least one")
         mi = pairwise_mutual_information(
             x, num_cats, num_bins=num_bins, max_samples=max_samples, seed=seed
         )

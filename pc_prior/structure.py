@@ -13,6 +13,9 @@ import numpy as np
 import torch
 from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
+from ._checks import check_int, check_tensor
+from .errors import InputError
+
 __all__ = ["Tree", "chow_liu_tree", "pairwise_mutual_information"]
 
 
@@ -103,8 +106,12 @@ def pairwise_mutual_information(
     Values are grouped into at most ``num_bins`` equal-width bins and at most ``max_samples`` rows
     are used, so the joint counts of all pairs come from a single one-hot matrix product.
     """
+    check_tensor("x", x, "integer", "[N, D]")
     if x.dim() != 2:
-        raise ValueError(f"expected data of shape [N, D], got {tuple(x.shape)}")
+        raise InputError(f"expected data of shape [N, D], got {tuple(x.shape)}")
+    num_cats = check_int("num_cats", num_cats, 1)
+    num_bins = check_int("num_bins", num_bins, 1)
+    max_samples = check_int("max_samples", max_samples, 1)
     n, d = x.shape
     if n > max_samples:
         g = torch.Generator().manual_seed(seed)

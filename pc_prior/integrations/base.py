@@ -34,6 +34,7 @@ from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
 
 from .. import framing
+from .._checks import check_tensor
 from ..coding import CodingTables, check_decode_limit, check_payload_holds, min_item_bits
 from ..errors import (
     BitstreamError,
@@ -48,7 +49,7 @@ __all__ = [
     "MAX_TABLE_ENTRIES",
     "NoCdfTables",
     "PCEntropyModel",
-    "check_latent_shape",
+    "check_latent",
     "loaded_tables",
     "no_cdf_tables",
     "pass_rows",
@@ -199,17 +200,15 @@ def pass_rows(t: Tensor, mask: Tensor) -> Tensor:
     return t[..., mask].permute(0, 2, 1).reshape(-1, t.shape[1])
 
 
-def check_latent_shape(owner: str, x: Any, channels: int, what: str = "latent") -> None:
-    """Raise ``InputError`` unless ``x`` is a 4-D tensor [B, channels, H, W] (never broadcast).
+def check_latent(owner: str, x: Any, channels: int, what: str = "latent") -> None:
+    """Raise ``InputError`` unless ``x`` is a dense 4-D tensor [B, channels, H, W] of real values
+    (integers or floats; ``pc_prior._checks.check_tensor``), never broadcast.
 
     The PC entropy models code image latents: one item per spatial position (H, W), the channels
     its variables. Other ranks (CompressAI's entropy models take 0 to 5 spatial dimensions) or
     another channel count would broadcast against the per-channel medians into a wrong shape.
     """
-    if not isinstance(x, torch.Tensor):
-        raise InputError(
-            f"{owner}: expected a {what} tensor of shape [B, {channels}, H, W], got {type(x).__name__}"
-        )
+    check_tensor(f"{owner}: the {what}", x, "real", f"[B, {channels}, H, W]")
     shape = tuple(x.shape)
     if x.dim() != 4:
         raise InputError(

@@ -50,7 +50,7 @@ from compressai.models.base import get_scale_table
 from torch import Tensor
 
 from .. import framing
-from .._checks import check_choice, check_int, check_real, fit_keywords
+from .._checks import check_choice, check_int, check_real, check_tensor, fit_keywords
 from ..coding import (
     MAX_SYMBOL,
     CodingTables,
@@ -69,7 +69,7 @@ from ..settings import CHOICES, CONDITIONAL_CONTEXTS, ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .base import PCEntropyModel, loaded_tables, pass_rows, position_rows
 from .context import CheckerboardContext, lattice_masks, pass_masks
-from .entropy_models import STRUCTURES, check_latent_shape
+from .entropy_models import STRUCTURES, check_latent
 
 __all__ = [
     "CONTEXTS",
@@ -220,6 +220,8 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                 return
         elif any(m.startswith(prefix) for m in error_msgs):
             return
+        if CheckerboardContext.check_owner_state(state_dict, prefix, error_msgs):
+            return
         self._resize_for(
             state_dict, prefix, ("_offset", "_cdf_length", "_quantized_cdf", "scale_table")
         )
@@ -271,49 +273,42 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         ``inputs`` is [B, channels, H, W], ``indexes`` (integers of the scale table) and ``scales``
         have its shape, and ``means`` has it or 1 along a dimension (as CompressAI allows)."""
         owner = type(self).__name__
-        check_latent_shape(owner, inputs, self.channels, what)
+        check_latent(owner, inputs, self.channels, what)
         shape = tuple(inputs.shape)
-        for name, t in (("indexes", indexes), ("scales", scales)):
-            if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != shape):
-                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        for name, t, kind in (("indexes", indexes, "integer"), ("scales", scales, "real")):
+            if t is None:
+                continue
+            check_tensor(f"{owner}: {name}", t, kind)  # type: ignore[arg-type]
+            if tuple(t.shape) != shape:
                 raise InputError(
-                    f"{owner}: {name} have shape {got}, the {what} {shape}: expected the same shape"
+                    f"{owner}: {name} have shape {tuple(t.shape)}, the {what} {shape}: expected "
+                    "the same shape"
                 )
-        if means is not None and (
-            not isinstance(means, Tensor)
-            or means.dim() != 4
-            or any(m not in (1, s) for m, s in zip(means.shape, shape))
+        if means is not None:
+            check_tensor(f"{owner}: means", means, "real")
+            if means.dim() != 4 or any(m not in (1, s) for m, s in zip(means.shape, shape)):
+                raise InputError(
+                    f"{owner}: means have shape {tuple(means.shape)}, the {what} {shape}: expected "
+                    "the same shape (or 1 along a dimension)"
+                )
+        if (
+            indexes is not None
+            and indexes.numel()
+            and (int(indexes.min()) < 0 or int(indexes.max()) >= len(self.scale_table))
         ):
-            got = tuple(means.shape) if isinstance(means, Tensor) else type(means).__name__
-            raise InputError(
-                f"{owner}: means have shape {got}, the {what} {shape}: expected the same shape "
-                "(or 1 along a dimension)"
-            )
-        if indexes is not None:
-            if (
-                indexes.dtype.is_floating_point
-                or indexes.dtype.is_complex
-                or indexes.dtype == torch.bool
-            ):
-                raise InputError(
-                    f"{owner}: indexes must be integers (from build_indexes), got {indexes.dtype}"
-                )
-            if indexes.numel() and (
-                int(indexes.min()) < 0 or int(indexes.max()) >= len(self.scale_table)
-            ):
-                raise InputError(f"{owner}: indexes must lie in 0..{len(self.scale_table) - 1}")
+            raise InputError(f"{owner}: indexes must lie in 0..{len(self.scale_table) - 1}")
 
     def _symbols(self, inputs: Tensor, means: Tensor | None) -> Tensor:
         if not torch.isfinite(inputs).all() or (
             means is not None and not torch.isfinite(means).all()
         ):
-            raise ValueError("latent contains NaN or infinite values")
+            raise InputError("latent contains NaN or infinite values")
         s = inputs.detach().clone()  # quantize(..., "symbols") without its int32 cast, which wraps
         if means is not None:
             s -= means.detach()
         s = torch.round(s)
         if s.numel() and float(s.abs().max()) > MAX_SYMBOL:
-            raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
+            raise InputError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
         return s.long()
 
     @staticmethod
@@ -688,20 +683,23 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         return outputs, lik.to(inputs.dtype)
 
     def compress(self, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> list[bytes]:
-        """One string per batch item for the latent [B, C, H, W] given scale ``indexes`` (and means)."""
+        """One string per batch item for the latent [B, C, H, W] given scale ``indexes`` (and
+        means); none for an empty batch."""
         tables, fp = self._require_tables()
         self._check(inputs, indexes, means=means)
         b, c, h, w = inputs.shape
         if h * w == 0:
-            raise ValueError(f"cannot code an empty latent of spatial size {h}x{w}")
+            raise InputError(f"cannot code an empty latent of spatial size {h}x{w}")
         r = self.radius
         u = self._symbols(inputs, means).cpu()
+        if b == 0:  # as CompressAI's entropy models: no items, no strings
+            return []
         s = indexes.long().cpu()
         if self.context is not None:  # later passes: code u - m under shifted indexes
             s, m = self._apply_context(u, s)
             u = u - m
             if u.numel() and int(u.abs().max()) > MAX_SYMBOL:
-                raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
+                raise InputError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
         alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
         tables = tables.to("cpu")
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
@@ -728,8 +726,10 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         self._check(indexes, indexes, means=means, what="scale index map")
         b, c, h, w = indexes.shape
         if len(strings) != b:
-            raise ValueError(f"{len(strings)} strings for a batch of {b} index maps")
+            raise InputError(f"{len(strings)} strings for a batch of {b} index maps")
         words = self._unframe(strings, fp, (h, w), tables, c)
+        if b == 0:  # no strings, as ``compress`` gives for an empty batch: an empty latent
+            return self.dequantize(torch.empty(0, c, h, w, device=indexes.device), means, dtype)
         r = self.radius
         alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
         s = indexes.long().cpu()

@@ -35,23 +35,50 @@ Everything the decoder computes from decoded data is integer arithmetic on int64
 ``1/σ`` per scale index, integer thresholds, floor divisions), so encoder and decoder agree bit
 for bit on every device and thread count. ``fit`` chooses ``coef`` and ``shift`` by exhaustive
 search over integer candidates, minimizing the discretized-Gaussian code length on training maps.
+
+Invariants of a ``CheckerboardContext``'s buffers, which ``fit`` keeps and loading checks
+(``CheckerboardContext.state_problem``) before anything is copied, so that a corrupted or forged
+state dict fails ``load_state_dict`` naming the buffer (``load_codec``: ``CheckpointError``)
+instead of indexing out of range in ``compress``:
+
+- every buffer is an integer tensor; ``coef`` [C] with 1 <= C <= ``MAX_CHANNELS``, ``inv_scale``
+  [S], ``channel_edges`` [E], ``total_edges`` [F] and ``shift`` [C, A, B] with A > E and B > F
+  (a bin index is at most the number of edges; ``fit`` keeps A - 1 and B - 1 edges, fewer where
+  the training maps have too few non-zero activities to place them);
+- ``0 <= inv_scale <= MAX_INV_SCALE`` (σ >= 2**-16), edges non-decreasing in ``0 .. MAX_EDGE``,
+  ``|coef| <= MAX_COEF`` and ``|shift| <= S - 1`` (a larger shift only reaches the ends of the
+  scale table, where ``apply`` clamps it). With ``SYMBOL_CLIP`` these bounds keep every sum and
+  product of ``apply`` below 2**63;
+- inside an entropy model (keys ``<owner>.context.*`` and ``<owner>.anchor_context.*``, as
+  ``PCConditional`` saves them) C is the circuit's channel count (``<owner>._pc_parent``), S the
+  length of its ``<owner>.scale_table`` (the indexes ``apply`` reads and shifts are the table's),
+  and an ``anchor_context`` comes only with a ``context`` (its passes decode with both). A child
+  module sees only its own keys, so the owner checks these (``CheckerboardContext.check_owner_state``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_tensor
 from ..coding import lowest_argmax
 from ..continuous import gaussian_bits
+from ..errors import InputError
 from .base import resize_buffers
 
 __all__ = [
+    "CONTEXT_BUFFERS",
     "LATTICES",
     "MAGNITUDE_EDGES",
+    "MAX_CHANNELS",
+    "MAX_COEF",
+    "MAX_EDGE",
+    "MAX_INV_SCALE",
     "SCHEDULES",
     "CheckerboardContext",
     "anchor_mask",
@@ -72,6 +99,15 @@ COEF_BITS = 12  # fixed point of the mean coefficients
 LUT_SIZE = 1024  # code lengths of |u - m| >= this are taken as this one's while fitting
 SYMBOL_CLIP = 4096  # |u| used by the features is clipped here (keeps every sum far below 2**63)
 LATTICES = ("cross", "diagonal", "cross-even-rows", "eight")
+MAX_INV_SCALE = 2**32  # inv_scale = round(2**16 / σ) for σ >= 2**-16: |u|·inv_scale <= 2**44
+MAX_EDGE = SYMBOL_CLIP * MAX_INV_SCALE  # no neighbour's activity (Q16) exceeds this: 2**44
+MAX_COEF = SYMBOL_CLIP << COEF_BITS  # |coef| <= 4096 (Q12): means within SYMBOL_CLIP**2
+MAX_CHANNELS = 2**15  # 8 neighbours x C channels x 2**44 activity stays below 2**63
+CONTEXT_BUFFERS = ("inv_scale", "channel_edges", "total_edges", "coef", "shift")
+_FIX = (
+    "; the state dict is corrupted or was not written by pc-prior: re-save the model with "
+    "save_codec where it was fitted"
+)
 
 
 def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
@@ -266,14 +302,40 @@ def rounded_mean(coef: Tensor, usum: Tensor, count: Tensor) -> Tensor:
     return torch.div(2 * coef * usum + den, 2 * den, rounding_mode="floor")
 
 
+_SHAPES = {
+    "inv_scale": "[S]",
+    "channel_edges": "[E]",
+    "total_edges": "[F]",
+    "coef": "[C]",
+    "shift": "[C, A, B]",
+}
+
+
+def _buffer_problem(key: str, t: Any) -> str | None:
+    """Why ``t`` (the state-dict entry ``key``, a context buffer by its last component) is not an
+    integer tensor (``pc_prior._checks.check_tensor``) of that buffer's rank (``_SHAPES``), or
+    None."""
+    shape = _SHAPES[key.rpartition(".")[2]]
+    try:
+        check_tensor(key, t, "integer", shape)
+    except InputError as e:
+        return str(e)
+    if t.dim() != shape.count(",") + 1:
+        return f"{key} must have shape {shape}, got {tuple(t.shape)}"
+    return None
+
+
 class CheckerboardContext(nn.Module):
     """Integer scale-index shifts and means for a lattice's target positions, from decoded sources.
 
     ``lattice`` is ``"cross"`` (sources: the anchors; targets: the non-anchors) or ``"diagonal"``
-    (sources: the (even, even) quarter; targets: the (odd, odd) quarter). Buffers (saved with the model): ``inv_scale`` [S] (1/σ per index, Q16), ``channel_edges``
-    [A-1] and ``total_edges`` [B-1] (activity bin edges, Q16), ``coef`` [C] (Q12), ``shift``
-    [C, A, B] (int). ``__call__``/``apply`` maps (source symbols, indexes) to the targets'
-    (indexes, means); see the module docstring. The lattice is not a buffer: its owner knows it.
+    (sources: the (even, even) quarter; targets: the (odd, odd) quarter). Buffers (saved with the
+    model): ``inv_scale`` [S] (1/σ per index, Q16), ``channel_edges`` [A-1] and ``total_edges``
+    [B-1] (activity bin edges, Q16; fewer where ``fit`` finds too few activities), ``coef`` [C]
+    (Q12), ``shift`` [C, A, B] (int); loading checks them (``state_problem``, the module
+    docstring's invariants). ``__call__``/``apply`` maps
+    (source symbols, indexes) to the targets' (indexes, means); see the module docstring. The
+    lattice is not a buffer: its owner knows it.
     """
 
     def __init__(
@@ -287,8 +349,25 @@ class CheckerboardContext(nn.Module):
         super().__init__()
         if channels < 1 or channel_bins < 1 or total_bins < 1:
             raise ValueError("channels and bin counts must be positive")
+        if channels > MAX_CHANNELS:
+            raise InputError(
+                f"a CheckerboardContext serves at most {MAX_CHANNELS} channels (its integer "
+                f"activity sums stay below 2**63), got {channels}"
+            )
         if lattice not in LATTICES:
             raise ValueError(f"lattice must be one of {LATTICES}, got {lattice!r}")
+        if (
+            not isinstance(scale_table, Tensor)
+            or scale_table.dim() != 1
+            or len(scale_table) == 0
+            or not torch.isfinite(scale_table).all()
+            or float(scale_table.min()) < 2.0**FRAC_BITS / MAX_INV_SCALE
+        ):
+            raise InputError(
+                "scale_table must be a non-empty 1-D tensor of finite scales >= "
+                f"{2.0**FRAC_BITS / MAX_INV_SCALE:g} (1/σ is Q{FRAC_BITS} fixed point, at most "
+                f"{MAX_INV_SCALE}): use CompressAI's get_scale_table() or one like it"
+            )
         self.lattice = lattice
         self.register_buffer("inv_scale", torch.round(2.0**FRAC_BITS / scale_table.double()).long())
         self.register_buffer("channel_edges", torch.zeros(channel_bins - 1, dtype=torch.long))
@@ -298,6 +377,66 @@ class CheckerboardContext(nn.Module):
             "shift", torch.zeros(channels, channel_bins, total_bins, dtype=torch.long)
         )
 
+    @staticmethod
+    def check_owner_state(state_dict: dict[str, Any], prefix: str, error_msgs: list[str]) -> bool:
+        """Check the contexts in an entropy model's state dict against the model; True (and the
+        problems appended to ``error_msgs``, each naming the buffer) if the load must stop.
+
+        ``PCConditional`` saves its contexts as ``prefix + "context."`` (cross lattice) and
+        ``prefix + "anchor_context."`` (diagonal lattice) beside its tree ``prefix + "_pc_parent"``
+        and ``prefix + "scale_table"``, and builds a context from the ``coef`` and ``inv_scale``
+        it finds, so these are checked before it does: a context has all its buffers, one
+        ``coef`` per channel of the tree, one ``inv_scale`` per scale-table index (``apply`` reads
+        ``inv_scale`` at the coded indexes and clamps shifted ones to its length, and the coding
+        tables are as long as the scale table), and an ``anchor_context`` comes with a
+        ``context`` (the last pass decodes with both). Each context checks the rest of its
+        buffers when it loads (``state_problem``): a child module sees only its own keys.
+        """
+        parent, table = (
+            state_dict.get(prefix + "_pc_parent"),
+            state_dict.get(prefix + "scale_table"),
+        )
+        channels = parent.numel() if isinstance(parent, Tensor) else 0  # 0: no circuit to match
+        scales = table.numel() if isinstance(table, Tensor) else 0
+        problems = []
+        for attr in ("context", "anchor_context"):
+            at = f"{prefix}{attr}."
+            present = [n for n in CONTEXT_BUFFERS if at + n in state_dict]
+            if not present:
+                continue
+            if len(present) < len(CONTEXT_BUFFERS):
+                missing = [at + n for n in CONTEXT_BUFFERS if n not in present]
+                problems.append(f"{prefix}{attr} lacks {', '.join(missing)}")
+                continue
+            coef, inv = state_dict[at + "coef"], state_dict[at + "inv_scale"]
+            problem = _buffer_problem(at + "coef", coef) or _buffer_problem(at + "inv_scale", inv)
+            if problem is None and not 1 <= len(coef) <= MAX_CHANNELS:
+                problem = f"{at}coef has {len(coef)} entries, expected 1..{MAX_CHANNELS}"
+            if problem is None and len(inv) == 0:
+                problem = f"{at}inv_scale is empty, expected one entry per scale-table index"
+            if problem is None and channels and len(coef) != channels:
+                problem = (
+                    f"{at}coef has {len(coef)} entries, the circuit ({prefix}_pc_parent) has "
+                    f"{channels} channels: expected one per channel"
+                )
+            if problem is None and scales and len(inv) != scales:
+                problem = (
+                    f"{at}inv_scale has {len(inv)} entries, the scale table ({prefix}scale_table) "
+                    f"{scales}: expected one per scale index"
+                )
+            if problem is not None:
+                problems.append(problem)
+        if (
+            prefix + "anchor_context.coef" in state_dict
+            and prefix + "context.coef" not in state_dict
+        ):
+            problems.append(
+                f"{prefix}anchor_context comes without {prefix}context: the diagonal-lattice "
+                "context is decoded only together with the cross-lattice one (three passes)"
+            )
+        error_msgs.extend(p + _FIX for p in problems)
+        return bool(problems)
+
     @property
     def channels(self) -> int:
         return self.coef.numel()
@@ -305,11 +444,63 @@ class CheckerboardContext(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        names = ("inv_scale", "channel_edges", "total_edges", "coef", "shift")
-        resize_buffers(self, state_dict, prefix, names)
+        """Check the buffers (``state_problem``), then resize this module's to their shapes and
+        copy them; a problem goes to ``error_msgs`` and nothing is copied, so ``load_state_dict``
+        fails naming the buffer."""
+        problem = self.state_problem(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(f"{problem}{_FIX}")
+            return
+        resize_buffers(self, state_dict, prefix, CONTEXT_BUFFERS)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def state_problem(self, state_dict: dict[str, Any], prefix: str = "") -> str | None:
+        """What is wrong with the context buffers ``state_dict[prefix + name]`` (this module's own
+        buffers stand in for absent ones), or None: each buffer's dtype, rank and range and
+        ``shift``'s shape against ``coef`` and the edges (the module docstring's invariants). The
+        message names the buffer (with ``prefix``). The owner checks the rest
+        (``check_owner_state``): a child module sees only its own keys."""
+        bufs = {n: state_dict.get(prefix + n, getattr(self, n)) for n in CONTEXT_BUFFERS}
+        for name, t in bufs.items():
+            problem = _buffer_problem(prefix + name, t)
+            if problem is not None:
+                return problem
+        c, s = len(bufs["coef"]), len(bufs["inv_scale"])
+        if not 1 <= c <= MAX_CHANNELS:
+            return f"{prefix}coef has {c} entries, expected one per channel (1..{MAX_CHANNELS})"
+        if s == 0:
+            return f"{prefix}inv_scale is empty, expected one entry per scale-table index"
+        shape, a, b = (
+            tuple(bufs["shift"].shape),
+            len(bufs["channel_edges"]),
+            len(bufs["total_edges"]),
+        )
+        if shape[0] != c or shape[1] <= a or shape[2] <= b:
+            return (
+                f"{prefix}shift has shape {shape}, but {prefix}coef ({c} entries), "
+                f"{prefix}channel_edges ({a}) and {prefix}total_edges ({b}) need [{c}, >= {a + 1}, "
+                f">= {b + 1}]: one row per channel, a column for every bin of each"
+            )
+        ranges = {
+            "inv_scale": (0, MAX_INV_SCALE),
+            "channel_edges": (0, MAX_EDGE),
+            "total_edges": (0, MAX_EDGE),
+            "coef": (-MAX_COEF, MAX_COEF),
+            "shift": (1 - s, s - 1),
+        }
+        for name, (lo, hi) in ranges.items():
+            t = bufs[name]
+            if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+                return (
+                    f"{prefix}{name} has entries outside {lo}..{hi} (min {int(t.min())}, max "
+                    f"{int(t.max())})"
+                )
+        for name in ("channel_edges", "total_edges"):
+            if bool((bufs[name].diff() < 0).any()):
+                return f"{prefix}{name} must be non-decreasing, got {bufs[name].tolist()}"
+        return None
 
     # -- features (integer) ---------------------------------------------------------------------
     def neighbour_sums(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -386,16 +577,29 @@ class CheckerboardContext(nn.Module):
         """Choose bin edges, ``coef`` and ``shift`` on training maps [(symbols, indexes)] ([B, C, H, W]).
 
         Edges: quantiles of the non-zero activities (channel: the zero bin plus quantiles; total:
-        quantiles). ``coef`` per channel from ``coef_grid`` (default -2..2 in steps of 1/16) and
-        ``shift`` per (channel, bin, bin) from ``-max_shift..max_shift``, alternating ``rounds``
-        times, each the exact minimizer of the Gaussian code length given the other. A cell's
-        choice is shrunk towards its channel's (``shrink`` pseudo-elements) so sparse cells stay
-        sensible. Returns the training bits of the targets before and after.
+        quantiles). ``coef`` per channel from ``coef_grid`` (default -2..2 in steps of 1/16; at
+        most ``MAX_COEF / 2**COEF_BITS`` in magnitude) and ``shift`` per (channel, bin, bin) from
+        ``-max_shift..max_shift`` (at most the scale table's length - 1: a larger shift reaches
+        the same clamped index), alternating ``rounds`` times, each the exact minimizer of the
+        Gaussian code length given the other. A cell's choice is shrunk towards its channel's
+        (``shrink`` pseudo-elements) so sparse cells stay sensible. Returns the training bits of
+        the targets before and after.
         """
         table = scale_table.double()
         if len(table) != len(self.inv_scale):
             raise ValueError(
                 f"scale table has {len(table)} entries, the context {len(self.inv_scale)}"
+            )
+        if coef_grid is not None and (
+            not isinstance(coef_grid, Tensor)
+            or coef_grid.dim() != 1
+            or len(coef_grid) == 0
+            or not torch.isfinite(coef_grid.double()).all()
+            or float(coef_grid.double().abs().max()) > MAX_COEF / 2**COEF_BITS
+        ):
+            raise InputError(
+                "coef_grid must be a non-empty 1-D tensor of finite coefficients in "
+                f"-{MAX_COEF // 2**COEF_BITS}..{MAX_COEF // 2**COEF_BITS}"
             )
         na, nb = self.shift.shape[1:]
         rows: dict[str, list[Tensor]] = {
@@ -500,7 +704,8 @@ class CheckerboardContext(nn.Module):
                 best = torch.where(better, bits, best)
                 coef = torch.where(better, cq, coef)
             m = means(coef[ch])
-            cands = torch.arange(-max_shift, max_shift + 1)
+            reach = min(max_shift, len(table) - 1)  # beyond: the same clamped index
+            cands = torch.arange(-reach, reach + 1)
             cost = torch.zeros(n_cells, len(cands), dtype=torch.float64)
             for k, dlt in enumerate(cands):
                 cost[:, k].index_add_(0, cell, total_bits(m, dlt.expand_as(s)))

@@ -41,7 +41,14 @@ from compressai.entropy_models import EntropyBottleneck
 from torch import Tensor
 
 from .. import framing
-from .._checks import check_choice, check_int, check_real, check_step_size, fit_keywords
+from .._checks import (
+    check_choice,
+    check_int,
+    check_real,
+    check_step_size,
+    check_tensor,
+    fit_keywords,
+)
 from ..coding import (
     MAX_PARAM,
     MAX_SYMBOL,
@@ -65,7 +72,7 @@ from ..hclt import HCLT, GroupedHCLT
 from ..settings import CHOICES, BottleneckFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
 from ..training import em_update, expected_counts, fit_em
-from .base import PCEntropyModel, check_latent_shape, loaded_tables, pass_rows, position_rows
+from .base import PCEntropyModel, check_latent, loaded_tables, pass_rows, position_rows
 from .context import (
     MAGNITUDE_EDGES,
     SCHEDULES,
@@ -85,6 +92,53 @@ SCHEDULE_CODES = tuple(SCHEDULES)  # _pc_schedule's values: an index into the sc
 LN2 = math.log(2.0)
 STATE_BACKOFF = 10.0  # pseudo-counts pulling each state-context prior towards the root prior
 STATE_EM_ROUNDS = 30  # EM rounds of the state-context priors (the leaves stay fixed)
+
+
+# |leaf edge| bound: far above any neighbour activity (at most 8 * SYMBOL_CLIP), far below the
+# int64 overflow of the activity sums it is compared with
+MAX_LEAF_EDGE = 1 << 20
+
+
+def _buffer_problem(state_dict: dict[str, Any], prefix: str) -> str | None:
+    """What is wrong with the bottleneck's own buffers in ``state_dict`` (dtype, and the ranges
+    that need no circuit: the schedule index, leaf edges, finite medians, alphabets within the
+    coder's range), naming the buffer; None if nothing. Checked before anything is resized."""
+    kinds = {
+        "_pc_schedule": "integer",
+        "_leaf_edges": "integer",
+        "_state_roots": "integer",
+        "_offset": "integer",
+        "_cdf_length": "integer",
+        "quantiles": "float",
+    }
+    for name, kind in kinds.items():
+        if prefix + name in state_dict:
+            try:
+                check_tensor(prefix + name, state_dict[prefix + name], kind)  # type: ignore[arg-type]
+            except InputError as e:
+                return str(e)
+    sched = state_dict[prefix + "_pc_schedule"]
+    if tuple(sched.shape) != (1,) or not 0 <= int(sched[0]) < len(SCHEDULE_CODES):
+        return (
+            f"{prefix}_pc_schedule must be one schedule index in 0..{len(SCHEDULE_CODES) - 1}, "
+            f"got {sched.tolist() if sched.numel() < 8 else tuple(sched.shape)}"
+        )
+    edges = state_dict[prefix + "_leaf_edges"]
+    if edges.numel() and (int(edges.min()) < 1 or int(edges.max()) > MAX_LEAF_EDGE):
+        return f"{prefix}_leaf_edges must lie in 1..{MAX_LEAF_EDGE}"
+    q = state_dict.get(prefix + "quantiles")
+    if q is not None and q.numel() and not float(q.abs().max()) <= MAX_SYMBOL:  # NaN too
+        return f"{prefix}quantiles (the medians) must be finite, |q| <= {MAX_SYMBOL}"
+    off, n = state_dict.get(prefix + "_offset"), state_dict.get(prefix + "_cdf_length")
+    if (
+        off is not None
+        and n is not None
+        and off.shape == n.shape
+        and off.numel()
+        and int((off.long().abs() + n.long().abs()).max()) > MAX_SYMBOL
+    ):
+        return f"{prefix}_offset and _cdf_length reach beyond the coder's range |s| <= {MAX_SYMBOL}"
+    return None
 
 
 def _check_size(size: Any) -> tuple[int, int]:
@@ -118,7 +172,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
     ) -> None:
         super().__init__(channels, *args, **kwargs)
         if quantization not in ("noise", "ste"):
-            raise ValueError(f'quantization must be "noise" or "ste", got {quantization!r}')
+            raise InputError(f'quantization must be "noise" or "ste", got {quantization!r}')
         self.quantization = quantization
         # The circuit replaces the factorized density; only ``quantiles`` (medians) is kept.
         del self.matrices, self.biases, self.factors
@@ -191,6 +245,10 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             prefix + "_state_roots": torch.zeros(0, 0, dtype=torch.int32),
             **state_dict,
         }
+        problem = _buffer_problem(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(problem)
+            return
         stored = loaded_tables(state_dict, prefix, error_msgs)
         trans = state_dict.get(prefix + "pc.transition_logits")
         logits = state_dict.get(prefix + "pc.emission_logits")
@@ -251,6 +309,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
             roots, schedule = state_dict[prefix + "_state_roots"], SCHEDULE_CODES[int(sched[0])]
             if roots.numel() and (
                 trans is None
+                or trans.dim() != 3
                 or groups is None
                 or roots.dtype.is_floating_point
                 or tuple(roots.shape) != (num_state_ids(schedule, trans.shape[1]), trans.shape[1])
@@ -300,16 +359,16 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
     # -- fitting --------------------------------------------------------------------------------
     def _check_latent(self, y: Any) -> None:
         """``InputError`` unless y is [B, channels, H, W]: the one shape check of every entry point."""
-        check_latent_shape(type(self).__name__, y, self.channels)
+        check_latent(type(self).__name__, y, self.channels)
 
     def symbols(self, y: Tensor) -> Tensor:
         """Integer symbols round(y - median) [B, C, H, W] (int64), checked finite and in range."""
         self._check_latent(y)
         if not torch.isfinite(y).all():
-            raise ValueError("latent contains NaN or infinite values")
+            raise InputError("latent contains NaN or infinite values")
         s = torch.round(y.detach() - self._medians().view(1, -1, 1, 1))
-        if s.numel() and float(s.abs().max()) > MAX_SYMBOL:
-            raise ValueError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
+        if s.numel() and not float(s.abs().max()) <= MAX_SYMBOL:  # NaN medians too
+            raise InputError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
         return s.long()
 
     def _indices(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -736,12 +795,14 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         return out, lik.to(x.dtype)
 
     def compress(self, x: Tensor) -> list[bytes]:
-        """One bitstream per batch item for the latent x [B, C, H, W]."""
+        """One bitstream per batch item for the latent x [B, C, H, W] (none for an empty batch)."""
         tables = self._require_tables()
         s = self.symbols(x)
         b, _c, h, w = s.shape
         if h * w == 0:
-            raise ValueError(f"cannot code an empty latent of spatial size {h}x{w}")
+            raise InputError(f"cannot code an empty latent of spatial size {h}x{w}")
+        if b == 0:  # as CompressAI's entropy models: no items, no strings
+            return []
         dev = tables.root.device
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
@@ -785,6 +846,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         b, c, (h, w) = len(strings), self.channels, size
         dev = tables.root.device
         at = self._offset.device
+        med = self._medians()
+        if b == 0:  # no strings, as ``compress`` gives for an empty batch: an empty latent
+            return torch.empty(0, c, h, w, dtype=med.dtype, device=at)
         v = tables.emit.shape[-1]
         n_np = self._cdf_length.cpu().numpy().astype(np.int64)
         decs = range_decoders(words)
@@ -807,7 +871,6 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         finish_decoding(decs, self.FORMAT.name)
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
-        med = self._medians()
         out = torch.empty(b, c, h, w, dtype=med.dtype, device=self._offset.device)
         out.copy_(s)
         return out.add_(med.to(out.device).view(1, -1, 1, 1))

@@ -101,7 +101,7 @@ def test_tree_validation():
 @pytest.mark.parametrize(
     "bad, err, match",
     [
-        (torch.zeros(3, 6), TypeError, "integer dtype"),
+        (torch.zeros(3, 6), TypeError, "an integer torch.Tensor .* got torch.float32"),
         (torch.zeros(3, 5, dtype=torch.long), ValueError, r"shape \[N, 6\]"),
         (torch.full((3, 6), 3), ValueError, "out of range"),
         (torch.full((3, 6), -1), ValueError, "out of range"),

@@ -125,7 +125,7 @@ def test_fit_adam_and_bits_per_dim_refuse_bad_arguments():
         HCLT.from_data(torch.zeros(5, dtype=torch.long), 4, 2)
     with pytest.raises(InputError, match="no rows"):
         HCLT.from_data(torch.zeros(0, 3, dtype=torch.long), 4, 2)
-    with pytest.raises(InputError, match="integer dtype"):
+    with pytest.raises(InputError, match="an integer torch.Tensor .* got torch.float32"):
         HCLT.from_data(torch.zeros(4, 3), 4, 2)
 
 

@@ -697,7 +697,7 @@ def test_conditional_rejects_mismatched_side_information(fitted_pair):
         gc.compress(y, idx, torch.zeros(2, 4, 4, 8))
     with pytest.raises(InputError, match=r"means have shape \(4, 4\)"):
         gc(y, scales, torch.zeros(4, 4))
-    with pytest.raises(InputError, match="integers"):
+    with pytest.raises(InputError, match="indexes must be an integer torch.Tensor"):
         gc.compress(y, idx.float())
     # broadcastable means (1 along a dimension, as CompressAI allows) still code and decode exactly
     means = torch.randn(2, 4, 1, 1)
