@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/fuzz_formats.py --cases 100000 --out runs/fuzz/fuzz.json
 
-Targets, mutations and outcomes are described in ``pc_prior.fuzzing``. A defect is a case that
+Targets, mutations and outcomes are described in ``bench/fuzzing.py``. A defect is a case that
 decoded to a different output without an error (``silent_wrong``), raised an exception that is
 not a project error (``foreign_error``) or took more than 10 s (``slow``), or a code-execution
 marker created by a pickled payload. The script exits 1 if there is any.
@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from pc_prior.fuzzing import run_fuzz
+from fuzzing import run_fuzz  # bench/fuzzing.py, beside this script
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ import gzip
 import importlib.util
 import math
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,11 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 def load_bench(name: str):
     """The module ``bench/<name>.py`` (bench scripts are not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
