@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs=2, default=(1, 2))
     args = ap.parse_args(argv)
 
-    from pc_prior.integrations import list_images, load_codec, load_image, pad_to_multiple
+    from pc_prior.images import list_images, load_image, pad_to_multiple
+    from pc_prior.integrations import load_codec
 
     net = load_codec(args.codec).eval()
     if not all(hasattr(net, a) for a in ("g_a", "h_a", "h_s", "gaussian_conditional")):

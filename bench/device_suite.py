@@ -267,14 +267,14 @@ def _need(*paths: Path) -> str | None:
 
 
 def _images(folder: Path, limit: int | None = None) -> list[Path]:
-    from pc_prior.integrations import list_images
+    from pc_prior.images import list_images
 
     return list_images(folder)[:limit] if folder.is_dir() else []
 
 
 def _fit_images(folder: Path, limit: int) -> list[Any]:
     """[1, 3, H, W] training images, cropped as ``fit_prior`` crops a folder (none if it is absent)."""
-    from pc_prior.integrations import FolderImages
+    from pc_prior.images import FolderImages
 
     return list(FolderImages(folder, max_images=limit)) if folder.is_dir() else []
 
@@ -333,7 +333,7 @@ def fit_hyperprior_codec(ctx: Context, codec: Path, save_to: Path | None) -> Any
 
 
 def _pad_images(files: Sequence[Path]) -> list[Any]:
-    from pc_prior.integrations import load_image, pad_to_multiple
+    from pc_prior.images import load_image, pad_to_multiple
 
     return [pad_to_multiple(load_image(f), 64) for f in files]
 

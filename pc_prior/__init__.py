@@ -1,6 +1,6 @@
 """pc-prior: probabilistic circuits as entropy models for learned image compression."""
 
-from . import framing
+from . import framing  # noqa: F401  (a public module: pc_prior.framing)
 from .checkpoint import load, save
 from .coding import decode, encode
 from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
@@ -13,7 +13,7 @@ from .errors import (
     PCPriorError,
     UnsupportedModelError,
 )
-from .hclt import HCLT, LatentTreeCircuit
+from .hclt import HCLT, GroupedHCLT, LatentTreeCircuit
 from .structure import Tree, chow_liu_tree, pairwise_mutual_information
 from .training import bits_per_dim, fit_adam, fit_em
 
@@ -25,6 +25,7 @@ __all__ = [
     "BitstreamError",
     "CheckpointError",
     "DiscretizedLogisticTree",
+    "GroupedHCLT",
     "InputError",
     "LatentTreeCircuit",
     "ModelLoadError",
@@ -40,7 +41,6 @@ __all__ = [
     "encode",
     "fit_adam",
     "fit_em",
-    "framing",
     "load",
     "pairwise_mutual_information",
     "save",

@@ -40,7 +40,12 @@ from .framing import CHECKPOINT_FILE
 from .hclt import HCLT, GroupedHCLT, LatentTreeCircuit
 from .structure import Tree
 
-__all__ = ["CHECKPOINT_VERSION", "CIRCUITS", "CheckpointError", "load", "save"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CIRCUITS",
+    "load",
+    "save",
+]
 
 CHECKPOINT_VERSION = CHECKPOINT_FILE.version  # pc_prior.framing tables every format and version
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -64,7 +64,6 @@ __all__ = [
     "BLOCK_ITEMS",
     "MAX_PARAM",
     "MAX_SYMBOL",
-    "BitstreamError",
     "CodingTables",
     "IncrementalConditionals",
     "check_decode_limit",

@@ -1,4 +1,10 @@
-"""``pc-prior lossless``: fit an HCLT on an idx-format image set, benchmark it, and code .npy files."""
+"""``pc-prior lossless fit|bench|compress|decompress|report``: HCLTs on idx-format image sets.
+
+``fit`` learns an HCLT on a training split, ``bench`` measures its bits per dimension and coding
+time on the test split, ``compress``/``decompress`` code ``.npy`` integer arrays (the ``.pcnpy``
+container below), ``report`` tabulates ``bench`` results beside published numbers. The parsers
+follow ``pc_prior.cli``'s grammar (``MODEL``, ``--codec``, ``--data``, ``-o``, ``--limit``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .cli import add_argument, add_deprecated_command, set_command
 from .errors import InputError
 from .framing import ARRAY_CONTAINER
 from .settings import LosslessFit, add_arguments
@@ -43,15 +50,24 @@ _MAX_META = 4096
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``lossless fit|bench|compress|decompress|report`` (and the deprecated ``report-lossless``)."""
     p = sub.add_parser(
         "lossless", help="lossless coding of discrete images with an HCLT (MNIST and alike)"
     )
     g = p.add_subparsers(dest="lossless_command", metavar="ACTION", required=True)
 
-    fit = g.add_parser("fit", help="learn an HCLT on the training split and save it")
+    fit = g.add_parser(
+        "fit",
+        help="learn an HCLT on the training split of --data and save it",
+        description="Learn an HCLT on the training split of the idx images in --data and save "
+        "it (-o) after every epoch.",
+    )
     _data_args(fit)
-    fit.add_argument(
-        "--out",
+    add_argument(
+        fit,
+        "-o",
+        "--output",
+        old=("--out",),
         default="runs/lossless/hclt.pt",
         help="checkpoint path, rewritten after every epoch (default: %(default)s)",
     )
@@ -65,33 +81,68 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with it, then refit on all with 0; the test split is never used; default: %(default)s)",
     )
     fit.add_argument("--float64", action="store_true", help="train in float64")
-    fit.set_defaults(func=_fit)
+    set_command(fit, _fit)
 
     bench = g.add_parser(
         "bench",
         help="test-set bits per dimension (theoretical and coded) and coding time; prints JSON",
+        description="Code the test split of --data with MODEL and decode it again: bits per "
+        "dimension (theoretical and coded) and coding times, as one JSON line.",
+    )
+    add_argument(
+        bench, "model", old=("--model",), help="HCLT checkpoint written by 'pc-prior lossless fit'"
     )
     _data_args(bench)
-    bench.add_argument(
-        "--model", required=True, help="checkpoint written by 'pc-prior lossless fit'"
-    )
     bench.add_argument("--limit", type=int, default=None, help="use only the first N test images")
-    bench.add_argument("--out", default=None, help="also write the JSON here")
-    bench.set_defaults(func=_bench)
+    add_argument(
+        bench, "-o", "--output", old=("--out",), default=None, help="also write the JSON here"
+    )
+    set_command(bench, _bench)
 
-    comp = g.add_parser("compress", help="compress a .npy integer image array")
-    comp.add_argument("--model", required=True)
-    comp.add_argument("input", help=".npy array of shape [N, ...] with symbols in 0..V-1")
-    comp.add_argument("output")
-    comp.add_argument("--device", default="cpu")
-    comp.set_defaults(func=_compress)
+    for name, func, what in (
+        ("compress", _compress, ".npy array of shape [N, ...] with symbols in 0..V-1"),
+        ("decompress", _decompress, "a file made by 'pc-prior lossless compress'"),
+    ):
+        c = g.add_parser(
+            name,
+            help=f"{name} {what}" if name == "decompress" else "compress a .npy integer array",
+        )
+        c.add_argument("input", metavar="INPUT", help=what)
+        add_argument(
+            c,
+            "--codec",
+            old=("--model",),
+            required=True,
+            help="HCLT checkpoint that codes (written by 'pc-prior lossless fit')",
+        )
+        add_argument(c, "-o", "--output", old=("OUTPUT",), required=True, help="file to write")
+        c.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+        set_command(c, func)
 
-    dec = g.add_parser("decompress", help="decompress a file made by 'lossless compress' to .npy")
-    dec.add_argument("--model", required=True)
-    dec.add_argument("input")
-    dec.add_argument("output")
-    dec.add_argument("--device", default="cpu")
-    dec.set_defaults(func=_decompress)
+    report = g.add_parser(
+        "report",
+        help="bpd table of 'pc-prior lossless bench' JSON files beside references",
+        description="A Markdown table of 'pc-prior lossless bench -o' files beside published "
+        "bits per dimension.",
+    )
+    _report_args(report)
+    old = add_deprecated_command(sub, "report-lossless", "lossless report")
+    _report_args(old)
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="JSON files written by 'pc-prior lossless bench -o'")
+    p.add_argument(
+        "--dataset", default="mnist", help="which reference numbers to show (default: %(default)s)"
+    )
+    p.add_argument(
+        "--label", action="append", default=None, help="row label per file (repeat, in order)"
+    )
+    p.add_argument(
+        "--reference", action="append", default=[], metavar="NAME=BPD", help="extra reference row"
+    )
+    p.add_argument("-o", "--output", default=None, help="also write the Markdown table here")
+    set_command(p, _report)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -101,6 +152,31 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help="folder with the idx[.gz] files (default: ../shared/data/mnist)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .eval.lossless_report import lossless_table
+
+    refs = []
+    for spec in args.reference:
+        name, sep, val = spec.rpartition("=")
+        try:
+            refs.append((name, float(val)))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise InputError(f"--reference expects NAME=BPD, e.g. 'my model=1.25', got {spec!r}")
+    if args.label is not None and len(args.label) != len(args.results):
+        raise InputError(
+            f"{len(args.label)} --label for {len(args.results)} results files: give one per file"
+        )
+    table = lossless_table(
+        args.results, dataset=args.dataset, labels=args.label, extra_references=refs
+    )
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -136,7 +212,7 @@ def _fit(args: argparse.Namespace) -> int:
         f"structure: {pc.num_vars} variables, tree height {pc.tree.height}, {t_struct:.1f}s",
         flush=True,
     )
-    run_args = {k: v for k, v in vars(args).items() if k != "func"}
+    run_args = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
     history: list[dict] = []
 
     def checkpoint(
@@ -145,7 +221,7 @@ def _fit(args: argparse.Namespace) -> int:
         history.append(rec)
         save(
             pc,
-            args.out,
+            args.output,
             history=history,
             train_seconds=time.perf_counter() - t0,
             structure_seconds=t_struct,
@@ -170,7 +246,7 @@ def _fit(args: argparse.Namespace) -> int:
     )
     t_train = time.perf_counter() - t0
     line = {
-        "checkpoint": str(args.out),
+        "checkpoint": str(args.output),
         "train_seconds": round(t_train, 1),
         "seconds_per_epoch": round(t_train / max(len(hist), 1), 2),
         "final_train_bpd": hist[-1]["train_bpd"],
@@ -210,12 +286,13 @@ def lossless_bench(pc, x: torch.Tensor) -> dict:
     }
 
 
-def _load_symbol_circuit(args: argparse.Namespace) -> SymbolCircuit:
-    """``--model`` onto ``--device``, refused unless it codes symbols with per-variable leaves."""
+def _load_symbol_circuit(path: str, device: str) -> SymbolCircuit:
+    """The HCLT at ``path`` onto ``device``, refused unless it codes symbols with per-variable
+    leaves."""
     from . import load
     from .coding import check_symbol_circuit
 
-    return check_symbol_circuit(load(args.model, map_location=args.device), "pc-prior lossless")
+    return check_symbol_circuit(load(path, map_location=device), "pc-prior lossless")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -223,14 +300,14 @@ def _bench(args: argparse.Namespace) -> int:
     from .devices import resolve_device
 
     resolve_device(args.device)
-    pc = _load_symbol_circuit(args)
+    pc = _load_symbol_circuit(args.model, args.device)
     x = load_mnist(args.data, "test", args.limit)
     res = lossless_bench(pc, x) | {"model": str(args.model)}
     text = json.dumps(res)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
     return 0
 
 
@@ -287,7 +364,7 @@ def _compress(args: argparse.Namespace) -> int:
     from .errors import InputError
 
     resolve_device(args.device)  # --device: before anything is read
-    pc = _load_symbol_circuit(args)
+    pc = _load_symbol_circuit(args.codec, args.device)
     arr = np.load(args.input, allow_pickle=False)
     if (
         arr.ndim < 1
@@ -323,7 +400,7 @@ def _decompress(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # --device: before the container is read
     shape, dtype, stream = unpack_array_container(Path(args.input).read_bytes(), str(args.input))
-    pc = _load_symbol_circuit(args)
+    pc = _load_symbol_circuit(args.codec, args.device)
     x = decode(pc, stream)
     if shape[0] != len(x) or math.prod(shape) != x.numel():
         raise BitstreamError(

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 __all__ = ["default_data_root", "load_idx", "load_mnist"]
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -29,16 +31,16 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise ValueError(f"{path} is not an idx file (bad magic number)")
+        raise InputError(f"{path} is not an idx file (bad magic number)")
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path} is truncated (header)")
+        raise InputError(f"{path} is truncated (header)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_DTYPES[data[2]])
     need = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != need:
-        raise ValueError(
+        raise InputError(
             f"{path} holds {len(data) - header} data bytes, expected {need} for shape {shape}"
         )
     return (
@@ -66,6 +68,6 @@ def load_mnist(
     root = Path(root) if root is not None else default_data_root() / "mnist"
     images = load_idx(_find(root, _SPLITS[split]))
     if images.ndim < 2:
-        raise ValueError(f"expected images, got an idx array of shape {images.shape}")
+        raise InputError(f"expected images, got an idx array of shape {images.shape}")
     x = torch.from_numpy(images.reshape(len(images), -1).astype(np.int64))
     return x[:limit] if limit is not None else x

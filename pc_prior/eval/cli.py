@@ -1,4 +1,8 @@
-"""``pc-prior demo``, ``pc-prior eval``, ``pc-prior compare`` and ``pc-prior report-lossless``."""
+"""``pc-prior eval``, ``pc-prior compare`` and ``pc-prior demo``.
+
+The parsers follow ``pc_prior.cli``'s grammar (``MODEL``, ``--codec``, ``--data``, ``-o``,
+``--limit``) and import no codec library; the command functions import what they use.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cli import add_argument, set_command
+from ..errors import InputError
 from ..settings import DEMO_BOTTLENECK, add_arguments
 from .compare import BD_MIN_POINTS
 
@@ -18,16 +24,105 @@ DEMO_OPTIONS = ("num_latents", "structure", "epochs", "max_items")  # run_demo's
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``eval``, ``compare`` and ``demo``."""
+    p = sub.add_parser(
+        "eval",
+        help="rate-distortion of codecs on an image folder (real bitstreams), CompressAI JSON",
+        description="Compress and decompress every image of --data with each MODEL; write means "
+        "and per-image rows as CompressAI results JSON: one RD curve, so all MODELs must share "
+        "one architecture and entropy model (run eval once per curve). Undefined values (MS-SSIM "
+        "below 161 px) are null, with the reason under 'undefined'.",
+    )
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="a codec file (shared/models format, CompressAI checkpoint or state dict with --arch, "
+        "pc-prior codec, e.g. from 'pc-prior prior fit') or a zoo name with quality, e.g. "
+        "bmshj2018-factorized:q2 (needs network)",
+    )
+    p.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="architecture of plain state-dict checkpoints (zoo name); files naming theirs keep it",
+    )
+    p.add_argument(
+        "--metric", default="mse", choices=["mse", "ms-ssim"], help="zoo weights' training metric"
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument(
+        "-o", "--output", default=None, help="write the results JSON here (default: print only)"
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="curve name in the JSON (default: the architecture, '+ PC prior' for PC codecs)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument(
+        "--entropy-coder",
+        default=None,
+        help="CompressAI entropy coder (default: CompressAI's default)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    set_command(p, _eval)
+
+    c = sub.add_parser(
+        "compare",
+        help="rate savings per quality, BD-rates and an RD plot of two eval JSON files",
+        description="Compare two results files of 'pc-prior eval' (or CompressAI's format): rate "
+        f"savings per quality and BD-rates, with the number of points per curve (a BD-rate from "
+        f"fewer than {BD_MIN_POINTS} is reported with a warning). Files that record different "
+        "image sets are refused unless --allow-different-images.",
+    )
+    c.add_argument("baseline", help="baseline results JSON (CompressAI format)")
+    c.add_argument("candidate", help="candidate results JSON")
+    add_argument(
+        c,
+        "-o",
+        "--output",
+        old=("--json",),
+        default=None,
+        help="also write the comparison JSON here",
+    )
+    c.add_argument(
+        "--plot",
+        default=None,
+        help="RD plot PNG (default: <candidate>-vs-<baseline>.png beside candidate)",
+    )
+    c.add_argument("--no-plot", action="store_true")
+    c.add_argument(
+        "--method",
+        default="akima",
+        choices=["akima", "pchip", "cubic"],
+        help="BD interpolation (default: %(default)s)",
+    )
+    c.add_argument(
+        "--allow-different-images",
+        action="store_true",
+        help="compare files measured on different images (a warning instead of an error)",
+    )
+    set_command(c, _compare)
+
     d = sub.add_parser(
         "demo",
         help="fit a PC prior into a codec on a few photos, code other photos: table and plot",
         description="Fit a probabilistic-circuit entropy model into a frozen base codec on training "
-        "photos, then compress and decompress disjoint test photos with the base codec "
-        "and with the PC codec (real bitstreams, identical reconstructions). Default: "
-        "the shipped codec and scikit-image's photos, no downloads. Writes table.txt, "
-        "demo.png, demo.json, base.json, pc.json and pc-codec.pt under --out.",
+        "photos (--train-data), then compress and decompress disjoint test photos (--data) with "
+        "the base codec and with the PC codec (real bitstreams, identical reconstructions). "
+        "Default: the shipped codec and scikit-image's photos, no downloads. Writes table.txt, "
+        "demo.png, demo.json, base.json, pc.json and pc-codec.pt under -o.",
     )
-    d.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    add_argument(
+        d,
+        "-o",
+        "--output",
+        old=("--out",),
+        default="runs/demo",
+        help="output folder (default: %(default)s)",
+    )
     d.add_argument(
         "--data",
         default=None,
@@ -60,8 +155,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     aug.add_argument("--no-augment", dest="augment", action="store_false")
     d.add_argument("--limit", type=int, default=None, help="code only the first N test images")
-    d.add_argument(
-        "--max-train-images", type=int, default=None, help="fit on only the first N training images"
+    add_argument(
+        d,
+        "--train-limit",
+        old=("--max-train-images",),
+        type=int,
+        default=None,
+        help="fit on only the first N training images",
     )
     d.add_argument(
         "--threads",
@@ -72,100 +172,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--seed", type=int, default=DEMO_BOTTLENECK.seed)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d.set_defaults(func=_demo)
+    set_command(d, _demo)
 
-    p = sub.add_parser(
-        "eval",
-        help="rate-distortion of codecs on an image folder (real bitstreams), CompressAI JSON",
-        description="Compress and decompress every image of --data with each MODEL; write means "
-        "and per-image rows as CompressAI results JSON: one RD curve, so all MODELs must share "
-        "one architecture and entropy model (run eval once per curve). Undefined values (MS-SSIM "
-        "below 161 px) are null, with the reason under 'undefined'.",
-    )
-    p.add_argument(
-        "models",
-        nargs="+",
-        metavar="MODEL",
-        help="a codec file (shared/models format, CompressAI checkpoint or state dict with --arch, "
-        "pc-prior codec, e.g. from 'pc-prior prior fit') or a zoo name with quality, e.g. "
-        "bmshj2018-factorized:q2 (needs network)",
-    )
-    p.add_argument("--data", required=True, help="folder of images (searched recursively)")
-    p.add_argument(
-        "--arch",
-        default=None,
-        help="architecture of plain state-dict checkpoints (zoo name); files naming theirs keep it",
-    )
-    p.add_argument(
-        "--metric", default="mse", choices=["mse", "ms-ssim"], help="zoo weights' training metric"
-    )
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    p.add_argument(
-        "--output", "-o", default=None, help="write the results JSON here (default: print only)"
-    )
-    p.add_argument(
-        "--name",
-        default=None,
-        help="curve name in the JSON (default: the architecture, '+ PC prior' for PC codecs)",
-    )
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument(
-        "--entropy-coder",
-        default=None,
-        help="CompressAI entropy coder (default: CompressAI's default)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_eval)
 
-    c = sub.add_parser(
-        "compare",
-        help="rate savings per quality, BD-rates and an RD plot of two eval JSON files",
-        description="Compare two results files of 'pc-prior eval' (or CompressAI's format): rate "
-        f"savings per quality and BD-rates, with the number of points per curve (a BD-rate from "
-        f"fewer than {BD_MIN_POINTS} is reported with a warning). Files that record different "
-        "image sets are refused unless --allow-different-images.",
-    )
-    c.add_argument("baseline", help="baseline results JSON (CompressAI format)")
-    c.add_argument("candidate", help="candidate results JSON")
-    c.add_argument(
-        "--plot",
-        default=None,
-        help="RD plot PNG (default: <candidate>-vs-<baseline>.png beside candidate)",
-    )
-    c.add_argument("--no-plot", action="store_true")
-    c.add_argument(
-        "--method",
-        default="akima",
-        choices=["akima", "pchip", "cubic"],
-        help="BD interpolation (default: %(default)s)",
-    )
-    c.add_argument("--json", default=None, help="also write the comparison as JSON here")
-    c.add_argument(
-        "--allow-different-images",
-        action="store_true",
-        help="compare files measured on different images (a warning instead of an error)",
-    )
-    c.set_defaults(func=_compare)
-
-    r = sub.add_parser(
-        "report-lossless",
-        help="bpd table of 'pc-prior lossless bench' JSON files beside references",
-    )
-    r.add_argument(
-        "results", nargs="+", help="JSON files written by 'pc-prior lossless bench --out'"
-    )
-    r.add_argument(
-        "--dataset", default="mnist", help="which reference numbers to show (default: %(default)s)"
-    )
-    r.add_argument(
-        "--label", action="append", default=None, help="row label per file (repeat, in order)"
-    )
-    r.add_argument(
-        "--reference", action="append", default=[], metavar="NAME=BPD", help="extra reference row"
-    )
-    r.add_argument("--output", "-o", default=None, help="also write the Markdown table here")
-    r.set_defaults(func=_report_lossless)
+def _at_least_one(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"{option} must be at least 1, got {value}")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -173,11 +185,16 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo
 
-    if args.threads < 1:
-        raise ValueError("--threads must be at least 1")
+    for option, value in (
+        ("--threads", args.threads),
+        ("--latents", args.num_latents),
+        ("--limit", args.limit),
+        ("--train-limit", args.train_limit),
+    ):
+        _at_least_one(option, value)
     torch.set_num_threads(args.threads)
     res = run_demo(
-        args.out,
+        args.output,
         data=args.data,
         train_data=args.train_data,
         codec=args.codec,
@@ -188,7 +205,7 @@ def _demo(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         augment=args.augment,
         limit=args.limit,
-        max_train_images=args.max_train_images,
+        max_train_images=args.train_limit,
         seed=args.seed,
         progress=not args.no_progress,
     )
@@ -206,19 +223,19 @@ def _eval(args: argparse.Namespace) -> int:
     resolve_device(
         args.device
     )  # a missing or unknown device fails before any image or model is read
+    _at_least_one("--threads", args.threads)
+    _at_least_one("--limit", args.limit)
     if args.threads:
         torch.set_num_threads(args.threads)
     images = list_images(args.data)  # fail on a bad folder before loading any model
     if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError("--limit must be at least 1")
         images = images[: args.limit]
     if args.entropy_coder:
         import compressai
 
         if args.entropy_coder not in compressai.available_entropy_coders():
-            raise ValueError(
-                f"unknown entropy coder {args.entropy_coder!r}; available: "
+            raise InputError(
+                f"unknown entropy coder {args.entropy_coder!r}; choose one of: "
                 f"{', '.join(compressai.available_entropy_coders())}"
             )
         compressai.set_entropy_coder(args.entropy_coder)
@@ -273,8 +290,6 @@ def _curve_of(lm: ResolvedCodec) -> str:
 def _one_curve(loaded: list[ResolvedCodec]) -> str:
     """The name of the one curve ``loaded`` makes; ``InputError`` naming each group if they mix
     architectures or entropy models (a results file holds one curve, named after it)."""
-    from ..errors import InputError
-
     groups: dict[str, list[str]] = {}
     for lm in loaded:
         groups.setdefault(_curve_of(lm), []).append(lm.source or lm.name)
@@ -311,27 +326,6 @@ def _compare(args: argparse.Namespace) -> int:
         plot_rd(base, cand, plot, title=f"{cand.name} vs {base.name}")
         print(f"\nRD plot: {plot}")
         res["plot"] = str(plot)
-    if args.json:
-        write_json(args.json, comparison_record(res))
-    return 0
-
-
-def _report_lossless(args: argparse.Namespace) -> int:
-    from .lossless_report import lossless_table
-
-    refs = []
-    for spec in args.reference:
-        name, sep, val = spec.rpartition("=")
-        try:
-            refs.append((name, float(val)))
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise ValueError(f"--reference expects NAME=BPD, got {spec!r}")
-    table = lossless_table(
-        args.results, dataset=args.dataset, labels=args.label, extra_references=refs
-    )
-    print(table)
     if args.output:
-        Path(args.output).write_text(table + "\n")
+        write_json(args.output, comparison_record(res))
     return 0

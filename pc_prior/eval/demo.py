@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..settings import DEMO_BOTTLENECK
 
 if TYPE_CHECKING:
@@ -268,9 +269,9 @@ def run_demo(
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
     if latents < 1:
-        raise ValueError(f"--latents must be at least 1, got {latents}")
+        raise InputError(f"--latents must be at least 1, got {latents}")
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise InputError(f"--limit must be at least 1, got {limit}")
     # Fail on bad folders and codecs before any work.
     test_paths = list_images(data) if data is not None else None
     train_paths = list_images(train_data) if train_data is not None else None
@@ -291,7 +292,7 @@ def run_demo(
         if q is not None:
             overlap.append(f"{p} = {q}")
     if overlap:
-        raise ValueError(
+        raise InputError(
             "training and test images must be disjoint, but these are the same picture: "
             + "; ".join(overlap[:5])
             + (" ..." if len(overlap) > 5 else "")

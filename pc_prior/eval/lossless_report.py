@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = ["REFERENCE_BPD", "load_bench", "lossless_table"]
 
 # Reference numbers from the paper, not reproduced here:
@@ -35,12 +37,12 @@ def load_bench(path: str | Path) -> dict[str, Any]:
             except json.JSONDecodeError:
                 continue
         if obj is None:
-            raise ValueError(f"{path} does not contain a JSON object") from None
+            raise InputError(f"{path} does not contain a JSON object") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected one JSON object, got {type(obj).__name__}")
+        raise InputError(f"{path}: expected one JSON object, got {type(obj).__name__}")
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path} is not a 'pc-prior lossless bench' result: missing {', '.join(missing)}"
         )
     return obj
@@ -54,9 +56,9 @@ def lossless_table(
 ) -> str:
     """A Markdown table: bpd (theoretical, coded), coding overhead and ms/image per run, then reference rows."""
     if not paths:
-        raise ValueError("give at least one 'lossless bench' JSON file")
+        raise InputError("give at least one 'lossless bench' JSON file")
     if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"{len(labels)} labels for {len(paths)} files")
+        raise InputError(f"{len(labels)} labels for {len(paths)} files")
     lines = [
         "| model | images | bpd (theoretical) | bpd (coded) | bpd (reference) | overhead | encode ms/img "
         "| decode ms/img | source |",

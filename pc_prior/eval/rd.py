@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..errors import InputError
 from ..images import (
-    IMG_EXTENSIONS,
     MIN_DIV,
     MS_SSIM_MIN_SIDE,
     compute_metrics,
@@ -36,9 +35,6 @@ from ..images import (
 )
 
 __all__ = [
-    "IMG_EXTENSIONS",
-    "MIN_DIV",
-    "compute_metrics",
     "count_bytes",
     "dumps_json",
     "evaluate_image",

@@ -1,17 +1,11 @@
-"""CompressAI entropy models backed by probabilistic circuits.
+"""CompressAI entropy models backed by probabilistic circuits: the two PC entropy models, swapping
+them into a codec and fitting them (``fit_prior``), and codec files.
 
-The image helpers (``list_images``, ``load_image``, ``pad_to_multiple``, ``crop_to_multiple``,
-``FolderImages``) are
-``pc_prior.images``' own, re-exported here.
+Images (``list_images``, ``load_image``, ``FolderImages``, padding and cropping) are
+``pc_prior.images``'.
 """
 
-from ..images import FolderImages, crop_to_multiple, list_images, load_image, pad_to_multiple
-from .api import (
-    collect_conditional_inputs,
-    collect_latents,
-    fit_prior,
-    swap_entropy_model,
-)
+from .api import collect_conditional_inputs, collect_latents, fit_prior
 from .codec_file import (
     ResolvedCodec,
     build_codec,
@@ -23,22 +17,18 @@ from .codec_file import (
 from .conditional import PCConditional
 from .context import CheckerboardContext
 from .entropy_models import PCEntropyBottleneck
+from .swap import swap_entropy_model
 
 __all__ = [
     "CheckerboardContext",
-    "FolderImages",
     "PCConditional",
     "PCEntropyBottleneck",
     "ResolvedCodec",
     "build_codec",
     "collect_conditional_inputs",
     "collect_latents",
-    "crop_to_multiple",
     "fit_prior",
-    "list_images",
     "load_codec",
-    "load_image",
-    "pad_to_multiple",
     "read_codec_file",
     "resolve_codec",
     "save_codec",

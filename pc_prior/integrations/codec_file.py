@@ -132,7 +132,7 @@ def codec_from_content(
     """``read_codec_file`` for a file already read by ``pc_prior.files.read_file`` (so it is read once)."""
     from compressai.zoo.image import model_architectures
 
-    from .api import swap_entropy_model
+    from .swap import swap_entropy_model
 
     _check_fields(ck, path, digested)
     state = _float_state(ck["state_dict"])
@@ -198,7 +198,7 @@ def save_codec(
     integer tables themselves (8-10x larger for a ``PCConditional``), which loading then uses as
     they are. Floating tensors that float16 holds exactly are stored as float16 (lossless).
     """
-    from .api import PC_MODULES
+    from .swap import PC_MODULES
 
     pc_modules = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
     state = {k: _compact(v.detach().cpu()) for k, v in model.state_dict().items()}
@@ -284,7 +284,7 @@ def _resolve_file(path: Path, arch: str | None, base_only: bool) -> ResolvedCode
         if fmt == "pc-prior/hclt":
             raise ModelLoadError(
                 f"{path} is a pc-prior HCLT (lossless) checkpoint, not an image codec; "
-                "use 'pc-prior lossless bench' and 'pc-prior report-lossless'"
+                "use 'pc-prior lossless bench' and 'pc-prior lossless report'"
             )
         raise ModelLoadError(
             f"{path} has format {fmt!r}, not an image codec file ({CODEC_FORMAT!r}); pass a codec "

@@ -74,7 +74,6 @@ from .entropy_models import STRUCTURES, check_latent
 __all__ = [
     "CONTEXTS",
     "PCConditional",
-    "ScaleConditionedTree",
     "accumulate_gradient",
 ]  # the circuit lives in pc_prior.continuous
 
@@ -472,8 +471,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         ``InputError`` before any work (``check_fit_args``). Defaults: ``pc_prior.settings.ConditionalFit``
         (the three-pass context, so rows [N, C] need ``context=None``).
 
-        ``warm_start=True`` continues the fitted model on new latents instead (``pc-prior prior
-        fit --init``: adapt a prior to a domain): the contexts, structure, radius and K are kept
+        ``warm_start=True`` continues the fitted model on new latents instead (``pc-prior prior adapt``: adapt a prior to a domain): the contexts, structure, radius and K are kept
         (``num_latents``, ``context``, ``structure``, ``tail``, ``max_radius`` and ``init`` are not
         used) and Adam starts from the current parameters. ``NotFittedError`` if there is nothing
         to continue.

@@ -465,8 +465,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         ``InputError`` before any work (``check_fit_args``). Defaults:
         ``pc_prior.settings.BottleneckFit``.
 
-        ``warm_start=True`` continues the fitted circuit on new values instead (``pc-prior prior fit
-        --init``: adapt a prior to a domain): the alphabets, structure, K and leaf kind are kept,
+        ``warm_start=True`` continues the fitted circuit on new values instead (``pc-prior prior
+        adapt``: adapt a prior to a domain): the alphabets, structure, K and leaf kind are kept,
         so ``num_latents``, ``structure``, ``leaves``, ``tail``, ``max_alphabet`` and
         ``group_fit`` are not used; EM (categorical leaves: on the grouped circuit as it is, states
         and groups together) or the Adam refinement (logistic leaves) starts from the current

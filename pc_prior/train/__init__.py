@@ -1,7 +1,7 @@
-"""Lightning modules, data modules and training commands (``pc-prior fit``, ``pc-prior train-codec``)."""
+"""Lightning modules, data modules and training commands (``pc-prior codec train|finetune``, ``pc-prior lightning fit``)."""
 
 from .callbacks import InterruptCheckpoint
-from .codec import CodecModule, export_codec, lambda_for_quality, load_codec
+from .codec import CodecModule, export_codec, lambda_for_quality
 from .data import ImageFolderDataModule, MNISTDataModule
 from .prior import EMOptimizer, PriorModule
 from .rd import RDModule
@@ -16,5 +16,4 @@ __all__ = [
     "RDModule",
     "export_codec",
     "lambda_for_quality",
-    "load_codec",
 ]

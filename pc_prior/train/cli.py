@@ -1,15 +1,33 @@
-"""``pc-prior fit`` and ``pc-prior train-codec``: LightningCLI behind the argparse entry point.
+"""``pc-prior codec train``, ``pc-prior codec finetune`` and ``pc-prior lightning fit``: LightningCLI.
 
-Everything after the sub-command goes to LightningCLI's ``fit`` (``--config``, ``--trainer.*``,
-``--model.*``, ``--data.*``, ``--checkpoint.*``, ``--ckpt_path``). Every run gets a
-``ModelCheckpoint`` (each epoch, plus ``last.ckpt``; configure under ``checkpoint:``), a checkpoint
-on interrupt (``interrupted.ckpt``), and CSV + TensorBoard loggers under ``default_root_dir``
-unless ``trainer.logger`` is set. When stderr is not a terminal (a log file, CI) the progress bar
-redraws every ``pc_prior.progress.LOG_REFRESH_BATCHES`` batches instead of every batch.
+Three commands, one LightningCLI, which fits the model on the data module:
 
-Only LightningCLI's public seams are used: ``trainer_defaults`` for the interrupt checkpoint,
-``add_arguments_to_parser`` for the checkpoint options, and ``instantiate_trainer`` (whose keyword
-arguments override the parsed trainer options) for the loggers and the progress bar.
+- ``codec train``: ``CodecModule`` on ``ImageFolderDataModule`` (a CompressAI codec from scratch;
+  was ``train-codec``);
+- ``codec finetune``: ``RDModule`` on ``ImageFolderDataModule`` (joint rate-distortion fine-tuning
+  of a trained codec and a PC prior; was ``fit --config configs/rd_factorized.yaml``);
+- ``lightning fit``: any ``LightningModule`` on any ``LightningDataModule``, chosen by
+  ``class_path`` in a config (e.g. ``PriorModule`` on MNIST; was ``fit``).
+
+The first two take their classes or subclasses of them, so ``--model.quality 2`` needs no
+``class_path`` and a config written with one (``configs/*.yaml``) works as well. Everything after
+the verb goes to LightningCLI (``--config``, ``--trainer.*``, ``--model.*``, ``--data.*``,
+``--checkpoint.*``, ``--ckpt_path``); ``--lightning-help`` is its ``--help`` (the parsers, in
+``pc_prior.cli``, print their own ``--help`` without importing Lightning). LightningCLI runs without
+sub-commands (``run=False``) and this module calls ``trainer.fit``, so its usage reads ``pc-prior
+codec train [-h] ...`` and not ``pc-prior [options] fit``.
+
+Every run gets a ``ModelCheckpoint`` (each epoch, plus ``last.ckpt``; configure under
+``checkpoint:``), a checkpoint on interrupt (``interrupted.ckpt``), and CSV + TensorBoard loggers
+under ``default_root_dir`` unless ``trainer.logger`` is set. When stderr is not a terminal (a log
+file, CI) the progress bar redraws every ``pc_prior.progress.LOG_REFRESH_BATCHES`` batches instead
+of every batch.
+
+Arguments that LightningCLI's parser, or a class it builds from them, refuses are ``InputError``
+(one line); errors while fitting keep their traceback. Only LightningCLI's public seams are used: ``trainer_defaults`` for the interrupt checkpoint,
+``add_arguments_to_parser`` for the checkpoint options and ``--ckpt_path``, and
+``instantiate_trainer`` (whose keyword arguments override the parsed trainer options) for the
+loggers and the progress bar.
 """
 
 from __future__ import annotations
@@ -18,25 +36,17 @@ import argparse
 import os
 from typing import Any
 
-__all__ = ["register", "run_lightning_cli"]
-
-FIT_HELP = (
-    "train a model with LightningCLI, e.g. pc-prior fit --config configs/mnist_hclt.yaml "
-    "--trainer.max_epochs 1, or joint codec + PC prior fine-tuning with --config configs/rd_factorized.yaml "
-    "(any LightningModule/DataModule by class_path)"
-)
-CODEC_HELP = (
-    "train a CompressAI codec from scratch (CodecModule + ImageFolderDataModule), e.g. "
-    "pc-prior train-codec --data.train_dir DIR --data.val_dir DIR --model.quality 2 --trainer.max_steps 10000"
-)
+__all__ = ["codec_finetune", "codec_train", "lightning_fit", "run_lightning_cli"]
 
 
 def _cli_class():
+    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
 
     class PCPriorCLI(LightningCLI):
-        """LightningCLI with an always-on ModelCheckpoint (``checkpoint``), interrupt checkpoints and default loggers."""
+        """LightningCLI with an always-on ModelCheckpoint (``checkpoint``), ``--ckpt_path``,
+        interrupt checkpoints and default loggers."""
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -46,6 +56,16 @@ def _cli_class():
                     "checkpoint.every_n_epochs": 1,
                     "checkpoint.save_top_k": 1,
                 }
+            )
+            for key, cls in (("model", self.model_class), ("data", self.datamodule_class)):
+                if cls not in (None, pl.LightningModule, pl.LightningDataModule):
+                    # the command's own class needs no class_path; a config may name a subclass
+                    parser.set_defaults({key: {"class_path": f"{cls.__module__}.{cls.__name__}"}})
+            parser.add_argument(
+                "--ckpt_path",
+                type=str | None,
+                default=None,
+                help="resume from this checkpoint ('last': <checkpoint.dirpath>/last.ckpt)",
             )
 
         def instantiate_trainer(self, **kwargs: Any) -> Any:
@@ -80,53 +100,77 @@ def _cli_class():
     return PCPriorCLI
 
 
-def run_lightning_cli(args: list[str], model_class=None, datamodule_class=None) -> Any:
-    """Run ``fit`` through LightningCLI with ``args``; subclass mode (``class_path``) unless classes are given."""
+def run_lightning_cli(
+    args: list[str],
+    model_class: type | None = None,
+    datamodule_class: type | None = None,
+    prog: str = "pc-prior lightning fit",
+) -> Any:
+    """Parse ``args`` with LightningCLI and fit; returns the CLI (``.trainer``, ``.model``).
+
+    The model and data module are ``model_class`` and ``datamodule_class`` or subclasses of them
+    (default: any LightningModule and LightningDataModule), given by ``class_path`` or, for the
+    classes themselves, by their arguments alone. ``prog`` is the command shown in usage lines.
+    """
     import warnings
 
     import pytorch_lightning as pl
 
+    from ..errors import InputError
     from .callbacks import InterruptCheckpoint
 
-    cli = _cli_class()
+    cli_class = _cli_class()
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    fixed = model_class is not None
-    return cli(
-        model_class if fixed else pl.LightningModule,
-        datamodule_class if fixed else pl.LightningDataModule,
-        subclass_mode_model=not fixed,
-        subclass_mode_data=not fixed,
-        args=["fit", *args],
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [InterruptCheckpoint()]},
-        auto_configure_optimizers=False,
-    )
+    try:
+        cli = cli_class(
+            model_class or pl.LightningModule,
+            datamodule_class or pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=False,
+            parser_kwargs={"prog": prog},
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [InterruptCheckpoint()]},
+            auto_configure_optimizers=False,
+        )
+    except ValueError as e:
+        # jsonargparse reports an argument that the model's or data module's class refused
+        # (quality 99, a missing codec file) as a ValueError naming it: bad input, not a bug.
+        # Fitting is outside this block: its errors keep their kind and traceback.
+        cause: BaseException = e
+        while cause.__cause__ is not None:  # the class's own message, not jsonargparse's wrapping
+            cause = cause.__cause__
+        raise InputError(f"an argument was refused: {cause}") from e
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
+    return cli
 
 
-def _fit(args: argparse.Namespace) -> int:
-    run_lightning_cli(list(args.lightning_args))
-    return 0
+def _lightning_args(args: argparse.Namespace) -> list[str]:
+    """The arguments for LightningCLI; ``--lightning-help`` asks it for its ``--help``."""
+    return ["--help" if a == "--lightning-help" else a for a in args.lightning_args]
 
 
-def _train_codec(args: argparse.Namespace) -> int:
+def codec_train(args: argparse.Namespace) -> int:
     from .codec import CodecModule
     from .data import ImageFolderDataModule
 
-    run_lightning_cli(list(args.lightning_args), CodecModule, ImageFolderDataModule)
+    run_lightning_cli(
+        _lightning_args(args), CodecModule, ImageFolderDataModule, f"pc-prior {args.command_name}"
+    )
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fit`` and ``train-codec`` to the ``pc-prior`` command line."""
-    for name, help_, func in (("fit", FIT_HELP, _fit), ("train-codec", CODEC_HELP, _train_codec)):
-        p = subparsers.add_parser(
-            name,
-            help=help_,
-            description=help_ + ". Run with --help for LightningCLI's options.",
-            add_help=False,
-            prefix_chars="\0",
-        )
-        p.add_argument(
-            "lightning_args", nargs=argparse.REMAINDER, help="arguments for LightningCLI fit"
-        )
-        p.set_defaults(func=func)
+def codec_finetune(args: argparse.Namespace) -> int:
+    from .data import ImageFolderDataModule
+    from .rd import RDModule
+
+    run_lightning_cli(
+        _lightning_args(args), RDModule, ImageFolderDataModule, f"pc-prior {args.command_name}"
+    )
+    return 0
+
+
+def lightning_fit(args: argparse.Namespace) -> int:
+    run_lightning_cli(_lightning_args(args), prog=f"pc-prior {args.command_name}")
+    return 0

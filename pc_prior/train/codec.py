@@ -25,18 +25,15 @@ from torch import Tensor, nn
 
 from ..images import crop_padding, ms_ssim, pad_to_multiple, psnr
 from ..integrations.base import resize_buffers
-from ..integrations.codec_file import build_codec, load_codec, save_codec
+from ..integrations.codec_file import build_codec, save_codec
 
 __all__ = [
     "ZOO_MSE_LAMBDAS",
     "ZOO_MSSSIM_LAMBDAS",
     "CodecModule",
     "RDTrainingModule",
-    "build_codec",
     "export_codec",
     "lambda_for_quality",
-    "load_codec",
-    "pad_to_multiple",
     "rd_metrics",
     "split_parameters",
 ]

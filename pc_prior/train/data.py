@@ -23,7 +23,6 @@ __all__ = [
     "ImageFolder",
     "ImageFolderDataModule",
     "MNISTDataModule",
-    "list_images",
 ]
 
 

@@ -105,7 +105,7 @@ class RDModule(RDTrainingModule):
         coded_val_batches: validation batches really compressed (``val_bpp_coded``; ``None``: all, 0: none).
         keep_plain_bottleneck: train a factorized bottleneck beside the circuit on detached latents.
         export_path: codec file written at the end of fitting (default ``<log_dir>/codec.pt``; ``""``: none);
-            read by ``pc_prior.integrations.load_codec`` / ``pc_prior.train.load_codec``.
+            read by ``pc_prior.integrations.load_codec``.
         plain_export_path: plain CompressAI state dict of the codec with the plain bottleneck
             (default ``<export stem>-plain-state-dict.pt`` next to it; ``""``: none).
         seed: seed of the initial fit's data and EM.

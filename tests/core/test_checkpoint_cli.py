@@ -174,7 +174,7 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
                 "fit",
                 "--data",
                 str(tiny_idx),
-                "--out",
+                "-o",
                 str(ckpt),
                 "--latents",
                 "4",
@@ -203,12 +203,11 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
     ):
         assert torch.equal(a, b)
     assert (
-        main(["lossless", "fit", "--data", str(tiny_idx), "--out", str(ckpt), "--valid", "300"])
-        == 1
+        main(["lossless", "fit", "--data", str(tiny_idx), "-o", str(ckpt), "--valid", "300"]) == 1
     )
     assert "--valid 300 must be at least 0 and leave training images" in capsys.readouterr().err
 
-    assert main(["lossless", "bench", "--data", str(tiny_idx), "--model", str(ckpt)]) == 0
+    assert main(["lossless", "bench", str(ckpt), "--data", str(tiny_idx)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("bpd_theoretical", "bpd_coded", "encode_seconds", "decode_seconds", "num_images"):
         assert key in res
@@ -222,9 +221,10 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
             [
                 "lossless",
                 "compress",
-                "--model",
-                str(ckpt),
                 str(tmp_path / "in.npy"),
+                "--codec",
+                str(ckpt),
+                "-o",
                 str(tmp_path / "c.bin"),
             ]
         )
@@ -235,9 +235,10 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
             [
                 "lossless",
                 "decompress",
-                "--model",
-                str(ckpt),
                 str(tmp_path / "c.bin"),
+                "--codec",
+                str(ckpt),
+                "-o",
                 str(tmp_path / "out.npy"),
             ]
         )
@@ -253,9 +254,10 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
             [
                 "lossless",
                 "decompress",
-                "--model",
-                str(ckpt),
                 str(tmp_path / "c.bin"),
+                "--codec",
+                str(ckpt),
+                "-o",
                 str(tmp_path / "o.npy"),
             ]
         )
@@ -268,15 +270,27 @@ def test_lossless_cli_fit_bench_compress_decompress(tiny_idx, tmp_path, capsys):
             [
                 "lossless",
                 "compress",
-                "--model",
-                str(ckpt),
                 str(tmp_path / "wrong.npy"),
+                "--codec",
+                str(ckpt),
+                "-o",
                 str(tmp_path / "w.bin"),
             ]
         )
         == 1
     )
     assert "expects 16" in capsys.readouterr().err
+
+    # the old spellings (--model, the positional output) still work, with one warning each
+    old = ["lossless", "compress", "--model", str(ckpt), str(tmp_path / "in.npy")]
+    assert main([*old, str(tmp_path / "old.bin")]) == 0
+    err = capsys.readouterr().err
+    assert "--model is deprecated and goes in the next release; use --codec" in err
+    assert "the positional OUTPUT is deprecated and goes in the next release; use --output" in err
+    new = ["lossless", "compress", str(tmp_path / "in.npy"), "--codec", str(ckpt)]
+    assert main([*new, "-o", str(tmp_path / "new.bin")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert (tmp_path / "old.bin").read_bytes() == (tmp_path / "new.bin").read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["DiscretizedLogisticTree", "ScaleConditionedTree"])

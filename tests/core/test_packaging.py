@@ -52,3 +52,37 @@ def test_ci_pins_are_the_stated_lower_bounds():
     }
     for name, version in pins.items():
         assert Requirement(bounds[name]).specifier == f">={version}"
+
+
+def _public_modules() -> list[str]:
+    import pkgutil
+
+    return ["pc_prior"] + [
+        m.name
+        for m in pkgutil.walk_packages(pc_prior.__path__, "pc_prior.")
+        if not any(part.startswith("_") for part in m.name.split(".")[1:])
+    ]
+
+
+def test_every_public_name_is_exported_once_by_its_owner():
+    """A module's ``__all__`` lists what it defines; a package's, what its own modules define.
+    So each public object has one public name (the package's, where it has one), and nothing is
+    re-exported from a module of another package (``train.load_codec`` was
+    ``integrations.load_codec`` under a second name)."""
+    import importlib
+    import inspect
+
+    for name in _public_modules():
+        mod = importlib.import_module(name)
+        is_package = hasattr(mod, "__path__")
+        for attr in getattr(mod, "__all__", ()):
+            obj = getattr(mod, attr)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):  # constants, modules
+                continue
+            where, home = f"{name}.{attr}", obj.__module__
+            if is_package:  # its own modules' names only
+                assert home.startswith(name + "."), (
+                    f"{where} is defined in {home}, not below {name}"
+                )
+            else:
+                assert home == name, f"{where} is re-exported from {home}"

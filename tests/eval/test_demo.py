@@ -139,7 +139,7 @@ def test_demo_bits_are_the_bytes_of_real_strings(demo_run, folders, tiny_codec):
 
 def test_demo_cli_errors(tiny_codec, folders, tmp_path, capsys):
     train, test = folders
-    common = ["--latents", "2", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "o")]
+    common = ["--latents", "2", "--epochs", "1", "--no-progress", "-o", str(tmp_path / "o")]
     assert (
         main(["demo", "--data", str(tmp_path / "missing"), "--codec", str(tiny_codec)] + common)
         == 1

@@ -292,7 +292,7 @@ def test_results_json_below_161_px_is_strict_with_reasons(tiny_ckpt, plain_ckpt,
     assert _strict(capsys.readouterr().out)["results"]["ms-ssim-rgb"] == [None]
 
     js = tmp_path / "cmp.json"
-    assert main(["compare", str(out), str(out), "--no-plot", "--json", str(js)]) == 0
+    assert main(["compare", str(out), str(out), "--no-plot", "-o", str(js)]) == 0
     text = capsys.readouterr().out
     assert "BD-rate (MS-SSIM dB):  n/a: MS-SSIM undefined (baseline: ms-ssim-rgb undefined" in text
     assert "image side below 161 px (80x64)" in text

@@ -1,4 +1,4 @@
-"""pc_prior.eval compare / report-lossless: BD-rate on known answers, rate savings, plot, bpd table."""
+"""pc_prior.eval compare / lossless report: BD-rate on known answers, rate savings, plot, bpd table."""
 
 import json
 
@@ -89,7 +89,7 @@ def test_compare_cli_table_and_plot(tmp_path, capsys):
     base = _write(tmp_path / "base.json", BPP, PSNR, MSSSIM, quality=None)
     cand = _write(tmp_path / "cand.json", [1.05 * b for b in BPP], PSNR, MSSSIM, quality=None)
     plot, js = tmp_path / "rd.png", tmp_path / "cmp.json"
-    assert main(["compare", str(base), str(cand), "--plot", str(plot), "--json", str(js)]) == 0
+    assert main(["compare", str(base), str(cand), "--plot", str(plot), "-o", str(js)]) == 0
     out = capsys.readouterr().out
     assert "BD-rate (PSNR-RGB):    +5.00%" in out and "BD-rate (MS-SSIM dB):  +5.00%" in out
     assert "-5.00%" in out  # per-point saving (paired by rank, no qualities in the files)
@@ -190,7 +190,7 @@ def test_compare_skips_undefined_ms_ssim_with_its_reason(tmp_path, capsys):
     assert compare(old, cand)["bd_rate_psnr"] == pytest.approx(-10.0, abs=1e-6)
 
     js, plot = tmp_path / "cmp.json", tmp_path / "rd.png"
-    assert main(["compare", str(base), str(cand), "--json", str(js), "--plot", str(plot)]) == 0
+    assert main(["compare", str(base), str(cand), "--output", str(js), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "BD-rate (PSNR-RGB):    -10.00%" in out
     assert f"BD-rate (MS-SSIM dB):  n/a: MS-SSIM undefined (baseline: {why})" in out
@@ -283,7 +283,8 @@ def test_lossless_report(tmp_path, capsys):
     assert (
         main(
             [
-                "report-lossless",
+                "lossless",
+                "report",
                 str(a),
                 str(b),
                 "--label",
@@ -307,7 +308,15 @@ def test_lossless_report(tmp_path, capsys):
     assert out_md.read_text().strip() == out.strip()
 
     (tmp_path / "c.json").write_text('{"bpd_coded": 1.0}')
-    assert main(["report-lossless", str(tmp_path / "c.json")]) == 1
+    assert main(["lossless", "report", str(tmp_path / "c.json")]) == 1
     assert "missing bpd_theoretical" in capsys.readouterr().err
-    assert main(["report-lossless", str(a), "--reference", "oops"]) == 1
+    assert main(["lossless", "report", str(a), "--reference", "oops"]) == 1
     assert "NAME=BPD" in capsys.readouterr().err
+    # the old name still works for one release, with one warning line naming the new one
+    assert main(["report-lossless", str(a), str(b), "--label", "small", "--label", "large"]) == 0
+    captured = capsys.readouterr()
+    assert "| large | 100 | 1.2500 | 1.2600 |" in captured.out
+    assert captured.err == (
+        "pc-prior: warning: 'pc-prior report-lossless' is deprecated and goes in the next "
+        "release; use 'pc-prior lossless report'\n"
+    )

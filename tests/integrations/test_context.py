@@ -257,11 +257,10 @@ def test_cli_fits_conditional_with_and_without_context(tmp_path, capsys, context
             [
                 "prior",
                 "fit",
-                "--codec",
                 str(ck),
-                "--images",
+                "--data",
                 str(imgs),
-                "--out",
+                "-o",
                 str(out),
                 "--latents",
                 "2",

@@ -68,19 +68,17 @@ def test_cli_defaults_are_the_settings():
     from pc_prior.integrations.cli import BOTTLENECK_OPTIONS, CONDITIONAL_OPTIONS
     from pc_prior.settings import from_args
 
-    args = build_parser().parse_args(
-        ["prior", "fit", "--codec", "c", "--images", "i", "--out", "o"]
-    )
+    args = build_parser().parse_args(["prior", "fit", "c", "--data", "i", "-o", "o"])
     # the parsed defaults read back into the dataclasses are the dataclasses' defaults
     assert from_args(BottleneckFit(), args, BOTTLENECK_OPTIONS) == BottleneckFit()
     assert (
         from_args(ConditionalFit(), args, CONDITIONAL_OPTIONS, prefix="cond-") == ConditionalFit()
     )
     assert args.seed == BottleneckFit.seed == ConditionalFit.seed
-    assert (args.multiple, args.max_images) == (ImageFit.multiple, ImageFit.max_images)
+    assert (args.multiple, args.limit) == (ImageFit.multiple, ImageFit.max_images)
     # and the options keep their documented names
     args = build_parser().parse_args(
-        ["prior", "fit", "--codec", "c", "--images", "i", "--out", "o", "--latents", "7"]
+        ["prior", "fit", "c", "--data", "i", "-o", "o", "--latents", "7"]
         + ["--cond-latents", "5", "--cond-context", "none", "--step-size", "0.3", "0.1"]
     )
     got = from_args(BottleneckFit(), args, BOTTLENECK_OPTIONS)
@@ -100,10 +98,7 @@ def test_fit_prior_and_cli_fit_the_same_circuit(tmp_path, capsys):
     images = make_pngs(tmp_path / "images", 3, (80, 72))  # cropped to 64x64 by the defaults
     out = tmp_path / "cli.pt"
     # every fit setting at its default, on both paths
-    assert (
-        main(["prior", "fit", "--codec", str(codec), "--images", str(images), "--out", str(out)])
-        == 0
-    )
+    assert main(["prior", "fit", str(codec), "--data", str(images), "-o", str(out)]) == 0
     capsys.readouterr()
     api, _ = read_codec_file(codec)
     hist = fit_prior(api, images, progress=False)
@@ -148,7 +143,7 @@ def test_fit_prior_and_cli_fit_the_same_hyperprior_circuits(tmp_path, capsys):
     images = make_pngs(tmp_path / "images", 2, (128, 128))
     out = tmp_path / "cli.pt"
     few = ["--cond-steps", "20"]  # the one setting both paths are given, the same way
-    args = ["prior", "fit", "--codec", str(codec), "--images", str(images), "--out", str(out)]
+    args = ["prior", "fit", str(codec), "--data", str(images), "-o", str(out)]
     assert main([*args, "--conditional", *few]) == 0
     capsys.readouterr()
     api, _ = read_codec_file(codec)
@@ -163,7 +158,7 @@ def test_fit_prior_and_cli_fit_the_same_hyperprior_circuits(tmp_path, capsys):
 def test_prior_fit_device_is_checked_before_anything_is_loaded(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this check needs a machine without CUDA")
-    argv = ["prior", "fit", "--codec", str(tmp_path / "missing.pt"), "--images", str(tmp_path)]
-    assert main(argv + ["--out", str(tmp_path / "o.pt"), "--device", "cuda"]) == 1
+    argv = ["prior", "fit", str(tmp_path / "missing.pt"), "--data", str(tmp_path)]
+    assert main(argv + ["-o", str(tmp_path / "o.pt"), "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert "no CUDA GPU found; use --device cpu" in err and "missing.pt" not in err

@@ -259,7 +259,7 @@ def test_hyperprior_models_round_trip(cls):
 def test_shared_factorized_codec_round_trip_on_kodak_crop():
     import compressai
 
-    from pc_prior.integrations import load_image
+    from pc_prior.images import load_image
 
     path = shared_path("models", "bmshj2018-factorized-q1.pt")
     img = shared_path("data", "kodak", "kodim01.png")
@@ -314,11 +314,10 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
             [
                 "prior",
                 "fit",
-                "--codec",
                 str(ck),
-                "--images",
+                "--data",
                 str(imgs),
-                "--out",
+                "-o",
                 str(out),
                 "--latents",
                 "2",
@@ -354,11 +353,10 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
             [
                 "prior",
                 "fit",
-                "--codec",
                 str(ck),
-                "--images",
+                "--data",
                 str(tmp_path / "none"),
-                "--out",
+                "-o",
                 str(out),
             ]
         )

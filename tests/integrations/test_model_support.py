@@ -264,11 +264,10 @@ def test_cli_fit_conditional_refuses_mbt2018(tmp_path, capsys):
             [
                 "prior",
                 "fit",
-                "--codec",
                 str(codec),
-                "--images",
+                "--data",
                 str(imgs),
-                "--out",
+                "-o",
                 str(out),
                 "--conditional",
                 "--latents",

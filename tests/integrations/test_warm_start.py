@@ -1,4 +1,4 @@
-"""Continuing fitted priors on new images (``warm_start``, ``pc-prior prior fit --init``)."""
+"""Continuing fitted priors on new images (``warm_start``, ``pc-prior prior adapt``)."""
 
 import copy
 import json
@@ -118,14 +118,14 @@ def test_conditional_warm_start_keeps_the_contexts_and_round_trips():
         assert torch.equal(y_hat, gc.quantize(y, "dequantize", means))
 
 
-def test_cli_init_continues_a_fitted_codec(tmp_path, capsys):
+def test_cli_adapt_continues_a_fitted_codec(tmp_path, capsys):
     net = _factorized()
     fit_prior(net, random_images(2, seed=0), num_latents=3, epochs=1, progress=False)
     first = tmp_path / "first.pt"
     save_codec(net, first, "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
     images = make_pngs(tmp_path / "imgs", 2, seed=3)
     out = tmp_path / "adapted.pt"
-    argv = ["prior", "fit", "--init", str(first), "--images", str(images), "--out", str(out)]
+    argv = ["prior", "adapt", str(first), "--data", str(images), "-o", str(out)]
     assert main(argv + ["--epochs", "1", "--full-batch-epochs", "0", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["out"] == str(out) and "train_bpd" in report
@@ -133,13 +133,30 @@ def test_cli_init_continues_a_fitted_codec(tmp_path, capsys):
     a, b = adapted.entropy_bottleneck, net.entropy_bottleneck
     assert torch.equal(a._offset, b._offset) and a.pc.tree == b.pc.tree
     assert not torch.equal(a.pc.emission_logits, b.pc.emission_logits)
-    # --init and --codec are one or the other; --init needs PC priors in the file
+    # adapt has no fit-only settings: the file's structure and sizes are kept
     with pytest.raises(SystemExit):
-        main(argv + ["--codec", str(first)])
+        main(argv + ["--latents", "7"])
+    assert "unrecognized arguments: --latents 7" in capsys.readouterr().err
+    # the old spelling, prior fit --init, still adapts (one release more), with one warning
+    old = ["prior", "fit", "--init", str(first), "--images", str(images), "--out", str(out)]
+    assert main(old + ["--epochs", "1", "--full-batch-epochs", "0"]) == 0
+    captured = capsys.readouterr()
+    assert (
+        "--init is deprecated and goes in the next release; use 'pc-prior prior adapt MODEL'"
+        in (captured.err)
+    )
+    assert "train_bpd" in json.loads(captured.out.strip().splitlines()[-1])
+    again = load_codec(out)
+    assert (
+        torch.equal(again.entropy_bottleneck._offset, b._offset)
+        and again.entropy_bottleneck.pc.tree == b.pc.tree
+    )
+    # --init and a codec are one or the other; adapting needs PC priors in the file
+    with pytest.raises(SystemExit):
+        main(old + ["--codec", str(first)])
+    assert "give MODEL once" in capsys.readouterr().err
     plain = tmp_path / "plain.pt"
     save_codec(_factorized(), plain, "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
-    assert (
-        main(["prior", "fit", "--init", str(plain), "--images", str(images), "--out", str(out)])
-        == 1
-    )
-    assert "holds no PC entropy model to continue" in capsys.readouterr().err
+    assert main(["prior", "adapt", str(plain), "--data", str(images), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "pc-prior prior adapt: error:" in err and "holds no PC entropy model to continue" in err

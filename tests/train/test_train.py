@@ -8,6 +8,8 @@ import torch
 from helpers import make_mnist, make_pngs, tiny_trainer
 
 import pc_prior
+from pc_prior.images import pad_to_multiple
+from pc_prior.integrations import load_codec
 from pc_prior.train import (
     CodecModule,
     EMOptimizer,
@@ -15,9 +17,8 @@ from pc_prior.train import (
     MNISTDataModule,
     PriorModule,
     lambda_for_quality,
-    load_codec,
 )
-from pc_prior.train.codec import pad_to_multiple, split_parameters
+from pc_prior.train.codec import split_parameters
 
 
 def test_mnist_datamodule_reads_idx_and_reduces_bits(tmp_path):

@@ -1,4 +1,4 @@
-"""``pc-prior fit`` / ``train-codec`` end to end on tiny synthetic data: checkpoints, resume, interrupts, errors."""
+"""``pc-prior lightning fit`` / ``codec train`` end to end on tiny synthetic data: checkpoints, resume, interrupts, errors."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 def fit_args(tmp_path: Path, data: Path, epochs: int) -> list[str]:
     return [
+        "lightning",
         "fit",
         "--config",
         str(REPO / "configs" / "mnist_hclt.yaml"),
@@ -92,14 +93,15 @@ def test_interrupt_saves_checkpoint_that_resumes(tmp_path):
 def test_fit_missing_data_is_one_clear_error(tmp_path, capsys):
     assert main(fit_args(tmp_path, tmp_path / "nowhere", 1)) == 1
     err = capsys.readouterr().err
-    assert "pc-prior fit: error:" in err and "nowhere" in err and "Traceback" not in err
+    assert "pc-prior lightning fit: error:" in err and "nowhere" in err and "Traceback" not in err
     assert not (tmp_path / "ckpt" / "interrupted.ckpt").exists()
 
 
 def test_train_codec_command_and_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     args = [
-        "train-codec",
+        "codec",
+        "train",
         "--data.train_dir",
         str(tmp_path / "empty"),
         "--data.num_workers",
@@ -110,7 +112,7 @@ def test_train_codec_command_and_empty_folder(tmp_path, capsys):
     ]
     assert main(args) == 1
     assert "no images" in capsys.readouterr().err
-    args[2] = str(make_pngs(tmp_path / "train", 4))
+    args[3] = str(make_pngs(tmp_path / "train", 4))
     args += [
         "--model.arch",
         "FactorizedPrior",
@@ -135,10 +137,46 @@ def test_train_codec_command_and_empty_folder(tmp_path, capsys):
     assert (tmp_path / "run" / "checkpoints").is_dir() or list((tmp_path / "run").rglob("*.ckpt"))
 
 
+def test_old_names_and_refused_arguments_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    args = ["--data.train_dir", str(tmp_path / "empty"), "--data.num_workers", "0", *QUIET]
+    args += ["--trainer.default_root_dir", str(tmp_path / "run")]
+    assert main(["train-codec", *args]) == 1  # the old name: still runs, with one warning
+    err = capsys.readouterr().err
+    assert (
+        "pc-prior: warning: 'pc-prior train-codec' is deprecated and goes in the next release; "
+        "use 'pc-prior codec train'" in err
+    )
+    assert "pc-prior train-codec: error:" in err and "no images" in err
+    # an argument the module's class refuses: one line with the class's message, no traceback
+    assert main(["codec", "train", *args, "--model.quality", "99"]) == 1
+    err = capsys.readouterr().err
+    assert "pc-prior codec train: error: an argument was refused: quality must be one of" in err
+    assert "Traceback" not in err
+    # finetune takes RDModule (or a subclass) only: LightningCLI's parser refuses the codec config
+    codec_config = str(REPO / "configs" / "codec_factorized.yaml")
+    with pytest.raises(SystemExit) as e:
+        main(["codec", "finetune", "--config", codec_config, *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: pc-prior codec finetune [-c CONFIG]")
+    assert "does not correspond to a subclass of RDModule" in err
+
+
+@pytest.mark.parametrize("path", [["codec", "train"], ["codec", "finetune"], ["lightning", "fit"]])
+def test_lightning_help_is_lightning_clis_under_the_command_name(path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*path, "--lightning-help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: pc-prior {' '.join(path)} [-c CONFIG]"), out[:200]
+    assert "[options] fit" not in out and "--ckpt_path" in out and "--trainer.max_steps" in out
+
+
 def _one_step_fit(tmp_path: Path, *extra: str):
     from pc_prior.train.cli import run_lightning_cli
 
-    args = fit_args(tmp_path, make_mnist(tmp_path / "mnist", 64, 32), 1)[1:]  # without "fit"
+    args = fit_args(tmp_path, make_mnist(tmp_path / "mnist", 64, 32), 1)[2:]  # no "lightning fit"
     args = [a for a in args if a not in QUIET]
     return run_lightning_cli(
         [*args, "--trainer.max_steps", "1", "--trainer.enable_model_summary", "false", *extra]

@@ -15,9 +15,15 @@ from helpers import make_pngs, tiny_trainer
 
 from pc_prior.cli import main
 from pc_prior.continuous import DiscretizedLogisticTree
-from pc_prior.integrations import PCEntropyBottleneck, fit_prior, save_codec
-from pc_prior.train import ImageFolderDataModule, RDModule, load_codec
-from pc_prior.train.codec import build_codec, export_codec
+from pc_prior.integrations import (
+    PCEntropyBottleneck,
+    build_codec,
+    fit_prior,
+    load_codec,
+    save_codec,
+)
+from pc_prior.train import ImageFolderDataModule, RDModule
+from pc_prior.train.codec import export_codec
 from pc_prior.train.rd import load_start_codec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,7 +248,8 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 def cli_args(tmp_path: Path, steps: int) -> list[str]:
     return [
-        "fit",
+        "codec",
+        "finetune",
         "--config",
         str(REPO / "configs" / "rd_factorized.yaml"),
         "--model.init_args.codec",
