@@ -1,9 +1,10 @@
 """pc-prior: probabilistic circuits as entropy models for learned image compression."""
 
-from . import framing  # noqa: F401  (a public module: pc_prior.framing)
-from .checkpoint import load, save
-from .coding import decode, encode
-from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BitstreamError,
     CheckpointError,
@@ -13,9 +14,47 @@ from .errors import (
     PCPriorError,
     UnsupportedModelError,
 )
-from .hclt import HCLT, GroupedHCLT, LatentTreeCircuit
-from .structure import Tree, chow_liu_tree, pairwise_mutual_information
-from .training import bits_per_dim, fit_adam, fit_em
+
+# Every other public name is imported when first used (PEP 562), so ``import pc_prior`` (and
+# ``pc-prior --help``, which imports the errors) loads neither torch nor numpy.
+_LAZY = {
+    "load": "checkpoint",
+    "save": "checkpoint",
+    "decode": "coding",
+    "encode": "coding",
+    "DiscretizedLogisticTree": "continuous",
+    "ScaleConditionedTree": "continuous",
+    "HCLT": "hclt",
+    "GroupedHCLT": "hclt",
+    "LatentTreeCircuit": "hclt",
+    "Tree": "structure",
+    "chow_liu_tree": "structure",
+    "pairwise_mutual_information": "structure",
+    "bits_per_dim": "training",
+    "fit_adam": "training",
+    "fit_em": "training",
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from .checkpoint import load, save
+    from .coding import decode, encode
+    from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
+    from .hclt import HCLT, GroupedHCLT, LatentTreeCircuit
+    from .structure import Tree, chow_liu_tree, pairwise_mutual_information
+    from .training import bits_per_dim, fit_adam, fit_em
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 #: The package version, written only here: pyproject.toml reads it (tool.setuptools.dynamic).
 __version__ = "0.1.0"

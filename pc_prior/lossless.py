@@ -17,15 +17,14 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
 from .cli import add_argument, add_deprecated_command, set_command
 from .errors import InputError
-from .framing import ARRAY_CONTAINER
 from .settings import LosslessFit, add_arguments
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and torch load with a command, not with the parser (fast --help)
+    import numpy as np
+    import torch
+
     from .coding import SymbolCircuit
 
 LOSSLESS_OPTIONS = (
@@ -42,8 +41,6 @@ LOSSLESS_OPTIONS = (
     "seed",
 )  # the fit_em / HCLT.from_data settings pc-prior lossless fit exposes
 
-_ARRAY_MAGIC = ARRAY_CONTAINER.key.encode()  # pc_prior.framing tables every format and version
-_ARRAY_VERSION = ARRAY_CONTAINER.version
 _ARRAY_HEAD = struct.Struct("<BII")  # version, meta length, CRC32 of everything before the stream
 _ARRAY_DTYPES = ("|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8")
 _MAX_META = 4096
@@ -180,6 +177,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    import torch
+
     from . import HCLT, fit_em, save
     from .data import load_mnist
     from .devices import resolve_device
@@ -259,6 +258,8 @@ def _fit(args: argparse.Namespace) -> int:
 
 def lossless_bench(pc, x: torch.Tensor) -> dict:
     """Theoretical and coded bits per dimension of ``x`` under ``pc``, and coding times."""
+    import torch
+
     from . import decode, encode
     from .training import bits_per_dim
 
@@ -296,6 +297,7 @@ def _load_symbol_circuit(path: str, device: str) -> SymbolCircuit:
 
 
 def _bench(args: argparse.Namespace) -> int:
+
     from .data import load_mnist
     from .devices import resolve_device
 
@@ -313,8 +315,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def pack_array_container(arr: np.ndarray, stream: bytes) -> bytes:
     """The ``.pcnpy`` file: magic, version, the array's shape and dtype (JSON) under a CRC32, then the stream."""
+
+    from .framing import ARRAY_CONTAINER
+
     meta = json.dumps({"shape": list(arr.shape), "dtype": arr.dtype.str}).encode()
-    head = _ARRAY_MAGIC + struct.pack("<BI", _ARRAY_VERSION, len(meta))
+    head = ARRAY_CONTAINER.key.encode() + struct.pack("<BI", ARRAY_CONTAINER.version, len(meta))
     return head + struct.pack("<I", zlib.crc32(meta, zlib.crc32(head))) + meta + stream
 
 
@@ -322,17 +327,20 @@ def unpack_array_container(
     raw: bytes, name: str = "input"
 ) -> tuple[tuple[int, ...], np.dtype, bytes]:
     """(shape, dtype, stream) of a ``.pcnpy`` file, every header field checked."""
-    from .errors import BitstreamError
+    import numpy as np
 
-    n = len(_ARRAY_MAGIC)
-    if len(raw) < n + _ARRAY_HEAD.size or raw[:n] != _ARRAY_MAGIC:
+    from .errors import BitstreamError
+    from .framing import ARRAY_CONTAINER
+
+    n = len(ARRAY_CONTAINER.key.encode())
+    if len(raw) < n + _ARRAY_HEAD.size or raw[:n] != ARRAY_CONTAINER.key.encode():
         raise BitstreamError(
             f"{name} is not a file made by 'pc-prior lossless compress' (bad magic or too short)"
         )
     version, mlen, crc = _ARRAY_HEAD.unpack_from(raw, n)
-    if version != _ARRAY_VERSION:
+    if version != ARRAY_CONTAINER.version:
         raise BitstreamError(
-            f"{name} has container version {version}, this pc-prior reads {_ARRAY_VERSION} "
+            f"{name} has container version {version}, this pc-prior reads {ARRAY_CONTAINER.version} "
             "(see CHANGELOG.md)"
         )
     start = n + _ARRAY_HEAD.size
@@ -359,6 +367,9 @@ def unpack_array_container(
 
 
 def _compress(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
     from . import encode
     from .devices import resolve_device
     from .errors import InputError
@@ -394,6 +405,8 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from . import decode
     from .devices import resolve_device
     from .errors import BitstreamError

@@ -215,6 +215,11 @@ class LosslessFit:
     seed: int = 0
 
 
+#: Points per curve below which ``pc-prior compare`` reports a BD-rate with a warning: the
+#: Bjøntegaard method fits a curve through each codec's points; through 2 points it is a straight
+#: line, through 3 barely more.
+BD_MIN_POINTS = 4
+
 DEMO_BOTTLENECK = dataclasses.replace(
     BottleneckFit(), epochs=3, full_batch_epochs=1, context=None, max_items=60000
 )

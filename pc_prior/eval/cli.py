@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..cli import add_argument, set_command
 from ..errors import InputError
-from ..settings import DEMO_BOTTLENECK, add_arguments
-from .compare import BD_MIN_POINTS
+from ..settings import BD_MIN_POINTS, DEMO_BOTTLENECK, add_arguments
 
 if TYPE_CHECKING:
     from ..integrations.codec_file import ResolvedCodec

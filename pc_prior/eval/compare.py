@@ -12,10 +12,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..images import MS_SSIM_MIN_SIDE
+from ..settings import BD_MIN_POINTS
 
 __all__ = [
     "BD_METHODS",
-    "BD_MIN_POINTS",
     "Curve",
     "ImageSet",
     "bd_rate",
@@ -31,9 +31,6 @@ __all__ = [
 ]
 
 BD_METHODS = ("akima", "pchip", "cubic")  # the interpolations the bjontegaard package offers
-# Points per curve below which a BD-rate is reported with a warning: the Bjøntegaard method fits a
-# curve through each codec's points; through 2 points it is a straight line, through 3 barely more.
-BD_MIN_POINTS = 4
 BD_MIN_OVERLAP = 0.75  # the bjontegaard package's own default for warning about a small overlap
 
 
