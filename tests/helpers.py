@@ -19,17 +19,23 @@ from pc_prior.integrations import fit_prior
 
 NAMES = ("entropy_bottleneck", "gaussian_conditional")
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def load_bench(name: str):
-    """The module ``bench/<name>.py`` (bench scripts are not a package)."""
+def load_bench(name: str, folder: Path = BENCH):
+    """The module ``bench/<name>.py``, or ``<folder>/<name>.py`` (scripts are not a package)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_experiment(name: str):
+    """The module ``experiments/<name>.py`` (the one-off studies, docs/experiments.md)."""
+    return load_bench(name, EXPERIMENTS)
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 Issue 14 asks that the bottleneck's defaults, chosen on bsds500/test, give savings on photos
 not used for any choice within 3 points of Kodak's. The machine's only network is the package
 registries, so the photos come from installed packages: eight from ``skimage.data`` (those of
-``pc-prior demo``, which the warm-start schedule of ``bench/bench_adapt.py`` was chosen on, but
+``pc-prior demo``, which the warm-start schedule of ``experiments/bench_adapt.py`` was chosen on, but
 no setting of a fit from scratch) and matplotlib's ``grace_hopper.jpg``.
 
     python tools/unseen_photos.py runs/data/unseen

@@ -1,4 +1,4 @@
-"""bench/bench_context_headroom.py: every context model only sees symbols decoded before its own.
+"""experiments/bench_context_headroom.py: every context model only sees symbols decoded before its own.
 
 A leak (a symbol's prediction depending on itself or on a later one) would inflate the headroom
 the bench reports, so the masks are checked by autograd: the gradient of each output's mean and
@@ -7,11 +7,11 @@ scale with respect to every input symbol is nonzero only where the schedule allo
 
 import pytest
 import torch
-from helpers import load_bench
+from helpers import load_experiment
 
 
 def _bench():
-    return load_bench("bench_context_headroom")
+    return load_experiment("bench_context_headroom")
 
 
 def _allowed(variant, slice_of, anchors, out, inp):

@@ -1,11 +1,14 @@
 """Coded Kodak bpp of frozen CompressAI codecs: their own EntropyBottleneck vs PCEntropyBottleneck.
 
+**Chose on the test set**: it fits on BSDS500 and scores on Kodak, and its results chose structure,
+K, positions and leaf kind. Its result must not be used to pick defaults (docs/experiments.md).
+
 For each quality: load the shared base codec, code Kodak with its own entropy bottleneck (real
 bytes from ``compress()``), then swap in a PCEntropyBottleneck fitted on BSDS500 latents only
 (codec frozen), code Kodak again, check that ``decompress`` reproduces the eval-mode forward
 reconstruction exactly (and hence the baseline's reconstruction), and report both rates.
 
-    python bench/bench_integration_rates.py --qualities 2 1 3 4 --structure star --json rates.json
+    python experiments/bench_integration_rates.py --qualities 2 1 3 4 --structure star --json rates.json
 
 Measured (K=16, star, 60k positions, 6+2 EM epochs; 1 CPU thread, shared): savings 14.8% (q1),
 15.1% (q2), 16.5% (q3), 16.8% (q4); chow-liu gave 15.0% on q2, K=32 gave 14.4% on q1.

@@ -8,7 +8,7 @@ training maps (``--max-items`` positions) and reports the validation y code leng
 Gaussian conditional on the same symbols. Model bits only: no z, no headers (the eval harness
 codes for real). Settings are chosen here, never on Kodak (the test set).
 
-    python bench/bench_conditional_ablation.py --quality 3 \\
+    python experiments/bench_conditional_ablation.py --quality 3 \\
         --variants three-pass:16:6000 three-pass:32:3000 three-pass:32:6000 \\
         --json runs/conditional_ablation_q3.json
 """

@@ -5,8 +5,8 @@ last N training images, applies ``pc_prior.training.smooth_leaves`` at each (sha
 grid to a copy (smoothing is the fit's last step, so this is exactly what a fit with that setting
 gives) and prints the held-out bpd of each as one JSON line, the unsmoothed model first.
 
-    pc-prior lossless fit --latents 64 --valid 5000 --leaf-smoothing 0 --out runs/lossless/valid_k64.pt
-    OMP_NUM_THREADS=1 python bench/choose_leaf_smoothing.py --model runs/lossless/valid_k64.pt --valid 5000
+    pc-prior lossless fit --latents 64 --valid 5000 --leaf-smoothing 0 -o runs/lossless/valid_k64.pt
+    OMP_NUM_THREADS=1 python experiments/choose_leaf_smoothing.py --model runs/lossless/valid_k64.pt --valid 5000
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ of the training photos (``--crops`` per photo at random pixel offsets, so the la
 offset modulo 16). ``--time`` instead times the networks' evaluations a decoder would run for one
 Kodak-sized latent.
 
-    OMP_NUM_THREADS=1 python bench/bench_context_headroom.py --quality 3 --variants checkerboard serial
-    OMP_NUM_THREADS=1 python bench/bench_context_headroom.py --time --variants checkerboard channel-checkerboard
+    OMP_NUM_THREADS=1 python experiments/bench_context_headroom.py --quality 3 --variants checkerboard serial
+    OMP_NUM_THREADS=1 python experiments/bench_context_headroom.py --time --variants checkerboard channel-checkerboard
 """
 
 from __future__ import annotations

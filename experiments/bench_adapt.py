@@ -1,4 +1,4 @@
-"""Adapting a fitted PC prior to a new domain (``pc-prior prior fit --init``), measured on images
+"""Adapting a fitted PC prior to a new domain (``pc-prior prior adapt``, formerly ``pc-prior prior fit --init``), measured on images
 the prior was not fit on.
 
 Variants, each coded for real on the evaluation images (``pc_prior.eval.rd.evaluate_model``: bpp
@@ -9,7 +9,7 @@ from the bytes of ``compress()``):
   defaults (``fit_prior``);
 - ``warm:E:F:S0:S1``: the given prior continued on the adaptation images (``warm_start``) with E
   mini-batch EM epochs, F full-batch epochs and the step size annealed S0 -> S1;
-  ``warm`` alone: with the defaults, as ``pc-prior prior fit --init`` runs it.
+  ``warm`` alone: with the defaults, as ``pc-prior prior adapt`` runs it.
 
 Where the images come from:
 
@@ -20,9 +20,9 @@ Where the images come from:
   evaluates (the README's Kodak table: a report, not a choice);
 - ``--adapt DIR --eval DIR``: two folders.
 
-    OMP_NUM_THREADS=1 python bench/bench_adapt.py --prior runs/init/bsds-q2.pt \\
+    OMP_NUM_THREADS=1 python experiments/bench_adapt.py --prior runs/init/bsds-q2.pt \\
         --variants prior scratch warm warm:2:0:0.1:0.02 --out runs/init/choose.json
-    OMP_NUM_THREADS=1 python bench/bench_adapt.py --prior runs/init/bsds-q2.pt \\
+    OMP_NUM_THREADS=1 python experiments/bench_adapt.py --prior runs/init/bsds-q2.pt \\
         --split ../shared/data/kodak --variants prior scratch warm --out runs/init/kodak.json
 """
 

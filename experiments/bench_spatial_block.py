@@ -1,5 +1,8 @@
 """Per-position joint vs a 2x2 spatial block joint: which circuit context is worth it?
 
+**Chose on the test set**: it fits on BSDS500 and scores on Kodak, and its result decided that the
+bottleneck models one position. Its result must not be used to pick defaults (docs/experiments.md).
+
 The PC bottleneck models the C channels at one latent position (D = C). A "block" variant would
 model the 4C symbols of a 2x2 block of positions jointly (D = 4C, a quarter of the items), which
 also captures local spatial dependence, at 4x the decoding loop length. This bench fits both on
@@ -8,7 +11,7 @@ the same number of positions) and reports Kodak code length in bpp from the mode
 (symbols outside the training range clamped to it; no real coding), beside the base codec's coded
 rate from the shared models README.
 
-    OMP_NUM_THREADS=1 python bench/bench_spatial_block.py --quality 1 --blocks 1 2
+    OMP_NUM_THREADS=1 python experiments/bench_spatial_block.py --quality 1 --blocks 1 2
 
 Measured (q1, K=16, ~60k positions, 1 thread, shared machine): per position 0.1496 bpp (574 s),
 2x2 block 0.1483 bpp (626 s); base codec 0.1768 coded. The block gains 0.9% of the rate for 4x
@@ -66,7 +69,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from pc_prior.hclt import HCLT
-    from pc_prior.integrations import FolderImages, load_codec
+    from pc_prior.images import FolderImages
+    from pc_prior.integrations import load_codec
     from pc_prior.structure import Tree
     from pc_prior.training import fit_em
 

@@ -3,7 +3,7 @@
 Writes OUT/before.pt (the frozen-codec PC prior the joint run starts from) and OUT/after.pt (codec
 and circuit after joint training, capped at --minutes), both in the ``save_codec`` format:
 
-    OMP_NUM_THREADS=1 python bench/bench_rd_finetune_cpu.py --steps 300 --lr 1e-5 --out runs/rd_cpu_lr1e-5
+    OMP_NUM_THREADS=1 python experiments/bench_rd_finetune_cpu.py --steps 300 --lr 1e-5 --out runs/rd_cpu_lr1e-5
     pc-prior eval runs/rd_cpu_lr1e-5/before.pt runs/rd_cpu_lr1e-5/after.pt --data ../shared/data/kodak --threads 1
 
 Measured (1 thread, shared 2-core machine, 8-minute cap = 111-141 steps of 128x128 crops, batch 8):

@@ -17,9 +17,9 @@ of the gain is joint training rather than more training. Everything is coded for
 Writes CompressAI-format JSONs per variant under ``--out`` (for ``pc-prior compare``) and prints
 BD-rates. The codec and circuit learning rates are the same in the two continued runs.
 
-    OMP_NUM_THREADS=1 python bench/bench_joint_vs_frozen.py --qualities 2 --out runs/joint/q2
-    OMP_NUM_THREADS=1 python bench/bench_joint_vs_frozen.py --qualities 4 --out runs/joint/q4
-    python bench/bench_joint_vs_frozen.py --report runs/joint/q2 runs/joint/q4
+    OMP_NUM_THREADS=1 python experiments/bench_joint_vs_frozen.py --qualities 2 --out runs/joint/q2
+    OMP_NUM_THREADS=1 python experiments/bench_joint_vs_frozen.py --qualities 4 --out runs/joint/q4
+    python experiments/bench_joint_vs_frozen.py --report runs/joint/q2 runs/joint/q4
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ non-anchor or anchor positions they would change:
 - ``third_pass``: anchors split in two diagonal halves, the second coded with a context from its
   four diagonal neighbours (the same fit, on those positions); its share of all y bits.
 
-    OMP_NUM_THREADS=1 python bench/bench_context.py --qualities 1 2 3 --json runs/bench_context.json
+    OMP_NUM_THREADS=1 python experiments/bench_context.py --qualities 1 2 3 --json runs/bench_context.json
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from pc_prior.integrations import FolderImages, collect_conditional_inputs, load_codec
+    from pc_prior.images import FolderImages
+    from pc_prior.integrations import collect_conditional_inputs, load_codec
     from pc_prior.integrations.context import (
         CheckerboardContext,
         anchor_mask,

@@ -8,7 +8,7 @@ that ``decompress`` reproduces the eval-mode forward reconstruction bit-exactly 
 baseline's reconstruction), and report both rates and the median encode/decode seconds per image
 of both, on the same device and thread count.
 
-    OMP_NUM_THREADS=1 python bench/bench_hyperprior_rates.py --qualities 1 2 3 --latents 16 \
+    OMP_NUM_THREADS=1 python experiments/bench_hyperprior_rates.py --qualities 1 2 3 --latents 16 \
         --structure chow-liu --steps 1000 --max-items 120000 --context checkerboard \
         --json runs/hyperprior_rates_final.json
 
@@ -30,7 +30,7 @@ settings): 0.1445 / 0.2472 / 0.3920 bpp, savings 3.2% / 3.1% / 2.2%, decode 1.29
 no context): K=1 (per-channel/per-scale recalibration only) saves 0.4%, K=8 Chow-Liu 3.1%, K=16
 Chow-Liu 3.2%, K=16 star 2.9%; ``init="data"`` did not help; q1 with ``--steps 2500 --batch-size
 1024`` gave 3.3%. The coding tables take 33-41 MB of int32 buffers (M=192 channels x 64 scales x K
-x (2R+2)). What the context alone gives: bench/bench_context.py. The library's defaults are now
+x (2R+2)). What the context alone gives: experiments/bench_context.py. The library's defaults are now
 the three-pass context with K=32 and 6000 steps on all positions; their Kodak figures come from the
 eval harness (README, "Hyperprior codecs").
 """

@@ -7,7 +7,7 @@ maps and report the validation code length (the model's ``-log2 p``, escapes inc
 the codec's own ``EntropyBottleneck`` on the same latents, plus fit time. Each setting is one
 ``PCEntropyBottleneck.fit`` call with the ``BottleneckFit`` defaults except what the row names.
 
-    OMP_NUM_THREADS=1 python bench/bench_bottleneck_context.py --qualities 1 \\
+    OMP_NUM_THREADS=1 python experiments/bench_bottleneck_context.py --qualities 1 \\
         --contexts none checkerboard three-pass --json runs/bench_bottleneck_context.json
 """
 
