@@ -1,8 +1,9 @@
 """The ``pc-prior`` command line: one entry point, one table of its commands, one grammar.
 
 Grammar. A command is a noun and a verb: ``prior fit|adapt``, ``codec train|finetune``,
-``lossless fit|bench|compress|decompress|report``, ``lightning fit``; ``eval``, ``compare`` and
-``demo`` stand alone. One thing has one option name in every command:
+``lossless fit|bench|compress|decompress|report``, ``lightning fit``, ``compressai
+eval-model|update-model``; ``eval``, ``compare`` and ``demo`` stand alone. One thing has one
+option name in every command:
 
 - the model a command works on is the positional ``MODEL`` (``eval``, ``prior fit|adapt``,
   ``lossless bench``); a model a command only uses is ``--codec`` (``demo``, ``lossless
@@ -15,6 +16,8 @@ Grammar. A command is a noun and a verb: ``prior fit|adapt``, ``codec train|fine
 The Lightning commands (``codec train|finetune``, ``lightning fit``) hand everything after the verb
 to LightningCLI, so their options are Lightning's (``--config``, ``--trainer.*``, ``--model.*``,
 ``--data.*``, ``--checkpoint.*``, ``--ckpt_path``).
+``compressai eval-model|update-model`` likewise hand everything after the verb to CompressAI's
+``eval_model``/``update_model`` (``pc_prior.compressai_cli``).
 
 Table. ``COMMANDS`` names every top-level command and the ``register(subparsers)`` function that
 adds it (``"module:function"``, imported when the parser is built). A register function may add
@@ -67,6 +70,7 @@ COMMANDS: dict[str, str] = {
     "eval": "pc_prior.eval.cli:register",
     "compare": "pc_prior.eval.cli:register",
     "demo": "pc_prior.eval.cli:register",
+    "compressai": "pc_prior.compressai_cli:register",
     "lightning": "pc_prior.cli:register_lightning",
     "fit": "pc_prior.cli:register_lightning",  # deprecated: lightning fit
 }

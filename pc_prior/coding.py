@@ -71,8 +71,10 @@ __all__ = [
     "circuit_tables",
     "coding_tables",
     "decode",
+    "decode_check",
     "decode_columns",
     "encode",
+    "encode_check",
     "encode_columns",
     "escape_bits",
     "finish_decoding",
@@ -953,6 +955,21 @@ def _block_check(x: np.ndarray) -> tuple[int, int]:
 _HALF = constriction.stream.model.Uniform(2**16)
 
 
+def encode_check(encoder: Any, values: np.ndarray) -> None:
+    """Close a run of coded ``values`` (integers below 2**31 in magnitude) with their CRC-32, as two
+    uniform 16-bit symbols: 32 bits that ``decode_check`` compares with what it decoded."""
+    encoder.encode(np.array(_block_check(values), dtype=np.int32), _HALF)
+
+
+def decode_check(decoder: Any, values: np.ndarray, what: str) -> None:
+    """Read ``encode_check``'s CRC-32 and raise ``BitstreamError`` naming ``what`` unless it is that
+    of the decoded ``values``: a stream decoded under the wrong size, a forged header or a changed
+    payload gives other values, which no range decoder notices by itself (it decodes any bits)."""
+    got = tuple(int(c) for c in decoder.decode(_HALF, 2))
+    if got != _block_check(values):
+        raise BitstreamError(f"{what} corrupted or truncated: its check does not match")
+
+
 def encode(pc: SymbolCircuit, x: Tensor) -> bytes:
     """Losslessly encode integer data [N, D] (symbols 0..V-1) into bytes (``pc_prior.framing.LOSSLESS``)."""
     check_symbol_circuit(pc, "encode")
@@ -965,7 +982,7 @@ def encode(pc: SymbolCircuit, x: Tensor) -> bytes:
         block = x[s : s + BLOCK_ITEMS].to(tables.root.device)
         inc = IncrementalConditionals(tables, len(block), tables.root.device, split=True)
         encode_columns([enc], inc, block, len(block))
-        enc.encode(np.array(_block_check(xs[s : s + BLOCK_ITEMS]), dtype=np.int32), _HALF)
+        encode_check(enc, xs[s : s + BLOCK_ITEMS])
     payload = enc.get_compressed().astype("<u4").tobytes()
     return framing.pack(
         framing.LOSSLESS, tables.fingerprint, (n, pc.num_vars, pc.num_cats, BLOCK_ITEMS), payload
@@ -1015,12 +1032,7 @@ def decode(pc: SymbolCircuit, data: bytes) -> Tensor:
             m = min(block, n - s)
             inc = IncrementalConditionals(tables, m, tables.root.device, split=True)
             vals = decode_columns([dec], inc, m, name=name)
-            got = tuple(int(c) for c in dec.decode(_HALF, 2))
-            if got != _block_check(vals.numpy()):
-                raise BitstreamError(
-                    f"{name} bitstream corrupted or truncated: block check of items {s}..{s + m - 1} "
-                    "does not match"
-                )
+            decode_check(dec, vals.numpy(), f"{name} bitstream (block of items {s}..{s + m - 1})")
             parts.append(vals)
     finish_decoding([dec], name)
     return torch.cat(parts)

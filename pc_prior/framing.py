@@ -70,8 +70,9 @@ class Format:
 LOSSLESS = Format(
     b"PL", 3, 4, "pc-prior lossless"
 )  # fields: N items, D variables, V symbols, block size; 3: alphabets of 64+ coded in two steps
-BOTTLENECK = Format(b"PB", 3, 2, "PCEntropyBottleneck")  # fields: latent H, W
-CONDITIONAL = Format(b"PG", 3, 2, "PCConditional")  # fields: latent H, W
+# fields: latent H, W; 4: the payload ends with a CRC-32 of the string's symbols
+BOTTLENECK = Format(b"PB", 4, 2, "PCEntropyBottleneck")
+CONDITIONAL = Format(b"PG", 4, 2, "PCConditional")
 FORMATS = {f.magic: f for f in (LOSSLESS, BOTTLENECK, CONDITIONAL)}
 
 
@@ -88,8 +89,9 @@ class FileFormat:
 
 CHECKPOINT_FILE = FileFormat("pc-prior/hclt", 3, (2, 3), "pc-prior circuit checkpoint")
 """``pc_prior.save``: 3 names any circuit (kind + config); 2 held HCLTs only (still read)."""
-CODEC_FILE = FileFormat("pc-prior/codec", 2, (1, 2), "codec file")
-"""``save_codec``: 2 stores PC tables as a digest and rebuilds them; 1 stored them (still read)."""
+CODEC_FILE = FileFormat("pc-prior/codec", 3, (1, 2, 3), "codec file")
+"""``save_codec``: 3 stores a bottleneck's fitted categorical leaves as one byte per live entry;
+2 stores PC tables as a digest and rebuilds them; 1 stored them (both still read)."""
 ARRAY_CONTAINER = FileFormat("PCNPY", 2, (2,), ".pcnpy container")
 """``pc-prior lossless compress``: 2 puts the header (magic, version, meta) under a CRC32."""
 FILE_FORMATS = (CHECKPOINT_FILE, CODEC_FILE, ARRAY_CONTAINER)

@@ -1,5 +1,6 @@
 """CompressAI entropy models backed by probabilistic circuits: the two PC entropy models, swapping
-them into a codec and fitting them (``fit_prior``), and codec files.
+them into a codec and fitting them (``fit_prior``), codec files, and CompressAI's own tools on
+them (``compressai_tools``: PC-aware ``from_state_dict``, ``eval_model``/``update_model``).
 
 Images (``list_images``, ``load_image``, ``FolderImages``, padding and cropping) are
 ``pc_prior.images``'.
@@ -13,6 +14,13 @@ from .codec_file import (
     read_codec_file,
     resolve_codec,
     save_codec,
+)
+from .compressai_tools import (
+    pc_architectures,
+    pc_aware_class,
+    registered_architectures,
+    run_eval_model,
+    run_update_model,
 )
 from .conditional import PCConditional
 from .context import CheckerboardContext
@@ -29,8 +37,13 @@ __all__ = [
     "collect_latents",
     "fit_prior",
     "load_codec",
+    "pc_architectures",
+    "pc_aware_class",
     "read_codec_file",
+    "registered_architectures",
     "resolve_codec",
+    "run_eval_model",
+    "run_update_model",
     "save_codec",
     "swap_entropy_model",
 ]

@@ -12,6 +12,9 @@ field's type, then the architecture is built and the state dict loaded, during w
 entropy models validate their coding tables against their shapes and ranges. The file is read
 once. Every problem is a ``CheckpointError`` naming the file and the field.
 
+Compact: a fitted bottleneck's categorical leaves (``PCEntropyBottleneck.pack_state``: one byte
+per live entry, the precision they code with), float weights as float16 where that is exact.
+
 Resolving a model spec (``resolve_codec``, what ``pc-prior eval``, the demo, ``RDModule`` and the
 benches call): an existing file is read as above, or as a plain CompressAI state dict or training
 checkpoint (``{"state_dict" | "network" | "model_state_dict": ...}``) given its architecture;
@@ -34,6 +37,7 @@ from ..errors import CheckpointError, InputError, ModelLoadError
 from ..files import check_format, read_file, write_file
 from ..framing import CODEC_FILE
 from .base import stored_tables
+from .entropy_models import PCEntropyBottleneck
 
 __all__ = [
     "CODEC_FORMAT",
@@ -86,7 +90,12 @@ def _check_fields(ck: dict[str, Any], path: Path, digested: bool) -> None:
         check_format(ck, path, CODEC_FILE, digested)
     missing = [k for k in ("arch", "quality", "state_dict") if k not in ck]
     if missing:
-        raise CheckpointError(f"{path} is not a codec file: no {', '.join(missing)}")
+        from .compressai_tools import describe_checkpoint
+
+        raise CheckpointError(
+            f"{path} is {describe_checkpoint(ck)}, not a codec file (no {', '.join(missing)}): "
+            "read it with resolve_codec(path, arch=ARCH) or 'pc-prior eval FILE --arch ARCH'"
+        )
     if (
         not isinstance(ck["arch"], str)
         or not isinstance(ck["quality"], int)
@@ -201,7 +210,11 @@ def save_codec(
     from .swap import PC_MODULES
 
     pc_modules = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
-    state = {k: _compact(v.detach().cpu()) for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for name in pc_modules:
+        if isinstance(model.get_submodule(name), PCEntropyBottleneck):
+            PCEntropyBottleneck.pack_state(state, name + ".")
+    state = {k: _compact(v) for k, v in state.items()}
     if tables:
         state |= {k: v.detach().cpu() for k, v in stored_tables(model).items()}
     return write_file(
@@ -235,7 +248,6 @@ class ResolvedCodec:
 
 
 _ZOO_SPEC = re.compile(r"^(?P<arch>[A-Za-z0-9_\-]+):q?(?P<quality>\d+)$")
-_STATE_KEYS = ("network", "state_dict", "model_state_dict")  # CompressAI eval_model's convention
 _INFO_SKIP = ("format", "version", "arch", "quality", "state_dict")
 
 
@@ -276,8 +288,6 @@ def resolve_codec(
 
 
 def _resolve_file(path: Path, arch: str | None, base_only: bool) -> ResolvedCodec:
-    from compressai.zoo.image import model_architectures
-
     obj, digested = read_file(path)  # verified, weights only; read once
     fmt = obj.get("format")
     if fmt is not None and fmt != CODEC_FORMAT:
@@ -303,28 +313,11 @@ def _resolve_file(path: Path, arch: str | None, base_only: bool) -> ResolvedCode
         return ResolvedCodec(
             net, name=path.stem, arch=ck["arch"], quality=ck["quality"], source=str(path), info=info
         )
-    state = obj
-    for key in _STATE_KEYS:
-        if isinstance(obj.get(key), dict):
-            state = obj[key]
-    if not state or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise ModelLoadError(
-            f"{path} is neither a codec file (arch, quality, state_dict) nor a state dict"
-        )
-    archs = sorted(model_architectures)
-    if arch is None:
-        raise ModelLoadError(
-            f"{path} is a plain state dict that does not name its architecture: pass it with "
-            f"--arch (arch=...), one of {', '.join(archs)}"
-        )
-    if arch not in model_architectures:
-        raise ModelLoadError(f"unknown architecture {arch!r}; known: {', '.join(archs)}")
-    try:
-        net = model_architectures[arch].from_state_dict(_float_state(state))
-    except Exception as e:
-        raise ModelLoadError(f"{path} does not fit architecture {arch}: {e}") from e
-    net.update(force=True)  # as CompressAI's eval_model does for checkpoints
-    return ResolvedCodec(net, name=path.stem, arch=arch, source=str(path))
+    # a CompressAI state dict or training checkpoint, PC entropy models included (given --arch)
+    from .compressai_tools import codec_from_checkpoint
+
+    net, info = codec_from_checkpoint(path, obj, arch)
+    return ResolvedCodec(net, name=path.stem, arch=arch, source=str(path), info=info)
 
 
 def _resolve_zoo(spec: str, metric: str) -> ResolvedCodec:

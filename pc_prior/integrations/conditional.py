@@ -56,7 +56,9 @@ from ..coding import (
     CodingTables,
     IncrementalConditionals,
     circuit_tables,
+    decode_check,
     decode_columns,
+    encode_check,
     encode_columns,
     escape_bits,
     finish_decoding,
@@ -693,6 +695,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         if b == 0:  # as CompressAI's entropy models: no items, no strings
             return []
         s = indexes.long().cpu()
+        sym = u.numpy()  # each string is closed by its symbols' check
         if self.context is not None:  # later passes: code u - m under shifted indexes
             s, m = self._apply_context(u, s)
             u = u - m
@@ -708,6 +711,8 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
             inc = IncrementalConditionals(tables, b * n, "cpu", groups=pass_rows(s, mask))
             encode_columns(encs, inc, idx, n, rel.numpy(), esc.numpy(), alphabet)
+        for j, enc in enumerate(encs):
+            encode_check(enc, sym[j])
         return [self._frame(fp, (h, w), enc) for enc in encs]
 
     def decompress(
@@ -743,6 +748,9 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             rel = decode_columns(decs, inc, n, 2 * r + 1, alphabet, self.FORMAT.name)
             vals = (rel - r).view(b, n, c).permute(0, 2, 1)
             u[..., mask] = vals + m[..., mask] if m is not None else vals
+        sym = u.numpy()
+        for j, dec in enumerate(decs):
+            decode_check(dec, sym[j], f"{self.FORMAT.name} bitstream {j}")
         finish_decoding(decs, self.FORMAT.name)
         dev = indexes.device
         sym = torch.empty(

@@ -74,6 +74,8 @@ def test_grammar_is_noun_then_verb():
         "eval",
         "compare",
         "demo",
+        "compressai eval-model",
+        "compressai update-model",
     }
     assert set(DEPRECATED.values()) <= new
 

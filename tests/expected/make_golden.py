@@ -27,8 +27,9 @@ What is here (a few tens of KB in all; ``golden.json`` names the format versions
   then member; version 3).
 
 When a *stream* version changes (``pc_prior.framing`` refuses older stream versions by design),
-rerun this script and record the new version in CHANGELOG.md; ``--only lossless --keep-models``
-rewrites just the lossless streams and keeps the stored checkpoints (and the versions they pin).
+rerun this script and record the new version in CHANGELOG.md; ``--only PART --keep-models``
+rewrites just that part's streams and keeps the stored checkpoints or codec files (and the
+versions they pin).
 When a *file* version changes and older files are still read (as for codec files), keep these files: they then test the old reader;
 write the new version's files with ``--out`` to a new folder if they should be pinned too.
 Everything is seeded and fitted with explicit settings, so a rerun on the same versions of torch
@@ -232,6 +233,33 @@ def make_conditional(out: Path) -> dict:
     }
 
 
+def restring(out: Path, name: str) -> dict:
+    """``--keep-models`` for ``bottleneck`` and ``conditional``: code the stored latents with the
+    stored codec file again (new strings of the current stream version), keeping the file and the
+    codec-file version it pins, so the old file reader stays tested."""
+    from pc_prior.integrations import load_codec
+
+    entry = json.loads((out / "golden.json").read_text())[name]
+    net = load_codec(out / f"{name}-codec.pt")
+    if name == "bottleneck":
+        latents = torch.load(out / "bottleneck-latents.pt", weights_only=True)["latents"]
+        strings = net.entropy_bottleneck.compress(latents)
+        assert torch.equal(net.entropy_bottleneck.decompress(strings, latents.shape[-2:]), latents)
+        fmt = framing.BOTTLENECK
+    else:
+        stored = torch.load(out / "conditional-latents.pt", weights_only=True)
+        y_hat, indexes = stored["y_hat"], stored["indexes"].long()
+        strings = net.gaussian_conditional.compress(y_hat, indexes)
+        assert torch.equal(net.gaussian_conditional.decompress(strings, indexes), y_hat)
+        fmt = framing.CONDITIONAL
+    for i, s in enumerate(strings):
+        (out / f"{name}-{i}.bin").write_bytes(s)
+    return entry | {
+        "stream": {"magic": fmt.magic.decode(), "version": fmt.version},
+        "bytes": [len(s) for s in strings],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=HERE)
@@ -244,7 +272,7 @@ def main() -> None:
     p.add_argument(
         "--keep-models",
         action="store_true",
-        help="lossless: keep the stored models and symbols, write only the streams anew",
+        help="keep the stored models (and symbols or latents), write only the streams anew",
     )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -253,8 +281,12 @@ def main() -> None:
     manifest |= {"pc_prior": pc_prior.__version__, "torch": torch.__version__.split("+")[0]}
     makers = {
         "lossless": lambda: make_lossless(args.out, args.keep_models),
-        "bottleneck": lambda: make_bottleneck(args.out),
-        "conditional": lambda: make_conditional(args.out),
+        "bottleneck": lambda: (
+            restring(args.out, "bottleneck") if args.keep_models else make_bottleneck(args.out)
+        ),
+        "conditional": lambda: (
+            restring(args.out, "conditional") if args.keep_models else make_conditional(args.out)
+        ),
     }
     for name in args.only or makers:
         manifest[name] = makers[name]()
