@@ -30,6 +30,7 @@ _LAZY = {
     "Tree": "structure",
     "chow_liu_tree": "structure",
     "pairwise_mutual_information": "structure",
+    "star_tree": "structure",
     "bits_per_dim": "training",
     "fit_adam": "training",
     "fit_em": "training",
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .coding import decode, encode
     from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
     from .hclt import HCLT, GroupedHCLT, LatentTreeCircuit
-    from .structure import Tree, chow_liu_tree, pairwise_mutual_information
+    from .structure import Tree, chow_liu_tree, pairwise_mutual_information, star_tree
     from .training import bits_per_dim, fit_adam, fit_em
 
 
@@ -83,4 +84,5 @@ __all__ = [
     "load",
     "pairwise_mutual_information",
     "save",
+    "star_tree",
 ]

@@ -16,7 +16,7 @@ from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 from ._checks import check_int, check_tensor
 from .errors import InputError
 
-__all__ = ["Tree", "chow_liu_tree", "pairwise_mutual_information"]
+__all__ = ["Tree", "chow_liu_tree", "pairwise_mutual_information", "star_tree"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,17 @@ def _center(adj) -> int:
     while path[-1] != a:
         path.append(int(pred[path[-1]]))
     return path[len(path) // 2]
+
+
+def star_tree(x: torch.Tensor) -> Tree:
+    """The star over the columns of ``x`` [N, D]: every column a child of the one with the highest
+    variance (the root; the first column for fewer than two rows). The cheap structure choice of
+    both entropy models' fits (``structure="star"``)."""
+    check_tensor("x", x, "real", "[N, D]")
+    if x.dim() != 2 or x.shape[1] == 0:
+        raise InputError(f"expected data of shape [N, D] with D >= 1, got {tuple(x.shape)}")
+    hub = int(x.double().var(0).argmax()) if len(x) > 1 else 0
+    return Tree(tuple(-1 if i == hub else hub for i in range(x.shape[1])))
 
 
 def chow_liu_tree(mi: torch.Tensor | np.ndarray) -> Tree:

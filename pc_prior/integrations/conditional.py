@@ -68,7 +68,7 @@ from ..continuous import LIKELIHOOD_BOUND, ScaleConditionedTree, gaussian_bin_ma
 from ..errors import InputError, NotFittedError, PCPriorError
 from ..progress import progress_bar
 from ..settings import CHOICES, CONDITIONAL_CONTEXTS, ConditionalFit
-from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
+from ..structure import Tree, chow_liu_tree, pairwise_mutual_information, star_tree
 from .base import PCEntropyModel, loaded_tables, pass_rows, position_rows
 from .context import CheckerboardContext, lattice_masks, pass_masks
 from .entropy_models import STRUCTURES, check_latent
@@ -557,8 +557,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         u = u.float()
         if structure == "star" or c == 1:
             z = (u / sigma).double()
-            hub = int(z.var(0).argmax()) if len(z) > 1 else 0
-            tree = Tree(tuple(-1 if i == hub else hub for i in range(c)))
+            tree = star_tree(z)
         else:  # Chow-Liu tree on standardized symbols binned into 8 classes
             z = torch.clamp(torch.round(u.cpu() / sigma.cpu() * 2.0), -4, 3).long() + 4
             tree = chow_liu_tree(pairwise_mutual_information(z, 8, num_bins=8, seed=seed))

@@ -70,7 +70,7 @@ from ..continuous import DiscretizedLogisticTree
 from ..errors import CheckpointError, InputError, PCPriorError
 from ..hclt import HCLT, GroupedHCLT
 from ..settings import CHOICES, BottleneckFit
-from ..structure import Tree, chow_liu_tree, pairwise_mutual_information
+from ..structure import Tree, chow_liu_tree, pairwise_mutual_information, star_tree
 from ..training import em_update, expected_counts, fit_em
 from .base import (
     MAX_TABLE_ENTRIES,
@@ -647,8 +647,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         esc = (rel < 0) | (rel >= n)
         idx = torch.where(esc, torch.full_like(rel, v - 1), rel)
         if structure == "star":
-            hub = int(idx.double().var(0).argmax()) if len(idx) > 1 else 0
-            tree = Tree(tuple(-1 if i == hub else hub for i in range(self.channels)))
+            tree = star_tree(idx)
         else:
             tree = chow_liu_tree(pairwise_mutual_information(idx.cpu(), v, seed=seed))
         self._pc_schedule = torch.tensor(

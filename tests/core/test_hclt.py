@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import all_assignments, random_hclt
 
-from pc_prior import HCLT, Tree, chow_liu_tree, pairwise_mutual_information
+from pc_prior import HCLT, InputError, Tree, chow_liu_tree, pairwise_mutual_information
 
 
 @pytest.mark.parametrize("parent", [(-1,), (1, -1, 1, 0, 0, 2), (-1, 0, 1, 2, 3)])
@@ -131,3 +131,14 @@ def test_from_data_learns_structure_and_shapes():
     lp = pc.log_prob(x)
     assert lp.shape == (300,) and torch.isfinite(lp).all()
     assert pc.sample(7).shape == (7, 10)
+
+
+def test_star_tree_hangs_every_column_from_the_most_variable_one():
+    from pc_prior import star_tree
+
+    x = torch.stack([torch.zeros(50), torch.arange(50.0) * 3, torch.arange(50.0)], 1)
+    assert star_tree(x).parent == (1, -1, 1)
+    assert star_tree(x[:1]).parent == (-1, 0, 0)  # one row: no variance, the first column
+    assert star_tree(x.long()).parent == (1, -1, 1)  # symbols too
+    with pytest.raises(InputError):
+        star_tree(x[:, :0])
