@@ -47,9 +47,13 @@ __all__ = [
     "save",
 ]
 
-CHECKPOINT_VERSION = CHECKPOINT_FILE.version  # pc_prior.framing tables every format and version
+#: The circuit checkpoint version that ``save`` writes (``pc_prior.framing.FILE_FORMATS`` tables
+#: every format and version).
+CHECKPOINT_VERSION = CHECKPOINT_FILE.version
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_VARIABLES = 2**20
+#: The circuit classes a checkpoint may hold, by the class name it records: ``save`` accepts
+#: only these, and ``load`` builds nothing else.
 CIRCUITS: dict[str, type[LatentTreeCircuit]] = {
     c.__name__: c for c in (HCLT, GroupedHCLT, DiscretizedLogisticTree, ScaleConditionedTree)
 }

@@ -327,8 +327,9 @@ BOTTLENECK_OPTIONS = (
     "state_context",
     "leaves",
     "finetune_steps",
-)  # the PCEntropyBottleneck.fit settings 'prior fit' exposes (--latents, --max-items, ...)
-CONDITIONAL_OPTIONS = ("num_latents", "steps", "max_items", "structure", "context")  # --cond-*
+)  #: the PCEntropyBottleneck.fit settings 'prior fit' exposes (--latents, --max-items, ...)
+#: the PCConditional.fit settings that 'prior fit --conditional' exposes (--cond-latents, ...)
+CONDITIONAL_OPTIONS = ("num_latents", "steps", "max_items", "structure", "context")
 ADAPT_OPTIONS = (
     "max_items",
     "epochs",

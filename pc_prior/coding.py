@@ -88,12 +88,14 @@ __all__ = [
 
 MESSAGE_BITS = 22  # messages are integers in [0, 2**22)
 PARAM_BITS = 22  # parameters are floor(p * 2**22) + 1
+#: The largest integer parameter of the coding tables: probability p is ``floor(p * 2**22) + 1``.
 MAX_PARAM = 2**PARAM_BITS + 1
 MAX_LATENTS = 256  # K * 2**22 * (2**22 + 1) < 2**53 keeps every matrix product exact
 MAX_SYMBOLS = 2**24  # V: leaf alphabet bound of the tables (constriction's 24-bit precision)
-BLOCK_ITEMS = 4096  # lossless: items per block, each block closed by a 32-bit check
+BLOCK_ITEMS = 4096  #: lossless: items per block, each block closed by a 32-bit check
 MAX_DECODE_SYMBOLS = 2**28  # items x variables one decode call may produce (2 GiB of int64)
-MAX_SYMBOL = 2**31 - 1  # |value| bound of the bypass code (bit length <= 33)
+#: ``|value|`` bound of the bypass code for escaped symbols (bit length <= 33)
+MAX_SYMBOL = 2**31 - 1
 SPLIT_MIN_SYMBOLS = 64  # lossless: alphabets at least this large are coded in two steps
 _LEN_ALPHABET = 34
 _SLACK_BITS = 96  # the range coder's termination may save up to about two words
@@ -130,6 +132,7 @@ class CodingTables:
         return self.digest[:8]
 
     def to(self, device: torch.device | str) -> CodingTables:
+        """The same tables on ``device`` (the integers move bit for bit)."""
         return CodingTables(
             self.parent, self.root.to(device), self.trans.to(device), self.emit.to(device)
         )

@@ -40,7 +40,7 @@ __all__ = [
     "normal_cdf",
 ]
 
-LIKELIHOOD_BOUND = 1e-9  # floor of leaf likelihoods in training and estimates (never in coding)
+LIKELIHOOD_BOUND = 1e-9  #: floor of leaf likelihoods in training and estimates (never in coding)
 
 
 def normal_cdf(x: Tensor) -> Tensor:
@@ -156,9 +156,12 @@ class DiscretizedLogisticTree(LatentTreeCircuit):
         return self._alphabet_pmf(loc, scale, portable.sigmoid, portable.fixed_order_sum)
 
     def config(self) -> dict[str, int]:
+        """The sizes that rebuild this circuit with its tree: V and K
+        (``LatentTreeCircuit.config``)."""
         return {"num_cats": self.num_cats, "num_latents": self.num_latents}
 
     def extra_repr(self) -> str:
+        """Sizes and leaf kind, for ``repr``."""
         return f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, leaves=logistic"
 
 
@@ -326,12 +329,13 @@ class ScaleConditionedTree(LatentTreeCircuit):
         )
 
     def escape_log_probs(self, radius: int, sigma: Tensor, s: Tensor) -> Tensor:
-        """log P(|u| > radius) per leaf, [N, D, K]."""
+        """``log P(|u| > radius)`` per leaf, [N, D, K]."""
         mu, scale = self._loc_scale(sigma, s)
         mass = normal_cdf((-radius - 0.5 - mu) / scale) + normal_cdf((-radius - 0.5 + mu) / scale)
         return torch.log(mass.clamp_min(LIKELIHOOD_BOUND))
 
     def log_prob(self, u: Tensor, sigma: Tensor, s: Tensor) -> Tensor:
+        """log p of values u [N, D] at scales sigma [N, D] of indexes s [N, D], in nats, [N]."""
         return self.upward(self.leaf_log_probs(u, sigma, s))[0]
 
     @torch.no_grad()
@@ -367,9 +371,12 @@ class ScaleConditionedTree(LatentTreeCircuit):
         return out.clamp_min(0.0)
 
     def config(self) -> dict[str, int]:
+        """The sizes that rebuild this circuit with its tree: K and the number of scales
+        (``LatentTreeCircuit.config``)."""
         return {"num_latents": self.num_latents, "num_scales": int(self.scale_offset.shape[1])}
 
     def extra_repr(self) -> str:
+        """Sizes and tree height, for ``repr``."""
         return (
             f"num_vars={self.num_vars}, num_latents={self.num_latents}, height={self.tree.height}"
         )

@@ -51,6 +51,7 @@ __all__ = [
     "unpack",
 ]
 
+#: Bytes of the model fingerprint that every stream header carries.
 FINGERPRINT_BYTES = 4
 MAX_FIELD = 2**32 - 1
 _FIXED = struct.Struct("<2sB4s")  # magic, version, fingerprint
@@ -67,12 +68,15 @@ class Format:
     name: str
 
 
-LOSSLESS = Format(
-    b"PL", 3, 4, "pc-prior lossless"
-)  # fields: N items, D variables, V symbols, block size; 3: alphabets of 64+ coded in two steps
-# fields: latent H, W; 4: the payload ends with a CRC-32 of the string's symbols
+#: Lossless streams (``encode``/``decode``). Fields: N items, D variables, V symbols, block size;
+#: version 3 codes alphabets of 64+ symbols in two steps.
+LOSSLESS = Format(b"PL", 3, 4, "pc-prior lossless")
+#: ``PCEntropyBottleneck`` strings. Fields: latent H, W; version 4: the payload ends with a CRC-32
+#: of the string's symbols.
 BOTTLENECK = Format(b"PB", 4, 2, "PCEntropyBottleneck")
+#: ``PCConditional`` strings, framed as ``BOTTLENECK``'s.
 CONDITIONAL = Format(b"PG", 4, 2, "PCConditional")
+#: The stream formats by magic bytes.
 FORMATS = {f.magic: f for f in (LOSSLESS, BOTTLENECK, CONDITIONAL)}
 
 
@@ -94,6 +98,7 @@ CODEC_FILE = FileFormat("pc-prior/codec", 3, (1, 2, 3), "codec file")
 2 stores PC tables as a digest and rebuilds them; 1 stored them (both still read)."""
 ARRAY_CONTAINER = FileFormat("PCNPY", 2, (2,), ".pcnpy container")
 """``pc-prior lossless compress``: 2 puts the header (magic, version, meta) under a CRC32."""
+#: The file formats: circuit checkpoints, codec files and the ``.pcnpy`` container.
 FILE_FORMATS = (CHECKPOINT_FILE, CODEC_FILE, ARRAY_CONTAINER)
 
 # Streams of earlier layouts, recognised only to name their version in the error.

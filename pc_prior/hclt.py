@@ -111,6 +111,7 @@ class LatentTreeCircuit(nn.Module):
     # -- structure ---------------------------------------------------------------------------
     @property
     def num_vars(self) -> int:
+        """D, the number of observed variables (the tree's nodes)."""
         return self.tree.num_vars
 
     def _level(self, lvl: int) -> Tensor:
@@ -121,9 +122,12 @@ class LatentTreeCircuit(nn.Module):
 
     # -- parameters --------------------------------------------------------------------------
     def log_root(self) -> Tensor:
+        """Log prior of the root's K states [K] (log-softmax of the logits)."""
         return torch.log_softmax(self.root_logits, -1)
 
     def log_transitions(self) -> Tensor:
+        """Log transitions [D, K, K], indexed [parent state, child state] (the root's row is
+        unused)."""
         return torch.log_softmax(self.transition_logits, -1)
 
     @torch.no_grad()
@@ -334,13 +338,18 @@ class HCLT(LatentTreeCircuit):
 
     # -- leaves ------------------------------------------------------------------------------
     def log_emissions(self) -> Tensor:
+        """Leaf log-pmfs [D, K, V] (log-softmax of the emission logits)."""
         return torch.log_softmax(self.emission_logits, -1)
 
     @torch.no_grad()
     def coding_emissions(self) -> Tensor:
+        """The coder's leaf pmfs [D, K, V], float64, by ``pc_prior.portable`` (the same bits on
+        every device)."""
         return portable.softmax(self.emission_logits)
 
     def config(self) -> dict[str, int]:
+        """The sizes that rebuild this circuit with its tree: V and K
+        (``LatentTreeCircuit.config``)."""
         return {"num_cats": self.num_cats, "num_latents": self.num_latents}
 
     def leaf_log_probs(
@@ -400,6 +409,7 @@ class HCLT(LatentTreeCircuit):
         return self.inside(self.level_leaf_log_probs(x, missing)[0])[0]
 
     def forward(self, x: Tensor, missing: Tensor | None = None) -> Tensor:
+        """``log_prob(x, missing)``: log p(x) in nats, [N]."""
         return self.log_prob(x, missing)
 
     def conditionals(self, x: Tensor, missing: Tensor | None = None, chunk: int = 256) -> Tensor:
@@ -435,6 +445,7 @@ class HCLT(LatentTreeCircuit):
         )
 
     def extra_repr(self) -> str:
+        """Sizes and tree height, for ``repr``."""
         return (
             f"num_vars={self.num_vars}, num_cats={self.num_cats}, num_latents={self.num_latents}, "
             f"height={self.tree.height}"
@@ -487,11 +498,14 @@ class GroupedHCLT(HCLT):
         return groups.long() * self.num_symbols + symbols.long()
 
     def log_emissions(self) -> Tensor:
+        """Leaf log-pmfs [D, K, G·V] of the joint (group, symbol) indices, normalized per group."""
         d, k = self.num_vars, self.num_latents
         return torch.log_softmax(self.emission_logits, -1).reshape(d, k, self.num_cats)
 
     @torch.no_grad()
     def coding_emissions(self) -> Tensor:
+        """The coder's leaf pmfs [D, K, G·V], float64 (``pc_prior.portable``); each group's V
+        entries sum to 1."""
         d, k = self.num_vars, self.num_latents
         return portable.softmax(self.emission_logits).reshape(d, k, self.num_cats)
 
@@ -522,6 +536,8 @@ class GroupedHCLT(HCLT):
         self.emission_logits.copy_(p.clamp_min(torch.finfo(dt).tiny).log().to(dt))
 
     def config(self) -> dict[str, int]:
+        """The sizes that rebuild this circuit with its tree: symbols, groups and K
+        (``LatentTreeCircuit.config``)."""
         return {
             "num_symbols": self.num_symbols,
             "num_groups": self.num_groups,

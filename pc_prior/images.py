@@ -66,10 +66,12 @@ __all__ = [
     "psnr",
 ]
 
-# CompressAI's eval_model list (from torchvision.datasets.folder); matched case-insensitively.
+#: The image file extensions read: CompressAI's eval_model list (from torchvision.datasets.folder);
+#: matched case-insensitively.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-MIN_DIV = 64  # CompressAI pads to allow 6 stride-2 stages
-MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-pixel window: both sides must exceed 160 pixels
+MIN_DIV = 64  #: images are padded to multiples of this, as CompressAI pads for 6 stride-2 stages
+#: MS-SSIM's smallest side: 5 scales of an 11-pixel window need both sides above 160 pixels.
+MS_SSIM_MIN_SIDE = 161
 
 
 def list_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:

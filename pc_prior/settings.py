@@ -146,7 +146,7 @@ class ConditionalFit:
         batch_size: positions per step.
         lr: Adam's learning rate (decayed linearly to 10%).
         holdout: share of the positions kept out to report held-out bits.
-        tail: the radius R covers the ``1 - tail`` quantile of |symbol|.
+        tail: the radius R covers the ``1 - tail`` quantile of ``|symbol|``.
         max_radius: at most this radius (at least 4).
         init: ``"baseline"`` (next to the Gaussian conditional) or ``"data"``.
         seed: seed of the subsampling, context, structure and Adam.

@@ -56,21 +56,26 @@ class Tree:
 
     @property
     def num_vars(self) -> int:
+        """D, the number of nodes."""
         return len(self.parent)
 
     @property
     def root(self) -> int:
+        """The root's index (the node whose parent is -1)."""
         return int(np.flatnonzero(np.asarray(self.parent) < 0)[0])
 
     @property
     def depth(self) -> np.ndarray:
+        """Each node's depth [D] (the root's is 0)."""
         return self._depth  # type: ignore[attr-defined]
 
     @property
     def height(self) -> int:
+        """The largest depth."""
         return int(self.depth.max())
 
     def children(self) -> list[list[int]]:
+        """Each node's children, in index order."""
         ch: list[list[int]] = [[] for _ in range(self.num_vars)]
         for i, p in enumerate(self.parent):
             if p >= 0:

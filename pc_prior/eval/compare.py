@@ -30,7 +30,7 @@ __all__ = [
     "rate_savings",
 ]
 
-BD_METHODS = ("akima", "pchip", "cubic")  # the interpolations the bjontegaard package offers
+BD_METHODS = ("akima", "pchip", "cubic")  #: the interpolations the bjontegaard package offers
 BD_MIN_OVERLAP = 0.75  # the bjontegaard package's own default for warning about a small overlap
 
 
@@ -44,6 +44,7 @@ class ImageSet:
     sha256: str | None = None
 
     def describe(self) -> str:
+        """One line for messages: the count, the first names and the pixel digest's prefix."""
         head = ", ".join(self.names[:3]) + (", ..." if len(self.names) > 3 else "")
         digest = f"; pixel digest {self.sha256[:12]}" if self.sha256 else ""
         return f"{self.count} image{'s' if self.count != 1 else ''} ({head}{digest})"

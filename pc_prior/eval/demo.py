@@ -43,6 +43,7 @@ __all__ = [
 
 # Colour photos that scikit-image's wheel ships (no pooch download). The three famous natural photos
 # are the test set; everything else trains the circuit (the two motorcycle views stay together).
+#: The scikit-image photos the demo fits its circuit on (with mirrored and downscaled copies).
 TRAIN_PHOTOS = (
     "rocket",
     "motorcycle_left",
@@ -52,6 +53,7 @@ TRAIN_PHOTOS = (
     "immunohistochemistry",
     "colorwheel",
 )
+#: The scikit-image photos the demo codes with both codecs (none of them is trained on).
 TEST_PHOTOS = ("astronaut", "coffee", "chelsea")
 AUG_SCALES = (0.75, 0.5)
 

@@ -61,9 +61,8 @@ __all__ = [
 
 TABLE_BUFFERS = ("_pc_root", "_pc_trans", "_pc_emit")  # in memory only (rebuilt on load)
 DIGEST = "_pc_tables_sha256"
-MAX_TABLE_ENTRIES = (
-    2**27
-)  # emission-table entries a loaded state dict may ask to rebuild (1 GiB f64)
+#: Emission-table entries a loaded state dict may ask to rebuild (1 GiB of float64).
+MAX_TABLE_ENTRIES = 2**27
 
 
 def resize_buffers(
@@ -138,14 +137,17 @@ class NoCdfTables:
 
     @property
     def quantized_cdf(self) -> Tensor:
+        """Raises ``UnsupportedModelError``: a circuit has no CompressAI CDF tables."""
         raise no_cdf_tables(self, "quantized_cdf")
 
     @property
     def offset(self) -> Tensor:
+        """Raises ``UnsupportedModelError``: a circuit has no CompressAI CDF tables."""
         raise no_cdf_tables(self, "offset")
 
     @property
     def cdf_length(self) -> Tensor:
+        """Raises ``UnsupportedModelError``: a circuit has no CompressAI CDF tables."""
         raise no_cdf_tables(self, "cdf_length")
 
     def _pmf_to_cdf(self, *args: Any, **kwargs: Any) -> Tensor:
@@ -256,6 +258,7 @@ class PCEntropyModel(NoCdfTables):
     # -- state ----------------------------------------------------------------------------------
     @property
     def fitted(self) -> bool:
+        """Whether the module holds a circuit (fitted, or loaded with a state dict)."""
         return self.pc is not None
 
     def _require_fitted(self) -> Any:

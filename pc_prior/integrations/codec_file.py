@@ -51,7 +51,10 @@ __all__ = [
     "save_codec",
 ]
 
-CODEC_FORMAT = CODEC_FILE.key  # pc_prior.framing tables every format and version
+#: The ``format`` key of codec files (``pc_prior.framing.FILE_FORMATS`` tables every format and
+#: version).
+CODEC_FORMAT = CODEC_FILE.key
+#: The codec file version that ``save_codec`` writes.
 CODEC_VERSION = CODEC_FILE.version
 
 

@@ -96,6 +96,8 @@ class PCStateDict:
     that the state dict holds, then loads it as the class does."""
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any:
+        """Swap a PC entropy model in wherever ``state_dict`` holds one (``CheckpointError`` where
+        the model has no such module), then load it as the class does."""
         model: nn.Module = self  # type: ignore[assignment]
         todo = []
         for name in pc_module_names(state_dict):

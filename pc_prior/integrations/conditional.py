@@ -84,7 +84,7 @@ GRAD_CHUNK = 128
 """Positions per backward pass in ``fit``: a mini-batch's gradient is summed over slices this size,
 whose [rows, C, K] leaf intermediates stay in cache (1.5-2x faster per step on CPU than the whole
 512-position batch at once; the same gradient up to float rounding)."""
-CONTEXTS = tuple(c for c in CONDITIONAL_CONTEXTS if c)  # PCConditional.fit's spatial contexts
+CONTEXTS = tuple(c for c in CONDITIONAL_CONTEXTS if c)  #: PCConditional.fit's spatial contexts
 
 
 def accumulate_gradient(
@@ -144,6 +144,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
     # -- state ----------------------------------------------------------------------------------
     @property
     def channels(self) -> int:
+        """M, the channels the fitted circuit models (``NotFittedError`` before a fit)."""
         return self._require_fitted().num_vars
 
     @property
@@ -465,7 +466,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         odd) anchors on the (even, even) ones (its history keys start with ``anchor_``). ``max_items`` random positions are used (None: all),
         ``holdout`` of them to report held-out bits. Adam for ``steps`` steps on mini-batches of
         ``batch_size`` positions (learning rate decayed linearly to 10%). The radius R covers the
-        ``1 - tail`` quantile of |symbol| (at least 4, at most ``max_radius``). ``init="data"`` starts
+        ``1 - tail`` quantile of ``|symbol|`` (at least 4, at most ``max_radius``). ``init="data"`` starts
         from the binned standardized symbols (``ScaleConditionedTree.init_from_data``),
         ``"baseline"`` next to the Gaussian conditional (``init_params``). Ends with ``update()``.
         Returns the history (held-out bits per position of the baseline and the circuit, both

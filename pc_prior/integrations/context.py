@@ -98,11 +98,14 @@ FRAC_BITS = 16  # fixed point of 1/σ and of the activity thresholds
 COEF_BITS = 12  # fixed point of the mean coefficients
 LUT_SIZE = 1024  # code lengths of |u - m| >= this are taken as this one's while fitting
 SYMBOL_CLIP = 4096  # |u| used by the features is clipped here (keeps every sum far below 2**63)
+#: The lattices ``lattice_masks`` knows: which positions a pass codes after which.
 LATTICES = ("cross", "diagonal", "cross-even-rows", "eight")
-MAX_INV_SCALE = 2**32  # inv_scale = round(2**16 / σ) for σ >= 2**-16: |u|·inv_scale <= 2**44
-MAX_EDGE = SYMBOL_CLIP * MAX_INV_SCALE  # no neighbour's activity (Q16) exceeds this: 2**44
-MAX_COEF = SYMBOL_CLIP << COEF_BITS  # |coef| <= 4096 (Q12): means within SYMBOL_CLIP**2
-MAX_CHANNELS = 2**15  # 8 neighbours x C channels x 2**44 activity stays below 2**63
+#: ``inv_scale = round(2**16 / σ)`` for σ >= 2**-16: ``|u|·inv_scale <= 2**44``
+MAX_INV_SCALE = 2**32
+MAX_EDGE = SYMBOL_CLIP * MAX_INV_SCALE  #: no neighbour's activity (Q16) exceeds this: 2**44
+MAX_COEF = SYMBOL_CLIP << COEF_BITS  #: ``|coef| <= 4096`` (Q12): means within ``SYMBOL_CLIP**2``
+MAX_CHANNELS = 2**15  #: 8 neighbours x C channels x 2**44 activity stays below 2**63
+#: The buffers of a ``CheckerboardContext`` (its fitted integer parameters), saved in state dicts.
 CONTEXT_BUFFERS = ("inv_scale", "channel_edges", "total_edges", "coef", "shift")
 _FIX = (
     "; the state dict is corrupted or was not written by pc-prior: re-save the model with "
@@ -439,6 +442,7 @@ class CheckerboardContext(nn.Module):
 
     @property
     def channels(self) -> int:
+        """The number of channels the context is built for (one mean coefficient each)."""
         return self.coef.numel()
 
     def _load_from_state_dict(

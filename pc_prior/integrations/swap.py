@@ -20,6 +20,7 @@ from .entropy_models import PCEntropyBottleneck
 
 __all__ = ["PC_MODULES", "check_model_support", "swap_entropy_model"]
 
+#: The PC entropy model classes, for ``isinstance`` checks.
 PC_MODULES = (PCEntropyBottleneck, PCConditional)
 
 

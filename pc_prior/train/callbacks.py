@@ -34,6 +34,8 @@ class InterruptCheckpoint(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        """Save the checkpoint when fitting stops on an exception after at least one step; a failure
+        to save is a warning and never masks the exception."""
         if trainer.state.fn != "fit" or trainer.global_step == 0:
             return  # nothing trained yet (e.g. the data failed to load): keep the original error alone
         path = self._dir(trainer) / self.filename

@@ -152,6 +152,8 @@ def _lightning_args(args: argparse.Namespace) -> list[str]:
 
 
 def codec_train(args: argparse.Namespace) -> int:
+    """``pc-prior codec train``: fit ``CodecModule`` (or a subclass) on ``ImageFolderDataModule``
+    with LightningCLI, from the parsed command's LightningCLI arguments; returns the exit status."""
     from .codec import CodecModule
     from .data import ImageFolderDataModule
 
@@ -162,6 +164,8 @@ def codec_train(args: argparse.Namespace) -> int:
 
 
 def codec_finetune(args: argparse.Namespace) -> int:
+    """``pc-prior codec finetune``: fit ``RDModule`` (or a subclass) on ``ImageFolderDataModule``
+    with LightningCLI, from the parsed command's LightningCLI arguments; returns the exit status."""
     from .data import ImageFolderDataModule
     from .rd import RDModule
 
@@ -172,5 +176,7 @@ def codec_finetune(args: argparse.Namespace) -> int:
 
 
 def lightning_fit(args: argparse.Namespace) -> int:
+    """``pc-prior lightning fit``: fit any LightningModule on any LightningDataModule named by
+    ``class_path`` with LightningCLI; returns the exit status."""
     run_lightning_cli(_lightning_args(args), prog=f"pc-prior {args.command_name}")
     return 0

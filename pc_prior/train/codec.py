@@ -38,8 +38,8 @@ __all__ = [
     "split_parameters",
 ]
 
-# λ of CompressAI's zoo models trained for MSE, by quality 1..8 (CompressAI docs, "Training";
-# the same list is compressai.models.vbr's ``lmbda``).
+#: λ of CompressAI's zoo models trained for MSE, by quality 1..8 (CompressAI docs, "Training";
+#: the same list is compressai.models.vbr's ``lmbda``).
 ZOO_MSE_LAMBDAS: dict[int, float] = {
     1: 0.0018,
     2: 0.0035,
@@ -50,7 +50,7 @@ ZOO_MSE_LAMBDAS: dict[int, float] = {
     7: 0.0932,
     8: 0.1800,
 }
-# λ of the zoo models trained for MS-SSIM (loss λ·(1 − MS-SSIM) + bpp), same source.
+#: λ of the zoo models trained for MS-SSIM (loss λ·(1 − MS-SSIM) + bpp), same source.
 ZOO_MSSSIM_LAMBDAS: dict[int, float] = {
     1: 2.40,
     2: 4.58,
@@ -162,13 +162,16 @@ class RDTrainingModule(pl.LightningModule):
 
     @property
     def lmbda(self) -> float:
+        """λ of the rate-distortion loss."""
         return float(self.hparams.lmbda)
 
     @property
     def metric(self) -> str:
+        """The distortion: ``"mse"`` or ``"ms-ssim"``."""
         return str(self.hparams.get("metric", "mse"))
 
     def forward(self, x: Tensor) -> dict[str, Any]:
+        """The codec's forward pass on ``x`` (CompressAI's dict: ``x_hat``, ``likelihoods``)."""
         return self.net(x)
 
     def param_groups(self, main: list[nn.Parameter]) -> list[dict[str, Any]]:
@@ -180,6 +183,9 @@ class RDTrainingModule(pl.LightningModule):
         return None
 
     def configure_optimizers(self):
+        """The main Adam (groups from ``param_groups``) and the auxiliary Adam on the
+        ``.quantiles``; the main learning rate drops by ``lr_decay_factor`` after ``lr_decay_at`` of
+        the steps."""
         hp = self.hparams
         main, aux = split_parameters(self)
         opt = torch.optim.Adam(self.param_groups(main), lr=hp.lr)
@@ -243,6 +249,8 @@ class RDTrainingModule(pl.LightningModule):
         return m
 
     def on_fit_start(self) -> None:
+        """Refuse 16-bit mixed precision, whose scaler needs every step counted (32 and bf16-mixed
+        run)."""
         precision = str(self.trainer.precision)
         if precision.startswith("16"):
             raise ValueError(
@@ -251,9 +259,11 @@ class RDTrainingModule(pl.LightningModule):
             )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resize the coder's buffers to the checkpoint's before Lightning loads its state dict."""
         _resize_coder_buffers(self, checkpoint.get("state_dict", {}))
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        """One rate-distortion step (``rd_step``) on a batch: logs its metrics, returns the loss."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         m = self.rd_step(x)
         self.log_dict({f"train_{k}": v for k, v in m.items()}, prog_bar=False, batch_size=len(x))
@@ -268,11 +278,14 @@ class RDTrainingModule(pl.LightningModule):
         return limit is None or batch_idx < limit
 
     def on_validation_epoch_start(self) -> None:
+        """Rebuild the coding tables (``update(force=True)``) when validation codes bitstreams."""
         if self.hparams.get("coded_val_batches", 0) != 0:
             with torch.no_grad():
                 self.net.update(force=True)  # parameters moved since the tables were built
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        """Rate-distortion metrics of a batch padded as the evaluation pads; for the first
+        ``coded_val_batches`` batches also the rate of real bitstreams (``val_bpp_coded``)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         n, _, h, w = x.shape
         xp = pad_to_multiple(x, self.hparams.pad_multiple)  # centred, as the evaluation pads
@@ -297,9 +310,13 @@ class RDTrainingModule(pl.LightningModule):
             )  # same images' estimate
 
     def export(self, path: str | Path) -> Path:
+        """Write the trained codec to ``path`` and return the path (each subclass writes its own
+        format)."""
         raise NotImplementedError
 
     def on_fit_end(self) -> None:
+        """Export the codec on rank 0: to ``export_path``, by default ``codec.pt`` in the log folder
+        (``""``: no export)."""
         target = self.hparams.export_path
         if target == "" or not self.trainer.is_global_zero:
             return

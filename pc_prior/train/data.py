@@ -72,6 +72,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the training set (random crops of ``patch_size``, flips) and, with ``val_dir``, the
+        validation set (centre crops of ``val_patch_size``, or whole images)."""
         hp = self.hparams
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = ImageFolder(
@@ -101,6 +103,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled batches of training crops."""
         hp = self.hparams
         return DataLoader(
             self.train_set,
@@ -113,6 +116,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in order (none without ``val_dir``)."""
         hp = self.hparams
         if self.val_set is None:
             return []
@@ -167,6 +171,8 @@ class MNISTDataModule(pl.LightningDataModule):
         return x >> (8 - self.hparams.bits)
 
     def setup(self, stage: str | None = None) -> None:
+        """Load the training split, and the test split for validation (``train_limit``,
+        ``val_limit``)."""
         if self.x_train is None:
             self.x_train = self._load("train", self.hparams.train_limit)
         if self.x_val is None:
@@ -178,6 +184,7 @@ class MNISTDataModule(pl.LightningDataModule):
         return self.x_train[:n]
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled batches of training images."""
         return DataLoader(
             TensorDataset(self.x_train),
             batch_size=self.hparams.batch_size,
@@ -186,6 +193,7 @@ class MNISTDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        """Batches of test images, in order."""
         return DataLoader(
             TensorDataset(self.x_val),
             batch_size=self.hparams.val_batch_size,

@@ -61,6 +61,8 @@ class EMOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Apply one EM update (``em_update``) to every parameter from the expected counts stored in
+        its ``.grad``; ``closure`` runs first, as in torch's optimizers."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -135,6 +137,8 @@ class PriorModule(pl.LightningModule):
         return self.pc
 
     def setup(self, stage: str) -> None:
+        """Build the circuit from the data module's ``structure_sample`` unless one is set already
+        (``build``)."""
         if self.pc is not None:
             return
         dm = self.trainer.datamodule if self.trainer is not None else None
@@ -149,6 +153,7 @@ class PriorModule(pl.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the circuit's structure (tree, sizes, dtype) beside the state dict."""
         pc = self._require_pc()
         checkpoint["pc_structure"] = {
             "parent": [int(p) for p in pc.tree.parent],
@@ -158,6 +163,8 @@ class PriorModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rebuild the circuit from the structure the checkpoint stores, so that its state dict
+        loads."""
         s = checkpoint.get("pc_structure")
         if s is None:
             raise ValueError("checkpoint has no 'pc_structure': it was not written by PriorModule")
@@ -175,6 +182,8 @@ class PriorModule(pl.LightningModule):
 
     # -- optimization ------------------------------------------------------------------------
     def configure_optimizers(self):
+        """Adam on the logits (``method="adam"``), or an ``EMOptimizer`` whose step size falls
+        linearly from ``lr`` to ``lr_end``."""
         pc, hp = self._require_pc(), self.hparams
         if hp.method == "adam":
             return torch.optim.Adam(pc.parameters(), lr=hp.lr)
@@ -197,6 +206,8 @@ class PriorModule(pl.LightningModule):
         return t
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """One EM step (expected counts summed over the ranks) or one Adam step on a batch; logs and
+        returns the training bpd."""
         pc, hp = self._require_pc(), self.hparams
         x = self.features(batch).to(self.device)
         opt = self.optimizers()
@@ -232,6 +243,8 @@ class PriorModule(pl.LightningModule):
         return bpd
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Validation bpd; on the first batch also the coded bpd of ``coded_items`` items, from real
+        bytes."""
         pc = self._require_pc()
         x = self.features(batch).to(self.device)
         bpd = -pc.log_prob(x).mean() / (pc.num_vars * LN2)
@@ -257,6 +270,8 @@ class PriorModule(pl.LightningModule):
         return path
 
     def on_fit_end(self) -> None:
+        """Export the circuit on rank 0: to ``export_path``, by default ``hclt.pt`` in the log
+        folder (``""``: no export)."""
         target = self.hparams.export_path
         if target == "" or not self.trainer.is_global_zero:
             return

@@ -188,6 +188,7 @@ class RDModule(RDTrainingModule):
     # -- the circuit ----------------------------------------------------------------------------
     @property
     def pc_bottleneck(self) -> PCEntropyBottleneck:
+        """The codec's ``PCEntropyBottleneck`` (the module named by ``bottleneck``)."""
         return getattr(self.net, self.hparams.bottleneck)
 
     def _prior_images(self) -> list[Tensor]:
@@ -251,6 +252,8 @@ class RDModule(RDTrainingModule):
                 eb.update(force=True)
 
     def setup(self, stage: str) -> None:
+        """At the start of a fit (not a resume): fit the PC prior on latents of the training crops,
+        or give a fitted one logistic leaves when ``leaves="logistic"``."""
         if stage != "fit" or self.trainer.ckpt_path is not None:
             return  # resuming: the checkpoint holds the circuit
         eb = self.pc_bottleneck
@@ -262,6 +265,8 @@ class RDModule(RDTrainingModule):
 
     # -- training -------------------------------------------------------------------------------
     def param_groups(self, main: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """The main optimizer's groups: the codec at ``lr`` and the PC prior at ``prior_lr`` (one
+        group when that is None)."""
         prior_lr = self.hparams.prior_lr
         if prior_lr is None:
             return [{"params": main}]
@@ -273,6 +278,7 @@ class RDModule(RDTrainingModule):
         return [{"params": codec}, {"params": prior, "lr": prior_lr}]
 
     def configure_optimizers(self):
+        """``RDTrainingModule``'s optimizers, once the PC prior is fitted (``setup`` fits it)."""
         if not self.pc_bottleneck.fitted:
             raise RuntimeError(
                 "the PC bottleneck is not fitted: RDModule fits it in setup('fit') "
@@ -291,6 +297,8 @@ class RDModule(RDTrainingModule):
             handle.remove()
 
     def rd_step(self, x: Tensor) -> dict[str, Tensor]:
+        """``RDTrainingModule.rd_step``, with the latent captured for the plain bottleneck's loss
+        (``extra_loss``)."""
         with self.capture_latent() as self._seen:
             try:
                 return super().rd_step(x)
@@ -310,12 +318,15 @@ class RDModule(RDTrainingModule):
         return torch.log(lik).sum() / (-math.log(2) * n * h * w)
 
     def on_validation_epoch_start(self) -> None:
+        """Rebuild the coding tables, the plain bottleneck's too."""
         super().on_validation_epoch_start()
         if self.plain_bottleneck is not None:
             with torch.no_grad():
                 self.plain_bottleneck.update(force=True)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        """``RDTrainingModule.validation_step``, plus the plain bottleneck's rate
+        (``val_bpp_plain``)."""
         with self.capture_latent() as seen:
             super().validation_step(batch, batch_idx)
         if self.plain_bottleneck is not None and seen:
