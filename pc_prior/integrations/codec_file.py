@@ -25,6 +25,7 @@ names the local-file alternative).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from ..files import check_format, read_file, write_file
 from ..framing import CODEC_FILE
 from .base import stored_tables
 from .entropy_models import PCEntropyBottleneck
+from .swap import PC_MODULES, swap_entropy_model
 
 __all__ = [
     "CODEC_FORMAT",
@@ -79,7 +81,7 @@ def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = Non
     raise InputError(f"unknown arch {arch!r}; zoo architectures: {', '.join(sorted(image_models))}")
 
 
-def _float_state(state: dict[str, Any]) -> dict[str, Any]:
+def _float_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """Half-precision tensors (as the shared codecs store their weights) as float32; float32 and
     float64 stay as saved, so a float64 circuit rebuilds its tables from its exact parameters."""
     return {
@@ -143,8 +145,6 @@ def codec_from_content(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``read_codec_file`` for a file already read by ``pc_prior.files.read_file`` (so it is read once)."""
     from compressai.zoo.image import model_architectures
-
-    from .swap import swap_entropy_model
 
     _check_fields(ck, path, digested)
     state = _float_state(ck["state_dict"])
@@ -210,8 +210,6 @@ def save_codec(
     integer tables themselves (8-10x larger for a ``PCConditional``), which loading then uses as
     they are. Floating tensors that float16 holds exactly are stored as float16 (lossless).
     """
-    from .swap import PC_MODULES
-
     pc_modules = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for name in pc_modules:

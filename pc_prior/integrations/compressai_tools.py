@@ -54,7 +54,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError, ModelLoadError
 from ..files import read_file
-from .codec_file import CODEC_FORMAT, codec_from_content
+from .codec_file import CODEC_FORMAT, _float_state, codec_from_content
 from .swap import PC_MODULES, swap_entropy_model
 
 __all__ = [
@@ -174,14 +174,6 @@ def registered_architectures(*tables: dict[str, Any]) -> Iterator[None]:
 
 
 # -- CompressAI checkpoints -----------------------------------------------------------------------
-
-
-def _float32(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Half-precision tensors as float32 (lossless), others as saved: what pc-prior's loader does."""
-    return {
-        k: v.float() if torch.is_tensor(v) and v.dtype in (torch.float16, torch.bfloat16) else v
-        for k, v in state.items()
-    }
 
 
 def checkpoint_state(obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -337,7 +329,7 @@ def codec_from_checkpoint(
         raise ModelLoadError(
             f"unknown architecture {arch!r}; known: {', '.join(sorted(model_architectures))}"
         )
-    state = _float32(state)
+    state = _float_state(state)
     try:
         net = pc_aware_class(model_architectures[arch]).from_state_dict(state)  # type: ignore[attr-defined]
     except Exception as e:
@@ -396,7 +388,7 @@ def _verified_checkpoint(path: Path, want: type | None, flag: str) -> bytes:
             raise ModelLoadError(
                 f"{path} is neither a codec file (arch, quality, state_dict) nor a state dict"
             )
-        state = _float32(found)
+        state = _float_state(found)
     buf = io.BytesIO()
     torch.save({"state_dict": state}, buf)
     return buf.getvalue()
