@@ -26,6 +26,7 @@ __all__ = [
     "check_step_size",
     "check_tensor",
     "fit_keywords",
+    "tensor_problem",
 ]
 
 # The dtypes each kind of tensor argument may have: the ones every device computes with. Bools,
@@ -160,25 +161,37 @@ def check_rows(name: str, x: Any, num_vars: int | None = None) -> torch.Tensor:
     return x
 
 
-def check_tensor(
+def tensor_problem(
     name: str, x: Any, kind: Literal["integer", "float", "real"], shape: str = ""
-) -> torch.Tensor:
-    """``x`` if it is a dense tensor with values of ``kind`` (``TENSOR_KINDS``), else ``InputError``.
+) -> str | None:
+    """Why ``x`` is not a dense tensor with values of ``kind`` (``TENSOR_KINDS``), or None.
 
-    Sparse, nested and meta tensors (no values to read) and dtypes outside the kind fail here,
-    with their name, instead of as a ``NotImplementedError`` inside torch. ``shape`` (for
-    example ``"[B, C, H, W]"``) only words the message.
+    Sparse, nested and meta tensors (no values to read) and dtypes outside the kind are named
+    here instead of failing as a ``NotImplementedError`` inside torch. ``shape`` (for example
+    ``"[B, C, H, W]"``) only words the message. For loaders that collect problems (state dicts);
+    arguments use ``check_tensor``.
     """
     what = f"{'an' if kind == 'integer' else 'a'} {kind} torch.Tensor{' ' + shape if shape else ''}"
     if not isinstance(x, torch.Tensor):
-        raise InputError(f"{name} must be {what}, got {type(x).__name__}")
+        return f"{name} must be {what}, got {type(x).__name__}"
     if x.layout != torch.strided:
-        raise InputError(f"{name} must be a dense tensor, got layout {x.layout} (call .to_dense())")
+        return f"{name} must be a dense tensor, got layout {x.layout} (call .to_dense())"
     if x.is_meta:
-        raise InputError(f"{name} is a meta tensor: it has no values to code or fit on")
+        return f"{name} is a meta tensor: it has no values to code or fit on"
     if x.is_quantized or x.dtype not in TENSOR_KINDS[kind]:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in TENSOR_KINDS[kind])
-        raise InputError(f"{name} must be {what} ({allowed}), got {x.dtype}")
+        return f"{name} must be {what} ({allowed}), got {x.dtype}"
+    return None
+
+
+def check_tensor(
+    name: str, x: Any, kind: Literal["integer", "float", "real"], shape: str = ""
+) -> torch.Tensor:
+    """``x`` if it is a dense tensor with values of ``kind``, else ``InputError`` naming the
+    problem (``tensor_problem``)."""
+    problem = tensor_problem(name, x, kind, shape)
+    if problem is not None:
+        raise InputError(problem)
     return x
 
 

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_tensor
+from .._checks import tensor_problem
 from ..coding import lowest_argmax
 from ..continuous import gaussian_bits
 from ..errors import InputError
@@ -316,13 +316,12 @@ _SHAPES = {
 
 def _buffer_problem(key: str, t: Any) -> str | None:
     """Why ``t`` (the state-dict entry ``key``, a context buffer by its last component) is not an
-    integer tensor (``pc_prior._checks.check_tensor``) of that buffer's rank (``_SHAPES``), or
+    integer tensor (``pc_prior._checks.tensor_problem``) of that buffer's rank (``_SHAPES``), or
     None."""
     shape = _SHAPES[key.rpartition(".")[2]]
-    try:
-        check_tensor(key, t, "integer", shape)
-    except InputError as e:
-        return str(e)
+    problem = tensor_problem(key, t, "integer", shape)
+    if problem is not None:
+        return problem
     if t.dim() != shape.count(",") + 1:
         return f"{key} must have shape {shape}, got {tuple(t.shape)}"
     return None

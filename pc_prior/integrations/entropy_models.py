@@ -46,8 +46,8 @@ from .._checks import (
     check_int,
     check_real,
     check_step_size,
-    check_tensor,
     fit_keywords,
+    tensor_problem,
 )
 from ..coding import (
     MAX_LATENTS,
@@ -150,10 +150,9 @@ def _buffer_problem(state_dict: dict[str, Any], prefix: str) -> str | None:
     }
     for name, kind in kinds.items():
         if prefix + name in state_dict:
-            try:
-                check_tensor(prefix + name, state_dict[prefix + name], kind)  # type: ignore[arg-type]
-            except InputError as e:
-                return str(e)
+            problem = tensor_problem(prefix + name, state_dict[prefix + name], kind)  # type: ignore[arg-type]
+            if problem is not None:
+                return problem
     sched = state_dict[prefix + "_pc_schedule"]
     if tuple(sched.shape) != (1,) or not 0 <= int(sched[0]) < len(SCHEDULE_CODES):
         return (
