@@ -1,0 +1,34 @@
+"""Public names that load when first used (PEP 562), for packages whose import must stay light.
+
+``import pc_prior`` and ``pc-prior --help`` import no torch: the packages that re-export heavy
+modules' names (``pc_prior``, ``pc_prior.eval``) map each name to its module here and import that
+module on first access only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(
+    package: str, homes: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` for names ``homes`` maps to their submodule
+    (``{"HCLT": "hclt"}``): the submodule is imported on the name's first access and the value
+    kept in the package, so later accesses are plain attribute reads."""
+    module = sys.modules[package]
+
+    def __getattr__(name: str) -> Any:
+        if name in homes:
+            value = getattr(importlib.import_module(f".{homes[name]}", package), name)
+            setattr(module, name, value)  # once
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(module)) | set(homes))
+
+    return __getattr__, __dir__
