@@ -584,14 +584,17 @@ def _file_targets(g: torch.Generator, folder: Path, marker: Path) -> list[_Targe
     save_codec(codec, folder / "codec.pt", "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
     cbytes = (folder / "codec.pt").read_bytes()
 
-    def run_codec(i: int, d: bytes) -> Any:
-        net = load_codec(load_bytes(d, "case-codec.pt"))
-        with torch.no_grad():
-            return net.decompress(enc["strings"], enc["shape"])["x_hat"]
+    def codec_target(name: str, data: bytes, strings: dict, ref: torch.Tensor) -> _Target:
+        """A codec file, mutated: loaded, it must decode ``strings`` to ``ref`` or be refused."""
 
-    codec_file = _Target(
-        "codec-file", [cbytes], run_codec, lambda i, out: torch.equal(out, ref_hat), weight=0.4
-    )
+        def run(i: int, d: bytes) -> Any:
+            net = load_codec(load_bytes(d, f"case-{name}.pt"))
+            with torch.no_grad():
+                return net.decompress(strings["strings"], strings["shape"])["x_hat"]
+
+        return _Target(name, [data], run, lambda i, out: torch.equal(out, ref), weight=0.4)
+
+    codec_file = codec_target("codec-file", cbytes, enc, ref_hat)
 
     # a hyperprior codec with both PC entropy models and their default contexts
     hyper, h_enc, h_hat = _hyperprior_codec()
@@ -599,14 +602,7 @@ def _file_targets(g: torch.Generator, folder: Path, marker: Path) -> list[_Targe
     hbytes = (folder / "hyper.pt").read_bytes()
     codecs = {1: ("codec.pt", enc, "entropy_bottleneck"), 2: ("hyper.pt", h_enc, "")}
 
-    def run_hyper(i: int, d: bytes) -> Any:
-        net = load_codec(load_bytes(d, "case-hyper.pt"))
-        with torch.no_grad():
-            return net.decompress(h_enc["strings"], h_enc["shape"])["x_hat"]
-
-    hyper_file = _Target(
-        "hyper-codec-file", [hbytes], run_hyper, lambda i, out: torch.equal(out, h_hat), weight=0.4
-    )
+    hyper_file = codec_target("hyper-codec-file", hbytes, h_enc, h_hat)
 
     # consistent files (digest recomputed) with one field changed: must be refused or decode right
     def forged_file(i: int, d: bytes) -> Any:
