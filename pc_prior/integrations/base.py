@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
+import constriction
 import numpy as np
 import torch
 from compressai.models.utils import update_registered_buffers
@@ -35,7 +36,20 @@ from torch import Tensor, nn
 
 from .. import framing
 from .._checks import check_tensor
-from ..coding import CodingTables, check_decode_limit, check_payload_holds, min_item_bits
+from ..coding import (
+    MAX_SYMBOL,
+    CodingTables,
+    IncrementalConditionals,
+    check_decode_limit,
+    check_payload_holds,
+    decode_check,
+    decode_columns,
+    encode_check,
+    encode_columns,
+    finish_decoding,
+    min_item_bits,
+    range_decoders,
+)
 from ..errors import (
     BitstreamError,
     CheckpointError,
@@ -49,6 +63,7 @@ __all__ = [
     "MAX_TABLE_ENTRIES",
     "NoCdfTables",
     "PCEntropyModel",
+    "PassCondition",
     "check_latent",
     "loaded_tables",
     "no_cdf_tables",
@@ -224,6 +239,14 @@ def check_latent(owner: str, x: Any, channels: int, what: str = "latent") -> Non
         )
 
 
+class PassCondition(NamedTuple):
+    """What one pass of a coding schedule codes its positions under (each None when unused)."""
+
+    groups: Tensor | None = None  #: rows [B*n, C]: leaf groups (context groups, scale indexes)
+    roots: Tensor | None = None  #: rows [B*n, K]: root weights (a state context's priors)
+    means: Tensor | None = None  #: rows [B*n, C]: integer means, subtracted before coding
+
+
 class PCEntropyModel(NoCdfTables):
     """The state every PC entropy model shares: circuit, table buffers, fingerprint, compact storage.
 
@@ -252,6 +275,7 @@ class PCEntropyModel(NoCdfTables):
         reg("_pc_emit", torch.zeros((0,) * emit_dims, dtype=torch.int32), persistent=False)
         self._pending_load: tuple | None = None
         self._tables_source: bytes | None = None  # _params_digest() the tables were built from
+        self._tables_cache: tuple | None = None  # _require_tables: (watched tensors, tables, fp)
         # Tables are rebuilt once the circuit (a child module) has its parameters: after loading.
         self.register_load_state_dict_post_hook(PCEntropyModel._after_load)  # type: ignore[attr-defined]
 
@@ -281,12 +305,35 @@ class PCEntropyModel(NoCdfTables):
             self._pc_emit.double(),
         )
 
-    def _fingerprint(self, tables: CodingTables, *extra: Tensor) -> bytes:
-        """8 bytes naming this model in its strings: the tables and whatever else the coder reads."""
+    def _fingerprint(self, tables: CodingTables) -> bytes:
+        """8 bytes naming this model in its strings: the tables and whatever else the coder reads
+        (``_fingerprint_tensors``)."""
         h = hashlib.sha256(tables.fingerprint)
-        for t in extra:
+        for t in self._fingerprint_tensors():
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.digest()[:8]
+
+    def _require_tables(self) -> tuple[CodingTables, bytes]:
+        """The tables in the buffers and this model's fingerprint, cached while the same tensors
+        (held here, so none can be freed and another take its place) are unchanged in place."""
+        watched: tuple[Tensor, ...] = (
+            self._pc_parent,
+            self._pc_root,
+            self._pc_trans,
+            self._pc_emit,
+        )
+        watched += self._coded_state()
+        versions = tuple(t._version for t in watched)
+        cache = self._tables_cache
+        if (
+            cache is None
+            or len(cache[0]) != len(watched)
+            or any(a is not b for a, b in zip(cache[0], watched))
+            or cache[1] != versions
+        ):
+            tables = self._coding_tables()
+            cache = self._tables_cache = (watched, versions, tables, self._fingerprint(tables))
+        return cache[2], cache[3]
 
     def _frame(self, fingerprint: bytes, size: tuple[int, int], encoder: Any) -> bytes:
         """One string: this model's header (``FORMAT``, fingerprint, latent size) and the coder's words."""
@@ -304,11 +351,114 @@ class PCEntropyModel(NoCdfTables):
         """Every string's payload words, headers checked (``unpack_strings``)."""
         return unpack_strings(strings, self.FORMAT, fingerprint, size, tables, channels)
 
+    # -- what each subclass adds ------------------------------------------------------------------
     def _compute_tables(self) -> CodingTables:
+        """The integer coding tables of the fitted circuit."""
         raise NotImplementedError
 
     def _tables_entries(self) -> int:
+        """How many emission entries a loaded state dict would rebuild (checked before allocating)."""
         raise NotImplementedError
+
+    def _coded_state(self) -> tuple[Tensor, ...]:
+        """The tensors besides the tables that the coder reads (their change re-fingerprints)."""
+        raise NotImplementedError
+
+    def _fingerprint_tensors(self) -> tuple[Tensor, ...]:
+        """What the fingerprint hashes besides the tables (in the dtypes the strings were made with)."""
+        raise NotImplementedError
+
+    def _passes(self, h: int, w: int, device: torch.device) -> list[tuple[Tensor, str | None]]:
+        """The coding schedule: each pass's positions [H, W] (bool) and lattice."""
+        raise NotImplementedError
+
+    def _alphabet(self, channels: int) -> tuple[Tensor, np.ndarray]:
+        """Each channel's lowest directly coded symbol [C] (long, on the module's device) and
+        alphabet size [C] (int64); the circuit's last leaf symbol is ESCAPE."""
+        raise NotImplementedError
+
+    def _pass_condition(
+        self, k: int, mask: Tensor, lattice: str | None, symbols: Tensor, states: Tensor, side: Any
+    ) -> PassCondition:
+        """What pass ``k``'s positions are coded under, from ``symbols`` [B, C, H, W] (only the
+        earlier passes' positions may be read: the decoder knows no others yet), the exact root
+        states of the earlier passes, and the model's side input (a conditional's indexes)."""
+        raise NotImplementedError
+
+    # -- coding ---------------------------------------------------------------------------------
+    def _encode_symbols(self, symbols: Tensor, side: Any = None) -> list[bytes]:
+        """One string per batch item for integer ``symbols`` [B, C, H, W] (none for B = 0): the
+        schedule's passes in order, each one loop over the channels batched over all its positions
+        and images (``encode_columns``), closed by a CRC-32 of the item's symbols."""
+        tables, fp = self._require_tables()
+        b, c, h, w = symbols.shape
+        if h * w == 0:
+            raise InputError(f"cannot code an empty latent of spatial size {h}x{w}")
+        if b == 0:  # as CompressAI's entropy models: no items, no strings
+            return []
+        dev, escape = tables.root.device, tables.emit.shape[-1] - 1
+        lo, n_np = self._alphabet(c)
+        n = torch.as_tensor(n_np, device=symbols.device)
+        lo = lo.to(symbols.device)
+        encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
+        states = torch.zeros(b, h, w, dtype=torch.long, device=symbols.device)
+        for k, (mask, lattice) in enumerate(self._passes(h, w, symbols.device)):
+            cond = self._pass_condition(k, mask, lattice, symbols, states, side)
+            items = int(mask.sum())
+            values = pass_rows(symbols, mask)
+            if cond.means is not None:
+                values = values - cond.means
+                if values.numel() and int(values.abs().max()) > MAX_SYMBOL:
+                    raise InputError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
+            rel = values - lo
+            esc = (rel < 0) | (rel >= n)
+            idx = torch.where(esc, torch.full_like(rel, escape), rel)
+            inc = IncrementalConditionals(
+                tables, b * items, dev, groups=cond.groups, roots=cond.roots
+            )
+            encode_columns(encs, inc, idx, items, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
+            if cond.roots is not None:
+                states[:, mask] = inc.root_states().to(states.device).view(b, items)
+        sym = symbols.cpu().numpy()
+        for j, enc in enumerate(encs):
+            encode_check(enc, sym[j])
+        return [self._frame(fp, (h, w), enc) for enc in encs]
+
+    def _decode_symbols(
+        self, strings: Any, size: tuple[int, int], channels: int, side: Any = None
+    ) -> Tensor:
+        """``_encode_symbols``' strings back into the symbols [B, C, H, W] (long, on the module's
+        device), every header checked before anything is allocated (``unpack_strings``), the same
+        passes and conditions in the same order, each item's CRC-32 checked at its end."""
+        tables, fp = self._require_tables()
+        words = self._unframe(strings, fp, size, tables, channels)
+        b, c, (h, w) = len(strings), channels, size
+        at = self._offset.device
+        if b == 0:  # no strings, as the encoder gives for an empty batch: an empty latent
+            return torch.zeros(0, c, h, w, dtype=torch.long, device=at)
+        dev, escape = tables.root.device, tables.emit.shape[-1] - 1
+        lo, n_np = self._alphabet(c)
+        lo = lo.to(at)
+        decs = range_decoders(words)
+        symbols = torch.zeros(b, c, h, w, dtype=torch.long, device=at)
+        states = torch.zeros(b, h, w, dtype=torch.long, device=at)
+        for k, (mask, lattice) in enumerate(self._passes(h, w, at)):
+            cond = self._pass_condition(k, mask, lattice, symbols, states, side)
+            items = int(mask.sum())
+            inc = IncrementalConditionals(
+                tables, b * items, dev, groups=cond.groups, roots=cond.roots
+            )
+            values = decode_columns(decs, inc, items, escape, n_np, self.FORMAT.name).to(at) + lo
+            if cond.means is not None:
+                values = values + cond.means
+            symbols[..., mask] = values.view(b, items, c).permute(0, 2, 1)
+            if cond.roots is not None:
+                states[:, mask] = inc.root_states().to(at).view(b, items)
+        sym = symbols.cpu().numpy()
+        for j, dec in enumerate(decs):
+            decode_check(dec, sym[j], f"{self.FORMAT.name} bitstream {j}")
+        finish_decoding(decs, self.FORMAT.name)
+        return symbols
 
     def _params_digest(self) -> bytes:
         """SHA-256 of what the tables are computed from: the circuit's state and the alphabet."""

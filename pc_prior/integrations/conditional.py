@@ -42,7 +42,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import constriction
 import numpy as np
 import torch
 from compressai.entropy_models import GaussianConditional
@@ -54,22 +53,15 @@ from .._checks import check_choice, check_int, check_real, check_tensor, fit_key
 from ..coding import (
     MAX_SYMBOL,
     CodingTables,
-    IncrementalConditionals,
     circuit_tables,
-    decode_check,
-    decode_columns,
-    encode_check,
-    encode_columns,
     escape_bits,
-    finish_decoding,
-    range_decoders,
 )
 from ..continuous import LIKELIHOOD_BOUND, ScaleConditionedTree, gaussian_bin_mass
 from ..errors import InputError, NotFittedError, PCPriorError
 from ..progress import progress_bar
 from ..settings import CHOICES, CONDITIONAL_CONTEXTS, ConditionalFit
 from ..structure import Tree, chow_liu_tree, pairwise_mutual_information, star_tree
-from .base import PCEntropyModel, loaded_tables, pass_rows, position_rows
+from .base import PassCondition, PCEntropyModel, loaded_tables, pass_rows, position_rows
 from .context import CheckerboardContext, lattice_masks, pass_masks
 from .entropy_models import STRUCTURES, check_latent
 
@@ -139,7 +131,6 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         self.anchor_context: CheckerboardContext | None = (
             None  # diagonal lattice, only with context
         )
-        self._tables_cache: tuple | None = None
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -156,17 +147,45 @@ class PCConditional(PCEntropyModel, GaussianConditional):
             )
         return -int(self._offset[0])
 
-    def _require_tables(self) -> tuple[CodingTables, bytes]:
-        """The tables in the buffers and the fingerprint (tables, alphabet, scale table, contexts),
-        cached until a buffer changes."""
-        ctx = [b for m in (self.context, self.anchor_context) if m is not None for b in m.buffers()]
-        bufs = (self._pc_parent, self._pc_root, self._pc_trans, self._pc_emit, self._offset)
-        key = tuple((b.data_ptr(), b._version) for b in (*bufs, self.scale_table, *ctx))
-        if self._tables_cache is None or self._tables_cache[0] != key:
-            tables = self._coding_tables()
-            extra = (self._offset.to(torch.int32), self.scale_table.float(), *ctx)
-            self._tables_cache = (key, tables, self._fingerprint(tables, *extra))
-        return self._tables_cache[1], self._tables_cache[2]
+    @property
+    def schedule(self) -> str | None:
+        """The coding schedule of the spatial context: None (one pass), ``"checkerboard"`` or
+        ``"three-pass"`` (``ConditionalFit.context``; ``context`` and ``anchor_context`` are
+        the fitted context modules)."""
+        if self.context is None:
+            return None
+        return "checkerboard" if self.anchor_context is None else "three-pass"
+
+    def _context_buffers(self) -> list[Tensor]:
+        return [
+            b for m in (self.context, self.anchor_context) if m is not None for b in m.buffers()
+        ]
+
+    def _coded_state(self) -> tuple[Tensor, ...]:
+        return (self._offset, self.scale_table, *self._context_buffers())
+
+    def _fingerprint_tensors(self) -> tuple[Tensor, ...]:
+        return (self._offset.to(torch.int32), self.scale_table.float(), *self._context_buffers())
+
+    def _passes(self, h: int, w: int, device: torch.device) -> list[tuple[Tensor, str | None]]:
+        return pass_masks(h, w, self.schedule, device)
+
+    def _alphabet(self, channels: int) -> tuple[Tensor, np.ndarray]:
+        r = self.radius
+        return (
+            torch.full((channels,), -r, dtype=torch.long, device=self._offset.device),
+            np.full(channels, 2 * r + 1, dtype=np.int64),
+        )
+
+    def _pass_condition(
+        self, k: int, mask: Tensor, lattice: str | None, symbols: Tensor, states: Tensor, side: Any
+    ) -> PassCondition:
+        """Each item's scale index; in a later pass shifted, with an integer mean, by the context
+        of the positions decoded before it."""
+        if k == 0:
+            return PassCondition(groups=pass_rows(side, mask))
+        indexes, means = self._apply_context(symbols, side)
+        return PassCondition(groups=pass_rows(indexes, mask), means=pass_rows(means, mask))
 
     def _compute_tables(self) -> CodingTables:
         """The circuit's integer tables for the current radius and scale table (``pc_prior.portable``
@@ -365,15 +384,6 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                 f"indexes must lie in 0..{len(table) - 1} (the scale table's {len(table)} entries), "
                 f"got {int(indexes.min())}..{int(indexes.max())}"
             )
-
-    def _pass_masks(self, h: int, w: int) -> list[Tensor]:
-        """Positions coded in each pass (non-empty): all at once; the checkerboard's anchors then the
-        rest; or with ``anchor_context`` the (even, even) quarter, the (odd, odd) quarter, the rest
-        (``pc_prior.integrations.context.pass_masks``, the bottleneck's schedules too)."""
-        schedule = None if self.context is None else "checkerboard"
-        if self.anchor_context is not None:
-            schedule = "three-pass"
-        return [m for m, _ in pass_masks(h, w, schedule)]
 
     def _apply_context(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
         """Coded indexes and integer means [B, C, H, W] of every position from the symbols of the
@@ -685,35 +695,10 @@ class PCConditional(PCEntropyModel, GaussianConditional):
     def compress(self, inputs: Tensor, indexes: Tensor, means: Tensor | None = None) -> list[bytes]:
         """One string per batch item for the latent [B, C, H, W] given scale ``indexes`` (and
         means); none for an empty batch."""
-        tables, fp = self._require_tables()
+        self._require_tables()  # NotFittedError before any check of the inputs
         self._check(inputs, indexes, means=means)
-        b, c, h, w = inputs.shape
-        if h * w == 0:
-            raise InputError(f"cannot code an empty latent of spatial size {h}x{w}")
-        r = self.radius
-        u = self._symbols(inputs, means).cpu()
-        if b == 0:  # as CompressAI's entropy models: no items, no strings
-            return []
-        s = indexes.long().cpu()
-        sym = u.numpy()  # each string is closed by its symbols' check
-        if self.context is not None:  # later passes: code u - m under shifted indexes
-            s, m = self._apply_context(u, s)
-            u = u - m
-            if u.numel() and int(u.abs().max()) > MAX_SYMBOL:
-                raise InputError(f"latent symbols exceed the coder's range |s| <= {MAX_SYMBOL}")
-        alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
-        tables = tables.to("cpu")
-        encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
-        for mask in self._pass_masks(h, w):
-            n = int(mask.sum())
-            rel = pass_rows(u, mask) + r
-            esc = (rel < 0) | (rel > 2 * r)
-            idx = torch.where(esc, torch.full_like(rel, 2 * r + 1), rel)
-            inc = IncrementalConditionals(tables, b * n, "cpu", groups=pass_rows(s, mask))
-            encode_columns(encs, inc, idx, n, rel.numpy(), esc.numpy(), alphabet)
-        for j, enc in enumerate(encs):
-            encode_check(enc, sym[j])
-        return [self._frame(fp, (h, w), enc) for enc in encs]
+        u = self._symbols(inputs, means).to(self._offset.device)
+        return self._encode_symbols(u, indexes.long().to(self._offset.device))
 
     def decompress(
         self,
@@ -725,36 +710,13 @@ class PCConditional(PCEntropyModel, GaussianConditional):
         """Decode ``compress``'s strings given the same ``indexes`` (and means) into y_hat [B, C, H, W]."""
         if not isinstance(strings, (list, tuple)):
             raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
-        tables, fp = self._require_tables()
+        self._require_tables()  # NotFittedError before the strings are read
         self._check(indexes, indexes, means=means, what="scale index map")
         b, c, h, w = indexes.shape
         if len(strings) != b:
             raise InputError(f"{len(strings)} strings for a batch of {b} index maps")
-        words = self._unframe(strings, fp, (h, w), tables, c)
-        if b == 0:  # no strings, as ``compress`` gives for an empty batch: an empty latent
-            return self.dequantize(torch.empty(0, c, h, w, device=indexes.device), means, dtype)
-        r = self.radius
-        alphabet = np.full(c, 2 * r + 1, dtype=np.int64)
-        s = indexes.long().cpu()
-        u = torch.zeros(b, c, h, w, dtype=torch.long)
-        tables = tables.to("cpu")
-        decs = range_decoders(words)
-        for k, mask in enumerate(self._pass_masks(h, w)):
-            groups, m = s, None
-            if k > 0:  # the earlier passes are decoded: this pass's context
-                groups, m = self._apply_context(u, s)
-            n = int(mask.sum())
-            inc = IncrementalConditionals(tables, b * n, "cpu", groups=pass_rows(groups, mask))
-            rel = decode_columns(decs, inc, n, 2 * r + 1, alphabet, self.FORMAT.name)
-            vals = (rel - r).view(b, n, c).permute(0, 2, 1)
-            u[..., mask] = vals + m[..., mask] if m is not None else vals
-        sym = u.numpy()
-        for j, dec in enumerate(decs):
-            decode_check(dec, sym[j], f"{self.FORMAT.name} bitstream {j}")
-        finish_decoding(decs, self.FORMAT.name)
-        dev = indexes.device
-        sym = torch.empty(
-            b, c, h, w, dtype=torch.float32, device=dev
-        )  # standard strides, as forward's
+        u = self._decode_symbols(strings, (h, w), c, indexes.long().to(self._offset.device))
+        # standard strides, as forward's
+        sym = torch.empty(b, c, h, w, dtype=torch.float32, device=indexes.device)
         sym.copy_(u)
         return self.dequantize(sym, means, dtype)

@@ -31,10 +31,10 @@ model's code length, which is all CompressAI's rate term uses.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import constriction
 import numpy as np
 import torch
 from compressai.entropy_models import EntropyBottleneck
@@ -54,17 +54,10 @@ from ..coding import (
     MAX_PARAM,
     MAX_SYMBOL,
     CodingTables,
-    IncrementalConditionals,
     circuit_tables,
     coding_tables,
-    decode_check,
-    decode_columns,
-    encode_check,
-    encode_columns,
     escape_bits,
-    finish_decoding,
     quantize_probs,
-    range_decoders,
 )
 from ..continuous import DiscretizedLogisticTree
 from ..errors import CheckpointError, InputError, PCPriorError
@@ -74,6 +67,7 @@ from ..structure import Tree, chow_liu_tree, pairwise_mutual_information, star_t
 from ..training import em_update, expected_counts, fit_em
 from .base import (
     MAX_TABLE_ENTRIES,
+    PassCondition,
     PCEntropyModel,
     check_latent,
     loaded_tables,
@@ -314,9 +308,21 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         state[prefix + "pc.emission_logits"] = (-level * LEAF_STEP).to(trans.dtype)
 
     @property
-    def context(self) -> str | None:
-        """The spatial context's schedule: None (one pass), ``"checkerboard"``, ``"three-pass"`` or ``"four-pass"``."""
+    def schedule(self) -> str | None:
+        """The spatial context's coding schedule: None (one pass), ``"checkerboard"``,
+        ``"three-pass"`` or ``"four-pass"`` (``BottleneckFit.context``)."""
         return SCHEDULE_CODES[int(self._pc_schedule[0])]
+
+    @property
+    def context(self) -> str | None:
+        """Deprecated name of ``schedule`` (``PCConditional.context`` is a module); removed in 0.4."""
+        warnings.warn(
+            "PCEntropyBottleneck.context is renamed schedule (PCConditional.schedule is the same "
+            "string); the old name goes in pc-prior 0.4",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.schedule
 
     @property
     def state_context(self) -> str | None:
@@ -326,23 +332,28 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
 
     def _groups(self, s: Tensor) -> Tensor:
         """Leaf groups [B, C, H, W] of symbol maps under the fitted schedule (all 0 without one)."""
-        return leaf_groups(s, self.context, self._leaf_edges)
+        return leaf_groups(s, self.schedule, self._leaf_edges)
 
     def _medians(self) -> Tensor:
         return self.quantiles[:, 0, 1].detach()
 
-    def _require_tables(self) -> CodingTables:
-        return self._coding_tables()
+    def _coded_state(self) -> tuple[Tensor, ...]:
+        return (
+            self._offset,
+            self._cdf_length,
+            self.quantiles,
+            self._pc_schedule,
+            self._leaf_edges,
+            self._state_roots,
+        )
 
-    def _fingerprint(self, tables: CodingTables, *extra: Tensor) -> bytes:
-        return super()._fingerprint(
-            tables,
+    def _fingerprint_tensors(self) -> tuple[Tensor, ...]:
+        return (
             self._offset.to(torch.int32),
             self._cdf_length.to(torch.int32),
             self._medians().float(),
-            *((self._pc_schedule, self._leaf_edges) if self.context is not None else ()),
+            *((self._pc_schedule, self._leaf_edges) if self.schedule is not None else ()),
             *((self._state_roots,) if self.state_context is not None else ()),
-            *extra,
         )
 
     def _compute_tables(self) -> CodingTables:
@@ -601,7 +612,7 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         max_items, tail = a["max_items"], a["tail"]
         dev = self.quantiles.device
         if warm_start:  # the fitted schedule and edges
-            context = self.context if self.fitted else None
+            context = self.schedule if self.fitted else None
             edges: Tensor | None = self._leaf_edges
         else:
             edges = torch.tensor(MAGNITUDE_EDGES) if context_bins == "fixed" else None
@@ -699,9 +710,9 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         a little rate, never correctness.
         """
         pc = self._require_fitted()
-        assert isinstance(values, (list, tuple)) and self.context is not None
+        assert isinstance(values, (list, tuple)) and self.schedule is not None
         maps = [self.symbols(y.to(self.quantiles.device)) for y in values]
-        r, k = num_state_ids(self.context, pc.num_latents), pc.num_latents
+        r, k = num_state_ids(self.schedule, pc.num_latents), pc.num_latents
         for epoch in range(a["state_epochs"] + 1):
             evidence, ids = [], []
             for sym in maps:
@@ -756,8 +767,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         pc = self._require_fitted()
         states = (m + pc.log_root().detach()).argmax(-1).view(b, h, w)
         ids = torch.zeros(b, h, w, dtype=torch.long, device=m.device)
-        for mask, lattice in pass_masks(h, w, self.context, m.device):
-            ids[:, mask] = state_ids(states, self.context, lattice, pc.num_latents)[:, mask]
+        for mask, lattice in pass_masks(h, w, self.schedule, m.device):
+            ids[:, mask] = state_ids(states, self.schedule, lattice, pc.num_latents)[:, mask]
         return ids
 
     def _fit_symbols(
@@ -920,33 +931,8 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
 
     def compress(self, x: Tensor) -> list[bytes]:
         """One bitstream per batch item for the latent x [B, C, H, W] (none for an empty batch)."""
-        tables = self._require_tables()
-        s = self.symbols(x)
-        b, _c, h, w = s.shape
-        if h * w == 0:
-            raise InputError(f"cannot code an empty latent of spatial size {h}x{w}")
-        if b == 0:  # as CompressAI's entropy models: no items, no strings
-            return []
-        dev = tables.root.device
-        n_np = self._cdf_length.cpu().numpy().astype(np.int64)
-        encs = [constriction.stream.queue.RangeEncoder() for _ in range(b)]
-        grouped = tables.emit.dim() == 4
-        groups = self._groups(s) if grouped else None
-        states = torch.zeros(b, h, w, dtype=torch.long, device=s.device)
-        for mask, lattice in pass_masks(h, w, self.context, s.device):
-            n = int(mask.sum())
-            idx, rel, esc = self._indices(pass_rows(s, mask))
-            grp = None if groups is None else pass_rows(groups, mask)
-            roots = self._pass_roots(states, mask, lattice)
-            inc = IncrementalConditionals(tables, b * n, dev, groups=grp, roots=roots)
-            encode_columns(encs, inc, idx, n, rel.cpu().numpy(), esc.cpu().numpy(), n_np)
-            if roots is not None:
-                states[:, mask] = inc.root_states().to(states.device).view(b, n)
-        sym = s.cpu().numpy()
-        for j, enc in enumerate(encs):  # each string closed by its symbols' check
-            encode_check(enc, sym[j])
-        fp = self._fingerprint(tables)
-        return [self._frame(fp, (h, w), enc) for enc in encs]
+        self._require_tables()  # NotFittedError before any check of x
+        return self._encode_symbols(self.symbols(x))
 
     def _pass_roots(self, states: Tensor, mask: Tensor, lattice: str | None) -> Tensor | None:
         """The coder's root weights [B*n, K] of one pass's positions, by their state-context ids
@@ -954,8 +940,24 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         if self.state_context is None:
             return None
         k = self._state_roots.shape[1]
-        ids = state_ids(states, self.context, lattice, k)[:, mask].reshape(-1)
+        ids = state_ids(states, self.schedule, lattice, k)[:, mask].reshape(-1)
         return self._state_roots.to(ids.device)[ids].double()
+
+    def _pass_condition(
+        self, k: int, mask: Tensor, lattice: str | None, symbols: Tensor, states: Tensor, side: Any
+    ) -> PassCondition:
+        """A later pass's leaf groups (from its channel's decoded neighbours) and root weights
+        (from the decoded neighbours' states); nothing without a context."""
+        groups = None
+        if self._pc_emit.dim() == 4:  # the groups of this pass read only earlier passes
+            groups = pass_rows(pass_groups(symbols, self.schedule, lattice, self._leaf_edges), mask)
+        return PassCondition(groups, self._pass_roots(states, mask, lattice))
+
+    def _passes(self, h: int, w: int, device: torch.device) -> list[tuple[Tensor, str | None]]:
+        return pass_masks(h, w, self.schedule, device)
+
+    def _alphabet(self, channels: int) -> tuple[Tensor, np.ndarray]:
+        return self._offset.long(), self._cdf_length.cpu().numpy().astype(np.int64)
 
     def decompress(self, strings: list[bytes], size: tuple[int, ...] | torch.Size) -> Tensor:
         """Decode ``compress``'s strings into the dequantized latent [B, C, H, W].
@@ -967,38 +969,10 @@ class PCEntropyBottleneck(PCEntropyModel, EntropyBottleneck):
         if not isinstance(strings, (list, tuple)):
             raise InputError(f"strings must be a list of bytes, got {type(strings).__name__}")
         size = _check_size(size)
-        tables = self._require_tables()
-        fp = self._fingerprint(tables)
-        words = self._unframe(strings, fp, size, tables, self.channels)
-        b, c, (h, w) = len(strings), self.channels, size
-        dev = tables.root.device
-        at = self._offset.device
+        self._require_tables()  # NotFittedError before the strings are read
+        s = self._decode_symbols(strings, size, self.channels)
+        b, c, (h, w) = len(s), self.channels, size
         med = self._medians()
-        if b == 0:  # no strings, as ``compress`` gives for an empty batch: an empty latent
-            return torch.empty(0, c, h, w, dtype=med.dtype, device=at)
-        v = tables.emit.shape[-1]
-        n_np = self._cdf_length.cpu().numpy().astype(np.int64)
-        decs = range_decoders(words)
-        s = torch.zeros(b, c, h, w, dtype=torch.long, device=at)
-        states = torch.zeros(b, h, w, dtype=torch.long, device=at)
-        grouped = tables.emit.dim() == 4
-        for mask, lattice in pass_masks(h, w, self.context, at):
-            n = int(mask.sum())
-            # the groups of this pass read only positions decoded in earlier passes
-            grp = None
-            if grouped:
-                grp = pass_rows(pass_groups(s, self.context, lattice, self._leaf_edges), mask)
-            roots = self._pass_roots(states, mask, lattice)
-            inc = IncrementalConditionals(tables, b * n, dev, groups=grp, roots=roots)
-            rel = decode_columns(decs, inc, n, v - 1, n_np, self.FORMAT.name)
-            vals = rel.to(at) + self._offset.long()
-            s[..., mask] = vals.view(b, n, c).permute(0, 2, 1)
-            if roots is not None:
-                states[:, mask] = inc.root_states().to(at).view(b, n)
-        sym = s.cpu().numpy()
-        for j, dec in enumerate(decs):
-            decode_check(dec, sym[j], f"{self.FORMAT.name} bitstream {j}")
-        finish_decoding(decs, self.FORMAT.name)
         # Fresh standard-stride output: convolutions pick kernels by stride, and a channels-last
         # view (even of 1x1 latents) would make the synthesis differ from the forward pass.
         out = torch.empty(b, c, h, w, dtype=med.dtype, device=self._offset.device)

@@ -115,7 +115,7 @@ def test_context_bottleneck_round_trip_is_exact_and_matches_its_code_length(sche
     kw = dict(epochs=3, full_batch_epochs=1, progress=False)
     eb.fit(train, 3, context=schedule, **kw)
     plain.fit(train, 3, context=None, **kw)
-    assert eb.context == schedule and isinstance(eb.pc, GroupedHCLT)
+    assert eb.schedule == schedule and isinstance(eb.pc, GroupedHCLT)
     assert eb._pc_emit.dim() == 4 and eb._pc_emit.shape[1] == num_leaf_groups(schedule)
     y = torch.cat(test)
     strings, out, bits, model_bits = bottleneck_round_trip(eb, y)
@@ -130,7 +130,7 @@ def test_context_bottleneck_round_trip_is_exact_and_matches_its_code_length(sche
     # a reloaded module decodes the strings; the one-pass circuit refuses them
     again = PCEntropyBottleneck(5)
     again.load_state_dict(eb.state_dict())
-    assert again.context == schedule
+    assert again.schedule == schedule
     assert torch.equal(again.decompress(strings, y.shape[-2:]), out)
     with pytest.raises(Exception, match="another model"):
         plain.decompress(strings, y.shape[-2:])
@@ -140,9 +140,9 @@ def test_rows_and_logistic_leaves_fit_one_pass():
     eb = PCEntropyBottleneck(5)
     rows = torch.randn(100, 5) * 3
     eb.fit(rows, 2, context="three-pass", epochs=1, progress=False)  # rows: one pass
-    assert eb.context is None and not isinstance(eb.pc, GroupedHCLT)
+    assert eb.schedule is None and not isinstance(eb.pc, GroupedHCLT)
     eb.fit(_maps(2), 2, context="checkerboard", leaves="logistic", epochs=1, progress=False)
-    assert eb.context is None  # logistic leaves: one pass
+    assert eb.schedule is None  # logistic leaves: one pass
     with pytest.raises(InputError, match="context"):
         eb.fit(_maps(2), 2, context="five-pass", progress=False)
     with pytest.raises(InputError, match=r"values\[1\] must be a latent map tensor"):
@@ -180,13 +180,13 @@ def test_fit_prior_with_context_saves_and_reloads(tmp_path):
         epochs=1,
         progress=False,
     )
-    assert net.entropy_bottleneck.context == "checkerboard"
+    assert net.entropy_bottleneck.schedule == "checkerboard"
     net.update()
     x = random_images(1, seed=5)[0]
     out = net.compress(x)
     save_codec(net, tmp_path / "c.pt", "FactorizedPrior", 1, net_kwargs={"N": 8, "M": 12})
     again = load_codec(tmp_path / "c.pt")
-    assert again.entropy_bottleneck.context == "checkerboard"
+    assert again.entropy_bottleneck.schedule == "checkerboard"
     rec = again.decompress(out["strings"], out["shape"])["x_hat"]
     assert torch.equal(rec, net.decompress(out["strings"], out["shape"])["x_hat"])
 
@@ -260,7 +260,7 @@ def test_states_first_keeps_the_one_pass_states_and_learns_groups_on_them():
     eb, plain = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
     eb.fit(train, 3, context="three-pass", group_fit="states-first", group_epochs=0, **kw)
     plain.fit(train, 3, context=None, **kw)
-    assert isinstance(eb.pc, GroupedHCLT) and eb.context == "three-pass"
+    assert isinstance(eb.pc, GroupedHCLT) and eb.schedule == "three-pass"
     # the latent states are exactly the one-pass circuit's; only the leaves see the groups
     assert torch.equal(eb.pc.root_logits, plain.pc.root_logits)
     assert torch.equal(eb.pc.transition_logits, plain.pc.transition_logits)

@@ -11,7 +11,13 @@ from helpers import fitted_hyperprior, gc_inputs, random_images
 
 from pc_prior import BitstreamError
 from pc_prior.integrations import PCConditional, collect_conditional_inputs, fit_prior
-from pc_prior.integrations.context import COEF_BITS, CheckerboardContext, anchor_mask, lattice_masks
+from pc_prior.integrations.context import (
+    COEF_BITS,
+    CheckerboardContext,
+    anchor_mask,
+    lattice_masks,
+    pass_masks,
+)
 
 
 def _random_context(c: int, seed: int = 0, lattice: str = "cross") -> CheckerboardContext:
@@ -183,7 +189,8 @@ def test_three_pass_context_round_trips_and_is_its_own_model():
         (3, 1): 2,
         (5, 6): 3,
     }.items():  # one row has no (odd, odd)
-        masks = gc._pass_masks(h, w)
+        assert gc.schedule == "three-pass"
+        masks = [m for m, _ in pass_masks(h, w, gc.schedule)]
         assert len(masks) == passes
         assert torch.equal(
             torch.stack(masks).sum(0), torch.ones(h, w, dtype=torch.long)

@@ -40,12 +40,12 @@ def test_one_state_bottleneck_codes_its_own_output(context):
     # place), so the strings' fingerprint no longer matched the model: "another model's stream"
     eb = _bottleneck(1, context)
     y = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)) * 4
-    tables = {k: v.clone() for k, v in eb._require_tables().state().items()}
+    tables = {k: v.clone() for k, v in eb._require_tables()[0].state().items()}
     strings = eb.compress(y)  # 256 positions a string: more items than symbols
     out = eb.decompress(strings, y.shape[-2:])
     med = eb._medians().view(1, -1, 1, 1)
     assert torch.equal(out, torch.round(y - med) + med)
-    assert all(torch.equal(v, tables[k]) for k, v in eb._require_tables().state().items())
+    assert all(torch.equal(v, tables[k]) for k, v in eb._require_tables()[0].state().items())
 
 
 def test_one_state_lossless_circuit_decodes_its_own_output():

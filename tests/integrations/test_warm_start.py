@@ -65,11 +65,11 @@ def test_bottleneck_warm_start_keeps_the_spatial_context():
     net = _factorized()
     fit_prior(net, random_images(2, seed=0), num_latents=2, epochs=1, progress=False)
     eb = net.entropy_bottleneck
-    assert eb.context == "three-pass"  # the default
+    assert eb.schedule == "three-pass"  # the default
     groups = eb._pc_emit.shape[1]
     logits = eb.pc.emission_logits.detach().clone()
     fit_prior(net, random_images(2, seed=4), epochs=1, warm_start=True, progress=False)
-    assert eb.context == "three-pass" and eb._pc_emit.shape[1] == groups
+    assert eb.schedule == "three-pass" and eb._pc_emit.shape[1] == groups
     assert not torch.equal(eb.pc.emission_logits, logits)
     with pytest.raises(InputError, match="continue it on latent maps"):
         eb.fit(collect_latents(net, random_images(1)), warm_start=True, progress=False)
