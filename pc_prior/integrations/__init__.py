@@ -1,6 +1,7 @@
 """CompressAI entropy models backed by probabilistic circuits: the two PC entropy models, swapping
-them into a codec and fitting them (``fit_prior``), codec files, and CompressAI's own tools on
-them (``compressai_tools``: PC-aware ``from_state_dict``, ``eval_model``/``update_model``).
+them into a codec and fitting them (``fit_prior``), codec files (``codec_file``), CompressAI
+checkpoints of PC codecs (``compressai_checkpoints``: PC-aware ``from_state_dict``), and
+CompressAI's own tools on them (``compressai_tools``: ``eval_model``/``update_model``).
 
 Images (``list_images``, ``load_image``, ``FolderImages``, padding and cropping) are
 ``pc_prior.images``'.
@@ -15,9 +16,9 @@ from .codec_file import (
     resolve_codec,
     save_codec,
 )
+from .compressai_checkpoints import pc_aware_class
 from .compressai_tools import (
     pc_architectures,
-    pc_aware_class,
     registered_architectures,
     run_eval_model,
     run_update_model,

@@ -17,7 +17,8 @@ per live entry, the precision they code with), float weights as float16 where th
 
 Resolving a model spec (``resolve_codec``, what ``pc-prior eval``, the demo, ``RDModule`` and the
 benches call): an existing file is read as above, or as a plain CompressAI state dict or training
-checkpoint (``{"state_dict" | "network" | "model_state_dict": ...}``) given its architecture;
+checkpoint (``{"state_dict" | "network" | "model_state_dict": ...}``) given its architecture
+(``compressai_checkpoints.codec_from_checkpoint``, which imports nothing of this module);
 ``ARCH:qN`` names pretrained zoo weights (downloaded: offline this is a ``ModelLoadError`` that
 names the local-file alternative).
 """
@@ -25,7 +26,6 @@ names the local-file alternative).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from ..errors import CheckpointError, InputError, ModelLoadError
 from ..files import check_format, read_file, write_file
 from ..framing import CODEC_FILE
 from .base import stored_tables
+from .compressai_checkpoints import _float_state, codec_from_checkpoint, describe_checkpoint
 from .entropy_models import PCEntropyBottleneck
 from .swap import PC_MODULES, swap_entropy_model
 
@@ -81,22 +82,11 @@ def build_codec(arch: str, quality: int, net_kwargs: dict[str, Any] | None = Non
     raise InputError(f"unknown arch {arch!r}; zoo architectures: {', '.join(sorted(image_models))}")
 
 
-def _float_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Half-precision tensors (as the shared codecs store their weights) as float32; float32 and
-    float64 stay as saved, so a float64 circuit rebuilds its tables from its exact parameters."""
-    return {
-        k: v.float() if torch.is_tensor(v) and v.dtype in (torch.float16, torch.bfloat16) else v
-        for k, v in state.items()
-    }
-
-
 def _check_fields(ck: dict[str, Any], path: Path, digested: bool) -> None:
     if ck.get("format") is not None:  # without one: a plain CompressAI-style export
         check_format(ck, path, CODEC_FILE, digested)
     missing = [k for k in ("arch", "quality", "state_dict") if k not in ck]
     if missing:
-        from .compressai_tools import describe_checkpoint
-
         raise CheckpointError(
             f"{path} is {describe_checkpoint(ck)}, not a codec file (no {', '.join(missing)}): "
             "read it with resolve_codec(path, arch=ARCH) or 'pc-prior eval FILE --arch ARCH'"
@@ -315,8 +305,6 @@ def _resolve_file(path: Path, arch: str | None, base_only: bool) -> ResolvedCode
             net, name=path.stem, arch=ck["arch"], quality=ck["quality"], source=str(path), info=info
         )
     # a CompressAI state dict or training checkpoint, PC entropy models included (given --arch)
-    from .compressai_tools import codec_from_checkpoint
-
     net, info = codec_from_checkpoint(path, obj, arch)
     return ResolvedCodec(net, name=path.stem, arch=arch, source=str(path), info=info)
 

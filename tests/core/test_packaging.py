@@ -86,3 +86,73 @@ def test_every_public_name_is_exported_once_by_its_owner():
                 )
             else:
                 assert home == name, f"{where} is re-exported from {home}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Which pc_prior modules each pc_prior module imports, read from the source (``ast``): at
+    module level and inside functions alike (a deferred import is still a cycle), but not under
+    ``if TYPE_CHECKING:``. ``from .pkg import name`` counts as importing ``pkg.name`` where that
+    is a module, else ``pkg``; a package's implicit import by its submodules does not count."""
+    import ast
+
+    root = ROOT / "pc_prior"
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def type_checking(node: ast.If) -> bool:
+        test = node.test
+        return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        )
+
+    def nodes(tree: ast.AST):
+        for child in ast.iter_child_nodes(tree):
+            for node in (
+                child.orelse if isinstance(child, ast.If) and type_checking(child) else [child]
+            ):
+                yield node
+                yield from nodes(node)
+
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = graph.setdefault(name, set())
+        for node in nodes(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in files}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + [node.module or ""]) if node.level else node.module or ""
+                target = target.rstrip(".")
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    if sub in files:
+                        found.add(sub)
+                    elif target in files:
+                        found.add(target)
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle among pc_prior's modules, deferred (function-level) imports included: a
+    cycle made lazy still couples two modules both ways (issue 32)."""
+    graph = _import_graph()
+    assert "pc_prior.integrations.codec_file" in graph  # the walk found the modules
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def walk(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join(path[path.index(dep) :] + [name, dep]))
+            elif dep not in state:
+                walk(dep, path + [name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [])
+    assert not cycles, "import cycles: " + "; ".join(cycles)

@@ -1,6 +1,6 @@
-"""CompressAI interop (pc_prior.integrations.compressai_tools): PC-aware from_state_dict, CompressAI's
-eval_model and update_model run on PC codec files through 'pc-prior compressai', and CompressAI
-training checkpoints of PC codecs read by 'pc-prior eval'."""
+"""CompressAI interop (pc_prior.integrations.compressai_tools, compressai_checkpoints): PC-aware
+from_state_dict, CompressAI's eval_model and update_model run on PC codec files through 'pc-prior
+compressai', and CompressAI training checkpoints of PC codecs read by 'pc-prior eval'."""
 
 import json
 import math
@@ -23,13 +23,12 @@ from pc_prior.integrations import (
     resolve_codec,
     save_codec,
 )
-from pc_prior.integrations.compressai_tools import (
+from pc_prior.integrations.compressai_checkpoints import (
     fitting_architectures,
-    pc_architectures,
     pc_aware_class,
     pc_module_names,
-    registered_architectures,
 )
+from pc_prior.integrations.compressai_tools import pc_architectures, registered_architectures
 
 pytest.importorskip("pytorch_msssim", reason="CompressAI's eval_model needs pytorch_msssim")
 pytest.importorskip("torchvision", reason="CompressAI's eval_model needs torchvision")
