@@ -309,6 +309,68 @@ class Lazy:
         return f"Lazy({self.target!r})"
 
 
+class _PassThrough(argparse.Action):
+    """Everything after the verb, for the tool a pass-through command hands it to; ``-h``/``--help``
+    print this parser's help (the tool is imported only when the command runs). With ``verbatim``,
+    a leading ``--`` passes everything after it as it is, ``-h`` included (the tool's own help)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        self.verbatim: bool = kw.pop("verbatim", False)
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        values = list(values)
+        if self.verbatim and values[:1] == ["--"]:
+            values = values[1:]
+        elif "-h" in values or "--help" in values:
+            parser.print_help()
+            parser.exit()
+        setattr(namespace, self.dest, values)
+
+
+def add_pass_through_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    target: str,
+    *,
+    dest: str,
+    description: str,
+    verbatim: bool = False,
+    new: str | None = None,
+    **kw: Any,
+) -> argparse.ArgumentParser:
+    """A leaf command ``name`` that hands every argument after its verb to another tool
+    (LightningCLI, CompressAI's scripts), as the list ``dest``, and runs ``Lazy(target)``.
+
+    It has no option of its own but ``-h``/``--help`` (``_PassThrough``, ``verbatim`` included);
+    ``description`` is wrapped at 79 columns and ``kw`` (``help``, ``usage``, ``epilog``) go to
+    ``add_parser``. With ``new``, ``name`` is a deprecated command that works as ``new``
+    (``add_deprecated_command``). Shared so that every pass-through command parses alike.
+    """
+    kw.update(
+        description=textwrap.fill(description, 79),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+        prefix_chars="\0",  # no option of its own: the tool parses them all
+    )
+    p = sub.add_parser(name, **kw) if new is None else add_deprecated_command(sub, name, new, **kw)
+    p.add_argument(
+        dest,
+        nargs=argparse.REMAINDER,
+        action=_PassThrough,
+        verbatim=verbatim,
+        help=argparse.SUPPRESS,
+    )
+    set_command(p, Lazy(target))
+    return p
+
+
 # ----------------------------------------------------------------------------------------------
 # pc-prior prior fit|adapt (pc_prior.integrations.cli runs them)
 
@@ -504,43 +566,22 @@ LIGHTNING_COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class _LightningArgs(argparse.Action):
-    """Everything after the verb, for LightningCLI; ``-h``/``--help`` print this parser's help
-    (LightningCLI, and so Lightning, is imported only when the command runs)."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        if "-h" in values or "--help" in values:
-            parser.print_help()
-            parser.exit()
-        setattr(namespace, self.dest, list(values))
-
-
 def _add_lightning_command(
     sub: argparse._SubParsersAction, path: str, *, replaced_by: str | None = None
 ) -> None:
+    """Add ``path``'s verb to ``sub``, or with ``replaced_by`` that deprecated name for it."""
     help_, description, target = LIGHTNING_COMMANDS[path]
-    kw: dict[str, Any] = {
-        "description": textwrap.fill(description, 79),
-        "epilog": LIGHTNING_EPILOG,
-        "usage": LIGHTNING_USAGE,
-        "formatter_class": argparse.RawDescriptionHelpFormatter,
-        "add_help": False,
-        "prefix_chars": "\0",  # no option of its own: LightningCLI parses them all
-    }
-    if replaced_by is None:
-        p = sub.add_parser(path.split()[-1], help=help_, **kw)
-    else:
-        p = add_deprecated_command(sub, replaced_by, path, **kw)
-    p.add_argument(
-        "lightning_args", nargs=argparse.REMAINDER, action=_LightningArgs, help=argparse.SUPPRESS
+    kw: dict[str, Any] = {"help": help_} if replaced_by is None else {"new": path}
+    add_pass_through_command(
+        sub,
+        replaced_by or path.split()[-1],
+        target,
+        dest="lightning_args",
+        description=description,
+        epilog=LIGHTNING_EPILOG,
+        usage=LIGHTNING_USAGE,
+        **kw,
     )
-    set_command(p, Lazy(target))
 
 
 def register_codec(sub: argparse._SubParsersAction) -> None:

@@ -7,16 +7,14 @@ checkpoint verified first. So the options are CompressAI's; pc-prior adds none. 
 help; a leading ``--`` passes everything after it verbatim, ``-h`` included (CompressAI's help).
 
 This module only builds parsers: it imports neither torch nor CompressAI (``pc_prior.cli``'s light
-help), and names the command functions with ``Lazy``.
+help), and names the command functions with ``Lazy`` (``pc_prior.cli.add_pass_through_command``).
 """
 
 from __future__ import annotations
 
 import argparse
-import textwrap
-from typing import Any
 
-from .cli import Lazy, set_command
+from .cli import add_pass_through_command
 
 USAGE = "%(prog)s [-h] [--] ARGS ..."
 
@@ -45,26 +43,6 @@ TOOLS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-class _ToolArgs(argparse.Action):
-    """Everything after the verb, for the CompressAI tool. ``-h``/``--help`` print this parser's
-    help, unless a leading ``--`` passes everything after it verbatim."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        values = list(values)
-        if values[:1] == ["--"]:
-            values = values[1:]
-        elif "-h" in values or "--help" in values:
-            parser.print_help()
-            parser.exit()
-        setattr(namespace, self.dest, values)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``compressai eval-model`` and ``compressai update-model``."""
     p = sub.add_parser(
@@ -73,17 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_subparsers(dest="compressai_command", metavar="ACTION", required=True)
     for verb, (help_, description, example, target) in TOOLS.items():
-        leaf = g.add_parser(
+        add_pass_through_command(
+            g,
             verb,
+            target,
+            dest="tool_args",
+            description=description,
+            verbatim=True,
             help=help_,
-            description=textwrap.fill(description, 79),
             epilog=f"example:\n  {example}\n\nSee docs/compressai-interop.md.",
             usage=USAGE,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            add_help=False,
-            prefix_chars="\0",  # no option of its own: the CompressAI tool parses them all
         )
-        leaf.add_argument(
-            "tool_args", nargs=argparse.REMAINDER, action=_ToolArgs, help=argparse.SUPPRESS
-        )
-        set_command(leaf, Lazy(target))

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..images import crop_padding, ms_ssim, pad_to_multiple, psnr
 from ..integrations.base import resize_buffers
 from ..integrations.codec_file import build_codec, save_codec
+from .prior import export_at_fit_end
 
 __all__ = [
     "ZOO_MSE_LAMBDAS",
@@ -317,12 +318,7 @@ class RDTrainingModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         """Export the codec on rank 0: to ``export_path``, by default ``codec.pt`` in the log folder
         (``""``: no export)."""
-        target = self.hparams.export_path
-        if target == "" or not self.trainer.is_global_zero:
-            return
-        if target is None:
-            target = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "codec.pt"
-        self.export(target)
+        export_at_fit_end(self, "codec.pt")
 
 
 class CodecModule(RDTrainingModule):

@@ -272,12 +272,20 @@ class PriorModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         """Export the circuit on rank 0: to ``export_path``, by default ``hclt.pt`` in the log
         folder (``""``: no export)."""
-        target = self.hparams.export_path
-        if target == "" or not self.trainer.is_global_zero:
-            return
-        if target is None:
-            target = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hclt.pt"
-        self.export(target)
+        export_at_fit_end(self, "hclt.pt")
+
+
+def export_at_fit_end(module: pl.LightningModule, default_name: str) -> None:
+    """``module.export(path)`` on rank 0, with ``path`` its ``export_path`` hyperparameter, by
+    default ``default_name`` in the log folder (``""``: no export). The ``on_fit_end`` of every
+    training module that writes its result (``PriorModule``, ``RDTrainingModule``), written once so
+    that they resolve the path alike."""
+    target = module.hparams.export_path
+    if target == "" or not module.trainer.is_global_zero:
+        return
+    if target is None:
+        target = Path(module.trainer.log_dir or module.trainer.default_root_dir) / default_name
+    module.export(target)
 
 
 def _cpu_copy(pc: HCLT) -> HCLT:
