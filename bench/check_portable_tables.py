@@ -32,6 +32,7 @@ from pc_prior.integrations import (
     load_codec,
     swap_entropy_model,
 )
+from pc_prior.settings import ConditionalFit
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -80,7 +81,7 @@ def compare(codec: Path, conditional: bool, cond_steps: int, kodak: list[Path]) 
         SHARED / "data" / "bsds500",
         name=names,
         progress=False,
-        conditional={"steps": cond_steps} if conditional else None,
+        conditional=ConditionalFit(steps=cond_steps),
     )
     net.update(force=True)
     state = net.state_dict()

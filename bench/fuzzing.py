@@ -48,6 +48,7 @@ from compressai.models.google import get_scale_table
 
 from pc_prior import framing
 from pc_prior.errors import PCPriorError
+from pc_prior.settings import ConditionalFit
 
 __all__ = ["FuzzReport", "run_fuzz"]
 
@@ -275,9 +276,10 @@ def _bottleneck(
 
     eb = PCEntropyBottleneck(4)
     vals = torch.randn(600, 4, generator=g) * torch.tensor([0.3, 1.0, 3.0, 8.0])
+    maps = [vals.view(6, 10, 10, 4).permute(0, 3, 1, 2)]  # the same values, as latent maps
     eb.fit(
-        vals,
-        num_latents,
+        vals if context is None else maps,  # rows have no neighbours: a context needs maps
+        num_latents=num_latents,
         context=context,
         epochs=1,
         full_batch_epochs=0,
@@ -301,7 +303,7 @@ def _conditional(g: torch.Generator) -> tuple[Any, torch.Tensor, torch.Tensor]:
     gc.fit(
         list(sym[:, None].unbind(0)),
         list(idx[:, None].unbind(0)),
-        3,
+        num_latents=3,
         context="three-pass",
         steps=5,
         progress=False,
@@ -702,7 +704,7 @@ def _hyperprior_codec() -> tuple[Any, dict, torch.Tensor]:
         num_latents=3,
         epochs=1,
         progress=False,
-        conditional={"num_latents": 3, "steps": 20},
+        conditional=ConditionalFit(num_latents=3, steps=20),
     )
     net.update(force=True)
     with torch.no_grad():

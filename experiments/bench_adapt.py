@@ -7,7 +7,7 @@ from the bytes of ``compress()``):
 - ``prior``: the given PC codec as it is (e.g. fit on BSDS500);
 - ``scratch``: a new prior fit on the adaptation images alone, with ``pc-prior prior fit``'s
   defaults (``fit_prior``);
-- ``warm:E:F:S0:S1``: the given prior continued on the adaptation images (``warm_start``) with E
+- ``warm:E:F:S0:S1``: the given prior continued on the adaptation images (``adapt_prior``) with E
   mini-batch EM epochs, F full-batch epochs and the step size annealed S0 -> S1;
   ``warm`` alone: with the defaults, as ``pc-prior prior adapt`` runs it.
 
@@ -39,7 +39,7 @@ import torch
 from pc_prior.eval.demo import TEST_PHOTOS, TRAIN_PHOTOS, write_photos
 from pc_prior.eval.rd import evaluate_model
 from pc_prior.images import list_images
-from pc_prior.integrations import fit_prior, load_codec
+from pc_prior.integrations import adapt_prior, fit_prior, load_codec
 from pc_prior.settings import BottleneckFit
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         if variant == "scratch":
             fit_prior(net, adapt_dir, progress=False)
         elif variant.startswith("warm"):
-            fit_prior(net, adapt_dir, progress=False, warm_start=True, **_fit_kwargs(variant))
+            adapt_prior(net, adapt_dir, progress=False, **_fit_kwargs(variant))
         elif variant != "prior":
             raise SystemExit(f"unknown variant {variant!r}")
         fit_s = time.perf_counter() - t0

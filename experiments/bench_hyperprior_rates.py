@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from pc_prior.eval.rd import evaluate_model
+from pc_prior.settings import ConditionalFit
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -149,15 +150,15 @@ def main(argv: list[str] | None = None) -> int:
             step_size=(0.5, 0.02),
             structure=args.z_structure,
             progress=not args.no_progress,
-            conditional={
-                "num_latents": args.latents,
-                "steps": args.steps,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "max_items": args.max_items,
-                "structure": args.structure,
-                "context": None if args.context == "none" else args.context,
-            },
+            conditional=ConditionalFit(
+                num_latents=args.latents,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                max_items=args.max_items,
+                structure=args.structure,
+                context=None if args.context == "none" else args.context,
+            ),
         )
         fit_s = time.perf_counter() - t
         net.eval()

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 step_size=tuple(args.step_size),
                 structure=args.structure,
                 leaves=leaves,
+                context=None if leaves == "logistic" else "three-pass",  # logistic: one pass
                 finetune_steps=args.finetune_steps,
                 progress=not args.no_progress,
             )

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 __all__ = [
+    "BOTTLENECK_ADAPT_FIELDS",
     "CHOICES",
+    "CONDITIONAL_ADAPT_FIELDS",
     "CONDITIONAL_CONTEXTS",
     "DEMO_BOTTLENECK",
     "RD_BOTTLENECK",
@@ -47,8 +49,14 @@ __all__ = [
     "LosslessFit",
     "add_arguments",
     "as_kwargs",
+    "check_adapt_fields",
+    "deprecated_check_fit_args",
     "from_args",
+    "pop_warm_start",
+    "settings_with",
 ]
+
+S = TypeVar("S")
 
 CHOICES: dict[str, tuple[str | None, ...]] = {
     "structure": ("chow-liu", "star"),
@@ -231,12 +239,105 @@ RD_BOTTLENECK = dataclasses.replace(
 """``RDModule``'s initial fit: logistic leaves (smooth in the latent), one pass, 60k positions."""
 
 
+BOTTLENECK_ADAPT_FIELDS = (
+    "max_items",
+    "epochs",
+    "full_batch_epochs",
+    "batch_size",
+    "step_size",
+    "pseudocount",
+    "group_backoff",
+    "group_epochs",
+    "state_epochs",
+    "finetune_steps",
+    "lr",
+    "seed",
+)
+"""The ``BottleneckFit`` fields ``PCEntropyBottleneck.adapt`` uses: the schedule of continued
+training. The alphabets, structure, K, leaves and contexts are the fitted model's."""
+
+CONDITIONAL_ADAPT_FIELDS = ("max_items", "steps", "batch_size", "lr", "holdout", "seed")
+"""The ``ConditionalFit`` fields ``PCConditional.adapt`` uses (the rest is the fitted model's)."""
+
+
+def settings_with(cls: type[S], settings: S | None, fields: dict[str, Any], where: str) -> S:
+    """``settings`` (None: ``cls()``, the defaults) with ``fields`` replaced: keywords that map one
+    to one onto ``cls``'s fields. An unknown name, or settings of another class, raise
+    ``InputError`` naming ``where`` and the valid names. Types and ranges are the caller's to check."""
+    from .errors import InputError
+
+    if settings is None:
+        settings = cls()
+    elif type(settings) is not cls:
+        hint = (
+            " (num_latents and the other fields are keywords)" if isinstance(settings, int) else ""
+        )
+        raise InputError(
+            f"{where}: settings must be a pc_prior.settings.{cls.__name__}, got "
+            f"{type(settings).__name__}{hint}"
+        )
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise InputError(
+            f"{where}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"the {cls.__name__} fields are {', '.join(names)}"
+        )
+    return dataclasses.replace(settings, **fields)  # type: ignore[type-var]
+
+
+def check_adapt_fields(fields: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """``InputError`` unless every keyword in ``fields`` is one of ``allowed``, the fields a
+    continued fit uses: the others choose what the fitted model keeps (its structure, sizes, ...)."""
+    from .errors import InputError
+
+    fixed = sorted(set(fields) - set(allowed))
+    if fixed:
+        raise InputError(
+            f"{where} keeps the fitted model's {', '.join(fixed)} (fit a new model to change "
+            f"them); it takes {', '.join(allowed)}"
+        )
+
+
+def pop_warm_start(fields: dict[str, Any], allowed: tuple[str, ...], new: str) -> dict | None:
+    """The deprecated ``warm_start`` switch (one release; ``FutureWarning`` naming ``new``) taken
+    out of ``fields``: the keywords among ``allowed`` that the continued fit uses when it is true,
+    None when it is false or absent. The other keywords are not used, as before."""
+    import warnings
+
+    from .errors import InputError
+
+    if "warm_start" not in fields:
+        return None
+    warm_start = fields.pop("warm_start")
+    warnings.warn(
+        f"warm_start=True is now {new}; warm_start goes in pc-prior 0.4",
+        FutureWarning,
+        stacklevel=3,
+    )
+    if warm_start not in (False, True):
+        raise InputError(f"warm_start must be one of (False, True), got {warm_start!r}")
+    return {k: v for k, v in fields.items() if k in allowed} if warm_start else None
+
+
+def deprecated_check_fit_args(check_settings: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The entropy models' old ``check_fit_args`` (one release, ``FutureWarning``): their
+    ``check_settings`` of ``kwargs`` as a dict (the old switches ``progress``, ``warm_start`` aside)."""
+    import warnings
+
+    warnings.warn(
+        "check_fit_args is now check_settings (which returns the settings dataclass); the old "
+        "name goes in pc-prior 0.4",
+        FutureWarning,
+        stacklevel=3,
+    )
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("progress", "warm_start")}
+    return as_kwargs(check_settings(**kwargs))
+
+
 def as_kwargs(settings: Any) -> dict[str, Any]:
     """The fields of a settings dataclass as keyword arguments (a plain dict, shallow)."""
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-
-
-S = TypeVar("S")
 
 
 def field_help(cls: type) -> dict[str, str]:

@@ -1,5 +1,7 @@
-"""Shared helpers for the tests: tiny synthetic data (idx files, PNG folders, random images),
-a tiny fitted hyperprior and a CPU trainer. Test modules import from here, never from each other."""
+"""Shared helpers for the tests: tiny synthetic data (idx files, PNG folders, random images, a
+``../shared`` look-alike), tiny random codecs, a tiny fitted hyperprior and a CPU trainer. Test
+modules import from here, never from each other; ``bench/device_suite.sh --quick`` builds its
+synthetic data with ``make_shared``."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
 
-from pc_prior.integrations import fit_prior
+from pc_prior.integrations import fit_prior, save_codec
+from pc_prior.settings import ConditionalFit
 
 NAMES = ("entropy_bottleneck", "gaussian_conditional")
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -75,6 +78,23 @@ def make_pngs(root: Path, n: int, size: tuple[int, int] = (64, 64), seed: int = 
     return root
 
 
+def make_shared(root: Path) -> Path:
+    """A tiny ``../shared`` look-alike under ``root``, the device suite's ``--quick`` data:
+    MNIST-format 8x8 digits (512 training, 128 test images), two 64x64 "Kodak" and four "BSDS500"
+    PNGs, and the two codecs the suite fits priors into, tiny and random, in the ``shared/models``
+    format (factorized q1, hyperprior q1)."""
+    root = Path(root)
+    make_mnist(root / "data" / "mnist", 512, 128)
+    make_pngs(root / "data" / "kodak", 2, seed=1)
+    make_pngs(root / "data" / "bsds500" / "train", 4, seed=2)
+    tiny = {"net_kwargs": {"N": 8, "M": 12}}
+    path = root / "models" / "bmshj2018-factorized-q1.pt"
+    save_codec(tiny_codec(FactorizedPrior, 1, 9.0), path, "FactorizedPrior", 1, **tiny)
+    path = root / "models" / "bmshj2018-hyperprior-q1.pt"
+    save_codec(tiny_codec(ScaleHyperprior, 7), path, "ScaleHyperprior", 1, **tiny)
+    return root
+
+
 def tiny_trainer(**kw) -> pl.Trainer:
     args = dict(
         accelerator="cpu",
@@ -94,15 +114,24 @@ def random_images(n: int, h: int = 64, w: int = 64, seed: int = 0) -> list[torch
     return [torch.rand(1, 3, h, w, generator=g) for _ in range(n)]
 
 
-def fitted_hyperprior(cls=ScaleHyperprior, seed: int = 0, **cond):
-    """Tiny random hyperprior (N=8, M=12) with multi-symbol latents, both entropy models swapped and fit."""
+def tiny_codec(cls=FactorizedPrior, seed: int = 0, gain: float = 15.0) -> torch.nn.Module:
+    """A tiny random CompressAI codec (N=8, M=12, eval mode) whose latents span several symbols:
+    the analysis transform's last layer scaled by ``gain`` (a hyperprior's ``h_a`` by 5)."""
     torch.manual_seed(seed)
     model = cls(N=8, M=12).eval()
     with torch.no_grad():
-        model.g_a[-1].weight.mul_(15.0)
-        model.g_a[-1].bias.mul_(15.0)
-        model.h_a[-1].weight.mul_(5.0)
+        model.g_a[-1].weight.mul_(gain)
+        model.g_a[-1].bias.mul_(gain)
+        if hasattr(model, "h_a"):
+            model.h_a[-1].weight.mul_(5.0)
     model.update(force=True)
+    return model
+
+
+def fitted_hyperprior(cls=ScaleHyperprior, seed: int = 0, *, device="cpu", **cond):
+    """Tiny random hyperprior (N=8, M=12) with multi-symbol latents, both entropy models swapped
+    and fit on ``device`` (where the model stays)."""
+    model = tiny_codec(cls, seed).to(device)
     kw = dict(num_latents=3, steps=40, batch_size=256, seed=seed) | cond
     fit_prior(
         model,
@@ -112,7 +141,7 @@ def fitted_hyperprior(cls=ScaleHyperprior, seed: int = 0, **cond):
         epochs=1,
         progress=False,
         seed=seed,
-        conditional=kw,
+        conditional=ConditionalFit(**kw),
     )
     model.update(force=True)
     return model
@@ -145,3 +174,10 @@ def bottleneck_round_trip(eb, y: torch.Tensor) -> tuple[list[bytes], torch.Tenso
     bits = sum(8 * len(s) for s in strings)
     model_bits = float(-eb.log_likelihood(eb.symbols(y)).detach().sum()) / math.log(2)
     return strings, out, bits, model_bits
+
+
+def assert_round_trip(net: torch.nn.Module, x: torch.Tensor) -> None:
+    """``compress`` then ``decompress`` gives the forward pass's reconstruction, exactly."""
+    enc = net.compress(x)
+    rec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
+    assert torch.equal(rec, net(x)["x_hat"].clamp(0, 1))

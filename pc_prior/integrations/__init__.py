@@ -7,7 +7,7 @@ Images (``list_images``, ``load_image``, ``FolderImages``, padding and cropping)
 ``pc_prior.images``'.
 """
 
-from .api import collect_conditional_inputs, collect_latents, fit_prior
+from .api import adapt_prior, collect_conditional_inputs, collect_latents, fit_prior
 from .codec_file import (
     ResolvedCodec,
     build_codec,
@@ -33,6 +33,7 @@ __all__ = [
     "PCConditional",
     "PCEntropyBottleneck",
     "ResolvedCodec",
+    "adapt_prior",
     "build_codec",
     "collect_conditional_inputs",
     "collect_latents",

@@ -5,24 +5,34 @@ modules first (``pc_prior.integrations.swap``)."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_int
 from ..errors import InputError
 from ..images import FolderImages, check_image_batch
 from ..progress import progress_bar
-from ..settings import BottleneckFit, ImageFit
+from ..settings import (
+    BOTTLENECK_ADAPT_FIELDS,
+    CONDITIONAL_ADAPT_FIELDS,
+    BottleneckFit,
+    ConditionalFit,
+    ImageFit,
+    check_adapt_fields,
+    pop_warm_start,
+)
 from .base import position_rows
 from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
 from .swap import PC_MODULES, _parent_and_attr, swap_entropy_model
 
-__all__ = ["collect_conditional_inputs", "collect_latents", "fit_prior"]
+__all__ = ["adapt_prior", "collect_conditional_inputs", "collect_latents", "fit_prior"]
 
 
 class _Stop(Exception):
@@ -171,40 +181,144 @@ def fit_prior(
     images: str | Path | Sequence[Tensor],
     *,
     name: str | Sequence[str] = "entropy_bottleneck",
-    num_latents: int = BottleneckFit.num_latents,
+    bottleneck: BottleneckFit | None = None,
+    conditional: ConditionalFit | None = None,
     multiple: int = ImageFit.multiple,
     max_images: int | None = ImageFit.max_images,
     progress: bool = True,
-    conditional: dict | None = None,
-    warm_start: bool = False,
-    **fit_kwargs,
+    **fields: Any,
 ) -> dict[str, list[dict]]:
     """Freeze ``model``, collect the latents at its entropy model(s) and fit the circuit(s).
 
     ``images`` is a folder (``FolderImages``: every image cropped to multiples of ``multiple``, so
     the circuit sees no padding; images with a side shorter than ``multiple`` are skipped with a
     warning, and a folder of only such images raises ``InputError``) or a sequence of [1, 3, H, W]
-    tensors, used as given (neither cropped nor padded). ``name`` is one module name or several,
-    e.g. ``("entropy_bottleneck", "gaussian_conditional")`` for a hyperprior codec; plain modules
-    are swapped for circuit-backed ones first. All named modules' inputs are collected in one pass.
-    Bottlenecks are fitted with ``num_latents`` and the remaining keyword arguments
-    (``PCEntropyBottleneck.fit``: ``max_items``, ``epochs``, ``tail``, ...); conditionals with
-    the ``conditional`` dict (``PCConditional.fit``: ``num_latents``, ``steps``, ``structure``,
-    ``context`` (default ``"three-pass"``; ``"checkerboard"`` for two passes, ``None`` for one), ...).
-    Defaults: ``pc_prior.settings`` (``BottleneckFit``, ``ConditionalFit``, ``ImageFit``), the same
-    as ``pc-prior prior fit``'s. Returns a dict of fit histories keyed by module name, one entry per
-    name (also for a single name: ``fit_prior(net, images)["entropy_bottleneck"]``).
+    tensors, used as given (neither cropped nor padded); ``multiple`` and ``max_images`` are
+    ``ImageFit``'s fields. ``name`` is one module name or several, e.g.
+    ``("entropy_bottleneck", "gaussian_conditional")`` for a hyperprior codec; plain modules are
+    swapped for circuit-backed ones first. All named modules' inputs are collected in one pass.
 
-    ``warm_start=True`` continues the already fitted PC entropy models on ``images`` instead of
-    fitting new ones (adapting a prior to a domain: ``pc-prior prior adapt``); their
-    alphabets, structures, sizes and contexts are kept, so the settings that choose those are not
-    used. The named modules must be fitted PC entropy models, else ``InputError``.
+    Settings come one way: bottlenecks are fitted with ``bottleneck`` (a ``BottleneckFit``; None:
+    the defaults) and ``fields``, keywords that replace its fields one to one (``num_latents=8,
+    epochs=2``); conditionals with ``conditional`` (a ``ConditionalFit``; None: the defaults).
+    The defaults are ``pc_prior.settings``', the same as ``pc-prior prior fit``'s. Returns a dict
+    of fit histories keyed by module name, one entry per name (also for a single name:
+    ``fit_prior(net, images)["entropy_bottleneck"]``). ``adapt_prior`` continues fitted ones.
 
-    Every argument (the fits' keyword arguments included) is checked before anything is swapped
-    or collected; a bad one raises ``InputError``. The codec is frozen only while the circuits are
-    fitted: afterwards every parameter's ``requires_grad`` is as it was (new parameters, such as
-    the circuits', require grad), so a training script's optimizers see the whole model again.
+    Every setting is checked before anything is swapped or collected; a bad one raises
+    ``InputError``. The codec is frozen only while the circuits are fitted: afterwards every
+    parameter's ``requires_grad`` is as it was (new parameters, such as the circuits', require
+    grad), so a training script's optimizers see the whole model again. Deprecated for one
+    release (``FutureWarning``): ``conditional`` as a dict of fields, and ``warm_start=True``
+    (now ``adapt_prior``).
     """
+    kept = pop_warm_start(fields, BOTTLENECK_ADAPT_FIELDS, "adapt_prior(...)")
+    if kept is not None:  # the deprecated switch to adapt_prior
+        PCEntropyBottleneck.check_settings(bottleneck, **fields)
+        return adapt_prior(
+            model,
+            images,
+            name=name,
+            bottleneck=bottleneck,
+            conditional=_conditional_settings(conditional, adapting=True),
+            multiple=multiple,
+            max_images=max_images,
+            progress=progress,
+            **kept,
+        )
+    return _fit_modules(
+        model,
+        images,
+        name,
+        PCEntropyBottleneck.check_settings(bottleneck, **fields),
+        _conditional_settings(conditional),
+        multiple,
+        max_images,
+        progress,
+        adapting=False,
+        bottleneck_fields=bool(fields),
+    )
+
+
+def adapt_prior(
+    model: nn.Module,
+    images: str | Path | Sequence[Tensor],
+    *,
+    name: str | Sequence[str] | None = None,
+    bottleneck: BottleneckFit | None = None,
+    conditional: ConditionalFit | None = None,
+    multiple: int = ImageFit.multiple,
+    max_images: int | None = ImageFit.max_images,
+    progress: bool = True,
+    **fields: Any,
+) -> dict[str, list[dict]]:
+    """Continue the fitted PC entropy models of ``model`` on ``images`` (adapting a prior to a
+    domain: ``pc-prior prior adapt``), each from its current parameters.
+
+    ``name``: the modules to continue (None: every PC entropy model of ``model``); each must be
+    fitted, else ``InputError``. Only the training schedule is chosen: ``bottleneck`` and
+    ``fields`` (``settings.BOTTLENECK_ADAPT_FIELDS``) for bottlenecks, ``conditional``
+    (``settings.CONDITIONAL_ADAPT_FIELDS``) for conditionals; alphabets, structures, sizes,
+    leaves and contexts are kept (``PCEntropyBottleneck.adapt``, ``PCConditional.adapt``).
+    Images, freezing and the returned histories are as in ``fit_prior``.
+    """
+    if name is None:  # every PC entropy model of the codec
+        if not isinstance(model, nn.Module):
+            raise InputError(
+                f"model must be a torch.nn.Module (a CompressAI codec), got {type(model).__name__}"
+            )
+        name = [n for n, m in model.named_modules() if isinstance(m, PC_MODULES)]
+        if not name:
+            raise InputError(
+                "the model holds no PC entropy model to continue: fit one first (fit_prior)"
+            )
+    settings = PCEntropyBottleneck.check_settings(bottleneck, **fields)
+    check_adapt_fields(fields, BOTTLENECK_ADAPT_FIELDS, "adapt_prior")
+    return _fit_modules(
+        model,
+        images,
+        name,
+        settings,
+        _conditional_settings(conditional),
+        multiple,
+        max_images,
+        progress,
+        adapting=True,
+        bottleneck_fields=bool(fields),
+    )
+
+
+def _conditional_settings(conditional: Any, adapting: bool = False) -> ConditionalFit:
+    """``fit_prior``'s ``conditional`` as checked ``ConditionalFit`` settings; a dict of fields
+    (the old form) with a ``FutureWarning``."""
+    if isinstance(conditional, dict):
+        warnings.warn(
+            "fit_prior(conditional={...}) is now conditional=ConditionalFit(...) "
+            "(pc_prior.settings); the dict goes in pc-prior 0.4",
+            FutureWarning,
+            stacklevel=3,
+        )
+        fields = {k: v for k, v in conditional.items() if k not in ("progress", "warm_start")}
+        if adapting:
+            fields = {k: v for k, v in fields.items() if k in CONDITIONAL_ADAPT_FIELDS}
+        return PCConditional.check_settings(**fields)
+    return PCConditional.check_settings(conditional)
+
+
+def _fit_modules(
+    model: nn.Module,
+    images: str | Path | Sequence[Tensor],
+    name: str | Sequence[str],
+    bottleneck: BottleneckFit,
+    conditional: ConditionalFit,
+    multiple: int,
+    max_images: int | None,
+    progress: bool,
+    *,
+    adapting: bool,
+    bottleneck_fields: bool,
+) -> dict[str, list[dict]]:
+    """``fit_prior`` and ``adapt_prior``: check, swap, collect once, fit or continue each module."""
     names = (
         [name] if isinstance(name, str) else list(name) if isinstance(name, (list, tuple)) else None
     )
@@ -218,43 +332,25 @@ def fit_prior(
         )
     multiple = check_int("multiple", multiple, 1)
     max_images = check_int("max_images", max_images, 1, allow_none=True)
-    if conditional is not None and not isinstance(conditional, dict):
-        raise InputError(
-            f"conditional must be a dict of PCConditional.fit arguments or None, got "
-            f"{type(conditional).__name__}"
-        )
     modules: dict[str, nn.Module] = {}
     for n in names:
         try:
             modules[n] = model.get_submodule(n)
         except AttributeError as e:
             raise InputError(f"model has no module {n!r} to fit a circuit into: {e}") from None
-    check_choice("warm_start", warm_start, (False, True))
-    if warm_start:
+    if adapting:
         for n, m in modules.items():
             if not isinstance(m, PC_MODULES) or m.pc is None:
                 raise InputError(
-                    f"warm_start continues fitted PC entropy models, but {n!r} is "
+                    f"adapt_prior continues fitted PC entropy models, but {n!r} is "
                     f"{'an unfitted ' if isinstance(m, PC_MODULES) else ''}{type(m).__name__}: "
                     "pass a codec that pc-prior prior fit (or fit_prior) produced"
                 )
-    bottleneck_kw = {
-        "num_latents": num_latents,
-        "progress": progress,
-        "warm_start": warm_start,
-        **fit_kwargs,
-    }
-    cond_kw = {"progress": progress, "warm_start": warm_start} | (conditional or {})
-    if any(isinstance(m, EntropyBottleneck) for m in modules.values()):
-        PCEntropyBottleneck.check_fit_args(**bottleneck_kw)
-    elif fit_kwargs:
+    if bottleneck_fields and not any(isinstance(m, EntropyBottleneck) for m in modules.values()):
         raise InputError(
-            f"keyword arguments {', '.join(sorted(fit_kwargs))} are PCEntropyBottleneck.fit's, but "
-            f"no entropy bottleneck is named ({', '.join(names)}); pass PCConditional.fit's in "
-            "conditional={...}"
+            f"bottleneck settings were given, but no entropy bottleneck is named "
+            f"({', '.join(names)}); pass a conditional's in conditional=ConditionalFit(...)"
         )
-    if any(isinstance(m, GaussianConditional) for m in modules.values()):
-        PCConditional.check_fit_args(**cond_kw)
     if isinstance(images, (str, Path)):  # read now (headers), so a bad folder stops before the swap
         images = FolderImages(Path(images), multiple, max_images)
     else:
@@ -304,9 +400,12 @@ def fit_prior(
             with torch.enable_grad():
                 if isinstance(module, PCConditional):
                     sym, idx = data[n]  # type: ignore[misc]
-                    hists[n] = module.fit(sym, idx, **cond_kw)
+                    step = module.adapt if adapting else module.fit
+                    hists[n] = step(sym, idx, conditional, progress=progress)
                 else:
-                    hists[n] = module.fit(data[n], **bottleneck_kw)  # type: ignore[union-attr,arg-type]
+                    assert isinstance(module, PCEntropyBottleneck)
+                    step = module.adapt if adapting else module.fit
+                    hists[n] = step(data[n], bottleneck, progress=progress)  # type: ignore[arg-type]
     finally:  # the codec's own parameters as they were; new ones (the circuits') require grad
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), True))

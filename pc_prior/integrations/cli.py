@@ -21,7 +21,7 @@ from ..cli import (
     CONDITIONAL_OPTIONS,
 )
 from ..errors import InputError
-from ..settings import BottleneckFit, ConditionalFit, as_kwargs, from_args
+from ..settings import BottleneckFit, ConditionalFit, from_args
 
 __all__ = ["BOTTLENECK_OPTIONS", "CONDITIONAL_OPTIONS", "prior_fit"]
 
@@ -31,7 +31,7 @@ def prior_fit(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-    from .api import PC_MODULES, fit_prior
+    from .api import PC_MODULES, adapt_prior, fit_prior
     from .codec_file import read_codec_file, save_codec
 
     if args.threads is not None and args.threads < 1:
@@ -60,15 +60,15 @@ def prior_fit(args: argparse.Namespace) -> int:
         options, cond_options = BOTTLENECK_OPTIONS, CONDITIONAL_OPTIONS
     bottleneck = from_args(BottleneckFit(seed=args.seed), args, options)
     cond = from_args(ConditionalFit(seed=args.seed), args, cond_options, prefix="cond-")
-    hist = fit_prior(
+    step = adapt_prior if args.adapt else fit_prior
+    hist = step(
         net,
         args.data,
         name=names,
+        bottleneck=bottleneck,
+        conditional=cond,
         multiple=args.multiple,
         max_images=args.limit,
-        **as_kwargs(bottleneck),
-        conditional=as_kwargs(cond),
-        warm_start=bool(args.adapt),
     )
     kept = {k: ck[k] for k in ("net_kwargs", "lmbda", "metric") if ck.get(k) is not None}
     save_codec(net, args.output, ck["arch"], ck["quality"], fit_history=hist, **kept)

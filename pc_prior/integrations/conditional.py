@@ -49,70 +49,32 @@ from compressai.models.base import get_scale_table
 from torch import Tensor
 
 from .. import framing
-from .._checks import check_choice, check_int, check_real, check_tensor, fit_keywords
+from .._checks import check_tensor
 from ..coding import (
     MAX_SYMBOL,
     CodingTables,
     circuit_tables,
     escape_bits,
 )
-from ..continuous import LIKELIHOOD_BOUND, ScaleConditionedTree, gaussian_bin_mass
+from ..continuous import ScaleConditionedTree
 from ..errors import InputError, NotFittedError, PCPriorError
-from ..progress import progress_bar
-from ..settings import CHOICES, CONDITIONAL_CONTEXTS, ConditionalFit
-from ..structure import Tree, chow_liu_tree, pairwise_mutual_information, star_tree
+from ..settings import CONDITIONAL_CONTEXTS
+from ..structure import Tree
 from .base import PassCondition, PCEntropyModel, loaded_tables, pass_rows, position_rows
-from .context import CheckerboardContext, lattice_masks, pass_masks
-from .entropy_models import STRUCTURES, check_latent
+from .conditional_fit import ConditionalFitting
+from .context import CheckerboardContext, apply_contexts, pass_masks
+from .entropy_models import check_latent
 
 __all__ = [
     "CONTEXTS",
     "PCConditional",
-    "accumulate_gradient",
-]  # the circuit lives in pc_prior.continuous
+]  # the circuit: pc_prior.continuous; fitting: conditional_fit
 
 LN2 = math.log(2.0)
-GRAD_CHUNK = 128
-"""Positions per backward pass in ``fit``: a mini-batch's gradient is summed over slices this size,
-whose [rows, C, K] leaf intermediates stay in cache (1.5-2x faster per step on CPU than the whole
-512-position batch at once; the same gradient up to float rounding)."""
 CONTEXTS = tuple(c for c in CONDITIONAL_CONTEXTS if c)  #: PCConditional.fit's spatial contexts
 
 
-def accumulate_gradient(
-    pc: ScaleConditionedTree, u: Tensor, sigma: Tensor, s: Tensor, chunk: int = GRAD_CHUNK
-) -> Tensor:
-    """Add the gradient of the mean bits per position of rows ``u`` [N, C] (scales ``sigma``,
-    indexes ``s``) to ``pc``'s ``.grad``, ``chunk`` rows at a time; returns the mean bits (detached).
-
-    Slicing changes nothing but float rounding: the loss is a sum over rows, so the slices'
-    gradients add up to the whole batch's.
-    """
-    total = torch.zeros((), device=u.device)
-    for part in torch.arange(len(u), device=u.device).split(chunk):
-        bits = -pc.log_prob(u[part], sigma[part], s[part]).sum() / (len(u) * LN2)
-        bits.backward()
-        total = total + bits.detach()
-    return total
-
-
-def _contextualize(
-    ctx: CheckerboardContext,
-    anchor_ctx: CheckerboardContext | None,
-    symbols: Tensor,
-    indexes: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Indexes and means under the cross-lattice context and, if any, the diagonal one (whose
-    targets are anchors, which the cross context leaves alone)."""
-    s, m = ctx(symbols, indexes)
-    if anchor_ctx is not None:
-        s_d, m_d = anchor_ctx(symbols, indexes)
-        targets = lattice_masks(*symbols.shape[-2:], "diagonal", symbols.device)[1]
-        s, m = torch.where(targets, s_d, s), torch.where(targets, m_d, m)
-    return s, m
-
-
-class PCConditional(PCEntropyModel, GaussianConditional):
+class PCConditional(ConditionalFitting, PCEntropyModel, GaussianConditional):
     """Gaussian conditional whose channels at a position are joined by a latent tree.
 
     Same interface as ``GaussianConditional`` (``forward``, ``build_indexes``, ``compress``,
@@ -388,7 +350,7 @@ class PCConditional(PCEntropyModel, GaussianConditional):
     def _apply_context(self, symbols: Tensor, indexes: Tensor) -> tuple[Tensor, Tensor]:
         """Coded indexes and integer means [B, C, H, W] of every position from the symbols of the
         positions coded before it (``context`` and ``anchor_context`` read only those)."""
-        return _contextualize(self.context, self.anchor_context, symbols, indexes)
+        return apply_contexts(self.context, self.anchor_context, symbols, indexes)
 
     def log_likelihood(self, symbols: Tensor, indexes: Tensor) -> Tensor:
         """Code-length model: log p (nats) of each position's integer symbols, [B, H, W].
@@ -419,228 +381,6 @@ class PCConditional(PCEntropyModel, GaussianConditional):
                 )
         logp = pc.upward(leaf)[0]
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
-
-    # -- fitting --------------------------------------------------------------------------------
-    @classmethod
-    def check_fit_args(cls, **kwargs: Any) -> dict[str, Any]:
-        """Check keyword arguments of ``fit`` without any data: names, types and ranges.
-
-        Returns every keyword argument of ``fit`` (defaults filled in, numbers as int/float);
-        raises ``InputError`` naming the first bad one. ``fit`` and ``fit_prior`` call it first,
-        so a bad argument fails before latents are collected or a context is fitted.
-        """
-        a = fit_keywords(cls, cls.fit, ("symbols", "indexes"), kwargs)
-        check_choice("context", a["context"], CONDITIONAL_CONTEXTS)
-        check_choice("structure", a["structure"], STRUCTURES)
-        check_choice("init", a["init"], CHOICES["init"])
-        a["num_latents"] = check_int("num_latents", a["num_latents"], 1)
-        a["max_items"] = check_int("max_items", a["max_items"], 1, allow_none=True)
-        a["steps"] = check_int("steps", a["steps"], 0)
-        a["batch_size"] = check_int("batch_size", a["batch_size"], 1)
-        a["lr"] = check_real("lr", a["lr"], 0.0, low_open=True)
-        a["holdout"] = check_real("holdout", a["holdout"], 0.0, 1.0, high_open=True)
-        a["tail"] = check_real("tail", a["tail"], 0.0, 1.0, high_open=True)
-        a["max_radius"] = check_int("max_radius (the radius is at least 4)", a["max_radius"], 4)
-        a["seed"] = check_int("seed", a["seed"])
-        check_choice("warm_start", a["warm_start"], (False, True))
-        return a
-
-    def fit(
-        self,
-        symbols: Tensor | Sequence[Tensor],
-        indexes: Tensor | Sequence[Tensor],
-        num_latents: int = ConditionalFit.num_latents,
-        *,
-        context: str | None = ConditionalFit.context,
-        structure: str = ConditionalFit.structure,
-        max_items: int | None = ConditionalFit.max_items,
-        steps: int = ConditionalFit.steps,
-        batch_size: int = ConditionalFit.batch_size,
-        lr: float = ConditionalFit.lr,
-        holdout: float = ConditionalFit.holdout,
-        tail: float = ConditionalFit.tail,
-        max_radius: int = ConditionalFit.max_radius,
-        init: str = ConditionalFit.init,
-        seed: int = ConditionalFit.seed,
-        progress: bool = True,
-        warm_start: bool = False,
-    ) -> list[dict]:
-        """Learn the context, structure, alphabet radius and leaves from the frozen codec's latents.
-
-        ``symbols`` are ``round(y - means)`` and ``indexes`` ``build_indexes(scales)``: either rows
-        [N, C] (one per latent position) or sequences of maps [B, C, H, W] (one per image, as
-        ``collect_conditional_inputs(..., maps=True)`` gives). ``context="checkerboard"`` (maps
-        only) first fits a ``CheckerboardContext``: non-anchor positions are then coded after the
-        anchors with shifted scale indexes and integer means, and the circuit is fit on what the
-        coder sees. ``context="three-pass"`` also fits the diagonal-lattice context of the (odd,
-        odd) anchors on the (even, even) ones (its history keys start with ``anchor_``). ``max_items`` random positions are used (None: all),
-        ``holdout`` of them to report held-out bits. Adam for ``steps`` steps on mini-batches of
-        ``batch_size`` positions (learning rate decayed linearly to 10%). The radius R covers the
-        ``1 - tail`` quantile of ``|symbol|`` (at least 4, at most ``max_radius``). ``init="data"`` starts
-        from the binned standardized symbols (``ScaleConditionedTree.init_from_data``),
-        ``"baseline"`` next to the Gaussian conditional (``init_params``). Ends with ``update()``.
-        Returns the history (held-out bits per position of the baseline and the circuit, both
-        after the context; the context's own training bits on its targets). Bad arguments raise
-        ``InputError`` before any work (``check_fit_args``). Defaults: ``pc_prior.settings.ConditionalFit``
-        (the three-pass context, so rows [N, C] need ``context=None``).
-
-        ``warm_start=True`` continues the fitted model on new latents instead (``pc-prior prior adapt``: adapt a prior to a domain): the contexts, structure, radius and K are kept
-        (``num_latents``, ``context``, ``structure``, ``tail``, ``max_radius`` and ``init`` are not
-        used) and Adam starts from the current parameters. ``NotFittedError`` if there is nothing
-        to continue.
-        """
-        a = self.check_fit_args(
-            **{
-                k: v
-                for k, v in locals().items()
-                if k not in ("self", "symbols", "indexes", "__class__")
-            }
-        )
-        num_latents, max_items = a["num_latents"], a["max_items"]
-        holdout, tail, max_radius = a["holdout"], a["tail"], a["max_radius"]
-        table = self._scale_table_or_default()
-        ctx, actx, ctx_info = None, None, {}
-        pc0 = self._require_fitted() if warm_start else None
-        if pc0 is not None:  # the fitted contexts, whichever context is asked for
-            context = None if self.context is None else "fitted"
-        if isinstance(symbols, (list, tuple)) or isinstance(indexes, (list, tuple)):
-            maps = self._check_maps(symbols, indexes, table)
-            if pc0 is not None and context is not None:
-                at = maps[0][0].device
-                ctx = self.context.to(at)  # type: ignore[union-attr]
-                actx = None if self.anchor_context is None else self.anchor_context.to(at)
-            elif context is not None:
-                ctx = CheckerboardContext(maps[0][0].shape[1], table.cpu())
-                ctx_info = ctx.fit(maps, table.cpu())
-                if context == "three-pass":
-                    actx = CheckerboardContext(maps[0][0].shape[1], table.cpu(), lattice="diagonal")
-                    ctx_info |= {f"anchor_{k}": v for k, v in actx.fit(maps, table.cpu()).items()}
-            if ctx is not None:
-                coded = []
-                for (
-                    sy,
-                    sx,
-                ) in maps:  # what the coder sees: shifted indexes, symbols less their means
-                    s_ctx, m = _contextualize(ctx, actx, sy, sx)
-                    coded.append((sy - m, s_ctx))
-                maps = coded
-            symbols = torch.cat([position_rows(sy) for sy, _ in maps])
-            indexes = torch.cat([position_rows(sx) for _, sx in maps])
-        elif context is not None:
-            raise InputError(
-                f"the {context} context needs latent maps [B, C, H, W] (a list per image), not "
-                "rows: pass context=None to fit rows"
-                + (" (the model was fitted with a context)" if pc0 is not None else "")
-            )
-        else:
-            self._check_integers(symbols, indexes, table)
-        if symbols.dim() != 2 or tuple(indexes.shape) != tuple(symbols.shape):
-            raise InputError(
-                f"symbols and indexes must both have shape [N, C], got {tuple(symbols.shape)} "
-                f"and {tuple(indexes.shape)}"
-            )
-        if len(symbols) == 0:
-            raise InputError("no latent positions to fit on")
-        dev = self.scale_bound.device
-        g = torch.Generator().manual_seed(seed)
-        u, s = symbols.long(), indexes.long()
-        if max_items is not None and len(u) > max_items:
-            keep = torch.randperm(len(u), generator=g)[:max_items]
-            u, s = u[keep], s[keep]
-        perm = torch.randperm(len(u), generator=g)
-        n_hold = int(len(u) * holdout) if len(u) >= 20 else 0
-        hold, train = perm[:n_hold], perm[n_hold:]
-        c = u.shape[1]
-        s, u = s.to(dev), u.to(dev)
-        if pc0 is not None:
-            if c != self.channels:
-                raise InputError(
-                    f"symbols have {c} channels, the fitted model {self.channels}: warm_start "
-                    "continues the same model"
-                )
-            hist = self._train(pc0, u.float(), s, table, train, hold, a, g, progress, {})
-            self.update()
-            return hist
-        mag = u.abs().flatten().sort().values
-        radius = int(mag[min(len(mag) - 1, math.ceil((1.0 - tail) * (len(mag) - 1)))]) + 1
-        radius = max(4, min(max_radius, radius))
-        sigma = table.to(dev)[s].float()
-        u = u.float()
-        if structure == "star" or c == 1:
-            z = (u / sigma).double()
-            tree = star_tree(z)
-        else:  # Chow-Liu tree on standardized symbols binned into 8 classes
-            z = torch.clamp(torch.round(u.cpu() / sigma.cpu() * 2.0), -4, 3).long() + 4
-            tree = chow_liu_tree(pairwise_mutual_information(z, 8, num_bins=8, seed=seed))
-        pc = ScaleConditionedTree(tree, num_latents, len(table)).to(dev)
-        if init == "data":
-            pc.init_from_data(u, sigma, seed=seed)
-        else:
-            pc.init_params(seed=seed)
-        hist = self._train(pc, u, s, table, train, hold, a, g, progress, ctx_info)
-        self.pc = pc
-        self.context = ctx.to(dev) if ctx is not None else None
-        self.anchor_context = actx.to(dev) if actx is not None else None
-        self._offset = torch.tensor([-radius], dtype=torch.int32, device=dev)
-        self._cdf_length = torch.tensor([2 * radius + 1], dtype=torch.int32, device=dev)
-        self.update()
-        return hist
-
-    def _train(
-        self,
-        pc: ScaleConditionedTree,
-        u: Tensor,
-        s: Tensor,
-        table: Tensor,
-        train: Tensor,
-        hold: Tensor,
-        a: dict[str, Any],
-        g: torch.Generator,
-        progress: bool,
-        ctx_info: dict[str, Any],
-    ) -> list[dict]:
-        """Adam on ``pc`` from its current parameters, on symbols ``u`` (float) with scale indexes
-        ``s`` at the positions ``train``; held-out bits on ``hold`` before and after."""
-        dev = u.device
-        steps, batch_size = a["steps"], a["batch_size"]
-        sigma = table.to(dev)[s].float()
-
-        def held_out_bits() -> dict:
-            if len(hold) == 0:
-                return {}
-            with torch.no_grad():
-                ut, st, it = u[hold.to(dev)], sigma[hold.to(dev)], s[hold.to(dev)]
-                mass = gaussian_bin_mass(ut, st)
-                base = -torch.log(mass.clamp_min(LIKELIHOOD_BOUND)).sum(-1).mean() / LN2
-                circ = (
-                    -torch.cat(
-                        [
-                            pc.log_prob(ut[i : i + 4096], st[i : i + 4096], it[i : i + 4096])
-                            for i in range(0, len(ut), 4096)
-                        ]
-                    ).mean()
-                    / LN2
-                )
-            return {"holdout_base_bits": float(base), "holdout_pc_bits": float(circ)}
-
-        hist: list[dict] = [{"step": 0, **held_out_bits(), **ctx_info}]
-        opt = torch.optim.Adam(pc.parameters(), lr=a["lr"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - 0.9 * t / max(1, steps))
-        bar = progress_bar(range(steps), desc="PCConditional", unit="step", disable=not progress)
-        train_dev = train.to(dev)
-        loss = torch.zeros(())
-        for step in bar:
-            rows = train_dev[
-                torch.randint(len(train), (min(batch_size, len(train)),), generator=g).to(dev)
-            ]
-            opt.zero_grad(set_to_none=True)
-            loss = accumulate_gradient(pc, u[rows], sigma[rows], s[rows])
-            opt.step()
-            sched.step()
-            if step % 50 == 0:
-                bar.set_postfix(bits=f"{float(loss.detach()):.2f}", refresh=False)
-        hist.append({"step": steps, "train_bits": float(loss.detach()), **held_out_bits()})
-        return hist
 
     # -- CompressAI interface -------------------------------------------------------------------
     def update(self) -> None:  # type: ignore[override]

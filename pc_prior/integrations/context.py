@@ -82,6 +82,7 @@ __all__ = [
     "SCHEDULES",
     "CheckerboardContext",
     "anchor_mask",
+    "apply_contexts",
     "channel_edges",
     "lattice_masks",
     "leaf_groups",
@@ -725,3 +726,20 @@ class CheckerboardContext(nn.Module):
             "context_bits": after,
             "target_elements": int(weight.sum()),
         }
+
+
+def apply_contexts(
+    ctx: CheckerboardContext,
+    anchor_ctx: CheckerboardContext | None,
+    symbols: Tensor,
+    indexes: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Indexes and means [B, C, H, W] under a ``PCConditional``'s contexts: the cross-lattice
+    one and, if any, the diagonal one (whose targets are anchors, which the cross context leaves
+    alone). Each position's values read only positions coded before it."""
+    s, m = ctx(symbols, indexes)
+    if anchor_ctx is not None:
+        s_d, m_d = anchor_ctx(symbols, indexes)
+        targets = lattice_masks(*symbols.shape[-2:], "diagonal", symbols.device)[1]
+        s, m = torch.where(targets, s_d, s), torch.where(targets, m_d, m)
+    return s, m

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 from ..continuous import DiscretizedLogisticTree
 from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
 from ..integrations.codec_file import resolve_codec
-from ..settings import RD_BOTTLENECK, as_kwargs
+from ..settings import RD_BOTTLENECK
 from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 
 __all__ = ["RDModule", "load_start_codec"]
@@ -96,9 +97,10 @@ class RDModule(RDTrainingModule):
         prior_images: folder of images for the initial fit; ``None``: the datamodule's training set
             (its random crops, drawn with ``seed``, identical on every DDP rank).
         prior_max_images, prior_max_items, prior_epochs, prior_finetune_steps: bounds of the initial fit.
-        prior_fit: further ``PCEntropyBottleneck.fit`` keywords of the initial fit (e.g.
-            ``batch_size``, ``step_size``); every fit setting not given is
-            ``pc_prior.settings.RD_BOTTLENECK``'s (the defaults, with logistic leaves).
+        prior_fit: further ``BottleneckFit`` fields of the initial fit, one to one (e.g.
+            ``batch_size``, ``step_size``; a dict, so configs and checkpoints hold plain data);
+            every fit setting not given is ``pc_prior.settings.RD_BOTTLENECK``'s (the defaults,
+            with logistic leaves and one pass).
         lr, prior_lr, aux_lr: Adam learning rates of the codec (with the plain bottleneck's density),
             the circuit (``None``: ``lr``), and the quantiles.
         clip_max_norm, lr_decay_at, lr_decay_factor, pad_multiple: as in ``CodecModule``.
@@ -155,7 +157,7 @@ class RDModule(RDTrainingModule):
                     f"prior_fit must not hold {', '.join(clash)}: RDModule has its own arguments "
                     "for them (prior_max_items, prior_epochs, prior_finetune_steps, seed, ...)"
                 )
-            PCEntropyBottleneck.check_fit_args(**prior_fit)
+            PCEntropyBottleneck.check_settings(RD_BOTTLENECK, **prior_fit)
         net, meta = load_start_codec(codec, arch, quality, net_kwargs, metric)
         if lmbda is None:
             same_metric = meta.get("metric", "mse") == metric
@@ -221,23 +223,18 @@ class RDModule(RDTrainingModule):
         """
         hp = self.hparams
         images = self._prior_images() if images is None else images
-        hist = fit_prior(
-            self.net,
-            images,
-            name=hp.bottleneck,
-            **{
-                **as_kwargs(RD_BOTTLENECK),
-                **(hp.prior_fit or {}),
-                "num_latents": hp.num_latents,
-                "structure": hp.structure,
-                "leaves": hp.leaves,
-                "max_items": hp.prior_max_items,
-                "epochs": hp.prior_epochs,
-                "finetune_steps": hp.prior_finetune_steps,
-                "seed": hp.seed,
-            },
-            progress=False,
+        settings = dataclasses.replace(
+            RD_BOTTLENECK,
+            **(hp.prior_fit or {}),
+            num_latents=hp.num_latents,
+            structure=hp.structure,
+            leaves=hp.leaves,
+            max_items=hp.prior_max_items,
+            epochs=hp.prior_epochs,
+            finetune_steps=hp.prior_finetune_steps,
+            seed=hp.seed,
         )
+        hist = fit_prior(self.net, images, name=hp.bottleneck, bottleneck=settings, progress=False)
         for p in self.net.parameters():  # fit_prior froze the codec
             p.requires_grad_(True)
         return hist

@@ -72,7 +72,7 @@ def test_the_default_bottlenecks_circuit_round_trips(tmp_path):
     g = torch.Generator().manual_seed(0)
     maps = [torch.randn(1, 4, 8, 8, generator=g) * 3 for _ in range(3)]
     eb = PCEntropyBottleneck(4)
-    eb.fit(maps, 2, context="three-pass", epochs=1, full_batch_epochs=1, progress=False)
+    eb.fit(maps, num_latents=2, context="three-pass", epochs=1, full_batch_epochs=1, progress=False)
     assert isinstance(eb.pc, GroupedHCLT)
     save(eb.pc, tmp_path / "eb.pt")
     back = load(tmp_path / "eb.pt")

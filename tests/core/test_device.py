@@ -52,7 +52,7 @@ def test_pc_entropy_bottleneck_strings_cross_devices_exactly(device):
     g = torch.Generator().manual_seed(0)
     values = torch.randn(4000, 6, generator=g) * torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0, 6.0])
     eb = PCEntropyBottleneck(6)
-    eb.fit(values, num_latents=3, epochs=1, progress=False)
+    eb.fit(values, num_latents=3, context=None, epochs=1, progress=False)
     on = copy.deepcopy(eb).to(device)
     y = torch.randn(2, 6, 5, 7, generator=g) * 3.0
     strings = on.compress(y.to(device))

@@ -49,6 +49,7 @@ from pc_prior import framing
 from pc_prior.checkpoint import CHECKPOINT_VERSION
 from pc_prior.integrations import fit_prior, save_codec, swap_entropy_model
 from pc_prior.integrations.codec_file import CODEC_VERSION
+from pc_prior.settings import ConditionalFit
 
 HERE = Path(__file__).resolve().parent
 CODEC_NET = {"N": 4, "M": 6}
@@ -201,7 +202,15 @@ def make_conditional(out: Path) -> dict:
     g = torch.Generator().manual_seed(1)
     train = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(3)]
     cond = {"num_latents": 3, "steps": 40, "batch_size": 256, "context": "three-pass", "seed": 0}
-    fit_prior(net, train, name=names, num_latents=3, epochs=1, progress=False, conditional=cond)
+    fit_prior(
+        net,
+        train,
+        name=names,
+        num_latents=3,
+        epochs=1,
+        progress=False,
+        conditional=ConditionalFit(**cond),
+    )
     net.update(force=True)
     path = save_codec(
         net, out / "conditional-codec.pt", "ScaleHyperprior", 1, net_kwargs=CONDITIONAL_NET

@@ -8,6 +8,7 @@ import torch
 from compressai.models import FactorizedPrior
 from helpers import bottleneck_round_trip, random_images
 
+from pc_prior.continuous import DiscretizedLogisticTree
 from pc_prior.errors import InputError
 from pc_prior.hclt import GroupedHCLT
 from pc_prior.integrations import PCEntropyBottleneck, fit_prior, load_codec, save_codec
@@ -113,8 +114,8 @@ def test_context_bottleneck_round_trip_is_exact_and_matches_its_code_length(sche
     eb = PCEntropyBottleneck(5)
     plain = PCEntropyBottleneck(5)
     kw = dict(epochs=3, full_batch_epochs=1, progress=False)
-    eb.fit(train, 3, context=schedule, **kw)
-    plain.fit(train, 3, context=None, **kw)
+    eb.fit(train, num_latents=3, context=schedule, **kw)
+    plain.fit(train, num_latents=3, context=None, **kw)
     assert eb.schedule == schedule and isinstance(eb.pc, GroupedHCLT)
     assert eb._pc_emit.dim() == 4 and eb._pc_emit.shape[1] == num_leaf_groups(schedule)
     y = torch.cat(test)
@@ -136,26 +137,32 @@ def test_context_bottleneck_round_trip_is_exact_and_matches_its_code_length(sche
         plain.decompress(strings, y.shape[-2:])
 
 
-def test_rows_and_logistic_leaves_fit_one_pass():
+def test_rows_and_logistic_leaves_need_one_pass():
     eb = PCEntropyBottleneck(5)
     rows = torch.randn(100, 5) * 3
-    eb.fit(rows, 2, context="three-pass", epochs=1, progress=False)  # rows: one pass
+    with pytest.raises(InputError, match="rows .* have no neighbours"):
+        eb.fit(rows, num_latents=2, context="three-pass", epochs=1, progress=False)
+    eb.fit(rows, num_latents=2, context=None, epochs=1, progress=False)
     assert eb.schedule is None and not isinstance(eb.pc, GroupedHCLT)
-    eb.fit(_maps(2), 2, context="checkerboard", leaves="logistic", epochs=1, progress=False)
-    assert eb.schedule is None  # logistic leaves: one pass
+    with pytest.raises(InputError, match="logistic"):
+        eb.fit(_maps(2), num_latents=2, context="checkerboard", leaves="logistic", progress=False)
+    eb.fit(_maps(2), num_latents=2, context=None, leaves="logistic", epochs=1, progress=False)
+    assert eb.schedule is None and isinstance(eb.pc, DiscretizedLogisticTree)
     with pytest.raises(InputError, match="context"):
-        eb.fit(_maps(2), 2, context="five-pass", progress=False)
+        eb.fit(_maps(2), num_latents=2, context="five-pass", progress=False)
     with pytest.raises(InputError, match=r"values\[1\] must be a latent map tensor"):
-        eb.fit([_maps(1)[0], _maps(1)[0].numpy()], 2, progress=False)
+        eb.fit([_maps(1)[0], _maps(1)[0].numpy()], num_latents=2, progress=False)
     with pytest.raises(InputError, match=r"expected a latent of shape \[B, 5, H, W\]"):
-        eb.fit([torch.zeros(1, 4, 3, 3)], 2, progress=False)
+        eb.fit([torch.zeros(1, 4, 3, 3)], num_latents=2, progress=False)
     with pytest.raises(InputError, match="non-empty list of latent maps"):
-        eb.fit([], 2, progress=False)
+        eb.fit([], num_latents=2, progress=False)
 
 
 def test_corrupted_schedule_fails_the_load():
     eb = PCEntropyBottleneck(5)
-    eb.fit(_maps(4), 2, context="three-pass", epochs=1, full_batch_epochs=0, progress=False)
+    eb.fit(
+        _maps(4), num_latents=2, context="three-pass", epochs=1, full_batch_epochs=0, progress=False
+    )
     sd = eb.state_dict()
     for key, bad in (
         ("_pc_schedule", torch.tensor([7])),
@@ -228,7 +235,14 @@ def test_channel_edges_follow_each_channels_activity_and_bin_per_channel():
 
 def test_context_bins_channel_round_trip():
     eb = PCEntropyBottleneck(5)
-    eb.fit(_maps(6), 2, context="three-pass", context_bins="channel", epochs=1, progress=False)
+    eb.fit(
+        _maps(6),
+        num_latents=2,
+        context="three-pass",
+        context_bins="channel",
+        epochs=1,
+        progress=False,
+    )
     assert eb._leaf_edges.shape == (5, len(MAGNITUDE_EDGES))
     y = torch.cat(_maps(2, seed=4))
     again = PCEntropyBottleneck(5)
@@ -258,8 +272,10 @@ def test_states_first_keeps_the_one_pass_states_and_learns_groups_on_them():
     train, test = _maps(12), _maps(3, seed=9)
     kw = dict(epochs=3, full_batch_epochs=1, progress=False)
     eb, plain = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
-    eb.fit(train, 3, context="three-pass", group_fit="states-first", group_epochs=0, **kw)
-    plain.fit(train, 3, context=None, **kw)
+    eb.fit(
+        train, num_latents=3, context="three-pass", group_fit="states-first", group_epochs=0, **kw
+    )
+    plain.fit(train, num_latents=3, context=None, **kw)
     assert isinstance(eb.pc, GroupedHCLT) and eb.schedule == "three-pass"
     # the latent states are exactly the one-pass circuit's; only the leaves see the groups
     assert torch.equal(eb.pc.root_logits, plain.pc.root_logits)
@@ -272,23 +288,25 @@ def test_states_first_keeps_the_one_pass_states_and_learns_groups_on_them():
     bits = float(-eb.log_likelihood(eb.symbols(y)).sum())
     assert bits < float(-plain.log_likelihood(plain.symbols(y)).sum())
     with pytest.raises(InputError, match="group_fit"):
-        eb.fit(train, 3, context="three-pass", group_fit="groups-first", progress=False)
+        eb.fit(train, num_latents=3, context="three-pass", group_fit="groups-first", progress=False)
 
 
 def test_group_epochs_continue_the_grouped_circuit_after_the_count_pass(monkeypatch):
     train = _maps(6, seed=5)
     kw = dict(epochs=2, full_batch_epochs=1, progress=False)
     eb, two_step = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
-    eb.fit(train, 3, group_epochs=2, **kw)
+    eb.fit(train, num_latents=3, group_epochs=2, **kw)
     with monkeypatch.context() as m:  # the first fit's end unsnapped: the warm start snaps once
         m.setattr(PCEntropyBottleneck, "_snap_leaves", lambda self: None)
-        two_step.fit(train, 3, group_epochs=0, **kw)  # states first, count pass, back-off
+        two_step.fit(
+            train, num_latents=3, group_epochs=0, **kw
+        )  # states first, count pass, back-off
     before = float(-two_step.log_likelihood(torch.cat([two_step.symbols(y) for y in train])).sum())
     # the same as continuing the grouped circuit by two full-batch epochs (a warm start)
-    two_step.fit(train, warm_start=True, epochs=0, full_batch_epochs=2, progress=False)
+    two_step.adapt(train, epochs=0, full_batch_epochs=2, progress=False)
     for name in ("_pc_root", "_pc_trans", "_pc_emit"):
         assert torch.equal(getattr(eb, name), getattr(two_step, name))
     after = float(-eb.log_likelihood(torch.cat([eb.symbols(y) for y in train])).sum())
     assert after < before  # the grouped EM fits the training maps better
     with pytest.raises(InputError, match="group_epochs"):
-        eb.fit(train, 3, group_epochs=-1, progress=False)
+        eb.fit(train, num_latents=3, group_epochs=-1, progress=False)

@@ -10,7 +10,7 @@ from helpers import random_images
 from pc_prior import CheckpointError
 from pc_prior.files import read_file, write_file
 from pc_prior.integrations import PCEntropyBottleneck, fit_prior, load_codec, save_codec
-from pc_prior.integrations.entropy_models import LEAF_LEVELS, LEAF_STEP, LEVELS_KEY
+from pc_prior.integrations.bottleneck_state import LEAF_LEVELS, LEAF_STEP, LEVELS_KEY
 
 KEY = "entropy_bottleneck." + LEVELS_KEY
 KW = {"N": 8, "M": 12}
@@ -32,7 +32,7 @@ def _dead(eb: PCEntropyBottleneck, shape: torch.Size) -> torch.Tensor:
 @pytest.mark.parametrize("context", [None, "three-pass"])
 def test_a_fit_ends_with_leaves_on_the_stored_grid(context):
     eb = PCEntropyBottleneck(5)
-    eb.fit(_maps(4), 3, context=context, epochs=1, full_batch_epochs=1, progress=False)
+    eb.fit(_maps(4), num_latents=3, context=context, epochs=1, full_batch_epochs=1, progress=False)
     logits = eb.pc.emission_logits.detach().double()
     level = -logits / LEAF_STEP
     assert torch.equal(level, level.round())

@@ -20,6 +20,7 @@ from pc_prior.integrations import (
     fit_prior,
     swap_entropy_model,
 )
+from pc_prior.settings import ConditionalFit
 from pc_prior.structure import Tree
 
 
@@ -230,7 +231,7 @@ def test_state_dict_and_save_load_codec(tmp_path):
         epochs=1,
         max_items=200,
         progress=False,
-        conditional={"num_latents": 2, "steps": 5, "batch_size": 32, "structure": "star"},
+        conditional=ConditionalFit(num_latents=2, steps=5, batch_size=32, structure="star"),
     )
     assert set(hist) == set(NAMES) and "holdout_pc_bits" in hist["gaussian_conditional"][-1]
     net.update(force=True)
@@ -335,7 +336,7 @@ def test_data_init_and_star_structure_round_trip():
 
 def test_sliced_gradient_equals_whole_batch_gradient():
     """fit's per-slice backward passes sum to the whole batch's gradient, whatever the slicing."""
-    from pc_prior.integrations.conditional import accumulate_gradient
+    from pc_prior.integrations.conditional_fit import accumulate_gradient
 
     g = torch.Generator().manual_seed(4)
     tree = Tree((-1, 0, 0, 1))

@@ -235,7 +235,7 @@ def bottleneck_state() -> dict[str, torch.Tensor]:
     eb = PCEntropyBottleneck(4)
     scale = torch.tensor([0.3, 1.0, 3.0, 8.0]).view(1, 4, 1, 1)
     maps = [torch.randn(1, 4, 10, 12, generator=g) * scale for _ in range(4)]  # maps: contexts
-    eb.fit(maps, 2, epochs=1, full_batch_epochs=0, batch_size=200, progress=False)
+    eb.fit(maps, num_latents=2, epochs=1, full_batch_epochs=0, batch_size=200, progress=False)
     eb.update(force=True)
     assert eb.schedule is not None and eb.state_context is not None  # the defaults
     return eb.state_dict()

@@ -16,9 +16,10 @@ def _bottleneck(num_latents: int, context: str | None) -> PCEntropyBottleneck:
     g = torch.Generator().manual_seed(0)
     eb = PCEntropyBottleneck(4)
     vals = torch.randn(600, 4, generator=g) * torch.tensor([0.3, 1.0, 3.0, 8.0])
+    values = vals if context is None else [vals.view(6, 10, 10, 4).permute(0, 3, 1, 2)]
     eb.fit(
-        vals,
-        num_latents,
+        values,
+        num_latents=num_latents,
         epochs=1,
         full_batch_epochs=0,
         batch_size=200,

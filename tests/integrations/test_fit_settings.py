@@ -14,11 +14,12 @@ from pc_prior.files import read_file
 from pc_prior.integrations import (
     PCConditional,
     PCEntropyBottleneck,
+    adapt_prior,
     fit_prior,
     read_codec_file,
     save_codec,
 )
-from pc_prior.settings import BottleneckFit, ConditionalFit, ImageFit, as_kwargs
+from pc_prior.settings import BottleneckFit, ConditionalFit, ImageFit
 
 
 def _defaults(fn) -> dict:
@@ -38,17 +39,17 @@ def _assert_same_files(a, b) -> None:
 
 
 def test_fit_methods_take_their_defaults_from_the_settings():
-    for fit, settings in (
-        (PCEntropyBottleneck.fit, BottleneckFit),
-        (PCConditional.fit, ConditionalFit),
-    ):
-        got = _defaults(fit)
-        assert {k: got[k] for k in as_kwargs(settings())} == as_kwargs(settings())
-        # no default outside them but the two switches (a bar; continue instead of a new fit)
-        assert set(got) - set(as_kwargs(settings())) == {"progress", "warm_start"}
-    fp = _defaults(fit_prior)
-    assert fp["num_latents"] == BottleneckFit.num_latents
-    assert (fp["multiple"], fp["max_images"]) == (ImageFit.multiple, ImageFit.max_images)
+    for model, settings in ((PCEntropyBottleneck, BottleneckFit), (PCConditional, ConditionalFit)):
+        for method in (model.fit, model.adapt):  # no default of their own but the progress bar
+            assert _defaults(method) == {"settings": None, "progress": True}
+        assert model.check_settings() == settings()
+        assert model.check_settings(settings(seed=3), num_latents=5) == settings(
+            seed=3, num_latents=5
+        )
+    for fn in (fit_prior, adapt_prior):
+        fp = _defaults(fn)
+        assert (fp["bottleneck"], fp["conditional"]) == (None, None)
+        assert (fp["multiple"], fp["max_images"]) == (ImageFit.multiple, ImageFit.max_images)
     # the measured settings (README): star K=16 on 60k positions, 6+2 epochs; three-pass K=32
     assert (BottleneckFit.structure, BottleneckFit.epochs, BottleneckFit.full_batch_epochs) == (
         "star",
@@ -148,7 +149,7 @@ def test_fit_prior_and_cli_fit_the_same_hyperprior_circuits(tmp_path, capsys):
     capsys.readouterr()
     api, _ = read_codec_file(codec)
     names = ("entropy_bottleneck", "gaussian_conditional")
-    hist = fit_prior(api, images, name=names, conditional={"steps": 20}, progress=False)
+    hist = fit_prior(api, images, name=names, conditional=ConditionalFit(steps=20), progress=False)
     assert list(hist) == list(names)
     gc = api.gaussian_conditional
     assert gc.context is not None and gc.anchor_context is not None  # three-pass by default

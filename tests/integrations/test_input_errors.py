@@ -14,6 +14,7 @@ from pc_prior import HCLT, InputError, NotFittedError, Tree, bits_per_dim, fit_a
 from pc_prior.cli import main
 from pc_prior.devices import resolve_device
 from pc_prior.integrations import PCConditional, PCEntropyBottleneck, fit_prior
+from pc_prior.settings import BottleneckFit, ConditionalFit
 
 NAN = float("nan")
 
@@ -344,18 +345,31 @@ def test_fit_prior_restores_requires_grad_after_a_failed_fit():
 def test_bottleneck_fit_refuses_bad_arguments(kwargs, match):
     eb = PCEntropyBottleneck(3)
     with pytest.raises(InputError, match=match):
-        eb.fit(torch.randn(50, 3) * 3, progress=False, **kwargs)
+        eb.fit(torch.randn(50, 3) * 3, progress=False, **({"context": None} | kwargs))
     assert not eb.fitted
 
 
-def test_check_fit_args_without_data():
-    a = PCEntropyBottleneck.check_fit_args(epochs=np.int64(2), step_size=[0.5, 0.1])
-    assert a["epochs"] == 2 and a["step_size"] == (0.5, 0.1) and a["num_latents"] == 16
-    with pytest.raises(InputError, match="unexpected keyword argument 'epoch'"):
-        PCEntropyBottleneck.check_fit_args(epoch=3)
-    with pytest.raises(InputError, match="unexpected keyword argument 'step'"):
-        PCConditional.check_fit_args(step=3)
-    assert PCConditional.check_fit_args(steps=0)["steps"] == 0
+def test_check_settings_without_data():
+    s = PCEntropyBottleneck.check_settings(epochs=np.int64(2), step_size=[0.5, 0.1])
+    assert s == BottleneckFit(epochs=2, step_size=(0.5, 0.1)) and type(s.epochs) is int
+    with pytest.raises(InputError, match="unknown setting epoch; the BottleneckFit fields are"):
+        PCEntropyBottleneck.check_settings(epoch=3)
+    with pytest.raises(InputError, match="unknown setting step; the ConditionalFit fields"):
+        PCConditional.check_settings(step=3)
+    with pytest.raises(InputError, match="must be a pc_prior.settings.ConditionalFit"):
+        PCConditional.check_settings(BottleneckFit())
+    assert PCConditional.check_settings(ConditionalFit(steps=7), seed=2).steps == 7
+    with pytest.warns(FutureWarning, match="check_settings"):  # the old name, for one release
+        assert PCConditional.check_fit_args(steps=0)["steps"] == 0
+
+
+def test_settings_that_the_model_cannot_honour_are_errors_not_dropped():
+    eb = PCEntropyBottleneck(3)
+    with pytest.raises(InputError, match=r"rows \[N, C\] have no neighbours.*context=None"):
+        eb.fit(torch.randn(50, 3) * 3, progress=False)  # the default three-pass context
+    with pytest.raises(InputError, match="logistic.*pass context=None"):
+        PCEntropyBottleneck.check_settings(leaves="logistic")
+    assert not eb.fitted
 
 
 def test_bottleneck_fit_checks_values_and_logistic_without_finetuning():
@@ -371,6 +385,7 @@ def test_bottleneck_fit_checks_values_and_logistic_without_finetuning():
         num_latents=2,
         epochs=1,
         leaves="logistic",
+        context=None,
         finetune_steps=0,
         progress=False,
     )
@@ -434,7 +449,7 @@ def test_conditional_fit_checks_symbols_and_indexes(cond):
         ({"epoch": 2}, "epoch"),
         ({"name": "nothing_here"}, "no module 'nothing_here'"),
         ({"name": 3}, "name must be"),
-        ({"conditional": [1]}, "conditional must be a dict"),
+        ({"conditional": [1]}, "must be a pc_prior.settings.ConditionalFit"),
     ],
 )
 def test_fit_prior_refuses_bad_arguments_before_swapping(kwargs, match):
@@ -464,7 +479,7 @@ def test_fit_prior_refuses_bad_images_and_misplaced_arguments():
             hyper,
             _images(size=64),
             name=("entropy_bottleneck", "gaussian_conditional"),
-            conditional={"steps": -1},
+            conditional=ConditionalFit(steps=-1),
             progress=False,
         )
     assert type(hyper.entropy_bottleneck) is EntropyBottleneck

@@ -334,6 +334,7 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
                 leaves,
                 "--finetune-steps",
                 "5",
+                *(["--context", "none"] if leaves == "logistic" else []),
             ]
         )
         == 0
@@ -342,6 +343,7 @@ def test_save_load_codec_and_cli(tmp_path, capsys, leaves):
     swapped = load_codec(out)
     assert isinstance(swapped.entropy_bottleneck, PCEntropyBottleneck) and swapped.update() is False
     # the default three-pass context groups categorical leaves; logistic ones code in one pass
+    # (asked for: --context none; with a context they are refused, not silently one pass)
     leaf_kind = DiscretizedLogisticTree if leaves == "logistic" else GroupedHCLT
     assert type(swapped.entropy_bottleneck.pc) is leaf_kind
     assert main(["eval", str(out), "--data", str(imgs), "--no-progress"]) == 0
@@ -386,7 +388,7 @@ def test_star_structure_and_fit_argument_errors():
 
 def test_logistic_leaves_round_trip_and_train_the_analysis_transform():
 
-    model = _fitted(leaves="logistic", finetune_steps=20)
+    model = _fitted(leaves="logistic", context=None, finetune_steps=20)
     eb = model.entropy_bottleneck
     assert isinstance(eb.pc, DiscretizedLogisticTree)
     emit = eb.pc.log_emissions().exp()

@@ -25,6 +25,7 @@ from torch import nn
 
 from pc_prior.errors import InputError, UnsupportedModelError
 from pc_prior.integrations import PCConditional, PCEntropyBottleneck, fit_prior, swap_entropy_model
+from pc_prior.settings import ConditionalFit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,7 +206,7 @@ def test_raster_scan_latent_codec_and_gaussian_subclasses_are_refused():
 
 def test_cdf_tables_of_pc_modules_raise_and_private_buffers_work():
     eb = PCEntropyBottleneck(4)
-    eb.fit(torch.randn(300, 4) * 3, num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
+    eb.fit(torch.randn(300, 4) * 3, num_latents=2, context=None, epochs=1, progress=False)
     gc = PCConditional(None)
     gc.fit(
         [torch.randint(-3, 4, (1, 4, 4, 4))],
@@ -334,15 +335,16 @@ def _round_trip(case: str) -> dict:
     names = [n for n in entropy_modules(net) if n not in REFUSED.get(case, {})]
     imgs = images()
     bottleneck = (
-        dict(epochs=1, full_batch_epochs=0) if any("bottleneck" in n for n in names) else {}
+        dict(num_latents=2, epochs=1, full_batch_epochs=0)
+        if any("bottleneck" in n for n in names)
+        else {}
     )
     fit_prior(
         net,
         imgs,
         name=names,
-        num_latents=2,
         progress=False,
-        conditional=dict(num_latents=2, steps=5, batch_size=64),
+        conditional=ConditionalFit(num_latents=2, steps=5, batch_size=64),
         **bottleneck,
     )
     net.update(force=True)
@@ -434,7 +436,7 @@ def _custom_serial() -> dict:
     net = Serial()
     swap_entropy_model(net)  # unknown models are accepted: their coding must raise, not crash
     net.entropy_bottleneck.fit(
-        torch.randn(200, 4) * 3, num_latents=2, epochs=1, full_batch_epochs=0, progress=False
+        torch.randn(200, 4) * 3, num_latents=2, context=None, epochs=1, progress=False
     )
     got = {}
     y = torch.randn(1, 4, 4, 4)
@@ -606,7 +608,7 @@ def test_cli_eval_of_pre_refusal_mbt2018_codec_fails_cleanly(worker):
 def fitted_pair() -> tuple[PCEntropyBottleneck, PCConditional]:
     torch.manual_seed(0)
     eb = PCEntropyBottleneck(4)
-    eb.fit(torch.randn(300, 4) * 3, num_latents=2, epochs=1, full_batch_epochs=0, progress=False)
+    eb.fit(torch.randn(300, 4) * 3, num_latents=2, context=None, epochs=1, progress=False)
     gc = PCConditional(None)
     gc.fit(
         [torch.randint(-3, 4, (2, 4, 4, 4))],

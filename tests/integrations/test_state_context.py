@@ -103,7 +103,7 @@ def test_per_item_roots_give_each_item_the_conditionals_of_its_own_root():
 def _fit(state_context="neighbours", seed=0):
     eb = PCEntropyBottleneck(5)
     kw = dict(epochs=3, full_batch_epochs=1, progress=False, seed=seed)
-    eb.fit(_maps(12), 3, context="three-pass", state_context=state_context, **kw)
+    eb.fit(_maps(12), num_latents=3, context="three-pass", state_context=state_context, **kw)
     return eb
 
 
@@ -162,18 +162,20 @@ def test_state_priors_reload_and_are_checked_on_load():
 
 def test_state_context_needs_a_grouped_fit_and_a_known_value():
     eb = PCEntropyBottleneck(5)
-    eb.fit(_maps(3), 2, context=None, epochs=1, progress=False)  # one pass: no neighbours
+    eb.fit(
+        _maps(3), num_latents=2, context=None, epochs=1, progress=False
+    )  # one pass: no neighbours
     assert eb.state_context is None
-    eb.fit(torch.randn(50, 5) * 3, 2, epochs=1, progress=False)  # rows: one pass
+    eb.fit(torch.randn(50, 5) * 3, num_latents=2, context=None, epochs=1, progress=False)
     assert eb.state_context is None
     with pytest.raises(InputError, match="state_context"):
-        eb.fit(_maps(3), 2, state_context="diagonal", progress=False)
+        eb.fit(_maps(3), num_latents=2, state_context="diagonal", progress=False)
 
 
 def test_warm_start_refits_the_state_priors():
     eb = _fit()
     before = eb._state_roots.clone()
-    eb.fit(_maps(6, seed=11), warm_start=True, epochs=1, full_batch_epochs=0, progress=False)
+    eb.adapt(_maps(6, seed=11), epochs=1, full_batch_epochs=0, progress=False)
     assert eb.state_context == "neighbours" and not torch.equal(eb._state_roots, before)
     y = torch.cat(_maps(1, seed=12))
     med = eb._medians().view(1, -1, 1, 1)
@@ -183,7 +185,7 @@ def test_warm_start_refits_the_state_priors():
 def test_state_epochs_refit_the_circuit_under_the_state_priors():
     eb = PCEntropyBottleneck(5)
     kw = dict(epochs=3, full_batch_epochs=1, progress=False, context="three-pass")
-    eb.fit(_maps(12), 3, state_epochs=1, **kw)
+    eb.fit(_maps(12), num_latents=3, state_epochs=1, **kw)
     once = _fit()
     assert not torch.equal(eb.pc.emission_logits, once.pc.emission_logits)
     assert not torch.equal(eb._state_roots, once._state_roots)
@@ -191,4 +193,4 @@ def test_state_epochs_refit_the_circuit_under_the_state_priors():
     _, _, bits, model_bits = bottleneck_round_trip(eb, y)
     assert model_bits < bits < model_bits * 1.02 + 8 * 40 * 2
     with pytest.raises(InputError, match="state_epochs"):
-        eb.fit(_maps(3), 2, state_epochs=-1, progress=False)
+        eb.fit(_maps(3), num_latents=2, state_epochs=-1, progress=False)

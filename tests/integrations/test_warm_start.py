@@ -1,4 +1,4 @@
-"""Continuing fitted priors on new images (``warm_start``, ``pc-prior prior adapt``)."""
+"""Continuing fitted priors on new images (``adapt``, ``adapt_prior``, ``pc-prior prior adapt``)."""
 
 import copy
 import json
@@ -13,11 +13,13 @@ from pc_prior.errors import InputError, NotFittedError
 from pc_prior.integrations import (
     PCConditional,
     PCEntropyBottleneck,
+    adapt_prior,
     collect_latents,
     fit_prior,
     load_codec,
     save_codec,
 )
+from pc_prior.settings import ConditionalFit
 
 
 def _factorized(seed=0):
@@ -46,9 +48,9 @@ def test_bottleneck_warm_start_keeps_alphabets_and_structure_and_fits_the_new_da
     before = copy.deepcopy(eb.state_dict())
     tree, k = eb.pc.tree, eb.pc.num_latents
     bits_before = _bits(eb, v_held)
-    hist = eb.fit(
-        v_new, num_latents=7, structure="chow-liu", epochs=2, progress=False, warm_start=True
-    )
+    with pytest.raises(InputError, match="adapt keeps the fitted model's num_latents, structure"):
+        eb.adapt(v_new, num_latents=7, structure="chow-liu", progress=False)
+    hist = eb.adapt(v_new, epochs=2, progress=False)
     assert hist and eb.pc.tree == tree and eb.pc.num_latents == k  # kept, not refit
     for key in ("_offset", "_cdf_length"):
         assert torch.equal(eb.state_dict()[key], before[key])
@@ -68,11 +70,11 @@ def test_bottleneck_warm_start_keeps_the_spatial_context():
     assert eb.schedule == "three-pass"  # the default
     groups = eb._pc_emit.shape[1]
     logits = eb.pc.emission_logits.detach().clone()
-    fit_prior(net, random_images(2, seed=4), epochs=1, warm_start=True, progress=False)
+    adapt_prior(net, random_images(2, seed=4), epochs=1, progress=False)
     assert eb.schedule == "three-pass" and eb._pc_emit.shape[1] == groups
     assert not torch.equal(eb.pc.emission_logits, logits)
     with pytest.raises(InputError, match="continue it on latent maps"):
-        eb.fit(collect_latents(net, random_images(1)), warm_start=True, progress=False)
+        eb.adapt(collect_latents(net, random_images(1)), progress=False)
     x = random_images(1, seed=7)[0]
     with torch.no_grad():
         y = net.g_a(x)
@@ -81,11 +83,30 @@ def test_bottleneck_warm_start_keeps_the_spatial_context():
 
 def test_warm_start_needs_a_fitted_pc_model():
     with pytest.raises(NotFittedError):
-        PCEntropyBottleneck(4).fit(torch.randn(50, 4), warm_start=True, progress=False)
-    with pytest.raises(InputError, match="warm_start continues fitted PC entropy models"):
-        fit_prior(_factorized(), random_images(1), warm_start=True, progress=False)
-    with pytest.raises(InputError, match="warm_start"):
+        PCEntropyBottleneck(4).adapt(torch.randn(50, 4), progress=False)
+    with pytest.raises(InputError, match="holds no PC entropy model to continue"):
+        adapt_prior(_factorized(), random_images(1), progress=False)
+    with pytest.raises(InputError, match="adapt_prior continues fitted PC entropy models"):
+        adapt_prior(_factorized(), random_images(1), name="entropy_bottleneck", progress=False)
+    with (
+        pytest.warns(FutureWarning, match="adapt_prior"),
+        pytest.raises(InputError, match="warm_start"),
+    ):
         fit_prior(_factorized(), random_images(1), warm_start="yes", progress=False)
+
+
+def test_the_old_warm_start_switch_still_continues_for_one_release():
+    net = _factorized()
+    fit_prior(net, random_images(2, seed=0), num_latents=3, epochs=1, context=None, progress=False)
+    eb = net.entropy_bottleneck
+    k, logits = eb.pc.num_latents, eb.pc.emission_logits.detach().clone()
+    with pytest.warns(FutureWarning, match="adapt_prior"):
+        fit_prior(
+            net, random_images(2, seed=3), num_latents=9, epochs=1, warm_start=True, progress=False
+        )
+    assert eb.pc.num_latents == k and not torch.equal(eb.pc.emission_logits, logits)
+    with pytest.warns(FutureWarning, match="adapt"):
+        eb.fit(collect_latents(net, random_images(1)), warm_start=True, epochs=1, progress=False)
 
 
 def test_conditional_warm_start_keeps_the_contexts_and_round_trips():
@@ -95,14 +116,12 @@ def test_conditional_warm_start_keeps_the_contexts_and_round_trips():
     ctx_before = copy.deepcopy({k: v for k, v in gc.state_dict().items() if "context" in k})
     radius = gc.radius
     trans = gc.pc.transition_logits.detach().clone()
-    hist = fit_prior(
+    hist = adapt_prior(
         hyper,
         random_images(2, seed=7),
-        name=NAMES,
         epochs=1,
         progress=False,
-        warm_start=True,
-        conditional={"steps": 10, "batch_size": 64, "context": None, "num_latents": 9},
+        conditional=ConditionalFit(steps=10, batch_size=64),
     )
     assert set(hist) == set(NAMES) and hist["gaussian_conditional"][-1]["step"] == 10
     assert gc.radius == radius and gc.pc.num_latents == 3  # kept

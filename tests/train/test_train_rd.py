@@ -11,7 +11,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from compressai.models import FactorizedPrior
 from conftest import shared_path
-from helpers import make_pngs, tiny_trainer
+from helpers import assert_round_trip, make_pngs, tiny_trainer
 
 from pc_prior.cli import main
 from pc_prior.continuous import DiscretizedLogisticTree
@@ -129,12 +129,6 @@ def test_ms_ssim_variant_runs(tmp_path):
     assert math.isfinite(float(m["train_loss"])) and "val_bpp_coded" not in m
     with pytest.raises(ValueError, match="metric"):
         RDModule(**TINY, metric="psnr")
-
-
-def assert_round_trip(net: torch.nn.Module, x: torch.Tensor) -> None:
-    enc = net.compress(x)
-    rec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
-    assert torch.equal(rec, net(x)["x_hat"].clamp(0, 1))
 
 
 def test_export_loads_and_round_trips(tmp_path):
