@@ -27,7 +27,7 @@ import torch
 from pc_prior import HCLT, decode, encode, fit_em, load
 from pc_prior.coding import incremental_conditionals, naive_conditionals
 from pc_prior.data import load_mnist
-from pc_prior.training import bits_per_dim
+from pc_prior.fitting import bits_per_dim
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:

@@ -63,8 +63,8 @@ import torch
 from pc_prior import HCLT, decode, encode, fit_em, load
 from pc_prior.coding import check_symbol_circuit
 from pc_prior.data import default_data_root, load_mnist
+from pc_prior.fitting import bits_per_dim
 from pc_prior.settings import LosslessFit
-from pc_prior.training import bits_per_dim
 
 Image = np.ndarray  # [H, W] uint8
 

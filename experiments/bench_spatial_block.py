@@ -68,11 +68,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(1)
+    from pc_prior.fitting import fit_em
     from pc_prior.hclt import HCLT
     from pc_prior.images import FolderImages
     from pc_prior.integrations import load_codec
     from pc_prior.structure import Tree
-    from pc_prior.training import fit_em
 
     net = load_codec(SHARED / "models" / f"bmshj2018-factorized-q{args.quality}.pt")
     train_y = latent_symbols(net, FolderImages(SHARED / "data" / "bsds500", 64, args.train_images))

@@ -1,7 +1,7 @@
 """Choose ``leaf_smoothing`` and ``smoothing_width`` on held-out training images (never the test split).
 
 Takes an HCLT that ``pc-prior lossless fit --valid N --leaf-smoothing 0`` trained on all but the
-last N training images, applies ``pc_prior.training.smooth_leaves`` at each (share, width) of the
+last N training images, applies ``pc_prior.fitting.smooth_leaves`` at each (share, width) of the
 grid to a copy (smoothing is the fit's last step, so this is exactly what a fit with that setting
 gives) and prints the held-out bpd of each as one JSON line, the unsmoothed model first.
 
@@ -19,7 +19,7 @@ import torch
 
 from pc_prior import load
 from pc_prior.data import load_mnist
-from pc_prior.training import bits_per_dim, smooth_leaves
+from pc_prior.fitting import bits_per_dim, smooth_leaves
 
 
 def main() -> None:

@@ -31,18 +31,18 @@ _LAZY = {
     "chow_liu_tree": "structure",
     "pairwise_mutual_information": "structure",
     "star_tree": "structure",
-    "bits_per_dim": "training",
-    "fit_adam": "training",
-    "fit_em": "training",
+    "bits_per_dim": "fitting",
+    "fit_adam": "fitting",
+    "fit_em": "fitting",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .checkpoint import load, save
     from .coding import decode, encode
     from .continuous import DiscretizedLogisticTree, ScaleConditionedTree
+    from .fitting import bits_per_dim, fit_adam, fit_em
     from .hclt import HCLT, GroupedHCLT, LatentTreeCircuit
     from .structure import Tree, chow_liu_tree, pairwise_mutual_information, star_tree
-    from .training import bits_per_dim, fit_adam, fit_em
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

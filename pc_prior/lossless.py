@@ -182,7 +182,7 @@ def _fit(args: argparse.Namespace) -> int:
     from . import HCLT, fit_em, save
     from .data import load_mnist
     from .devices import resolve_device
-    from .training import bits_per_dim
+    from .fitting import bits_per_dim
 
     resolve_device(args.device)  # before the data are read and the structure learned
     torch.manual_seed(args.seed)
@@ -261,7 +261,7 @@ def lossless_bench(pc, x: torch.Tensor) -> dict:
     import torch
 
     from . import decode, encode
-    from .training import bits_per_dim
+    from .fitting import bits_per_dim
 
     n, d = x.shape
     bpd_theory = bits_per_dim(pc, x)

@@ -201,7 +201,7 @@ class LosslessFit:
             (``PriorModule``: ``lr`` and ``lr_end``).
         pseudocount: EM smoothing (Dirichlet pseudo-counts per distribution).
         leaf_smoothing: after EM, this share of each leaf's interior mass (symbols 1..V-2) is
-            spread over neighbouring symbols (``pc_prior.training.smooth_leaves``; 0: off).
+            spread over neighbouring symbols (``pc_prior.fitting.smooth_leaves``; 0: off).
         smoothing_width: standard deviation of that spreading, in symbols.
         adam_lr: Adam's learning rate (``fit_adam``).
         num_bins: bins per variable for the structure's mutual information.

@@ -28,6 +28,7 @@ from .._checks import check_choice, check_int, check_real, check_step_size
 from ..coding import quantize_probs
 from ..continuous import DiscretizedLogisticTree
 from ..errors import InputError
+from ..fitting import em_update, expected_counts, fit_em
 from ..hclt import HCLT, GroupedHCLT
 from ..settings import (
     BOTTLENECK_ADAPT_FIELDS,
@@ -40,7 +41,6 @@ from ..settings import (
     settings_with,
 )
 from ..structure import chow_liu_tree, pairwise_mutual_information, star_tree
-from ..training import em_update, expected_counts, fit_em
 from .base import position_rows
 from .bottleneck_state import SCHEDULE_CODES
 from .context import (

@@ -60,8 +60,8 @@ LEVELS_KEY = "pc.emission_levels"
 """The state-dict key of the packed leaf levels in codec files, in place of pc.emission_logits."""
 
 MAX_LEAF_EDGE = 1 << 20
-"""|leaf edge| bound: far above any neighbour activity (at most 8 * SYMBOL_CLIP), far below the
-int64 overflow of the activity sums it is compared with."""
+"""The bound on a leaf edge's magnitude: far above any neighbour activity (at most
+8 * SYMBOL_CLIP), far below the int64 overflow of the activity sums it is compared with."""
 
 
 def _dead_leaves(n: Tensor, v: int, dims: int) -> Tensor:

@@ -2,7 +2,7 @@
 
 from .callbacks import InterruptCheckpoint
 from .codec import CodecModule, export_codec, lambda_for_quality
-from .data import ImageFolderDataModule, MNISTDataModule
+from .datamodules import ImageFolderDataModule, MNISTDataModule
 from .prior import EMOptimizer, PriorModule
 from .rd import RDModule
 

@@ -155,7 +155,7 @@ def codec_train(args: argparse.Namespace) -> int:
     """``pc-prior codec train``: fit ``CodecModule`` (or a subclass) on ``ImageFolderDataModule``
     with LightningCLI, from the parsed command's LightningCLI arguments; returns the exit status."""
     from .codec import CodecModule
-    from .data import ImageFolderDataModule
+    from .datamodules import ImageFolderDataModule
 
     run_lightning_cli(
         _lightning_args(args), CodecModule, ImageFolderDataModule, f"pc-prior {args.command_name}"
@@ -166,7 +166,7 @@ def codec_train(args: argparse.Namespace) -> int:
 def codec_finetune(args: argparse.Namespace) -> int:
     """``pc-prior codec finetune``: fit ``RDModule`` (or a subclass) on ``ImageFolderDataModule``
     with LightningCLI, from the parsed command's LightningCLI arguments; returns the exit status."""
-    from .data import ImageFolderDataModule
+    from .datamodules import ImageFolderDataModule
     from .rd import RDModule
 
     run_lightning_cli(

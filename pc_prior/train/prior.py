@@ -3,10 +3,10 @@
 Two methods, both with manual optimization:
 
 - ``em``: mini-batch EM. Each step computes the batch's expected counts with
-  :func:`pc_prior.training.em_step_counts`, sums them over all ranks (so every DDP rank applies
+  :func:`pc_prior.fitting.em_step_counts`, sums them over all ranks (so every DDP rank applies
   the same update), stores them as the parameters' ``.grad`` and calls :class:`EMOptimizer`, whose
   learning rate is the EM step size (annealed by a linear LR schedule) and whose update is
-  :func:`pc_prior.training.em_update`, the one ``fit_em`` applies.
+  :func:`pc_prior.fitting.em_update`, the one ``fit_em`` applies.
 - ``adam``: gradient descent on the negative log-likelihood (Adam on the logits); DDP averages
   the gradients.
 
@@ -29,10 +29,10 @@ from torch import Tensor
 
 from ..checkpoint import save as save_pc
 from ..coding import encode
+from ..fitting import em_step_counts, em_update
 from ..hclt import HCLT
 from ..settings import LosslessFit
 from ..structure import Tree
-from ..training import em_step_counts, em_update
 
 __all__ = ["EMOptimizer", "PriorModule"]
 
@@ -42,7 +42,7 @@ LN2 = math.log(2.0)
 class EMOptimizer(torch.optim.Optimizer):
     """EM update for an HCLT's (root, transition, emission) logits, reading ``.grad`` as expected counts.
 
-    Each parameter gets :func:`pc_prior.training.em_update` (``fit_em``'s update) with ``lr`` as
+    Each parameter gets :func:`pc_prior.fitting.em_update` (``fit_em``'s update) with ``lr`` as
     the EM step size (1.0 with full-batch counts is a classic EM iteration). Parameters without
     ``.grad`` are left unchanged.
     """

@@ -2,7 +2,7 @@ import torch
 from conftest import random_hclt
 
 from pc_prior import HCLT, bits_per_dim, fit_adam, fit_em
-from pc_prior.training import expected_counts
+from pc_prior.fitting import expected_counts
 
 
 def _data(n=2000, seed=1):
@@ -56,7 +56,7 @@ def test_adam_improves_likelihood():
 
 
 def test_em_update_is_one_em_step():
-    from pc_prior.training import em_step_counts, em_update
+    from pc_prior.fitting import em_step_counts, em_update
 
     teacher, x = _data(500)
     pc = HCLT(teacher.tree, 4, 3, dtype=torch.float64)
@@ -111,7 +111,7 @@ def test_lossless_defaults_are_the_settings():
 
 def test_smooth_leaves_spreads_interior_mass_and_keeps_the_ends():
     from pc_prior.errors import InputError
-    from pc_prior.training import smooth_leaves
+    from pc_prior.fitting import smooth_leaves
 
     pc = random_hclt(parent=(-1, 0, 0), num_cats=12, num_latents=2, seed=4)
     with torch.no_grad():  # leaf (0, 0): all interior mass on symbol 5, nothing on 4 or 6
@@ -153,7 +153,7 @@ def test_smooth_leaves_spreads_interior_mass_and_keeps_the_ends():
 
 def test_em_counts_equal_the_gradients_through_the_leaf_gather():
     """The flow-based counts equal autograd's gradients of log p through the plain passes."""
-    from pc_prior.training import em_step_counts
+    from pc_prior.fitting import em_step_counts
 
     teacher, x = _data(300, seed=4)
     pc = HCLT(teacher.tree, 4, 3, dtype=torch.float64)

@@ -65,7 +65,7 @@ def test_lightning_em_equals_fit_em_exactly():
 
     from torch.utils.data import DataLoader, TensorDataset
 
-    from pc_prior.training import bits_per_dim, fit_em
+    from pc_prior.fitting import bits_per_dim, fit_em
 
     x = torch.randint(0, 3, (120, 6), generator=torch.Generator().manual_seed(0))
     x[:, 1] = x[:, 0]  # some structure, so EM has something to learn
