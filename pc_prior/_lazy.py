@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,3 +33,19 @@ def lazy_exports(
         return sorted(set(vars(module)) | set(homes))
 
     return __getattr__, __dir__
+
+
+def renamed_module(old: str, new: str) -> Callable[[str], Any]:
+    """The ``__getattr__`` of a module kept under its old name ``old`` for one release: each name
+    is read from the module ``new`` with a ``FutureWarning`` naming it."""
+
+    def __getattr__(name: str) -> Any:
+        value = getattr(importlib.import_module(new), name)
+        warnings.warn(
+            f"{old} is renamed {new}; import {name} from there (the old name goes in pc-prior 0.4)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return value
+
+    return __getattr__

@@ -1,5 +1,6 @@
 """Packaging: one version source, and a dependency range that the tested environment satisfies."""
 
+import importlib
 import re
 import tomllib
 from importlib import metadata
@@ -156,3 +157,19 @@ def test_no_module_imports_itself_through_others():
         if name not in state:
             walk(name, [])
     assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+def test_renamed_modules_still_serve_their_names_with_a_warning():
+    """``pc_prior.training`` and ``pc_prior.train.data`` (renamed in 0.3) for one release."""
+    from pc_prior import fitting
+    from pc_prior.train import datamodules
+
+    for old, new, name in (
+        ("pc_prior.training", fitting, "fit_em"),
+        ("pc_prior.train.data", datamodules, "ImageFolderDataModule"),
+    ):
+        module = importlib.import_module(old)
+        with pytest.warns(FutureWarning, match=f"{old} is renamed {new.__name__}"):
+            assert getattr(module, name) is getattr(new, name)
+        with pytest.raises(AttributeError):
+            module.no_such_name  # noqa: B018
