@@ -71,6 +71,7 @@ __all__ = [
     "position_rows",
     "resize_buffers",
     "stored_tables",
+    "straight_through",
     "unpack_strings",
 ]
 
@@ -245,6 +246,13 @@ class PassCondition(NamedTuple):
     groups: Tensor | None = None  #: rows [B*n, C]: leaf groups (context groups, scale indexes)
     roots: Tensor | None = None  #: rows [B*n, K]: root weights (a state context's priors)
     means: Tensor | None = None  #: rows [B*n, C]: integer means, subtracted before coding
+
+
+def straight_through(value: Tensor, surrogate: Tensor) -> Tensor:
+    """``value`` forward, ``surrogate``'s gradient backward: the training-mode rate of the PC
+    entropy models is the coder's (the code length of the rounded latents, contexts included),
+    trained through the gradient of a smooth relaxation of it."""
+    return surrogate + (value - surrogate).detach()
 
 
 class PCEntropyModel(NoCdfTables):

@@ -30,10 +30,12 @@ outside ``-R..R`` is coded as ESCAPE followed by the bottleneck's exact bypass c
 is ever clipped. Strings carry the integrations' compact header (magic, version, model
 fingerprint, latent size, CRC32; ``pc_prior.integrations.bitstream``).
 
-Rate in ``forward``. Eval mode: the joint log-probability of a position's symbols under the
-coded model (escapes included) is spread evenly over its channels, so ``-sum(log2 likelihoods)``
-is the model's code length up to the tables' 22-bit quantization. Training mode: the same circuit
-on the continuous (lower-bounded) scales and noisy values, differentiable in y, scales and means.
+Rate in ``forward``. The joint log-probability of a position's symbols under the coded model
+(escapes, index-quantized scales and contexts included) is spread evenly over its channels, so
+``-sum(log2 likelihoods)`` is the model's code length up to the tables' 22-bit quantization. In
+training mode too: that value (the rate that trains is the rate that codes), with the gradient
+of the same circuit on the continuous (lower-bounded) scales and the noisy values, so the rate
+trains y, the scales and the means; the contexts come from the coded neighbours in both.
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ from ..continuous import ScaleConditionedTree
 from ..errors import InputError, NotFittedError, PCPriorError
 from ..settings import CONDITIONAL_CONTEXTS
 from ..structure import Tree
-from .base import PassCondition, PCEntropyModel, loaded_tables, pass_rows, position_rows
+from .base import (
+    PassCondition,
+    PCEntropyModel,
+    loaded_tables,
+    pass_rows,
+    position_rows,
+    straight_through,
+)
 from .conditional_fit import ConditionalFitting
 from .context import CheckerboardContext, apply_contexts, pass_masks
 from .entropy_models import check_latent
@@ -414,17 +423,19 @@ class PCConditional(ConditionalFitting, PCEntropyModel, GaussianConditional):
         outputs = self.quantize(inputs, "noise" if training else "dequantize", means)
         b, c, h, w = inputs.shape
         values = outputs - means if means is not None else outputs
-        if training:
+        if training:  # the coder's rate, trained through the circuit on the relaxed values
             sigma = self.lower_bound_scale(scales)
             s = self.build_indexes(scales.detach()).long()
-            if self.context is not None:  # context from the rounded anchors, as the coder sees them
-                s_ctx, m = self._apply_context(torch.round(values.detach()).long(), s)
+            coded = torch.round(inputs.detach() - (means.detach() if means is not None else 0))
+            coded = coded.long()  # the symbols the coder codes
+            exact = self.log_likelihood(coded, s)
+            if self.context is not None:  # the coder's context, from the coded neighbours
+                s_ctx, m = self._apply_context(coded, s)
                 table = self.scale_table.to(sigma.dtype)
                 sigma = sigma * (table[s_ctx] / table[s])
                 values, s = values - m.to(values.dtype), s_ctx
-            logp = pc.log_prob(position_rows(values), position_rows(sigma), position_rows(s)).view(
-                b, h, w
-            )
+            relaxed = pc.log_prob(position_rows(values), position_rows(sigma), position_rows(s))
+            logp = straight_through(exact, relaxed.view(b, h, w))
         else:
             logp = self.log_likelihood(
                 torch.round(values.detach()).long(), self.build_indexes(scales)

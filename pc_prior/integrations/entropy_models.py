@@ -25,7 +25,12 @@ each channel's own neighbours say.
 
 Rate in ``forward``. The joint log-probability of a position is spread evenly over its C
 channels (likelihood_c = p(position)^(1/C)), so ``-sum(log2 likelihoods)`` is exactly the
-model's code length, which is all CompressAI's rate term uses.
+model's code length, which is all CompressAI's rate term uses. In training mode too, with
+categorical leaves: the value is the code length of the rounded latents under the coder's
+contexts (the rate that trains is the rate that codes), and its gradient is that of
+``smooth_log_likelihood`` at the relaxed latent (``quantization="noise"``: y + u, CompressAI's
+proxy; ``"ste"``: y), a density smooth in y that equals the pmf at integers, so the rate trains
+``g_a``. Logistic leaves train on their own density at the relaxed latent.
 
 Where things are. This module holds the model (symbols, alphabets, the circuit's likelihood and
 the pass conditions the coder asks for) and CompressAI's interface; fitting is
@@ -65,6 +70,7 @@ from .base import (
     check_latent,
     pass_rows,
     position_rows,
+    straight_through,
 )
 from .bottleneck_fit import BottleneckFitting
 from .bottleneck_state import SCHEDULE_CODES, BottleneckState
@@ -272,20 +278,57 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         )
         return (self.quantiles[:, 0, [0, 2]] - target).abs().sum()
 
+    def _log_roots(self, m: Tensor, b: int, h: int, w: int) -> Tensor:
+        """Each position's log prior over the root states: the root prior, or with a state context
+        its id's prior, the ids from the root evidence m [B*H*W, K] of the coded symbols."""
+        pc = self._require_fitted()
+        if self.state_context is None:
+            return pc.log_root()
+        roots = self._state_roots.to(m.device, torch.float64)
+        log_rows = (roots / roots.sum(-1, keepdim=True)).log().to(m.dtype)
+        return log_rows[self._state_ids(m.detach(), b, h, w).reshape(-1)]
+
     def log_likelihood(self, s: Tensor) -> Tensor:
         """Code length model: log p of each position's symbols s [B, C, H, W] in nats, [B, H, W]."""
-        pc = self._require_fitted()
         self._check_latent(s)
         b, _c, h, w = s.shape
         m, bits = self._root_evidence(s)
-        if self.state_context is None:
-            log_root = pc.log_root()
-        else:  # each position's prior by its state-context id
-            roots = self._state_roots.to(m.device, torch.float64)
-            log_rows = (roots / roots.sum(-1, keepdim=True)).log().to(m.dtype)
-            log_root = log_rows[self._state_ids(m.detach(), b, h, w).reshape(-1)]
-        logp = torch.logsumexp(m + log_root, -1)
+        logp = torch.logsumexp(m + self._log_roots(m, b, h, w), -1)
         return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
+
+    def _symbol_log_probs(self, s: Tensor, groups: Tensor | None) -> Tensor:
+        """log p(symbol | latent state) [N, C, K] of symbol rows s [N, C], each leaf in its
+        group's table (groups [N, C]; None without), an escaped symbol's with its bypass code."""
+        pc = self._require_fitted()
+        idx, rel, esc = self._indices(s)
+        if groups is not None:
+            idx = pc.joint_index(groups, idx)
+        leaf = pc.log_emissions().transpose(1, 2)[torch.arange(s.shape[1], device=idx.device), idx]
+        bits = torch.where(esc, escape_bits(rel, self._cdf_length.long()), 0.0)
+        return leaf - (bits * LN2).to(leaf.dtype)[..., None]
+
+    def smooth_log_likelihood(self, u: Tensor, s: Tensor) -> Tensor:
+        """The training-mode log-density (nats) [B, H, W] of continuous symbols u = y - median
+        [B, C, H, W] under categorical leaves: each leaf's pmf is linearly interpolated between
+        floor(u) and floor(u) + 1, which is the density of a piecewise-linear CDF F through the
+        pmf (P(u) = F(u + 1/2) - F(u - 1/2)). It is smooth in u, integrates to one, and equals
+        ``log_likelihood`` at integer u. The contexts (leaf groups, state-context ids) come from
+        the integer symbols s [B, C, H, W], as the coder's do."""
+        pc = self._require_fitted()
+        self._check_latent(u)
+        b, _c, h, w = u.shape
+        rows = position_rows(u)
+        lo = torch.floor(rows.detach())
+        frac = (rows - lo)[..., None]  # [N, C, 1] in [0, 1): where u lies, and the gradient
+        groups = position_rows(self._groups(s)) if isinstance(pc, GroupedHCLT) else None
+        l0 = self._symbol_log_probs(lo.long(), groups)
+        l1 = self._symbol_log_probs(lo.long() + 1, groups)
+        top = torch.maximum(l0, l1).detach()
+        leaf = top + torch.log((1 - frac) * torch.exp(l0 - top) + frac * torch.exp(l1 - top))
+        m = pc.upward(leaf, keep=True)[1][0][0]
+        with torch.no_grad():  # the state-context ids, from the coded symbols
+            ids_from = self._root_evidence(s)[0] if self.state_context is not None else m
+        return torch.logsumexp(m + self._log_roots(ids_from, b, h, w), -1).view(b, h, w)
 
     def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
         """(x_hat, likelihoods [B, C, H, W]); the product over channels is p(position)."""
@@ -300,14 +343,18 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
             out = x + torch.empty_like(x).uniform_(-0.5, 0.5)
         else:
             out = x + (rounded - x).detach()
-        if training and isinstance(
-            self.pc, DiscretizedLogisticTree
-        ):  # smooth in x: the rate trains g_a
+        if not training:
+            logp = self.log_likelihood(self.symbols(out))
+        elif isinstance(self.pc, DiscretizedLogisticTree):  # smooth in x: the rate trains g_a
             b, c, h, w = out.shape
             u = (out - med).permute(0, 2, 3, 1).reshape(-1, c)
             logp = self.pc.log_prob_values(u).view(b, h, w)
-        else:
-            logp = self.log_likelihood(self.symbols(out))
+        else:  # the coder's rate, trained through its smooth density at the relaxed latent
+            s = self.symbols(x)
+            relaxed = x if self.quantization == "ste" else out
+            logp = straight_through(
+                self.log_likelihood(s), self.smooth_log_likelihood(relaxed - med, s)
+            )
         lik = torch.exp(logp / self.channels)[:, None].expand(-1, self.channels, -1, -1)
         return out, lik.to(x.dtype)
 

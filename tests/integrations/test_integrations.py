@@ -229,6 +229,8 @@ def test_training_modes_give_gradients_to_the_circuit(fact):
         assert not torch.equal(out, eb(y, training=False)[0])  # noise, not rounding
         (-lik.log().sum()).backward()
         assert eb.pc.emission_logits.grad is not None and eb.pc.emission_logits.grad.abs().sum() > 0
+        assert y.grad is not None and y.grad.abs().sum() > 0  # the rate trains the latent too
+        y.grad = None
         eb.quantization = "ste"
         out, _ = eb(y)
         assert torch.equal(out, eb(y, training=False)[0])
