@@ -7,7 +7,7 @@ place) and/or keywords that map one to one onto its fields; everything is checke
 have no neighbours; a context with logistic leaves, which have no leaf groups) is an
 ``InputError`` naming the fix, never silently dropped.
 
-A fit ends with the leaves on the stored grid (``_snap_leaves``) and ``update(force=True)``, so
+A fit ends with the leaves on the stored grid (``snap_leaves``) and ``update(force=True)``, so
 the model that coded in the fit's last step is the one a codec file stores.
 
 This is one concern of ``PCEntropyBottleneck`` (``entropy_models``), as a mixin: the stored form
@@ -80,7 +80,7 @@ class BottleneckFitting:
     _leaf_indices: Any
     _root_evidence: Any
     _state_ids: Any
-    _snap_leaves: Any
+    snap_leaves: Any
     update: Any
 
     @classmethod
@@ -235,7 +235,7 @@ class BottleneckFitting:
         self.pc = pc
         if s.state_context is not None and isinstance(pc, GroupedHCLT):
             self._state_roots = self._fit_state_roots(values, a)
-        self._snap_leaves()
+        self.snap_leaves()
         self.update(force=True)
         return hist
 
@@ -277,7 +277,7 @@ class BottleneckFitting:
         hist = self._train(pc, idx, values, a, g, progress, [])
         if self.state_context is not None:  # the priors follow the refitted states
             self._state_roots = self._fit_state_roots(values, a)
-        self._snap_leaves()
+        self.snap_leaves()
         self.update(force=True)
         return hist
 

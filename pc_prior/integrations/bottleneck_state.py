@@ -2,7 +2,7 @@
 
 Invariants, and their reasons:
 
-- Categorical leaves end every fit on the stored grid (``_snap_leaves``), so the model that codes
+- Categorical leaves end every fit on the stored grid (``snap_leaves``), so the model that codes
   is the one a codec file holds; ``pack_state`` then stores each live leaf entry as one byte
   (``LEVELS_KEY``) and ``unpack_state`` restores exactly those logits.
 - Every field of a state dict is checked (dtype, shape, range) before anything is resized or
@@ -136,9 +136,11 @@ class BottleneckState:
     _finish_loading: Any
 
     @torch.no_grad()
-    def _snap_leaves(self) -> None:
+    def snap_leaves(self) -> None:
         """Put categorical leaves on the stored grid (``LEAF_STEP``), dead entries at the floor:
-        the end of every fit, so the model that codes is the one a codec file holds."""
+        the end of every fit, so the model that codes is the one a codec file holds, and after
+        gradient training (``RDModule`` exports), so the file stays compact. Follow it with
+        ``update(force=True)``; logistic leaves are left as they are."""
         pc = self.pc
         if not isinstance(pc, HCLT):  # logistic leaves are stored as their parameters
             return

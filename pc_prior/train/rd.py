@@ -6,17 +6,23 @@ training checkpoint or state dict (with ``arch``), a zoo name ``ARCH:qN`` (pretr
 downloaded; offline this fails with :class:`pc_prior.errors.ModelLoadError` naming the fix),
 or nothing (``arch``/``quality``/``net_kwargs``, random weights).
 
-Prior. If the bottleneck is still CompressAI's factorized ``EntropyBottleneck``, it is swapped for
-a ``PCEntropyBottleneck`` and the circuit is fitted (``fit_prior``) on the latents of up to
-``prior_images`` training crops (at most ``prior_max_items`` positions) in ``setup``, before the
-optimizers exist; a resumed run skips this, the checkpoint holds the circuit. With
-``leaves="logistic"`` (default) the circuit's leaves are discretized logistics, so the training
-rate is smooth in the latent and trains the analysis transform too; an already fitted categorical
-circuit is converted. The circuit's parameters are logits (log-softmax at every use) and
-log-scales (clamped), so any gradient step leaves a valid distribution; the integer coding tables
-are a function of them and are rebuilt (``update(force=True)``) before every validation that codes
-and on export. The alphabets (and medians) fixed by the first fit stay; latents that drift outside
-are coded exactly through the escape path, only at a higher cost.
+Priors. Every entropy model of the codec is trained as a PC entropy model: its
+``EntropyBottleneck`` becomes a ``PCEntropyBottleneck`` and, in a hyperprior codec, its
+``GaussianConditional`` a ``PCConditional`` (``conditional``). The unfitted ones are fitted
+(``fit_prior``) on the latents of up to ``prior_max_images`` training crops in ``setup``, before
+the optimizers exist, with ``fit_prior``'s defaults (``pc_prior.settings``: the three-pass
+contexts, categorical leaves), so joint training starts from the default frozen prior; a resumed
+run skips this, the checkpoint holds the circuits. The training-mode rate of both models is the
+coded rate, contexts included, trained through a smooth relaxation (see
+``pc_prior.integrations.entropy_models``), so it trains the analysis transforms, the circuits
+and, in a hyperprior, the hyper-synthesis. ``leaves="logistic"`` instead gives the bottleneck
+discretized-logistic leaves (one pass; a fitted one-pass categorical circuit is converted). The
+circuits' parameters are logits (log-softmax at every use) and log-scales (clamped), so any
+gradient step leaves a valid distribution; the integer coding tables are a function of them and
+are rebuilt (``update(force=True)``) before every validation that codes and on export, where the
+bottleneck's leaves are first put back on their stored grid (``snap_leaves``: compact files). The
+alphabets, medians and contexts fixed by the first fit stay; latents that drift outside an
+alphabet are coded exactly through the escape path, only at a higher cost.
 
 Loss, as CompressAI's ``examples/train.py``: ``λ·255²·MSE + bpp`` or ``λ·(1 − MS-SSIM) + bpp``;
 main Adam (codec at ``lr``, the circuit at ``prior_lr``), auxiliary Adam on the ``.quantiles``,
@@ -33,20 +39,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from compressai.entropy_models import EntropyBottleneck
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from ..continuous import DiscretizedLogisticTree
-from ..integrations import PCEntropyBottleneck, fit_prior, save_codec, swap_entropy_model
+from ..hclt import GroupedHCLT
+from ..integrations import (
+    PCConditional,
+    PCEntropyBottleneck,
+    fit_prior,
+    save_codec,
+    swap_entropy_model,
+)
 from ..integrations.codec_file import resolve_codec
-from ..settings import RD_BOTTLENECK
+from ..integrations.swap import PC_MODULES
+from ..settings import RD_BOTTLENECK, BottleneckFit
 from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 
 __all__ = ["RDModule", "load_start_codec"]
@@ -93,14 +106,18 @@ class RDModule(RDTrainingModule):
         metric: ``"mse"`` (loss ``λ·255²·MSE + bpp``) or ``"ms-ssim"`` (``λ·(1 − MS-SSIM) + bpp``).
         lmbda: ``None``: the codec file's λ (same metric), else CompressAI's zoo λ for ``quality``.
         bottleneck: attribute name of the entropy bottleneck to replace by a circuit.
-        num_latents, structure, leaves: the circuit (see ``PCEntropyBottleneck.fit``).
+        conditional: attribute name of the Gaussian conditional to replace by a ``PCConditional``
+            where the codec has one (hyperprior codecs); ``None``: keep CompressAI's.
+        num_latents, structure, leaves: the bottleneck's circuit (``BottleneckFit``'s fields).
         prior_images: folder of images for the initial fit; ``None``: the datamodule's training set
             (its random crops, drawn with ``seed``, identical on every DDP rank).
         prior_max_images, prior_max_items, prior_epochs, prior_finetune_steps: bounds of the initial fit.
         prior_fit: further ``BottleneckFit`` fields of the initial fit, one to one (e.g.
             ``batch_size``, ``step_size``; a dict, so configs and checkpoints hold plain data);
-            every fit setting not given is ``pc_prior.settings.RD_BOTTLENECK``'s (the defaults,
-            with logistic leaves and one pass).
+            every setting not given is ``BottleneckFit``'s default (with ``leaves="logistic"``,
+            ``RD_BOTTLENECK``'s: one pass).
+        conditional_fit: ``ConditionalFit`` fields of the conditional's initial fit (a dict;
+            the rest: the defaults).
         lr, prior_lr, aux_lr: Adam learning rates of the codec (with the plain bottleneck's density),
             the circuit (``None``: ``lr``), and the quantiles.
         clip_max_norm, lr_decay_at, lr_decay_factor, pad_multiple: as in ``CodecModule``.
@@ -122,15 +139,17 @@ class RDModule(RDTrainingModule):
         metric: str = "mse",
         lmbda: float | None = None,
         bottleneck: str = "entropy_bottleneck",
-        num_latents: int = RD_BOTTLENECK.num_latents,
-        structure: str = RD_BOTTLENECK.structure,
-        leaves: str = RD_BOTTLENECK.leaves,
+        conditional: str | None = "gaussian_conditional",
+        num_latents: int = BottleneckFit.num_latents,
+        structure: str = BottleneckFit.structure,
+        leaves: str = BottleneckFit.leaves,
         prior_images: str | None = None,
         prior_max_images: int = 200,
-        prior_max_items: int | None = RD_BOTTLENECK.max_items,
-        prior_epochs: int = RD_BOTTLENECK.epochs,
-        prior_finetune_steps: int = RD_BOTTLENECK.finetune_steps,
+        prior_max_items: int | None = BottleneckFit.max_items,
+        prior_epochs: int = BottleneckFit.epochs,
+        prior_finetune_steps: int = BottleneckFit.finetune_steps,
         prior_fit: dict[str, Any] | None = None,
+        conditional_fit: dict[str, Any] | None = None,
         lr: float = 1e-5,
         prior_lr: float | None = 1e-3,
         aux_lr: float = 1e-3,
@@ -149,15 +168,19 @@ class RDModule(RDTrainingModule):
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if leaves not in ("logistic", "categorical"):
             raise ValueError(f'leaves must be "logistic" or "categorical", got {leaves!r}')
-        if prior_fit is not None:
-            own = ("num_latents", "structure", "leaves", "max_items", "epochs", "finetune_steps")
-            clash = [k for k in (*own, "seed", "progress") if k in prior_fit]
-            if clash:
-                raise ValueError(
-                    f"prior_fit must not hold {', '.join(clash)}: RDModule has its own arguments "
-                    "for them (prior_max_items, prior_epochs, prior_finetune_steps, seed, ...)"
-                )
-            PCEntropyBottleneck.check_settings(RD_BOTTLENECK, **prior_fit)
+        self._bottleneck_settings(
+            dict(
+                num_latents=num_latents,
+                structure=structure,
+                leaves=leaves,
+                max_items=prior_max_items,
+                epochs=prior_epochs,
+                finetune_steps=prior_finetune_steps,
+                seed=seed,
+            ),
+            prior_fit,
+        )  # checked now: a bad setting fails before anything is loaded
+        PCConditional.check_settings(**(conditional_fit or {}))
         net, meta = load_start_codec(codec, arch, quality, net_kwargs, metric)
         if lmbda is None:
             same_metric = meta.get("metric", "mse") == metric
@@ -183,6 +206,9 @@ class RDModule(RDTrainingModule):
         else:
             plain = old if keep_plain_bottleneck else None
             swap_entropy_model(net, bottleneck)
+        gc = getattr(net, conditional, None) if conditional is not None else None
+        if isinstance(gc, GaussianConditional) and not isinstance(gc, PCConditional):
+            swap_entropy_model(net, conditional)  # a hyperprior's: trained as a PCConditional
         self.net = net
         self.plain_bottleneck = plain
         self._init_rd()
@@ -192,6 +218,33 @@ class RDModule(RDTrainingModule):
     def pc_bottleneck(self) -> PCEntropyBottleneck:
         """The codec's ``PCEntropyBottleneck`` (the module named by ``bottleneck``)."""
         return getattr(self.net, self.hparams.bottleneck)
+
+    @property
+    def pc_modules(self) -> dict[str, nn.Module]:
+        """Every PC entropy model this module trains, by name: the bottleneck, and the
+        ``PCConditional`` of a hyperprior codec (``conditional``)."""
+        names = [self.hparams.bottleneck, self.hparams.conditional]
+        return {
+            n: getattr(self.net, n)
+            for n in names
+            if n is not None and isinstance(getattr(self.net, n, None), PC_MODULES)
+        }
+
+    @staticmethod
+    def _bottleneck_settings(
+        own: dict[str, Any], prior_fit: dict[str, Any] | None
+    ) -> BottleneckFit:
+        """The bottleneck's initial fit settings: ``BottleneckFit``'s defaults (``RD_BOTTLENECK``'s
+        with logistic leaves, which have one pass), RDModule's own arguments and ``prior_fit``."""
+        if prior_fit is not None:
+            clash = sorted(set(prior_fit) & {*own, "progress"})
+            if clash:
+                raise ValueError(
+                    f"prior_fit must not hold {', '.join(clash)}: RDModule has its own arguments "
+                    "for them (prior_max_items, prior_epochs, prior_finetune_steps, seed, ...)"
+                )
+        base = RD_BOTTLENECK if own.get("leaves") == "logistic" else BottleneckFit()
+        return PCEntropyBottleneck.check_settings(base, **own, **(prior_fit or {}))
 
     def _prior_images(self) -> list[Tensor]:
         """Batches of training images for the initial fit, the same on every rank (seeded)."""
@@ -217,15 +270,17 @@ class RDModule(RDTrainingModule):
         return [torch.stack(items[i : i + 8]) for i in range(0, len(items), 8)]
 
     def fit_prior(self, images: list[Tensor] | None = None) -> dict[str, list[dict]]:
-        """Fit the circuit on the current codec's latents (``images``: default :meth:`_prior_images`).
+        """Fit the PC entropy models not fitted yet on the current codec's latents (``images``:
+        default :meth:`_prior_images`), with the default settings (see the class).
 
         Returns ``fit_prior``'s histories by module name.
         """
         hp = self.hparams
+        names = [n for n, m in self.pc_modules.items() if not m.fitted]
+        if not names:
+            return {}
         images = self._prior_images() if images is None else images
-        settings = dataclasses.replace(
-            RD_BOTTLENECK,
-            **(hp.prior_fit or {}),
+        own = dict(
             num_latents=hp.num_latents,
             structure=hp.structure,
             leaves=hp.leaves,
@@ -234,7 +289,16 @@ class RDModule(RDTrainingModule):
             finetune_steps=hp.prior_finetune_steps,
             seed=hp.seed,
         )
-        hist = fit_prior(self.net, images, name=hp.bottleneck, bottleneck=settings, progress=False)
+        hist = fit_prior(
+            self.net,
+            images,
+            name=names,
+            bottleneck=self._bottleneck_settings(own, hp.prior_fit),
+            conditional=PCConditional.check_settings(
+                **({"seed": hp.seed} | (hp.conditional_fit or {}))
+            ),
+            progress=False,
+        )
         for p in self.net.parameters():  # fit_prior froze the codec
             p.requires_grad_(True)
         return hist
@@ -242,6 +306,11 @@ class RDModule(RDTrainingModule):
     def _convert_leaves(self) -> None:
         eb = self.pc_bottleneck
         if self.hparams.leaves == "logistic" and not isinstance(eb.pc, DiscretizedLogisticTree):
+            if isinstance(eb.pc, GroupedHCLT) or eb.schedule is not None:
+                raise ValueError(
+                    f"the codec's bottleneck codes in the {eb.schedule!r} schedule, which logistic "
+                    "leaves have no leaf groups for: keep leaves='categorical' to fine-tune it"
+                )
             eb.pc = DiscretizedLogisticTree.from_hclt(
                 eb.pc, eb._offset.long(), eb._cdf_length.long()
             )
@@ -249,16 +318,15 @@ class RDModule(RDTrainingModule):
                 eb.update(force=True)
 
     def setup(self, stage: str) -> None:
-        """At the start of a fit (not a resume): fit the PC prior on latents of the training crops,
-        or give a fitted one logistic leaves when ``leaves="logistic"``."""
+        """At the start of a fit (not a resume): fit the PC entropy models not fitted yet on
+        latents of the training crops, or give a fitted one-pass bottleneck logistic leaves when
+        ``leaves="logistic"``."""
         if stage != "fit" or self.trainer.ckpt_path is not None:
-            return  # resuming: the checkpoint holds the circuit
-        eb = self.pc_bottleneck
-        if not eb.fitted:
+            return  # resuming: the checkpoint holds the circuits
+        if any(not m.fitted for m in self.pc_modules.values()):
             self.net.to(self.trainer.strategy.root_device)
             self.fit_history = self.fit_prior()
-        else:
-            self._convert_leaves()
+        self._convert_leaves()
 
     # -- training -------------------------------------------------------------------------------
     def param_groups(self, main: list[nn.Parameter]) -> list[dict[str, Any]]:
@@ -267,19 +335,20 @@ class RDModule(RDTrainingModule):
         prior_lr = self.hparams.prior_lr
         if prior_lr is None:
             return [{"params": main}]
-        density = {
-            id(p) for p in self.pc_bottleneck.parameters()
-        }  # the plain bottleneck trains at lr, as in CompressAI
+        density = {  # the plain bottleneck trains at lr, as in CompressAI
+            id(p) for m in self.pc_modules.values() for p in m.parameters()
+        }
         codec = [p for p in main if id(p) not in density]
         prior = [p for p in main if id(p) in density]
         return [{"params": codec}, {"params": prior, "lr": prior_lr}]
 
     def configure_optimizers(self):
         """``RDTrainingModule``'s optimizers, once the PC prior is fitted (``setup`` fits it)."""
-        if not self.pc_bottleneck.fitted:
+        unfitted = [n for n, m in self.pc_modules.items() if not m.fitted]
+        if unfitted:
             raise RuntimeError(
-                "the PC bottleneck is not fitted: RDModule fits it in setup('fit') "
-                "(or call fit_prior(images) first)"
+                f"the PC entropy models {', '.join(unfitted)} are not fitted: RDModule fits them "
+                "in setup('fit') (or call fit_prior(images) first)"
             )
         return super().configure_optimizers()
 
@@ -355,6 +424,9 @@ class RDModule(RDTrainingModule):
         path = Path(path)
         net = copy.deepcopy(self.net).cpu().eval()
         with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, PCEntropyBottleneck):
+                    m.snap_leaves()  # the stored grid, so the file is compact and codes as stored
             net.update(force=True)
         arch, quality, extra = self._file_meta()
         save_codec(net, path, arch, quality, **extra)
@@ -366,11 +438,15 @@ class RDModule(RDTrainingModule):
         return path
 
     def plain_codec(self) -> nn.Module:
-        """A CPU copy of the codec with the plain factorized bottleneck in place of the circuit, tables updated."""
+        """A CPU copy of the codec with CompressAI's own entropy models in place of the PC ones
+        (the plain factorized bottleneck; a ``GaussianConditional``), tables updated."""
         if self.plain_bottleneck is None:
             raise RuntimeError("keep_plain_bottleneck is off: there is no plain bottleneck")
         net = copy.deepcopy(self.net).cpu().eval()
         setattr(net, self.hparams.bottleneck, copy.deepcopy(self.plain_bottleneck).cpu().eval())
+        for name, m in self.pc_modules.items():  # a Gaussian conditional has no parameters
+            if isinstance(m, PCConditional):
+                setattr(net, name, GaussianConditional(None))
         with torch.no_grad():
             net.update(force=True)
         return net

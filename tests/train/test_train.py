@@ -87,7 +87,7 @@ def test_lightning_em_equals_fit_em_exactly():
 def test_lightning_defaults_are_the_settings():
     import inspect
 
-    from pc_prior.settings import RD_BOTTLENECK, LosslessFit
+    from pc_prior.settings import BottleneckFit, LosslessFit
     from pc_prior.train import RDModule
 
     p = inspect.signature(PriorModule).parameters
@@ -108,12 +108,12 @@ def test_lightning_defaults_are_the_settings():
         "epochs": r["prior_epochs"].default,
         "finetune_steps": r["prior_finetune_steps"].default,
     } == {
-        "num_latents": RD_BOTTLENECK.num_latents,
-        "structure": RD_BOTTLENECK.structure,
-        "leaves": "logistic",
-        "max_items": RD_BOTTLENECK.max_items,
-        "epochs": RD_BOTTLENECK.epochs,
-        "finetune_steps": RD_BOTTLENECK.finetune_steps,
+        "num_latents": BottleneckFit.num_latents,
+        "structure": BottleneckFit.structure,
+        "leaves": BottleneckFit.leaves,
+        "max_items": BottleneckFit.max_items,
+        "epochs": BottleneckFit.epochs,
+        "finetune_steps": BottleneckFit.finetune_steps,
     }
 
 

@@ -9,19 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 from compressai.entropy_models import EntropyBottleneck
-from compressai.models import FactorizedPrior
+from compressai.models import FactorizedPrior, MeanScaleHyperprior
 from conftest import shared_path
 from helpers import assert_round_trip, make_pngs, tiny_trainer
 
 from pc_prior.cli import main
-from pc_prior.continuous import DiscretizedLogisticTree
+from pc_prior.hclt import GroupedHCLT
 from pc_prior.integrations import (
+    PCConditional,
     PCEntropyBottleneck,
     build_codec,
     fit_prior,
     load_codec,
     save_codec,
 )
+from pc_prior.integrations.bottleneck_state import LEAF_FLOOR, LEAF_STEP, LEVELS_KEY
 from pc_prior.train import ImageFolderDataModule, RDModule
 from pc_prior.train.codec import export_codec
 from pc_prior.train.rd import load_start_codec
@@ -71,7 +73,8 @@ def test_joint_steps_change_codec_and_circuit(tmp_path):
     model.fit_prior(
         [torch.stack([dm.train_set[i] for i in range(4)])]
     )  # fit first, to snapshot the circuit
-    assert isinstance(model.pc_bottleneck.pc, DiscretizedLogisticTree)
+    # the default frozen fit: categorical leaves in their three-pass context groups
+    assert isinstance(model.pc_bottleneck.pc, GroupedHCLT) and model.pc_bottleneck.schedule
     trainer = tiny_trainer(max_steps=3, limit_val_batches=1)
     before = snapshot(model)
     trainer.fit(model, dm)  # setup sees a fitted circuit and keeps it
@@ -81,7 +84,7 @@ def test_joint_steps_change_codec_and_circuit(tmp_path):
         k.startswith("net.g_s.") for k in changed
     )
     assert {
-        "net.entropy_bottleneck.pc.loc",
+        "net.entropy_bottleneck.pc.emission_logits",
         "net.entropy_bottleneck.pc.transition_logits",
     } <= changed
     assert any(k.startswith("plain_bottleneck.") for k in changed)
@@ -140,11 +143,15 @@ def test_export_loads_and_round_trips(tmp_path):
     assert ck["pc_modules"] == ["entropy_bottleneck"] and ck["lmbda"] == 0.0035 and ck["steps"] == 2
     assert ck["net_kwargs"] == {"N": 8, "M": 12} and ck["metric"] == "mse"
     net = load_codec(tmp_path / "out" / "codec.pt")
-    assert isinstance(net.entropy_bottleneck.pc, DiscretizedLogisticTree)
+    assert isinstance(net.entropy_bottleneck.pc, GroupedHCLT)
+    state = torch.load(tmp_path / "out" / "codec.pt", weights_only=True)["state_dict"]
+    assert "entropy_bottleneck." + LEVELS_KEY in state  # trained leaves snapped: compact again
     x = torch.rand(2, 3, 64, 64)
     assert_round_trip(net, x)
     model.net.eval()
     assert torch.allclose(net(x)["x_hat"], model.net(x)["x_hat"], atol=1e-6)
+    rates = [float(-torch.log2(m(x)["likelihoods"]["y"]).sum()) for m in (net, model.net)]
+    assert rates[0] == pytest.approx(rates[1], rel=0.01)  # the snap changes the rate by little
     # the plain CompressAI codec: fine-tuned transforms + a factorized bottleneck
     sd = torch.load(tmp_path / "out" / "codec-plain-state-dict.pt", weights_only=True)
     plain = FactorizedPrior.from_state_dict(sd).eval()
@@ -153,7 +160,9 @@ def test_export_loads_and_round_trips(tmp_path):
     # a second run can start from the export (the circuit is kept, not refitted)
     again = RDModule(codec=str(tmp_path / "out" / "codec.pt"), export_path="")
     assert again.lmbda == 0.0035 and again.pc_bottleneck.fitted
-    assert torch.equal(again.pc_bottleneck.pc.loc, net.entropy_bottleneck.pc.loc)
+    assert torch.equal(
+        again.pc_bottleneck.pc.emission_logits, net.entropy_bottleneck.pc.emission_logits
+    )
 
 
 def test_zoo_arch_export_reads_with_integrations_and_eval_loaders(tmp_path):
@@ -204,9 +213,11 @@ def test_starts_from_a_prior_fit_output_and_plain_files(tmp_path):
     )
     model._trainer = type("T", (), {"ckpt_path": None})()  # setup("fit") only needs ckpt_path here
     model.setup("fit")
-    assert isinstance(
-        model.pc_bottleneck.pc, DiscretizedLogisticTree
-    )  # converted for joint training
+    assert isinstance(model.pc_bottleneck.pc, GroupedHCLT)  # kept as fitted: trained as it codes
+    logistic = RDModule(codec=str(tmp_path / "swapped.pt"), leaves="logistic", export_path="")
+    logistic._trainer = model._trainer
+    with pytest.raises(ValueError, match="no leaf groups"):  # a context: no logistic leaves
+        logistic.setup("fit")
     # a plain CompressAI state dict needs the architecture
     torch.save(base.state_dict(), tmp_path / "plain.pth")
     with pytest.raises(ValueError, match="--arch"):
@@ -308,10 +319,48 @@ def test_cli_fit_with_config_checkpoints_exports_and_resumes(tmp_path):
     assert main([*cli_args(tmp_path, 4), "--ckpt_path", "last"]) == 0
     second = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert (second["epoch"], second["global_step"]) == (1, 4)  # continued, not restarted
-    key = "net.entropy_bottleneck.pc.loc"
+    key = "net.entropy_bottleneck.pc.emission_logits"
     assert second["state_dict"][key].shape == first["state_dict"][key].shape
     assert not torch.equal(
         second["state_dict"][key], first["state_dict"][key]
     )  # the resumed optimizer trains it
     net = load_codec(tmp_path / "run" / "csv" / "version_1" / "codec.pt")
-    assert torch.equal(net.entropy_bottleneck.pc.loc, second["state_dict"][key])
+    trained = torch.log_softmax(second["state_dict"][key].double(), -1)  # the export snaps them
+    live = trained > LEAF_FLOOR
+    got = net.entropy_bottleneck.pc.emission_logits.double()
+    assert (got - trained)[live].abs().max() <= LEAF_STEP / 2 + 1e-6
+
+
+def test_hyperprior_trains_both_pc_entropy_models_and_exports_exactly(tmp_path):
+    torch.manual_seed(0)
+    dm = datamodule(tmp_path)
+    model = RDModule(
+        arch="MeanScaleHyperprior",
+        net_kwargs={"N": 8, "M": 12},
+        quality=2,
+        **FAST_PRIOR,
+        conditional_fit={"num_latents": 2, "steps": 20},
+        lr=1e-2,
+        prior_lr=1e-2,
+        lr_decay_at=None,
+        export_path=str(tmp_path / "out" / "codec.pt"),
+    )
+    assert set(model.pc_modules) == {"entropy_bottleneck", "gaussian_conditional"}
+    assert isinstance(model.net.gaussian_conditional, PCConditional)
+    dm.setup("fit")
+    model.fit_prior([torch.stack([dm.train_set[i] for i in range(4)])])
+    assert model.net.gaussian_conditional.schedule == "three-pass"  # the default contexts
+    before = snapshot(model)
+    tiny_trainer(max_steps=3, limit_val_batches=1).fit(model, dm)
+    after = snapshot(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    for prefix in ("net.g_a.", "net.h_a.", "net.h_s.", "net.entropy_bottleneck.pc.",
+                   "net.gaussian_conditional.pc."):  # fmt: skip
+        assert any(k.startswith(prefix) for k in changed), prefix
+    net = load_codec(tmp_path / "out" / "codec.pt")
+    assert isinstance(net.gaussian_conditional, PCConditional)
+    assert_round_trip(net, torch.rand(1, 3, 64, 64))
+    plain = MeanScaleHyperprior.from_state_dict(
+        torch.load(tmp_path / "out" / "codec-plain-state-dict.pt", weights_only=True)
+    ).eval()
+    assert_round_trip(plain, torch.rand(1, 3, 64, 64))  # CompressAI's own entropy models
