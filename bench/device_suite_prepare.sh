@@ -9,8 +9,8 @@
 #   .device/wheels/  cp312 x86-64 wheels (pip download --no-deps --only-binary=:all:) of compressai,
 #                    constriction, bjontegaard, pytorch-msssim (compressai imports it; not there) and
 #                    pyjuice (pure Python; triton, numba, networkx are there)
-#   .device/shared/  a subset of ../shared in its layout: models/bmshj2018-factorized-q1..q4.pt and
-#                    bmshj2018-hyperprior-q1.pt (whole: 34 MB of the 64 MiB), data/kodak (first N
+#   .device/shared/  a subset of ../shared in its layout: models/bmshj2018-factorized-q1.pt and
+#                    bmshj2018-hyperprior-q1.pt (whole: 17 MB of the 64 MiB), data/kodak (first N
 #                    images, default 8 of 24), data/bsds500/train (first N, default 32 of 200),
 #                    data/mnist (the first 30,000 training and 5,000 test images, re-gzipped idx)
 # and prints what would travel (tracked + untracked-not-ignored files + .device), failing above
@@ -53,8 +53,9 @@ done
 rm -rf "$DEST/shared"
 mkdir -p "$DEST/shared/models" "$DEST/shared/data/kodak" "$DEST/shared/data/bsds500/train" \
     "$DEST/shared/data/mnist"
-for q in 1 2 3 4; do cp "$SHARED/models/bmshj2018-factorized-q$q.pt" "$DEST/shared/models/"; done
-cp "$SHARED/models/bmshj2018-hyperprior-q1.pt" "$DEST/shared/models/"
+# the two codecs the suite fits PC priors into (prior-fit-*, codec-speed-*)
+cp "$SHARED/models/bmshj2018-factorized-q1.pt" "$SHARED/models/bmshj2018-hyperprior-q1.pt" \
+    "$DEST/shared/models/"
 ls "$SHARED/data/kodak" | grep -i '\.png$' | sort | head -n "$KODAK" \
     | while read -r f; do cp "$SHARED/data/kodak/$f" "$DEST/shared/data/kodak/"; done
 ls "$SHARED/data/bsds500/train" | sort | head -n "$BSDS" \
@@ -80,7 +81,9 @@ EOF
 
 # -- what travels --------------------------------------------------------------------------------
 git check-ignore -q "$DEST" || { echo "$DEST is not ignored by git: add /.device/ to .gitignore" >&2; exit 1; }
-tree_bytes=$(git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+# (a tracked file deleted in the working tree does not travel: stat skips it)
+tree_bytes=$(git ls-files -z -co --exclude-standard \
+    | { xargs -0 -r stat -c %s 2>/dev/null || true; } | awk '{s+=$1} END {print s+0}')
 dev_bytes=$(du -sb "$DEST" | cut -f1)
 for part in wheels shared/models shared/data/kodak shared/data/bsds500 shared/data/mnist; do
     printf '  %-22s %6.1f MiB\n' "$DEST/$part" "$(du -sb "$DEST/$part" | awk '{print $1 / 1048576}')"

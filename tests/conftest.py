@@ -1,4 +1,5 @@
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,30 @@ def all_assignments(num_vars: int, num_cats: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(num_cats), repeat=num_vars)))
 
 
-@pytest.fixture
-def device() -> torch.device:
-    """The device of the device tests: ``PC_PRIOR_TEST_DEVICE`` (e.g. ``cuda``; the device suite
-    sets it), else the CPU. A device this machine lacks skips the test, naming it."""
-    import os
+def device_name(cuda_test: bool) -> str:
+    """The device a device test runs on: ``PC_PRIOR_TEST_DEVICE`` where it is set, else ``cuda``
+    for the tests marked ``cuda`` (tests/cuda) and the CPU for the others (tests/core/test_device.py).
+    ``PC_PRIOR_TEST_DEVICE=cpu`` runs the ``cuda`` tests' logic on the CPU (both sides of every
+    cross-device check the CPU); ``PC_PRIOR_TEST_DEVICE=cuda`` moves the others to the GPU."""
+    return os.environ.get("PC_PRIOR_TEST_DEVICE", "cuda" if cuda_test else "cpu")
 
-    name = os.environ.get("PC_PRIOR_TEST_DEVICE", "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        pytest.skip(f"PC_PRIOR_TEST_DEVICE={name}, but no CUDA GPU is available")
-    return torch.device(name)
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Without a CUDA GPU, the tests that would run on one (the ``cuda`` tests, and those taking
+    ``device`` where ``PC_PRIOR_TEST_DEVICE`` names CUDA) are skipped with the reason: in CI, the
+    ``cuda`` tests. The mark is set here, so their fixtures are not even built."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        cuda_test = item.get_closest_marker("cuda") is not None
+        name = device_name(cuda_test)
+        if name.startswith("cuda") and (cuda_test or "device" in item.fixturenames):
+            reason = f"runs on {name}, and no CUDA GPU is available (PC_PRIOR_TEST_DEVICE=cpu runs it on the CPU)"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The device of the device tests (``device_name``): the GPU for the ``cuda`` tests, the
+    CPU for the others, unless ``PC_PRIOR_TEST_DEVICE`` names another."""
+    return torch.device(device_name(request.node.get_closest_marker("cuda") is not None))
