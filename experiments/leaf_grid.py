@@ -1,5 +1,5 @@
 """What storing the bottleneck's leaves on a grid costs in rate: the fitted leaves against the same
-leaves snapped (``PCEntropyBottleneck._snap_leaves``), coded on validation photos.
+leaves snapped (``PCEntropyBottleneck.snap_leaves``), coded on validation photos.
 
     OMP_NUM_THREADS=1 python experiments/leaf_grid.py --quality 2
 
@@ -29,12 +29,12 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=2)
     args = ap.parse_args()
     net = load_codec(SHARED / "models" / f"bmshj2018-factorized-q{args.quality}.pt")
-    snap = PCEntropyBottleneck._snap_leaves
-    PCEntropyBottleneck._snap_leaves = lambda self: None  # type: ignore[method-assign]
+    snap = PCEntropyBottleneck.snap_leaves
+    PCEntropyBottleneck.snap_leaves = lambda self: None  # type: ignore[method-assign]
     try:
         fit_prior(net, SHARED / "data" / "bsds500" / "train", progress=True)
     finally:
-        PCEntropyBottleneck._snap_leaves = snap  # type: ignore[method-assign]
+        PCEntropyBottleneck.snap_leaves = snap  # type: ignore[method-assign]
     eb = net.entropy_bottleneck
     with torch.no_grad():
         ys = [net.g_a(x) for x in FolderImages(SHARED / "data" / "bsds500" / "test", 64)]
@@ -44,7 +44,7 @@ def main() -> None:
         return sum(8 * len(s) for y in ys for s in eb.compress(y))
 
     fitted = bits()
-    eb._snap_leaves()
+    eb.snap_leaves()
     snapped = bits()
     print(
         f"as fitted: {fitted} bits; snapped: {snapped} bits ({100 * (snapped / fitted - 1):+.3f}%)"

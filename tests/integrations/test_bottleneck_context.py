@@ -297,7 +297,7 @@ def test_group_epochs_continue_the_grouped_circuit_after_the_count_pass(monkeypa
     eb, two_step = PCEntropyBottleneck(5), PCEntropyBottleneck(5)
     eb.fit(train, num_latents=3, group_epochs=2, **kw)
     with monkeypatch.context() as m:  # the first fit's end unsnapped: the warm start snaps once
-        m.setattr(PCEntropyBottleneck, "_snap_leaves", lambda self: None)
+        m.setattr(PCEntropyBottleneck, "snap_leaves", lambda self: None)
         two_step.fit(
             train, num_latents=3, group_epochs=0, **kw
         )  # states first, count pass, back-off
