@@ -51,6 +51,7 @@ __all__ = [
     "as_kwargs",
     "check_adapt_fields",
     "deprecated_check_fit_args",
+    "deprecated_fields",
     "from_args",
     "pop_warm_start",
     "settings_with",
@@ -320,19 +321,19 @@ def pop_warm_start(fields: dict[str, Any], allowed: tuple[str, ...], new: str) -
     return {k: v for k, v in fields.items() if k in allowed} if warm_start else None
 
 
-def deprecated_check_fit_args(check_settings: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The entropy models' old ``check_fit_args`` (one release, ``FutureWarning``): their
-    ``check_settings`` of ``kwargs`` as a dict (the old switches ``progress``, ``warm_start`` aside)."""
+def deprecated_fields(fields: dict[str, Any], message: str) -> dict[str, Any]:
+    """Fit settings given the old way (one release): ``message`` as a ``FutureWarning`` (at the
+    caller's caller), and ``fields`` without the old switches ``progress`` and ``warm_start``."""
     import warnings
 
-    warnings.warn(
-        "check_fit_args is now check_settings (which returns the settings dataclass); the old "
-        "name goes in pc-prior 0.4",
-        FutureWarning,
-        stacklevel=3,
-    )
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("progress", "warm_start")}
-    return as_kwargs(check_settings(**kwargs))
+    warnings.warn(message + "; the old form goes in pc-prior 0.4", FutureWarning, stacklevel=4)
+    return {k: v for k, v in fields.items() if k not in ("progress", "warm_start")}
+
+
+def deprecated_check_fit_args(check_settings: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The entropy models' old ``check_fit_args``: their ``check_settings`` of ``kwargs`` as a dict."""
+    message = "check_fit_args is now check_settings (which returns the settings dataclass)"
+    return as_kwargs(check_settings(**deprecated_fields(kwargs, message)))
 
 
 def as_kwargs(settings: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ modules first (``pc_prior.integrations.swap``)."""
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from ..settings import (
     ConditionalFit,
     ImageFit,
     check_adapt_fields,
+    deprecated_fields,
     pop_warm_start,
 )
 from .base import position_rows
@@ -292,13 +292,8 @@ def _conditional_settings(conditional: Any, adapting: bool = False) -> Condition
     """``fit_prior``'s ``conditional`` as checked ``ConditionalFit`` settings; a dict of fields
     (the old form) with a ``FutureWarning``."""
     if isinstance(conditional, dict):
-        warnings.warn(
-            "fit_prior(conditional={...}) is now conditional=ConditionalFit(...) "
-            "(pc_prior.settings); the dict goes in pc-prior 0.4",
-            FutureWarning,
-            stacklevel=3,
-        )
-        fields = {k: v for k, v in conditional.items() if k not in ("progress", "warm_start")}
+        message = "fit_prior(conditional={...}) is now conditional=ConditionalFit(...)"
+        fields = deprecated_fields(conditional, message)
         if adapting:
             fields = {k: v for k, v in fields.items() if k in CONDITIONAL_ADAPT_FIELDS}
         return PCConditional.check_settings(**fields)

@@ -64,6 +64,17 @@ from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
 
 __all__ = ["RDModule", "load_start_codec"]
 
+#: The ``BottleneckFit`` fields RDModule takes as arguments of its own: field -> argument.
+OWN_SETTINGS = {
+    "num_latents": "num_latents",
+    "structure": "structure",
+    "leaves": "leaves",
+    "max_items": "prior_max_items",
+    "epochs": "prior_epochs",
+    "finetune_steps": "prior_finetune_steps",
+    "seed": "seed",
+}
+
 
 def load_start_codec(
     codec: str | None,
@@ -168,18 +179,10 @@ class RDModule(RDTrainingModule):
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if leaves not in ("logistic", "categorical"):
             raise ValueError(f'leaves must be "logistic" or "categorical", got {leaves!r}')
-        self._bottleneck_settings(
-            dict(
-                num_latents=num_latents,
-                structure=structure,
-                leaves=leaves,
-                max_items=prior_max_items,
-                epochs=prior_epochs,
-                finetune_steps=prior_finetune_steps,
-                seed=seed,
-            ),
-            prior_fit,
-        )  # checked now: a bad setting fails before anything is loaded
+        given = locals()
+        self._bottleneck_settings(  # checked now: a bad setting fails before anything is loaded
+            {field: given[name] for field, name in OWN_SETTINGS.items()}, prior_fit
+        )
         PCConditional.check_settings(**(conditional_fit or {}))
         net, meta = load_start_codec(codec, arch, quality, net_kwargs, metric)
         if lmbda is None:
@@ -280,15 +283,7 @@ class RDModule(RDTrainingModule):
         if not names:
             return {}
         images = self._prior_images() if images is None else images
-        own = dict(
-            num_latents=hp.num_latents,
-            structure=hp.structure,
-            leaves=hp.leaves,
-            max_items=hp.prior_max_items,
-            epochs=hp.prior_epochs,
-            finetune_steps=hp.prior_finetune_steps,
-            seed=hp.seed,
-        )
+        own = {field: hp[name] for field, name in OWN_SETTINGS.items()}
         hist = fit_prior(
             self.net,
             images,
