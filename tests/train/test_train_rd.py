@@ -251,16 +251,18 @@ def test_shared_codec_starts(tmp_path):
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-def cli_args(tmp_path: Path, steps: int) -> list[str]:
+def cli_args(
+    tmp_path: Path, steps: int, config: str = "rd_factorized", arch: str = "FactorizedPrior"
+) -> list[str]:
     return [
         "codec",
         "finetune",
         "--config",
-        str(REPO / "configs" / "rd_factorized.yaml"),
+        str(REPO / "configs" / f"{config}.yaml"),
         "--model.init_args.codec",
         "null",
         "--model.init_args.arch",
-        "FactorizedPrior",
+        arch,
         "--model.init_args.net_kwargs",
         '{"N": 8, "M": 12}',
         "--model.init_args.quality",
@@ -364,3 +366,17 @@ def test_hyperprior_trains_both_pc_entropy_models_and_exports_exactly(tmp_path):
         torch.load(tmp_path / "out" / "codec-plain-state-dict.pt", weights_only=True)
     ).eval()
     assert_round_trip(plain, torch.rand(1, 3, 64, 64))  # CompressAI's own entropy models
+
+
+def test_cli_hyperprior_config_trains_both_pc_entropy_models(tmp_path):
+    make_pngs(tmp_path / "train", 8)
+    make_pngs(tmp_path / "val", 2, (40, 72), 1)
+    args = cli_args(tmp_path, 2, "rd_hyperprior", "MeanScaleHyperprior")
+    args += ["--model.init_args.conditional_fit", '{"num_latents": 2, "steps": 10}']
+    assert main(args) == 0
+    path = tmp_path / "run" / "csv" / "version_0" / "codec.pt"
+    assert torch.load(path, weights_only=True)["pc_modules"] == [
+        "entropy_bottleneck",
+        "gaussian_conditional",
+    ]
+    assert_round_trip(load_codec(path), torch.rand(1, 3, 64, 64))
