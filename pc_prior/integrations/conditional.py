@@ -368,14 +368,18 @@ class PCConditional(ConditionalFitting, PCEntropyModel, GaussianConditional):
         uses (after the checkerboard context, if any); escaped symbols count the circuit's ESCAPE
         probability plus their bypass code length.
         """
-        pc = self._require_fitted()
+        self._require_fitted()
         self._check(symbols, indexes, what="symbol map")
-        b, _c, h, w = symbols.shape
-        if (
-            self.context is not None
-        ):  # later passes: shifted indexes, symbols less their integer means
+        if self.context is not None:  # later passes: shifted indexes, symbols less their means
             indexes, m = self._apply_context(symbols.long(), indexes)
             symbols = symbols - m
+        return self._coded_log_likelihood(symbols, indexes)
+
+    def _coded_log_likelihood(self, symbols: Tensor, indexes: Tensor) -> Tensor:
+        """``log_likelihood`` of what the coder codes: symbols less their means, and the indexes
+        after the context (maps [B, C, H, W])."""
+        pc = self._require_fitted()
+        b, _c, h, w = symbols.shape
         u, s = position_rows(symbols), position_rows(indexes).long()
         sigma = self._scale_table_or_default()[s]
         r = self.radius if self._offset.numel() else None
@@ -427,10 +431,12 @@ class PCConditional(ConditionalFitting, PCEntropyModel, GaussianConditional):
             sigma = self.lower_bound_scale(scales)
             s = self.build_indexes(scales.detach()).long()
             coded = torch.round(inputs.detach() - (means.detach() if means is not None else 0))
-            coded = coded.long()  # the symbols the coder codes
-            exact = self.log_likelihood(coded, s)
-            if self.context is not None:  # the coder's context, from the coded neighbours
+            coded = coded.long()  # the symbols the coder codes (shapes checked above)
+            if self.context is None:
+                exact = self._coded_log_likelihood(coded, s)
+            else:  # the coder's context, from the coded neighbours
                 s_ctx, m = self._apply_context(coded, s)
+                exact = self._coded_log_likelihood(coded - m, s_ctx)
                 table = self.scale_table.to(sigma.dtype)
                 sigma = sigma * (table[s_ctx] / table[s])
                 values, s = values - m.to(values.dtype), s_ctx

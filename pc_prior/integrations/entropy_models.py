@@ -231,14 +231,17 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         """Per position of symbol maps s [B, C, H, W]: log p(its symbols | root state) [B*H*W, K]
         in nats (each leaf in its group's table) and the escapes' bypass bits [B*H*W]."""
         pc = self._require_fitted()
-        c = s.shape[1]
         idx, rel, esc = self._leaf_indices(s)
-        leaf = pc.log_emissions().transpose(1, 2)[
-            torch.arange(c, device=idx.device), idx
-        ]  # [N, C, K]
-        m = pc.upward(leaf, keep=True)[1][0][0]  # the root's inside values, before its prior
+        m = pc.upward(self._leaf_log_probs(idx), keep=True)[1][0][0]  # before the root's prior
         bits = torch.where(esc, escape_bits(rel, self._cdf_length.long()), 0.0).sum(-1)
         return m, bits
+
+    def _leaf_log_probs(self, idx: Tensor) -> Tensor:
+        """log p(leaf index | latent state) [N, C, K] of the circuit's leaf indices idx [N, C]."""
+        pc = self._require_fitted()
+        return pc.log_emissions().transpose(1, 2)[
+            torch.arange(idx.shape[1], device=idx.device), idx
+        ]
 
     def _state_ids(self, m: Tensor, b: int, h: int, w: int) -> Tensor:
         """State-context ids [B, H, W] from root evidence m [B*H*W, K]: each position's most
@@ -291,10 +294,16 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
     def log_likelihood(self, s: Tensor) -> Tensor:
         """Code length model: log p of each position's symbols s [B, C, H, W] in nats, [B, H, W]."""
         self._check_latent(s)
+        return self._coded_log_likelihood(s)[0]
+
+    def _coded_log_likelihood(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        """``log_likelihood`` of symbol maps s, and the positions' log root priors it used (the
+        relaxation in ``forward`` shares them: with a state context, their ids)."""
         b, _c, h, w = s.shape
         m, bits = self._root_evidence(s)
-        logp = torch.logsumexp(m + self._log_roots(m, b, h, w), -1)
-        return (logp - bits.to(logp.dtype) * LN2).view(b, h, w)
+        log_root = self._log_roots(m, b, h, w)
+        logp = torch.logsumexp(m + log_root, -1)
+        return (logp - bits.to(logp.dtype) * LN2).view(b, h, w), log_root
 
     def _symbol_log_probs(self, s: Tensor, groups: Tensor | None) -> Tensor:
         """log p(symbol | latent state) [N, C, K] of symbol rows s [N, C], each leaf in its
@@ -303,7 +312,7 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         idx, rel, esc = self._indices(s)
         if groups is not None:
             idx = pc.joint_index(groups, idx)
-        leaf = pc.log_emissions().transpose(1, 2)[torch.arange(s.shape[1], device=idx.device), idx]
+        leaf = self._leaf_log_probs(idx)
         bits = torch.where(esc, escape_bits(rel, self._cdf_length.long()), 0.0)
         return leaf - (bits * LN2).to(leaf.dtype)[..., None]
 
@@ -316,6 +325,16 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         the integer symbols s [B, C, H, W], as the coder's do."""
         pc = self._require_fitted()
         self._check_latent(u)
+        if self.state_context is None:
+            log_root = pc.log_root()
+        else:  # the state-context ids, from the coded symbols
+            with torch.no_grad():
+                log_root = self._coded_log_likelihood(s)[1]
+        return self._smooth_log_likelihood(u, s, log_root)
+
+    def _smooth_log_likelihood(self, u: Tensor, s: Tensor, log_root: Tensor) -> Tensor:
+        """``smooth_log_likelihood`` under the positions' log root priors ``log_root``."""
+        pc = self._require_fitted()
         b, _c, h, w = u.shape
         rows = position_rows(u)
         lo = torch.floor(rows.detach())
@@ -326,9 +345,7 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         top = torch.maximum(l0, l1).detach()
         leaf = top + torch.log((1 - frac) * torch.exp(l0 - top) + frac * torch.exp(l1 - top))
         m = pc.upward(leaf, keep=True)[1][0][0]
-        with torch.no_grad():  # the state-context ids, from the coded symbols
-            ids_from = self._root_evidence(s)[0] if self.state_context is not None else m
-        return torch.logsumexp(m + self._log_roots(ids_from, b, h, w), -1).view(b, h, w)
+        return torch.logsumexp(m + log_root, -1).view(b, h, w)
 
     def forward(self, x: Tensor, training: bool | None = None) -> tuple[Tensor, Tensor]:
         """(x_hat, likelihoods [B, C, H, W]); the product over channels is p(position)."""
@@ -352,9 +369,8 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         else:  # the coder's rate, trained through its smooth density at the relaxed latent
             s = self.symbols(x)
             relaxed = x if self.quantization == "ste" else out
-            logp = straight_through(
-                self.log_likelihood(s), self.smooth_log_likelihood(relaxed - med, s)
-            )
+            exact, log_root = self._coded_log_likelihood(s)  # the coder's priors, shared
+            logp = straight_through(exact, self._smooth_log_likelihood(relaxed - med, s, log_root))
         lik = torch.exp(logp / self.channels)[:, None].expand(-1, self.channels, -1, -1)
         return out, lik.to(x.dtype)
 

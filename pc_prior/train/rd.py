@@ -49,7 +49,6 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from ..continuous import DiscretizedLogisticTree
-from ..hclt import GroupedHCLT
 from ..integrations import (
     PCConditional,
     PCEntropyBottleneck,
@@ -301,7 +300,7 @@ class RDModule(RDTrainingModule):
     def _convert_leaves(self) -> None:
         eb = self.pc_bottleneck
         if self.hparams.leaves == "logistic" and not isinstance(eb.pc, DiscretizedLogisticTree):
-            if isinstance(eb.pc, GroupedHCLT) or eb.schedule is not None:
+            if eb.schedule is not None:  # leaf groups, state context: categorical only
                 raise ValueError(
                     f"the codec's bottleneck codes in the {eb.schedule!r} schedule, which logistic "
                     "leaves have no leaf groups for: keep leaves='categorical' to fine-tune it"
