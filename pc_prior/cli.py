@@ -493,7 +493,8 @@ def _prior_io(p: argparse.ArgumentParser) -> None:
         old=("--max-images",),
         type=int,
         default=ImageFit.max_images,
-        help="read only the first N images (default: all)",
+        help="at most N images: a larger folder gives a uniform random sample of N (default: "
+        "%(default)s)",
     )
     p.add_argument(
         "--multiple",
@@ -538,6 +539,79 @@ options (everything but -h and --lightning-help goes to LightningCLI):
 Every run writes CSV and TensorBoard logs under trainer.default_root_dir (unless trainer.logger is
 set), checkpoints, and interrupted.ckpt on Ctrl+C."""
 
+FINETUNE_OPTIONS = (
+    "steps",
+    "batch_size",
+    "patch_size",
+    "lr",
+    "prior_lr",
+    "aux_lr",
+    "prior_images",
+    "val_images",
+    "checkpoints",
+    "num_workers",
+    "seed",
+)  #: the settings.Finetune fields 'codec finetune MODEL --data DIR -o OUT' exposes
+FINETUNE_USAGE = (
+    "%(prog)s MODEL --data DIR -o OUTPUT [--val DIR] [--device {auto,cpu,cuda}] [options]\n"
+    "       %(prog)s [-h | --lightning-help] [-c CONFIG] [--GROUP.NAME VALUE ...]"
+)
+
+
+def finetune_parser(
+    defaults: Any = None, prog: str = "pc-prior codec finetune"
+) -> argparse.ArgumentParser:
+    """The options of ``codec finetune MODEL --data DIR -o OUTPUT``, with ``defaults`` (a
+    ``settings.Finetune``; None: the CPU defaults) as their defaults. ``pc_prior.train.cli``
+    parses with it; its option list is also the command's ``--help``."""
+    from .settings import Finetune, add_arguments
+
+    p = argparse.ArgumentParser(prog=prog, usage=FINETUNE_USAGE, add_help=False)
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="the codec to fine-tune: a codec file (shared/models, pc-prior prior fit or codec "
+        "finetune output), a CompressAI checkpoint or state dict (with --arch), or a zoo name "
+        "ARCH:qN (downloads)",
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of training images")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
+        help="the fine-tuned codec file (pc-prior eval reads it); OUTPUT's run folder (OUTPUT "
+        "with the suffix .run) holds checkpoints, logs and the config, and the same command "
+        "again resumes from its last checkpoint",
+    )
+    p.add_argument(
+        "--val",
+        metavar="DIR",
+        help="folder of validation images, coded at every checkpoint (never your test set); "
+        "default: no validation",
+    )
+    p.add_argument("--arch", help="the architecture of a checkpoint that does not name its own")
+    p.add_argument(
+        "--own-entropy-models",
+        action="store_true",
+        help="fine-tune the codec with CompressAI's own entropy models instead of PC ones (a "
+        "base line; 'pc-prior prior fit' on its output gives it frozen PC priors)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to train; it also picks the defaults: those below on a CPU, "
+        "settings.FINETUNE_GPU's on a GPU (20000 steps of 16 crops, initial priors on 1000 "
+        "crops) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="start over instead of resuming OUTPUT's run"
+    )
+    add_arguments(p, defaults if defaults is not None else Finetune(), FINETUNE_OPTIONS)
+    return p
+
+
 LIGHTNING_COMMANDS: dict[str, tuple[str, str, str]] = {
     # path: (help, description, command function)
     "codec train": (
@@ -550,10 +624,13 @@ LIGHTNING_COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "codec finetune": (
         "fine-tune a trained codec and a PC prior jointly for rate-distortion (RDModule)",
-        "Joint rate-distortion fine-tuning of a trained codec and a PC prior with LightningCLI: "
-        "pc_prior.train.RDModule on pc_prior.train.ImageFolderDataModule, e.g. pc-prior codec "
-        "finetune --config configs/rd_factorized.yaml --model.codec "
-        "../shared/models/bmshj2018-factorized-q1.pt. Writes codec.pt for pc-prior eval.",
+        "Joint rate-distortion fine-tuning of a trained codec and its PC entropy models (every "
+        "one, with the default fits and contexts), on random crops of an image folder: pc-prior "
+        "codec finetune MODEL --data DIR -o OUTPUT writes the fine-tuned codec file that "
+        "pc-prior eval reads, with defaults for a 2-core CPU or a GPU (pc_prior.settings."
+        "Finetune), progress, and a resumable run. The second form is LightningCLI's for "
+        "pc_prior.train.RDModule on pc_prior.train.ImageFolderDataModule, for full control, e.g. "
+        "--config configs/rd_hyperprior.yaml.",
         "pc_prior.train.cli:codec_finetune",
     ),
     "lightning fit": (
@@ -572,14 +649,19 @@ def _add_lightning_command(
     """Add ``path``'s verb to ``sub``, or with ``replaced_by`` that deprecated name for it."""
     help_, description, target = LIGHTNING_COMMANDS[path]
     kw: dict[str, Any] = {"help": help_} if replaced_by is None else {"new": path}
+    epilog, usage = LIGHTNING_EPILOG, LIGHTNING_USAGE
+    if path == "codec finetune":  # its own form first, then LightningCLI's
+        own = finetune_parser().format_help().split("\n\n", 1)[1]  # without the usage lines
+        epilog = f"{own}\nthe LightningCLI form, {epilog}"
+        usage = FINETUNE_USAGE
     add_pass_through_command(
         sub,
         replaced_by or path.split()[-1],
         target,
         dest="lightning_args",
         description=description,
-        epilog=LIGHTNING_EPILOG,
-        usage=LIGHTNING_USAGE,
+        epilog=epilog,
+        usage=usage,
         **kw,
     )
 

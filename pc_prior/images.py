@@ -237,7 +237,10 @@ def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
 class FolderImages(Sequence[Tensor]):
     """The images of a folder as a fit reads them: ``list_images`` order, the first ``max_images``
     (all with ``None``) with both sides at least ``multiple``, each ``load_image``-ed and cropped
-    to multiples of ``multiple``, so no padding enters.
+    to multiples of ``multiple``, so no padding enters. With ``seed``, a folder holding more than
+    ``max_images`` images gives a uniform random sample of them instead of the first ones (drawn
+    with ``seed``, kept in ``list_images`` order): what ``fit_prior`` reads from a large folder
+    (ImageNet's), so its memory is bounded and its sample is not the first classes.
 
     Images with a side shorter than ``multiple`` could only be padded, so they are skipped, named
     in ``skipped`` and in one warning (``skipped N images smaller than MxM``); a folder holding
@@ -252,13 +255,20 @@ class FolderImages(Sequence[Tensor]):
         root: str | os.PathLike[str],
         multiple: int = MIN_DIV,
         max_images: int | None = None,
+        seed: int | None = None,
     ) -> None:
         self.multiple = check_int("multiple", multiple, 1)
         max_images = check_int("max_images", max_images, 1, allow_none=True)
         self.files: list[Path] = []
         self.skipped: list[Path] = []  # too small: a side shorter than ``multiple``
         named = []  # the skipped images with their sizes, for the message
-        for path in list_images(root):
+        paths = list_images(root)
+        order: Sequence[int] = range(len(paths))
+        if seed is not None and max_images is not None and len(paths) > max_images:
+            g = torch.Generator().manual_seed(check_int("seed", seed, 0))
+            order = torch.randperm(len(paths), generator=g).tolist()  # headers read as needed
+        for i in order:
+            path = paths[i]
             if max_images is not None and len(self.files) == max_images:
                 break
             h, w = _image_size(path)
@@ -267,6 +277,7 @@ class FolderImages(Sequence[Tensor]):
                 named.append(f"{path.relative_to(root).as_posix()} ({h}x{w})")
             else:
                 self.files.append(path)
+        self.files.sort()  # list_images order (it is sorted) when sampled
         if self.skipped:
             m, n = self.multiple, len(self.skipped)
             names = ", ".join(named[:5]) + (", ..." if n > 5 else "")

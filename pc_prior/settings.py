@@ -18,6 +18,9 @@ The defaults are the settings the README's figures were measured with:
 - ``LosslessFit``: K=64, 50 mini-batch + 1 full-batch EM epochs of 512 rows, step size
   0.2 -> 0.005, then leaf smoothing 0.1 over 4 grey levels (the MNIST table; chosen on 5,000
   held-out training images).
+- ``Finetune``: ``pc-prior codec finetune`` and ``RDModule``: 600 steps of 8 crops of 256²,
+  Adam 1e-5 on the codec and 1e-3 on the circuits, initial priors on 200 crops (a 2-core CPU);
+  ``FINETUNE_GPU``: 20k steps of 16 crops, initial priors on 1,000 crops.
 
 Two presets change a few fields for one purpose, and are defined here too: ``DEMO_BOTTLENECK``
 (``pc-prior demo``: fewer epochs, so the demo runs in about a minute) and ``RD_BOTTLENECK``
@@ -42,9 +45,11 @@ __all__ = [
     "CONDITIONAL_ADAPT_FIELDS",
     "CONDITIONAL_CONTEXTS",
     "DEMO_BOTTLENECK",
+    "FINETUNE_GPU",
     "RD_BOTTLENECK",
     "BottleneckFit",
     "ConditionalFit",
+    "Finetune",
     "ImageFit",
     "LosslessFit",
     "add_arguments",
@@ -182,11 +187,14 @@ class ImageFit:
     Fields:
         multiple: images read from a folder are cropped to multiples of this, so the circuit sees
             no padding (64: whole hyperprior z positions; factorized codecs need 16).
-        max_images: read at most this many images of a folder (None: all).
+        max_images: at most this many images: a larger folder, sequence or stream (a DataLoader)
+            gives a uniform random sample of this many (None: all). It bounds the memory the
+            latents take, whatever the folder's size (about 0.6 MB per ImageNet-sized image for
+            a factorized codec's bottleneck).
     """
 
     multiple: int = 64
-    max_images: int | None = None
+    max_images: int | None = 1000
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,45 @@ class LosslessFit:
     num_bins: int = 16
     structure_samples: int = 10000
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """``pc-prior codec finetune`` and ``RDModule``: joint rate-distortion fine-tuning of a codec
+    and its PC entropy models on an image folder. These defaults fit a 2-core CPU (about half an
+    hour for a factorized codec); ``FINETUNE_GPU`` is the preset for a GPU.
+
+    Fields:
+        steps: optimizer steps (batches of crops).
+        batch_size: random crops per step.
+        patch_size: side of the square training crops.
+        lr: Adam's learning rate for the codec (analysis and synthesis transforms).
+        prior_lr: Adam's learning rate for the circuits.
+        aux_lr: Adam's learning rate for the bottlenecks' quantiles (CompressAI's aux loss).
+        prior_images: training crops whose latents fit the initial (frozen default) priors.
+        val_images: validation images really coded at each validation.
+        checkpoints: validations and checkpoints per run (a resumed run goes on from the last).
+        num_workers: data-loading worker processes.
+        seed: seed of the crops, the initial fits and the training.
+    """
+
+    steps: int = 600
+    batch_size: int = 8
+    patch_size: int = 256
+    lr: float = 1e-5
+    prior_lr: float = 1e-3
+    aux_lr: float = 1e-3
+    prior_images: int = 200
+    val_images: int = 8
+    checkpoints: int = 10
+    num_workers: int = 2
+    seed: int = 0
+
+
+FINETUNE_GPU = dataclasses.replace(
+    Finetune(), steps=20000, batch_size=16, prior_images=1000, val_images=24, num_workers=8
+)
+"""``pc-prior codec finetune`` on a GPU: 20k steps of 16 crops, initial priors on 1,000 crops."""
 
 
 #: Points per curve below which ``pc-prior compare`` reports a BD-rate with a warning: the

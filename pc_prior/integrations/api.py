@@ -5,7 +5,7 @@ modules first (``pc_prior.integrations.swap``)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +64,28 @@ def _rows(t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -> dict[str, object]:
-    """One eval-mode forward per image, stopped once every named module has seen its input.
+def _collect(
+    model: nn.Module,
+    images: Iterable[Tensor],
+    names: Sequence[str],
+    keep: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, object]:
+    """One eval-mode forward per image batch, stopped once every named module has seen its input.
 
-    Bottlenecks give their input maps [B, C, H, W], one per image; conditionals give lists of (symbols int32, scale
-    indexes int16) maps [1, C, H, W], one per image, exactly what their coder would see. Circuit-backed modules only quantize
-    meanwhile, so unfitted ones do not stop the pass.
+    Bottlenecks give their input maps [B, C, H, W], one per forward; conditionals give lists of (symbols int32, scale
+    indexes int16) maps [B, C, H, W], one per forward, exactly what their coder would see. Circuit-backed modules only
+    quantize meanwhile, so unfitted ones do not stop the pass.
+
+    With ``keep``, the batches are a stream of unknown length: each image's maps ([1, C, H, W])
+    are kept in a uniform random sample of at most ``keep`` images (reservoir sampling, drawn
+    with ``generator``; the same images for every module), so memory is bounded whatever the
+    stream's length.
     """
     got: dict[str, list] = {n: [] for n in names}
+    current: dict[str, object] = {}
     seen: set[str] = set()
+    count = 0  # images streamed so far (``keep``)
     handles, saved = [], []
 
     def make_hook(n: str, module: nn.Module):
@@ -88,11 +101,9 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                         "downsampling (64 for the zoo's hyperprior models)"
                     )
                 sym = module.quantize(y, "symbols", means)
-                got[n].append(
-                    (
-                        sym.detach().cpu().to(torch.int32),
-                        module.build_indexes(scales).cpu().to(torch.int16),
-                    )
+                current[n] = (
+                    sym.detach().cpu().to(torch.int32),
+                    module.build_indexes(scales).cpu().to(torch.int16),
                 )
             else:
                 if args[0].dim() != 4:
@@ -100,7 +111,7 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                         f"model.{n} got a latent of shape {tuple(args[0].shape)}: expected [B, C, H, W] "
                         "(PC entropy models take 4-D image latents only)"
                     )
-                got[n].append(args[0].detach().cpu())  # the latent map [B, C, H, W]
+                current[n] = args[0].detach().cpu()  # the latent map [B, C, H, W]
             seen.add(n)
             if len(seen) == len(names):
                 raise _Stop
@@ -128,6 +139,30 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
             if len(seen) != len(names):
                 missing = sorted(set(names) - seen)
                 raise RuntimeError(f"the model's forward did not reach {', '.join(missing)}")
+            if keep is None:
+                for n in names:
+                    got[n].append(current[n])
+                continue
+            for i in range(len(x)):  # reservoir sampling of images (Vitter's algorithm R)
+                slot = (
+                    count
+                    if count < keep
+                    else int(torch.randint(count + 1, (), generator=generator))
+                )
+                count += 1
+                if slot >= keep:
+                    continue
+                for n in names:
+                    part = current[n]
+                    one = (
+                        (part[0][i : i + 1], part[1][i : i + 1])
+                        if isinstance(part, tuple)
+                        else part[i : i + 1]  # type: ignore[index]
+                    )
+                    if slot == len(got[n]):
+                        got[n].append(one)
+                    else:
+                        got[n][slot] = one
     finally:
         for h in handles:
             h.remove()
@@ -138,7 +173,7 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
                 module.forward = fwd
         model.train(was_training)
     if not all(got.values()):
-        raise ValueError("no images given to collect latents from")
+        raise InputError("images is empty: no images to collect latents from")
     out: dict[str, object] = {}
     for n, parts in got.items():
         if isinstance(parts[0], tuple):
@@ -146,6 +181,21 @@ def _collect(model: nn.Module, images: Iterable[Tensor], names: Sequence[str]) -
         else:
             out[n] = parts
     return out
+
+
+class _CheckedBatches(Iterable[Tensor]):
+    """A stream of image batches (a DataLoader's, or any iterable's), each checked as it comes; a
+    ``(images, labels)`` batch (torchvision datasets) gives its images."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for i, x in enumerate(self.batches):
+            if isinstance(x, (tuple, list)) and x:
+                x = x[0]
+            check_image_batch(f"images batch {i}", x)
+            yield x
 
 
 def collect_latents(
@@ -192,9 +242,13 @@ def fit_prior(
 
     ``images`` is a folder (``FolderImages``: every image cropped to multiples of ``multiple``, so
     the circuit sees no padding; images with a side shorter than ``multiple`` are skipped with a
-    warning, and a folder of only such images raises ``InputError``) or a sequence of [1, 3, H, W]
-    tensors, used as given (neither cropped nor padded); ``multiple`` and ``max_images`` are
-    ``ImageFit``'s fields. ``name`` is one module name or several, e.g.
+    warning, and a folder of only such images raises ``InputError``), a sequence of [1, 3, H, W]
+    tensors, used as given (neither cropped nor padded), or any other iterable of image batches
+    [B, 3, H, W] (a ``DataLoader``; ``(images, labels)`` batches give their images), streamed
+    once. At most ``max_images`` images are used, a uniform random sample of a larger folder,
+    sequence or stream (a reservoir, for a stream), drawn with the bottleneck settings' ``seed``:
+    the latents' memory is bounded by ``max_images``, not by the folder's size (ImageNet's).
+    ``multiple`` and ``max_images`` are ``ImageFit``'s fields. ``name`` is one module name or several, e.g.
     ``("entropy_bottleneck", "gaussian_conditional")`` for a hyperprior codec; plain modules are
     swapped for circuit-backed ones first. All named modules' inputs are collected in one pass.
 
@@ -346,47 +400,62 @@ def _fit_modules(
             f"bottleneck settings were given, but no entropy bottleneck is named "
             f"({', '.join(names)}); pass a conditional's in conditional=ConditionalFit(...)"
         )
+    seed = bottleneck.seed  # the images' sample, as the positions' (``max_items``)
+    keep: int | None = None  # a stream's reservoir of images
     if isinstance(images, (str, Path)):  # read now (headers), so a bad folder stops before the swap
-        images = FolderImages(Path(images), multiple, max_images)
-    else:
-        if isinstance(images, Tensor) or not isinstance(images, Iterable):
-            raise InputError(
-                "images must be a folder or a sequence of image tensors [B, 3, H, W], got "
-                f"{type(images).__name__}"
-                + (" (for a batch tensor pass [batch])" if isinstance(images, Tensor) else "")
-            )
-        images = list(images)
+        images = FolderImages(Path(images), multiple, max_images, seed=seed)
+    elif isinstance(images, (list, tuple)):
         if not images:
             raise InputError("images is empty: no images to collect latents from")
         for i, x in enumerate(images):
             check_image_batch(f"images[{i}]", x)
+        if max_images is not None and len(images) > max_images:  # a uniform sample, in order
+            g = torch.Generator().manual_seed(seed)
+            pick = sorted(torch.randperm(len(images), generator=g)[:max_images].tolist())
+            images = [images[i] for i in pick]
+    elif isinstance(images, Tensor) or not isinstance(images, Iterable):
+        raise InputError(
+            "images must be a folder, a sequence of image tensors [B, 3, H, W] or an iterable of "
+            f"such batches (a DataLoader), got {type(images).__name__}"
+            + (" (for a batch tensor pass [batch])" if isinstance(images, Tensor) else "")
+        )
+    else:  # a DataLoader or any iterable of batches: streamed once, a sample of images kept
+        images = _CheckedBatches(images)
+        keep = max_images
     ref = next(
         model.parameters(), torch.zeros(())
     )  # images go to the codec's device and dtype (a .double() codec too)
     dev, dt = ref.device, ref.dtype
     swapped: list[str] = []
+
+    def unswap() -> None:  # leave the model as it was given
+        for n in swapped:
+            parent, attr = _parent_and_attr(model, n)
+            setattr(parent, attr, modules[n])
+
     try:
         for n in names:
             if not isinstance(modules[n], PC_MODULES):
                 swap_entropy_model(model, n)
                 swapped.append(n)
-    except Exception:  # leave the model as it was given
-        for n in swapped:
-            parent, attr = _parent_and_attr(model, n)
-            setattr(parent, attr, modules[n])
+    except Exception:
+        unswap()
         raise
     before = list(model.parameters())  # kept alive, so the ids below stay theirs
     flags = {id(p): p.requires_grad for p in before}
     for p in before:
         p.requires_grad_(False)
     try:
-        if isinstance(images, FolderImages):
-            seq: Iterable[Tensor] = (x.to(dev, dt) for x in images)
-            total = len(images)
-        else:
-            seq, total = (x.to(dev, dt) for x in images), len(images)
-        seq = progress_bar(seq, total=total, desc="latents", unit="img", disable=not progress)
-        data = _collect(model, seq, names)
+        stream = images.batches if isinstance(images, _CheckedBatches) else images
+        total = len(stream) if isinstance(stream, Sized) else None
+        seq: Iterable[Tensor] = (x.to(dev, dt) for x in images)
+        unit = "batch" if keep is not None else "img"
+        seq = progress_bar(seq, total=total, desc="latents", unit=unit, disable=not progress)
+        try:  # a stream's bad or missing images show only now
+            data = _collect(model, seq, names, keep, torch.Generator().manual_seed(seed))
+        except Exception:
+            unswap()
+            raise
         hists: dict[str, list[dict]] = {}
         for n in names:
             module = model.get_submodule(n)

@@ -36,7 +36,13 @@ import argparse
 import os
 from typing import Any
 
-__all__ = ["codec_finetune", "codec_train", "lightning_fit", "run_lightning_cli"]
+__all__ = [
+    "codec_finetune",
+    "codec_train",
+    "finetune_cli_args",
+    "lightning_fit",
+    "run_lightning_cli",
+]
 
 
 def _cli_class():
@@ -121,6 +127,8 @@ def run_lightning_cli(
 
     cli_class = _cli_class()
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # our modules optimize manually and checkpoint the state after each step, as intended
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     try:
         cli = cli_class(
             model_class or pl.LightningModule,
@@ -165,14 +173,109 @@ def codec_train(args: argparse.Namespace) -> int:
 
 def codec_finetune(args: argparse.Namespace) -> int:
     """``pc-prior codec finetune``: fit ``RDModule`` (or a subclass) on ``ImageFolderDataModule``
-    with LightningCLI, from the parsed command's LightningCLI arguments; returns the exit status."""
+    with LightningCLI; returns the exit status. ``MODEL --data DIR -o OUTPUT [options]`` (a first
+    argument that is not an option) is the short form, translated by :func:`finetune_cli_args`;
+    anything else goes to LightningCLI as given."""
+    from .codec import CodecModule
     from .datamodules import ImageFolderDataModule
     from .rd import RDModule
 
-    run_lightning_cli(
-        _lightning_args(args), RDModule, ImageFolderDataModule, f"pc-prior {args.command_name}"
-    )
+    given = _lightning_args(args)
+    prog = f"pc-prior {args.command_name}"
+    if not given or given[0].startswith("-"):
+        run_lightning_cli(given, RDModule, ImageFolderDataModule, prog)
+        return 0
+    given, own = finetune_cli_args(given, prog)
+    cli = run_lightning_cli(given, CodecModule if own else RDModule, ImageFolderDataModule, prog)
+    last = cli.trainer.checkpoint_callback.dirpath
+    cli.trainer.save_checkpoint(f"{last}/last.ckpt")  # the final step too: a longer rerun goes on
     return 0
+
+
+def finetune_cli_args(
+    argv: list[str], prog: str = "pc-prior codec finetune"
+) -> tuple[list[str], bool]:
+    """LightningCLI's arguments for ``codec finetune MODEL --data DIR -o OUTPUT [options]``, and
+    whether the codec keeps its own entropy models (``--own-entropy-models``: ``CodecModule``).
+
+    The defaults are ``settings.Finetune`` (a CPU) or ``settings.FINETUNE_GPU`` (``--device cuda``,
+    or ``auto`` with a GPU). The run folder is OUTPUT with the suffix ``.run`` (checkpoints, logs,
+    config); its ``checkpoints/last.ckpt`` is resumed unless ``--restart``. Validation and
+    checkpoints every ``steps / checkpoints`` steps; the initial fit shows its progress.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from ..cli import FINETUNE_OPTIONS, finetune_parser
+    from ..errors import InputError
+    from ..settings import FINETUNE_GPU, Finetune, from_args
+
+    device = finetune_parser(prog=prog).parse_known_args(argv)[0].device  # picks the defaults
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here (use --device cpu)")
+    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    defaults = FINETUNE_GPU if gpu else Finetune()
+    opts = finetune_parser(defaults, prog).parse_args(argv)  # bad ones: usage and exit 2
+    s = from_args(defaults, opts, FINETUNE_OPTIONS)
+    for name in ("steps", "batch_size", "patch_size", "prior_images", "val_images", "checkpoints"):
+        if getattr(s, name) < 1:
+            raise InputError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}"
+            )
+    out = Path(opts.output)
+    run = out.with_suffix(".run")
+    every = max(1, s.steps // s.checkpoints)
+    args = [
+        f"--seed_everything={s.seed}",
+        f"--model.codec={opts.model}",
+        f"--model.lr={s.lr}",
+        f"--model.aux_lr={s.aux_lr}",
+        f"--model.export_path={out}",
+        f"--model.coded_val_batches={s.val_images if opts.val else 0}",
+        f"--data.train_dir={opts.data}",
+        f"--data.patch_size={s.patch_size}",
+        f"--data.batch_size={s.batch_size}",
+        f"--data.num_workers={s.num_workers}",
+        f"--data.pin_memory={str(gpu).lower()}",
+        f"--trainer.max_steps={s.steps}",
+        f"--trainer.accelerator={'gpu' if gpu else 'cpu'}",
+        f"--trainer.default_root_dir={run}",
+        "--trainer.num_sanity_val_steps=0",
+        f"--checkpoint.dirpath={run / 'checkpoints'}",
+        f"--checkpoint.every_n_train_steps={every}",
+        "--checkpoint.every_n_epochs=0",
+    ]
+    if opts.arch:
+        args.append(f"--model.arch={opts.arch}")
+    if not opts.own_entropy_models:
+        args += [
+            f"--model.prior_lr={s.prior_lr}",
+            f"--model.prior_max_images={s.prior_images}",
+            f"--model.seed={s.seed}",
+            "--model.prior_progress=true",
+        ]
+    if opts.val:
+        args += [
+            f"--data.val_dir={opts.val}",
+            f"--data.val_limit={s.val_images}",
+            "--trainer.check_val_every_n_epoch=null",
+            f"--trainer.val_check_interval={every}",
+        ]
+    else:
+        args.append("--trainer.limit_val_batches=0")
+    last = run / "checkpoints" / "last.ckpt"
+    resume = last.is_file() and not opts.restart
+    if resume:
+        args.append(f"--ckpt_path={last}")
+    what = "with CompressAI's own entropy models" if opts.own_entropy_models else "with PC priors"
+    print(
+        f"{prog}: {opts.model} {what}, {s.steps} steps of {s.batch_size} crops of "
+        f"{s.patch_size}² from {opts.data} ({'GPU' if gpu else 'CPU'} defaults); run folder {run}"
+        + (f", resuming from {last}" if resume else ""),
+        flush=True,
+    )
+    return args, bool(opts.own_entropy_models)
 
 
 def lightning_fit(args: argparse.Namespace) -> int:

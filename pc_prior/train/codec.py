@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from ..images import crop_padding, ms_ssim, pad_to_multiple, psnr
 from ..integrations.base import resize_buffers
-from ..integrations.codec_file import build_codec, save_codec
+from ..integrations.codec_file import build_codec, resolve_codec, save_codec
+from ..integrations.swap import PC_MODULES
 from .prior import export_at_fit_end
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "RDTrainingModule",
     "export_codec",
     "lambda_for_quality",
+    "load_start_codec",
     "rd_metrics",
     "split_parameters",
 ]
@@ -111,14 +113,52 @@ def rd_metrics(
     }
 
 
+def load_start_codec(
+    codec: str | None,
+    arch: str,
+    quality: int,
+    net_kwargs: dict[str, Any] | None = None,
+    metric: str = "mse",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The codec to start from (train mode, CPU) and what is known about it (``arch``, ``quality``, ``lmbda``...).
+
+    ``codec``: any spec :func:`~pc_prior.integrations.resolve_codec` resolves (what ``pc-prior
+    eval`` reads): a codec file with ``arch``/``quality``/``state_dict``, a CompressAI training
+    checkpoint or state dict (of architecture ``arch``), a zoo spec ``ARCH:qN`` (pretrained, needs
+    the network); or ``None`` for a fresh ``build_codec(arch, quality, net_kwargs)``.
+    """
+    if codec is None:
+        return build_codec(arch, quality, net_kwargs).train(), {
+            "arch": arch,
+            "quality": quality,
+            "net_kwargs": net_kwargs,
+            "source": "random init",
+        }
+    rc = resolve_codec(codec, arch=arch, metric=metric)  # arch: for files that do not name theirs
+    meta = {k: rc.info[k] for k in ("lmbda", "metric", "net_kwargs") if k in rc.info}
+    return rc.net.cpu().train(), {
+        "arch": rc.arch or arch,
+        "quality": rc.quality if rc.quality is not None else quality,
+        **meta,
+        "source": rc.source,
+    }
+
+
 def export_codec(
-    net: nn.Module, path: str | Path, arch: str, quality: int, lmbda: float, **extra: Any
+    net: nn.Module,
+    path: str | Path,
+    arch: str,
+    quality: int,
+    lmbda: float | None = None,
+    **extra: Any,
 ) -> Path:
     """Write ``{"arch", "quality", "lmbda", "state_dict", ...}`` (the ``shared/models`` format) after
     ``update(force=True)`` on a CPU copy, so the entropy coder tables are in the state dict."""
     net = copy.deepcopy(net).cpu().eval()
     net.update(force=True)
-    return save_codec(net, path, arch, quality, lmbda=lmbda, **extra)
+    if lmbda is not None:
+        extra["lmbda"] = lmbda
+    return save_codec(net, path, arch, quality, **extra)
 
 
 def _resize_coder_buffers(
@@ -315,6 +355,25 @@ class RDTrainingModule(pl.LightningModule):
         format)."""
         raise NotImplementedError
 
+    def _file_meta(self) -> tuple[str, int, dict[str, Any]]:
+        """(arch, quality, extra fields) of the exported codec file: what is known of the start
+        codec (``self.codec_info``), λ, the metric and the steps trained."""
+        info = getattr(self, "codec_info", {})
+        extra: dict[str, Any] = {
+            "lmbda": self.lmbda,
+            "metric": self.metric,
+            "steps": int(self.global_step),
+        }
+        if info.get("source"):
+            extra["start"] = info["source"]
+        if info.get("net_kwargs"):
+            extra["net_kwargs"] = dict(info["net_kwargs"])
+        return (
+            info.get("arch", self.hparams.arch),
+            int(info.get("quality", self.hparams.quality)),
+            extra,
+        )
+
     def on_fit_end(self) -> None:
         """Export the codec on rank 0: to ``export_path``, by default ``codec.pt`` in the log folder
         (``""``: no export)."""
@@ -322,19 +381,27 @@ class RDTrainingModule(pl.LightningModule):
 
 
 class CodecModule(RDTrainingModule):
-    """Train a CompressAI codec from scratch for rate-distortion; logs loss, bpp, PSNR and aux loss.
+    """Train a CompressAI codec for rate-distortion, from scratch or from a trained one; logs
+    loss, bpp, PSNR and aux loss. The codec keeps its own (CompressAI) entropy models: this is
+    ``pc-prior codec train``, and ``pc-prior codec finetune --own-entropy-models`` (the codec
+    fine-tuned alone, the *frozen+* arm of a joint-training comparison).
 
     Args:
         arch: a ``compressai.zoo.image_models`` name, or a ``compressai.models`` class name with ``net_kwargs``.
         quality: zoo quality (picks the architecture's size and, by default, λ).
-        lmbda: RD trade-off; ``None`` takes CompressAI's zoo λ for ``quality``.
+        lmbda: RD trade-off; ``None`` takes the start codec file's λ, else CompressAI's zoo λ for
+            ``quality``.
         net_kwargs: constructor arguments for a ``compressai.models`` class (e.g. ``{"N": 8, "M": 12}``).
+        codec: a trained codec to start from (see :func:`load_start_codec`: a codec file, a
+            CompressAI checkpoint, a zoo name); ``None``: a fresh ``arch``/``quality`` codec.
         lr, aux_lr: main and auxiliary Adam learning rates.
         clip_max_norm: gradient-norm clipping of the main parameters (0 turns it off).
         lr_decay_at: fraction of the planned steps after which the main LR is multiplied by
             ``lr_decay_factor`` (needs ``max_steps`` or ``max_epochs``; ``None`` keeps it constant).
         pad_multiple: validation images are zero-padded (centred, as ``pc-prior eval`` pads) to this
             multiple and rated per original pixel.
+        coded_val_batches: validation batches really compressed (``val_bpp_coded``; ``None``:
+            all, 0: none).
         export_path: where ``on_fit_end`` writes the codec (default ``<log_dir>/codec.pt``; ``""``: none).
     """
 
@@ -344,28 +411,39 @@ class CodecModule(RDTrainingModule):
         quality: int = 3,
         lmbda: float | None = None,
         net_kwargs: dict[str, Any] | None = None,
+        codec: str | None = None,
         lr: float = 1e-4,
         aux_lr: float = 1e-3,
         clip_max_norm: float = 1.0,
         lr_decay_at: float | None = 0.85,
         lr_decay_factor: float = 0.1,
         pad_multiple: int = 64,
+        coded_val_batches: int | None = 0,
         export_path: str | None = None,
     ) -> None:
         super().__init__()
+        if codec is None and lmbda is None:
+            lmbda = lambda_for_quality(quality)  # also checks quality, before anything is built
+        net, meta = load_start_codec(codec, arch, quality, net_kwargs)
+        if any(isinstance(m, PC_MODULES) for m in net.modules()):
+            raise ValueError(
+                f"the codec {codec!r} holds PC entropy models, and CodecModule trains a codec with "
+                "CompressAI's own: start from the base codec, or fine-tune with the PC priors "
+                "(pc-prior codec finetune without --own-entropy-models, RDModule)"
+            )
         if lmbda is None:
-            lmbda = lambda_for_quality(quality)
+            lmbda = meta.get("lmbda") or lambda_for_quality(int(meta["quality"]))
         if lmbda <= 0:
             raise ValueError(f"lmbda must be > 0, got {lmbda}")
         self.save_hyperparameters()
         self.hparams.lmbda = float(lmbda)  # resolved value (LightningCLI may record the given None)
-        self.net = build_codec(arch, quality, net_kwargs)
+        self.codec_info = {k: v for k, v in meta.items() if v is not None}
+        for p in net.parameters():
+            p.requires_grad_(True)
+        self.net = net
         self._init_rd()
 
     def export(self, path: str | Path) -> Path:
         """Write the codec in the ``shared/models`` format (see :func:`export_codec`)."""
-        hp = self.hparams
-        extra = {"steps": int(self.global_step)}
-        if hp.net_kwargs:
-            extra["net_kwargs"] = dict(hp.net_kwargs)
-        return export_codec(self.net, path, hp.arch, hp.quality, self.lmbda, **extra)
+        arch, quality, extra = self._file_meta()
+        return export_codec(self.net, path, arch, quality, **extra)

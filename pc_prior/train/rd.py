@@ -56,12 +56,11 @@ from ..integrations import (
     save_codec,
     swap_entropy_model,
 )
-from ..integrations.codec_file import resolve_codec
 from ..integrations.swap import PC_MODULES
-from ..settings import RD_BOTTLENECK, BottleneckFit
-from .codec import METRICS, RDTrainingModule, build_codec, lambda_for_quality
+from ..settings import RD_BOTTLENECK, BottleneckFit, Finetune
+from .codec import METRICS, RDTrainingModule, lambda_for_quality, load_start_codec
 
-__all__ = ["RDModule", "load_start_codec"]
+__all__ = ["RDModule"]
 
 #: The ``BottleneckFit`` fields RDModule takes as arguments of its own: field -> argument.
 OWN_SETTINGS = {
@@ -73,37 +72,6 @@ OWN_SETTINGS = {
     "finetune_steps": "prior_finetune_steps",
     "seed": "seed",
 }
-
-
-def load_start_codec(
-    codec: str | None,
-    arch: str,
-    quality: int,
-    net_kwargs: dict[str, Any] | None = None,
-    metric: str = "mse",
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The codec to start from (train mode, CPU) and what is known about it (``arch``, ``quality``, ``lmbda``...).
-
-    ``codec``: any spec :func:`~pc_prior.integrations.resolve_codec` resolves (what ``pc-prior
-    eval`` reads): a codec file with ``arch``/``quality``/``state_dict``, a CompressAI training
-    checkpoint or state dict (of architecture ``arch``), a zoo spec ``ARCH:qN`` (pretrained, needs
-    the network); or ``None`` for a fresh ``build_codec(arch, quality, net_kwargs)``.
-    """
-    if codec is None:
-        return build_codec(arch, quality, net_kwargs).train(), {
-            "arch": arch,
-            "quality": quality,
-            "net_kwargs": net_kwargs,
-            "source": "random init",
-        }
-    rc = resolve_codec(codec, arch=arch, metric=metric)  # arch: for files that do not name theirs
-    meta = {k: rc.info[k] for k in ("lmbda", "metric", "net_kwargs") if k in rc.info}
-    return rc.net.cpu().train(), {
-        "arch": rc.arch or arch,
-        "quality": rc.quality if rc.quality is not None else quality,
-        **meta,
-        "source": rc.source,
-    }
 
 
 class RDModule(RDTrainingModule):
@@ -138,6 +106,10 @@ class RDModule(RDTrainingModule):
         plain_export_path: plain CompressAI state dict of the codec with the plain bottleneck
             (default ``<export stem>-plain-state-dict.pt`` next to it; ``""``: none).
         seed: seed of the initial fit's data and EM.
+        prior_progress: progress bars while the initial fit collects latents and fits.
+
+    The learning rates' and ``prior_max_images``' defaults are ``pc_prior.settings.Finetune``'s
+    (those of ``pc-prior codec finetune`` on a CPU).
     """
 
     def __init__(
@@ -154,15 +126,15 @@ class RDModule(RDTrainingModule):
         structure: str = BottleneckFit.structure,
         leaves: str = BottleneckFit.leaves,
         prior_images: str | None = None,
-        prior_max_images: int = 200,
+        prior_max_images: int = Finetune.prior_images,
         prior_max_items: int | None = BottleneckFit.max_items,
         prior_epochs: int = BottleneckFit.epochs,
         prior_finetune_steps: int = BottleneckFit.finetune_steps,
         prior_fit: dict[str, Any] | None = None,
         conditional_fit: dict[str, Any] | None = None,
-        lr: float = 1e-5,
-        prior_lr: float | None = 1e-3,
-        aux_lr: float = 1e-3,
+        lr: float = Finetune.lr,
+        prior_lr: float | None = Finetune.prior_lr,
+        aux_lr: float = Finetune.aux_lr,
         clip_max_norm: float = 1.0,
         lr_decay_at: float | None = 0.85,
         lr_decay_factor: float = 0.1,
@@ -172,6 +144,7 @@ class RDModule(RDTrainingModule):
         export_path: str | None = None,
         plain_export_path: str | None = None,
         seed: int = 0,
+        prior_progress: bool = False,
     ) -> None:
         super().__init__()
         if metric not in METRICS:
@@ -254,7 +227,9 @@ class RDModule(RDTrainingModule):
         if hp.prior_images is not None:
             from ..images import FolderImages
 
-            return list(FolderImages(hp.prior_images, hp.pad_multiple, hp.prior_max_images))
+            return list(
+                FolderImages(hp.prior_images, hp.pad_multiple, hp.prior_max_images, seed=hp.seed)
+            )
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         dataset = getattr(dm, "train_set", None)
         if dataset is None and dm is not None:
@@ -291,7 +266,7 @@ class RDModule(RDTrainingModule):
             conditional=PCConditional.check_settings(
                 **({"seed": hp.seed} | (hp.conditional_fit or {}))
             ),
-            progress=False,
+            progress=bool(hp.get("prior_progress", False)),
         )
         for p in self.net.parameters():  # fit_prior froze the codec
             p.requires_grad_(True)
@@ -396,22 +371,6 @@ class RDModule(RDTrainingModule):
             )
 
     # -- export ---------------------------------------------------------------------------------
-    def _file_meta(self) -> tuple[str, int, dict[str, Any]]:
-        info = self.codec_info
-        extra: dict[str, Any] = {
-            "lmbda": self.lmbda,
-            "metric": self.metric,
-            "steps": int(self.global_step),
-            "start": info.get("source"),
-        }
-        if info.get("net_kwargs"):
-            extra["net_kwargs"] = dict(info["net_kwargs"])
-        return (
-            info.get("arch", self.hparams.arch),
-            int(info.get("quality", self.hparams.quality)),
-            extra,
-        )
-
     def export(self, path: str | Path) -> Path:
         """Write the codec with its circuit (``save_codec`` format, coding tables up to date) to ``path``,
         and the plain CompressAI state dict beside it (see ``plain_export_path``)."""
