@@ -61,3 +61,12 @@ def device(request) -> torch.device:
     """The device of the device tests (``device_name``): the GPU for the ``cuda`` tests, the
     CPU for the others, unless ``PC_PRIOR_TEST_DEVICE`` names another."""
     return torch.device(device_name(request.node.get_closest_marker("cuda") is not None))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (Lightning runs: steady and no oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

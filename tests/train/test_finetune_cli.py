@@ -19,12 +19,7 @@ from pc_prior.train.cli import finetune_cli_args
 TINY = {"N": 8, "M": 12}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

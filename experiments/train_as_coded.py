@@ -1,0 +1,159 @@
+"""Joint fine-tuning at real scale on the shared codecs: three arms, then Kodak (issue 31, item 4).
+
+For one shared codec (``run CODEC``), with ``pc-prior``'s own commands and their defaults
+(``settings.Finetune``: 600 steps of 8 crops of 256² on a CPU), training on bsds500/train and
+validating on bsds500/test (never Kodak):
+
+- (a) *frozen*: ``pc-prior prior fit BASE`` (the default PC priors on the frozen codec);
+- (b) *frozen+*: ``pc-prior codec finetune BASE --own-entropy-models`` (the codec trained alone
+  with its own entropy models, same crops, steps and learning rates), then ``prior fit`` on it;
+- (c) *joint*: ``pc-prior codec finetune BASE`` (codec and PC priors trained together).
+
+Each step is skipped when its output exists, and ``codec finetune`` resumes an interrupted run,
+so the same command again goes on where a session stopped. Outputs and wall times go to
+``RUNS/CODEC/`` (default ``~/runs/train_as_coded``). ``eval FAMILY`` then codes Kodak with every
+arm of the family's qualities (``pc-prior eval``: real bytes, decode times) and compares them
+(``pc-prior compare``: BD-rates), writing the small JSON files behind the docs' table to ``--out``.
+
+    python experiments/train_as_coded.py run bmshj2018-factorized-q1
+    python experiments/train_as_coded.py eval factorized --out docs/results/train-as-coded
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FAMILIES = {
+    "factorized": [f"bmshj2018-factorized-q{q}" for q in (1, 2, 3, 4)],
+    "hyperprior": [f"bmshj2018-hyperprior-q{q}" for q in (1, 2, 3)],
+}
+ARMS = {  # name in the results -> file in the codec's run folder
+    "base": None,
+    "frozen": "a-frozen.pt",
+    "base-plus": "b-codec.pt",
+    "frozen-plus": "b-frozen-plus.pt",
+    "joint": "c-joint.pt",
+}
+
+
+def sh(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` (output appended to ``log``); its wall time in seconds."""
+    print("$", " ".join(cmd), flush=True)
+    t = time.perf_counter()
+    with log.open("a") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+    return time.perf_counter() - t
+
+
+def run(codec: str, runs: Path, extra: list[str]) -> None:
+    """The three arms of one codec (each step skipped when done)."""
+    base = SHARED / "models" / f"{codec}.pt"
+    train, val = SHARED / "data" / "bsds500" / "train", SHARED / "data" / "bsds500" / "test"
+    out = runs / codec
+    out.mkdir(parents=True, exist_ok=True)
+    times_path = out / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    fit = ["--conditional"] if "hyperprior" in codec else []
+    steps = {
+        "a-frozen.pt": ["prior", "fit", str(base), "--data", str(train), *fit],
+        "b-codec.pt": [
+            "codec",
+            "finetune",
+            str(base),
+            "--data",
+            str(train),
+            "--val",
+            str(val),
+            "--own-entropy-models",
+            "--device",
+            "cpu",
+            *extra,
+        ],  # fmt: skip
+        "b-frozen-plus.pt": ["prior", "fit", str(out / "b-codec.pt"), "--data", str(train), *fit],
+        "c-joint.pt": [
+            "codec",
+            "finetune",
+            str(base),
+            "--data",
+            str(train),
+            "--val",
+            str(val),
+            "--device",
+            "cpu",
+            *extra,
+        ],  # fmt: skip
+    }
+    for name, args in steps.items():
+        if (out / name).exists():
+            print(f"{out / name}: done", flush=True)
+            continue
+        cmd = [sys.executable, "-m", "pc_prior.cli", *args, "-o", str(out / name)]
+        seconds = sh(cmd, out / f"{Path(name).stem}.log")
+        times[name] = times.get(name, 0.0) + seconds  # a resumed run adds its part
+        times_path.write_text(json.dumps(times, indent=1))
+
+
+def evaluate(family: str, runs: Path, out: Path, limit: int | None) -> None:
+    """Kodak results of every arm over the family's qualities, and the BD-rates between them."""
+    out.mkdir(parents=True, exist_ok=True)
+    kodak = SHARED / "data" / "kodak"
+    codecs = FAMILIES[family]
+    for arm, file in ARMS.items():
+        models = [
+            str(SHARED / "models" / f"{c}.pt") if file is None else str(runs / c / file)
+            for c in codecs
+        ]
+        missing = [m for m in models if not Path(m).exists()]
+        if missing:
+            print(f"{family} {arm}: missing {', '.join(missing)}; run them first", flush=True)
+            continue
+        target = out / f"{family}-{arm}.json"
+        cmd = [sys.executable, "-m", "pc_prior.cli", "eval", *models, "--data", str(kodak),
+               "--name", f"{family} {arm}", "-o", str(target), "--no-progress"]  # fmt: skip
+        if limit:
+            cmd += ["--limit", str(limit)]
+        sh(cmd, out / f"{family}-eval.log")
+    pairs = [("joint", "frozen-plus"), ("frozen-plus", "base"), ("joint", "base"),
+             ("frozen", "base"), ("base-plus", "base")]  # fmt: skip
+    for cand, ref in pairs:
+        a, b = out / f"{family}-{ref}.json", out / f"{family}-{cand}.json"
+        if a.exists() and b.exists():
+            target = out / f"{family}-{cand}-vs-{ref}.json"
+            cmd = [sys.executable, "-m", "pc_prior.cli", "compare", str(a), str(b), "-o", str(target),
+                   "--no-plot"]  # fmt: skip
+            sh(cmd, out / f"{family}-eval.log")
+    for codec in codecs:  # the fine-tuning wall times
+        t = runs / codec / "times.json"
+        if t.exists():
+            (out / f"{codec}-times.json").write_text(t.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("run", help="the three arms of one shared codec")
+    r.add_argument("codec", choices=[c for cs in FAMILIES.values() for c in cs])
+    r.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
+    r.add_argument("finetune", nargs=argparse.REMAINDER, help="more codec finetune options")
+    e = sub.add_parser("eval", help="Kodak results and BD-rates of a family's arms")
+    e.add_argument("family", choices=sorted(FAMILIES))
+    e.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
+    e.add_argument("--out", type=Path, default=Path("docs/results/train-as-coded"))
+    e.add_argument("--limit", type=int, help="only the first N Kodak images (a quick look)")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    if args.what == "run":
+        run(args.codec, args.runs, args.finetune)
+    else:
+        evaluate(args.family, args.runs, args.out, args.limit)
+
+
+if __name__ == "__main__":
+    main()
