@@ -75,7 +75,7 @@ def run(codec: str, runs: Path, extra: list[str]) -> None:
             "--device",
             "cpu",
             *extra,
-        ],  # fmt: skip
+        ],
         "b-frozen-plus.pt": ["prior", "fit", str(out / "b-codec.pt"), "--data", str(train), *fit],
         "c-joint.pt": [
             "codec",
@@ -88,7 +88,7 @@ def run(codec: str, runs: Path, extra: list[str]) -> None:
             "--device",
             "cpu",
             *extra,
-        ],  # fmt: skip
+        ],
     }
     for name, args in steps.items():
         if (out / name).exists():

@@ -25,8 +25,7 @@ from pc_prior.integrations import (
 )
 from pc_prior.integrations.bottleneck_state import LEAF_FLOOR, LEAF_STEP, LEVELS_KEY
 from pc_prior.train import ImageFolderDataModule, RDModule
-from pc_prior.train.codec import export_codec
-from pc_prior.train.codec import load_start_codec
+from pc_prior.train.codec import export_codec, load_start_codec
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"arch": "FactorizedPrior", "net_kwargs": {"N": 8, "M": 12}, "quality": 2}
