@@ -323,7 +323,8 @@ class PCEntropyModel(NoCdfTables):
 
     def _require_tables(self) -> tuple[CodingTables, bytes]:
         """The tables in the buffers and this model's fingerprint, cached while the same tensors
-        (held here, so none can be freed and another take its place) are unchanged in place."""
+        (held here, so none can be freed and another take its place) are unchanged in place.
+        Tables updated under ``torch.inference_mode`` have no version counter: rebuilt each call."""
         watched: tuple[Tensor, ...] = (
             self._pc_parent,
             self._pc_root,
@@ -331,6 +332,10 @@ class PCEntropyModel(NoCdfTables):
             self._pc_emit,
         )
         watched += self._coded_state()
+        if any(t.is_inference() for t in watched):  # updated under torch.inference_mode
+            # (Lightning's validate): no version counters to watch, so no cache
+            tables = self._coding_tables()
+            return tables, self._fingerprint(tables)
         versions = tuple(t._version for t in watched)
         cache = self._tables_cache
         if (

@@ -533,3 +533,18 @@ def test_parameters_changed_after_update_save_the_tables_they_code_with(fact, tm
     assert any(k.endswith("_pc_emit") for k in back.state_dict())  # loaded as stored: kept
     net.update(force=True)
     assert not any(k.endswith("_pc_emit") for k in net.state_dict())
+
+
+def test_tables_updated_under_inference_mode_code_and_decode():
+    """Lightning's ``trainer.validate`` updates the tables under ``torch.inference_mode``, whose
+    tensors have no version counter: coding must still work (found running it on an RDModule)."""
+    from compressai.models import MeanScaleHyperprior
+    from helpers import assert_round_trip, fitted_hyperprior
+
+    model = fitted_hyperprior(MeanScaleHyperprior)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        model.update(force=True)
+        assert model.entropy_bottleneck._pc_emit.is_inference()
+        assert_round_trip(model, x)
+    assert_round_trip(model, x)  # and outside it
