@@ -11,11 +11,13 @@ whose peak resident memory (``ru_maxrss``) is read:
 - ``all``: ``fit_prior(net, folder, max_images=None)``, every image's latents kept (what
   ``fit_prior`` did before the cap; memory grows with N).
 
-The crops are random 128x128 crops of bsds500 (train and test), written once to a temporary
-folder (``--size`` changes them), so that a folder of thousands of images fits this machine's time.
+The folder of N images links the 400 bsds500 photos (train and test, 481x321) over and over
+(``--size S`` writes random SxS crops of them instead): about 0.46 MB of bottleneck latents per
+photo for a factorized q1 codec (192 channels, float32), so "all" needs about 0.46 GB per
+thousand images for the latents alone, and its fit works on all of their positions.
 
-    OMP_NUM_THREADS=2 python bench/bench_fit_memory.py --sizes 250 500 1000 2000 --max-images 250 \\
-        --out docs/results/fit-memory.json
+    OMP_NUM_THREADS=2 python bench/bench_fit_memory.py --sizes 200 400 800 1600 --max-images 200 \\
+        --ways stream all --all-up-to 800 --out docs/results/fit-memory/factorized-q1.json
 """
 
 from __future__ import annotations
@@ -56,15 +58,21 @@ def child(codec: str, folder: str, way: str, max_images: int) -> None:
 
 
 def make_folder(root: Path, n: int, size: int) -> Path:
-    """``n`` random ``size``² crops of the bsds500 photos, as PNGs (seeded)."""
+    """``n`` images: links to the bsds500 photos, over and over (``size`` 0), or random ``size``²
+    crops of them, as PNGs (seeded)."""
     import torch
     from PIL import Image
 
     from pc_prior.images import list_images
 
-    folder = root / f"crops-{n}"
+    folder = root / f"images-{n}"
     folder.mkdir(parents=True)
     photos = list_images(SHARED / "data" / "bsds500")
+    if size == 0:
+        for k in range(n):
+            photo = photos[k % len(photos)]
+            (folder / f"{k:05d}{photo.suffix}").symlink_to(photo.resolve())
+        return folder
     g = torch.Generator().manual_seed(0)
     cache: dict[int, Image.Image] = {}
     for k in range(n):
@@ -82,8 +90,9 @@ def main() -> None:
     ap.add_argument("--codec", default=str(SHARED / "models" / "bmshj2018-factorized-q1.pt"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2000])
     ap.add_argument("--max-images", type=int, default=250)
-    ap.add_argument("--size", type=int, default=128, help="side of the crops")
+    ap.add_argument("--size", type=int, default=0, help="side of crops (0: whole photos)")
     ap.add_argument("--ways", nargs="+", default=["folder", "stream", "all"])
+    ap.add_argument("--all-up-to", type=int, help="run 'all' only on folders up to this size")
     ap.add_argument("--out", type=Path)
     ap.add_argument(
         "--child", nargs=4, metavar=("CODEC", "FOLDER", "WAY", "MAX"), help=argparse.SUPPRESS
@@ -98,6 +107,8 @@ def main() -> None:
         for n in args.sizes:
             folder = make_folder(Path(tmp), n, args.size)
             for way in args.ways:
+                if way == "all" and args.all_up_to is not None and n > args.all_up_to:
+                    continue
                 cmd = [
                     sys.executable,
                     __file__,

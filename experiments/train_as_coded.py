@@ -15,6 +15,12 @@ so the same command again goes on where a session stopped. Outputs and wall time
 arm of the family's qualities (``pc-prior eval``: real bytes, decode times) and compares them
 (``pc-prior compare``: BD-rates), writing the small JSON files behind the docs' table to ``--out``.
 
+``choose`` is how the learning rate was chosen (on validation data): the joint arm of
+factorized q1 for ``--steps`` steps at each ``--lrs``, validated on 8 bsds500/test images every
+100 steps, against the frozen default prior (step 0) on the same images.
+
+    python experiments/train_as_coded.py choose --lrs 1e-4 1e-5 --steps 300 \\
+        --out docs/results/train-as-coded/choose-lr-factorized-q1.json
     python experiments/train_as_coded.py run bmshj2018-factorized-q1
     python experiments/train_as_coded.py eval factorized --out docs/results/train-as-coded
 """
@@ -135,6 +141,57 @@ def evaluate(family: str, runs: Path, out: Path, limit: int | None) -> None:
             (out / f"{codec}-times.json").write_text(t.read_text())
 
 
+def frozen_validation(codec: Path, train: Path, val: Path, images: int) -> dict[str, float]:
+    """The validation metrics of ``codec finetune``'s step 0: RDModule's initial (frozen default)
+    fit on the same seeded crops, validated on the first ``images`` images of ``val``."""
+    import pytorch_lightning as pl
+    import torch
+
+    from pc_prior.settings import Finetune
+    from pc_prior.train import ImageFolderDataModule, RDModule
+
+    s = Finetune()
+    pl.seed_everything(s.seed)
+    dm = ImageFolderDataModule(str(train), str(val), s.patch_size, batch_size=s.batch_size,
+                               num_workers=0, val_limit=images, pin_memory=False)  # fmt: skip
+    dm.setup("fit")
+    module = RDModule(codec=str(codec), coded_val_batches=images, export_path="")
+    with torch.random.fork_rng(devices=[]):  # RDModule._prior_images' crops
+        torch.manual_seed(s.seed)
+        idx = torch.randperm(len(dm.train_set))[: s.prior_images].tolist()
+        items = [dm.train_set[i] for i in idx]
+    module.fit_prior([torch.stack(items[i : i + 8]) for i in range(0, len(items), 8)])
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    return trainer.validate(module, datamodule=dm, verbose=False)[0]
+
+
+def choose(lrs: list[float], steps: int, runs: Path, out: Path) -> None:
+    """The joint arm of factorized q1 at each learning rate, validated; JSON to ``out``."""
+    import csv
+
+    codec = SHARED / "models" / "bmshj2018-factorized-q1.pt"
+    train, val = SHARED / "data" / "bsds500" / "train", SHARED / "data" / "bsds500" / "test"
+    folder = runs / "choose"
+    folder.mkdir(parents=True, exist_ok=True)
+    res: dict = {"steps": steps, "val_images": 8, "frozen": frozen_validation(codec, train, val, 8)}
+    for lr in lrs:
+        target = folder / f"fq1-joint-lr{lr:g}.pt"
+        if not target.exists():
+            cmd = [sys.executable, "-m", "pc_prior.cli", "codec", "finetune", str(codec),
+                   "--data", str(train), "--val", str(val), "--device", "cpu", "-o", str(target),
+                   "--steps", str(steps), "--lr", str(lr), "--checkpoints", str(steps // 100)]  # fmt: skip
+            sh(cmd, folder / f"fq1-joint-lr{lr:g}.log")
+        rows = []
+        for metrics in sorted(target.with_suffix(".run").glob("csv/version_*/metrics.csv")):
+            with metrics.open() as f:
+                rows += [r for r in csv.DictReader(f) if r.get("val_loss")]
+        res[f"joint lr {lr:g}"] = [
+            {k: float(v) for k, v in r.items() if k.startswith("val_") or k == "step"} for r in rows
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -147,9 +204,16 @@ def main() -> None:
     e.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
     e.add_argument("--out", type=Path, default=Path("docs/results/train-as-coded"))
     e.add_argument("--limit", type=int, help="only the first N Kodak images (a quick look)")
+    c = sub.add_parser("choose", help="the learning rate, chosen on bsds500/test")
+    c.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-5])
+    c.add_argument("--steps", type=int, default=300)
+    c.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
+    c.add_argument("--out", type=Path, default=Path("docs/results/train-as-coded/choose-lr.json"))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    if args.what == "run":
+    if args.what == "choose":
+        choose(args.lrs, args.steps, args.runs, args.out)
+    elif args.what == "run":
         run(args.codec, args.runs, args.finetune)
     else:
         evaluate(args.family, args.runs, args.out, args.limit)
