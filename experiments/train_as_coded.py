@@ -67,34 +67,13 @@ def run(codec: str, runs: Path, extra: list[str]) -> None:
     times_path = out / "times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     fit = ["--conditional"] if "hyperprior" in codec else []
+    finetune = ["codec", "finetune", str(base), "--data", str(train), "--val", str(val)]
+    finetune += ["--device", "cpu", *extra]
     steps = {
         "a-frozen.pt": ["prior", "fit", str(base), "--data", str(train), *fit],
-        "b-codec.pt": [
-            "codec",
-            "finetune",
-            str(base),
-            "--data",
-            str(train),
-            "--val",
-            str(val),
-            "--own-entropy-models",
-            "--device",
-            "cpu",
-            *extra,
-        ],
+        "b-codec.pt": [*finetune, "--own-entropy-models"],
         "b-frozen-plus.pt": ["prior", "fit", str(out / "b-codec.pt"), "--data", str(train), *fit],
-        "c-joint.pt": [
-            "codec",
-            "finetune",
-            str(base),
-            "--data",
-            str(train),
-            "--val",
-            str(val),
-            "--device",
-            "cpu",
-            *extra,
-        ],
+        "c-joint.pt": finetune,
     }
     for name, args in steps.items():
         if (out / name).exists():
