@@ -188,7 +188,8 @@ def codec_finetune(args: argparse.Namespace) -> int:
     given, own = finetune_cli_args(given, prog)
     cli = run_lightning_cli(given, CodecModule if own else RDModule, ImageFolderDataModule, prog)
     last = cli.trainer.checkpoint_callback.dirpath
-    cli.trainer.save_checkpoint(f"{last}/last.ckpt")  # the final step too: a longer rerun goes on
+    # the final step too (optimizer states included), so a longer rerun goes on from it
+    cli.trainer.save_checkpoint(f"{last}/last.ckpt", weights_only=False)
     return 0
 
 
