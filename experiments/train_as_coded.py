@@ -85,11 +85,17 @@ def run(codec: str, runs: Path, extra: list[str]) -> None:
         times_path.write_text(json.dumps(times, indent=1))
 
 
-def evaluate(family: str, runs: Path, out: Path, limit: int | None) -> None:
-    """Kodak results of every arm over the family's qualities, and the BD-rates between them."""
+def evaluate(
+    family: str, runs: Path, out: Path, limit: int | None, qualities: list[int] | None
+) -> None:
+    """Kodak results of every arm over the family's qualities (``qualities``: only those, files
+    named ``FAMILY-qN-...``), and the BD-rates (or, for one quality, the savings) between them."""
     out.mkdir(parents=True, exist_ok=True)
     kodak = SHARED / "data" / "kodak"
     codecs = FAMILIES[family]
+    if qualities:
+        codecs = [c for c in codecs if int(c.rsplit("q", 1)[1]) in qualities]
+        family = f"{family}-" + "".join(f"q{q}" for q in sorted(qualities))
     for arm, file in ARMS.items():
         models = [
             str(SHARED / "models" / f"{c}.pt") if file is None else str(runs / c / file)
@@ -183,6 +189,7 @@ def main() -> None:
     e.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
     e.add_argument("--out", type=Path, default=Path("docs/results/train-as-coded"))
     e.add_argument("--limit", type=int, help="only the first N Kodak images (a quick look)")
+    e.add_argument("--qualities", type=int, nargs="+", help="only these qualities (done so far)")
     c = sub.add_parser("choose", help="the learning rate, chosen on bsds500/test")
     c.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-5])
     c.add_argument("--steps", type=int, default=300)
@@ -195,7 +202,7 @@ def main() -> None:
     elif args.what == "run":
         run(args.codec, args.runs, args.finetune)
     else:
-        evaluate(args.family, args.runs, args.out, args.limit)
+        evaluate(args.family, args.runs, args.out, args.limit, args.qualities)
 
 
 if __name__ == "__main__":
