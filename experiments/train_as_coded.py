@@ -130,7 +130,6 @@ def frozen_validation(codec: Path, train: Path, val: Path, images: int) -> dict[
     """The validation metrics of ``codec finetune``'s step 0: RDModule's initial (frozen default)
     fit on the same seeded crops, validated on the first ``images`` images of ``val``."""
     import pytorch_lightning as pl
-    import torch
 
     from pc_prior.settings import Finetune
     from pc_prior.train import ImageFolderDataModule, RDModule
@@ -141,11 +140,7 @@ def frozen_validation(codec: Path, train: Path, val: Path, images: int) -> dict[
                                num_workers=0, val_limit=images, pin_memory=False)  # fmt: skip
     dm.setup("fit")
     module = RDModule(codec=str(codec), coded_val_batches=images, export_path="")
-    with torch.random.fork_rng(devices=[]):  # RDModule._prior_images' crops
-        torch.manual_seed(s.seed)
-        idx = torch.randperm(len(dm.train_set))[: s.prior_images].tolist()
-        items = [dm.train_set[i] for i in idx]
-    module.fit_prior([torch.stack(items[i : i + 8]) for i in range(0, len(items), 8)])
+    module.fit_prior(module.prior_batches(dm.train_set))  # the run's initial fit
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     return trainer.validate(module, datamodule=dm, verbose=False)[0]
 

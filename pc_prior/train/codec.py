@@ -39,6 +39,7 @@ __all__ = [
     "load_start_codec",
     "rd_metrics",
     "split_parameters",
+    "start_lambda",
 ]
 
 #: λ of CompressAI's zoo models trained for MSE, by quality 1..8 (CompressAI docs, "Training";
@@ -142,6 +143,22 @@ def load_start_codec(
         **meta,
         "source": rc.source,
     }
+
+
+def start_lambda(lmbda: float | None, meta: dict[str, Any], metric: str = "mse") -> float:
+    """λ of a run from a start codec (``load_start_codec``'s ``meta``): ``lmbda`` when given, else
+    the codec file's own when it was trained for ``metric``, else CompressAI's zoo λ for its
+    quality. A λ that is not positive is a ``ValueError``."""
+    if lmbda is None:
+        same_metric = meta.get("metric", "mse") == metric
+        lmbda = (
+            meta["lmbda"]
+            if meta.get("lmbda") and same_metric
+            else lambda_for_quality(int(meta["quality"]), metric)
+        )
+    if lmbda <= 0:
+        raise ValueError(f"lmbda must be > 0, got {lmbda}")
+    return float(lmbda)
 
 
 def export_codec(
@@ -431,10 +448,7 @@ class CodecModule(RDTrainingModule):
                 "CompressAI's own: start from the base codec, or fine-tune with the PC priors "
                 "(pc-prior codec finetune without --own-entropy-models, RDModule)"
             )
-        if lmbda is None:
-            lmbda = meta.get("lmbda") or lambda_for_quality(int(meta["quality"]))
-        if lmbda <= 0:
-            raise ValueError(f"lmbda must be > 0, got {lmbda}")
+        lmbda = start_lambda(lmbda, meta)
         self.save_hyperparameters()
         self.hparams.lmbda = float(lmbda)  # resolved value (LightningCLI may record the given None)
         self.codec_info = {k: v for k, v in meta.items() if v is not None}

@@ -58,7 +58,7 @@ from ..integrations import (
 )
 from ..integrations.swap import PC_MODULES
 from ..settings import RD_BOTTLENECK, BottleneckFit, Finetune
-from .codec import METRICS, RDTrainingModule, lambda_for_quality, load_start_codec
+from .codec import METRICS, RDTrainingModule, load_start_codec, start_lambda
 
 __all__ = ["RDModule"]
 
@@ -157,15 +157,7 @@ class RDModule(RDTrainingModule):
         )
         PCConditional.check_settings(**(conditional_fit or {}))
         net, meta = load_start_codec(codec, arch, quality, net_kwargs, metric)
-        if lmbda is None:
-            same_metric = meta.get("metric", "mse") == metric
-            lmbda = (
-                meta["lmbda"]
-                if meta.get("lmbda") and same_metric
-                else lambda_for_quality(int(meta["quality"]), metric)
-            )
-        if lmbda <= 0:
-            raise ValueError(f"lmbda must be > 0, got {lmbda}")
+        lmbda = start_lambda(lmbda, meta, metric)
         self.save_hyperparameters()
         self.hparams.lmbda = float(lmbda)  # resolved (LightningCLI may record the given None)
         self.codec_info = {k: v for k, v in meta.items() if v is not None}
@@ -239,6 +231,12 @@ class RDModule(RDTrainingModule):
                 "RDModule needs prior_images (a folder) or a datamodule with a training set "
                 "to fit the circuit on"
             )
+        return self.prior_batches(dataset)
+
+    def prior_batches(self, dataset: Any) -> list[Tensor]:
+        """Batches of 8 of ``prior_max_images`` items of ``dataset`` (its random crops), drawn
+        with ``seed`` and the same on every rank: what the initial fit sees of a training set."""
+        hp = self.hparams
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hp.seed)
             idx = torch.randperm(len(dataset))[: hp.prior_max_images].tolist()

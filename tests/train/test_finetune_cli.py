@@ -145,3 +145,15 @@ def test_short_form_errors_are_clear(setup, capsys):
     assert main(short(tmp, "x.pt", 1)[:3] + ["--data", str(tmp / "nowhere"), "-o",
                 str(tmp / "x.pt"), "--device", "cpu"]) == 1  # fmt: skip
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_start_lambda_takes_the_files_own_for_the_same_metric_only():
+    from pc_prior.train.codec import start_lambda
+
+    meta = {"quality": 2, "lmbda": 0.004, "metric": "mse"}
+    assert start_lambda(None, meta) == 0.004  # the file's own
+    assert start_lambda(0.01, meta) == 0.01  # given
+    assert start_lambda(None, meta, "ms-ssim") == 4.58  # trained for MSE: the zoo's MS-SSIM λ
+    assert start_lambda(None, {"quality": 2, "lmbda": 4.0, "metric": "ms-ssim"}) == 0.0035
+    with pytest.raises(ValueError, match="lmbda must be > 0"):
+        start_lambda(-1.0, meta)
