@@ -23,6 +23,7 @@ factorized q1 for ``--steps`` steps at each ``--lrs``, validated on 8 bsds500/te
         --out docs/results/train-as-coded/choose-lr-factorized-q1.json
     python experiments/train_as_coded.py run bmshj2018-factorized-q1
     python experiments/train_as_coded.py eval factorized --out docs/results/train-as-coded
+    python experiments/train_as_coded.py table factorized   # the docs' Markdown table
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ ARMS = {  # name in the results -> file in the codec's run folder
     "frozen-plus": "b-frozen-plus.pt",
     "joint": "c-joint.pt",
 }
+
+PAIRS = [("joint", "frozen-plus"), ("frozen-plus", "base"), ("joint", "base"), ("frozen", "base"),
+         ("base-plus", "base")]  # fmt: skip  # (candidate, reference) of the BD-rates
 
 
 def sh(cmd: list[str], log: Path) -> float:
@@ -111,19 +115,75 @@ def evaluate(
         if limit:
             cmd += ["--limit", str(limit)]
         sh(cmd, out / f"{family}-eval.log")
-    pairs = [("joint", "frozen-plus"), ("frozen-plus", "base"), ("joint", "base"),
-             ("frozen", "base"), ("base-plus", "base")]  # fmt: skip
-    for cand, ref in pairs:
+    for cand, ref in PAIRS:
         a, b = out / f"{family}-{ref}.json", out / f"{family}-{cand}.json"
         if a.exists() and b.exists():
             target = out / f"{family}-{cand}-vs-{ref}.json"
             cmd = [sys.executable, "-m", "pc_prior.cli", "compare", str(a), str(b), "-o", str(target),
                    "--no-plot"]  # fmt: skip
             sh(cmd, out / f"{family}-eval.log")
-    for codec in codecs:  # the fine-tuning wall times
-        t = runs / codec / "times.json"
-        if t.exists():
-            (out / f"{codec}-times.json").write_text(t.read_text())
+    for codec in codecs:  # the fine-tuning wall times, and the pauses they include
+        for name in ("times", "paused"):
+            t = runs / codec / f"{name}.json"
+            if t.exists():
+                (out / f"{codec}-{name}.json").write_text(t.read_text())
+
+
+def wall_times(out: Path, codec: str) -> dict[str, float]:
+    """Seconds of each run step of ``codec`` (``eval``'s copies), less the pauses recorded."""
+    t = out / f"{codec}-times.json"
+    times = json.loads(t.read_text()) if t.exists() else {}
+    p = out / f"{codec}-paused.json"
+    paused = json.loads(p.read_text()) if p.exists() else {}
+    return {k: v - paused.get(k, 0) for k, v in times.items()}
+
+
+def table(family: str, out: Path, qualities: list[int] | None) -> str:
+    """The docs' Markdown table of ``eval``'s files: every arm at every quality (bpp, PSNR, RD
+    loss λ·255²·MSE + bpp from the per-image MSE with the zoo's λ, decode time, fine-tuning wall
+    time), then the BD-rates."""
+    from pc_prior.train.codec import lambda_for_quality
+
+    codecs = FAMILIES[family]
+    if qualities:
+        codecs = [c for c in codecs if int(c.rsplit("q", 1)[1]) in qualities]
+        family = f"{family}-" + "".join(f"q{q}" for q in sorted(qualities))
+    names = {"base": "base codec", "frozen": "(a) frozen", "base-plus": "base+ (own entropy models)",
+             "frozen-plus": "(b) frozen+", "joint": "(c) joint"}  # fmt: skip
+    steps = {"frozen": ["a-frozen.pt"], "base-plus": ["b-codec.pt"],
+             "frozen-plus": ["b-codec.pt", "b-frozen-plus.pt"], "joint": ["c-joint.pt"]}  # fmt: skip
+    lines = ["| codec | arm | bpp | PSNR (dB) | RD loss | decode (s) | wall time (s) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for i, codec in enumerate(codecs):
+        quality = int(codec.rsplit("q", 1)[1])
+        lmbda = lambda_for_quality(quality)
+        times = wall_times(out, codec)
+        for arm in ARMS:
+            f = out / f"{family}-{arm}.json"
+            if not f.exists():
+                continue
+            d = json.loads(f.read_text())
+            model = d["results"]["model"][i]
+            per = d["per_image"][model]
+            bpp = sum(r["bpp"] for r in per) / len(per)
+            psnr = d["results"]["psnr-rgb"][i]
+            loss = sum(lmbda * 255**2 * 10 ** (-r["psnr-rgb"] / 10) + r["bpp"] for r in per) / len(
+                per
+            )
+            decode = d["results"]["decoding_time"][i]
+            wall = " + ".join(f"{times[s]:,.0f}" for s in steps.get(arm, []) if s in times)
+            lines.append(f"| {codec.removeprefix('bmshj2018-')} | {names[arm]} | {bpp:.4f} | "
+                         f"{psnr:.3f} | {loss:.4f} | {decode:.3f} | {wall or '—'} |")  # fmt: skip
+    lines += ["", "| BD-rate (PSNR / MS-SSIM) | value |", "|---|---|"]
+    for cand, ref in PAIRS:
+        f = out / f"{family}-{cand}-vs-{ref}.json"
+        if not f.exists():
+            continue
+        d = json.loads(f.read_text())
+        vals = [d[k] for k in ("bd_rate_psnr", "bd_rate_ms_ssim")]
+        text = " / ".join("undefined" if v is None else f"{v:+.2f}%" for v in vals)
+        lines.append(f"| {names[cand]} vs {names[ref]} | {text} |")
+    return "\n".join(lines)
 
 
 def frozen_validation(codec: Path, train: Path, val: Path, images: int) -> dict[str, float]:
@@ -142,7 +202,7 @@ def frozen_validation(codec: Path, train: Path, val: Path, images: int) -> dict[
     module = RDModule(codec=str(codec), coded_val_batches=images, export_path="")
     module.fit_prior(module.prior_batches(dm.train_set))  # the run's initial fit
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    return trainer.validate(module, datamodule=dm, verbose=False)[0]
+    return dict(trainer.validate(module, datamodule=dm, verbose=False)[0])
 
 
 def choose(lrs: list[float], steps: int, runs: Path, out: Path) -> None:
@@ -185,6 +245,10 @@ def main() -> None:
     e.add_argument("--out", type=Path, default=Path("docs/results/train-as-coded"))
     e.add_argument("--limit", type=int, help="only the first N Kodak images (a quick look)")
     e.add_argument("--qualities", type=int, nargs="+", help="only these qualities (done so far)")
+    t = sub.add_parser("table", help="the docs' Markdown table of eval's files")
+    t.add_argument("family", choices=sorted(FAMILIES))
+    t.add_argument("--out", type=Path, default=Path("docs/results/train-as-coded"))
+    t.add_argument("--qualities", type=int, nargs="+", help="only these qualities (done so far)")
     c = sub.add_parser("choose", help="the learning rate, chosen on bsds500/test")
     c.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-5])
     c.add_argument("--steps", type=int, default=300)
@@ -194,6 +258,8 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     if args.what == "choose":
         choose(args.lrs, args.steps, args.runs, args.out)
+    elif args.what == "table":
+        print(table(args.family, args.out, args.qualities))
     elif args.what == "run":
         run(args.codec, args.runs, args.finetune)
     else:
