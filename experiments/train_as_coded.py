@@ -53,6 +53,21 @@ PAIRS = [("joint", "frozen-plus"), ("frozen-plus", "base"), ("joint", "base"), (
          ("base-plus", "base")]  # fmt: skip  # (candidate, reference) of the BD-rates
 
 
+def quality(codec: str) -> int:
+    """The quality of a shared codec's name (``bmshj2018-factorized-q3`` -> 3)."""
+    return int(codec.rsplit("q", 1)[1])
+
+
+def select(family: str, qualities: list[int] | None) -> tuple[list[str], str]:
+    """The family's codecs (only ``qualities`` when given) and the name of their results files
+    (``FAMILY`` or ``FAMILY-qNqM...``)."""
+    codecs = FAMILIES[family]
+    if not qualities:
+        return codecs, family
+    chosen = [c for c in codecs if quality(c) in qualities]
+    return chosen, f"{family}-" + "".join(f"q{q}" for q in sorted(qualities))
+
+
 def sh(cmd: list[str], log: Path) -> float:
     """Run ``cmd`` (output appended to ``log``); its wall time in seconds."""
     print("$", " ".join(cmd), flush=True)
@@ -96,10 +111,7 @@ def evaluate(
     named ``FAMILY-qN-...``), and the BD-rates (or, for one quality, the savings) between them."""
     out.mkdir(parents=True, exist_ok=True)
     kodak = SHARED / "data" / "kodak"
-    codecs = FAMILIES[family]
-    if qualities:
-        codecs = [c for c in codecs if int(c.rsplit("q", 1)[1]) in qualities]
-        family = f"{family}-" + "".join(f"q{q}" for q in sorted(qualities))
+    codecs, family = select(family, qualities)
     for arm, file in ARMS.items():
         models = [
             str(SHARED / "models" / f"{c}.pt") if file is None else str(runs / c / file)
@@ -144,10 +156,7 @@ def table(family: str, out: Path, qualities: list[int] | None) -> str:
     time), then the BD-rates."""
     from pc_prior.train.codec import lambda_for_quality
 
-    codecs = FAMILIES[family]
-    if qualities:
-        codecs = [c for c in codecs if int(c.rsplit("q", 1)[1]) in qualities]
-        family = f"{family}-" + "".join(f"q{q}" for q in sorted(qualities))
+    codecs, family = select(family, qualities)
     names = {"base": "base codec", "frozen": "(a) frozen", "base-plus": "base+ (own entropy models)",
              "frozen-plus": "(b) frozen+", "joint": "(c) joint"}  # fmt: skip
     steps = {"frozen": ["a-frozen.pt"], "base-plus": ["b-codec.pt"],
@@ -155,8 +164,7 @@ def table(family: str, out: Path, qualities: list[int] | None) -> str:
     lines = ["| codec | arm | bpp | PSNR (dB) | RD loss | decode (s) | wall time (s) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for i, codec in enumerate(codecs):
-        quality = int(codec.rsplit("q", 1)[1])
-        lmbda = lambda_for_quality(quality)
+        lmbda = lambda_for_quality(quality(codec))
         times = wall_times(out, codec)
         for arm in ARMS:
             f = out / f"{family}-{arm}.json"
