@@ -173,19 +173,14 @@ def table(family: str, out: Path, qualities: list[int] | None) -> str:
             d = json.loads(f.read_text())
             bpp = d["results"]["bpp"][i]
             psnr = d["results"]["psnr-rgb"][i]
-            per = d["per_image"].get(d["results"]["model"][i], [])
-            # pc-prior eval keys per-image results by file name: one name at several qualities
-            # keeps only the last one's, so the RD loss is left out there
-            unique = d["results"]["model"].count(d["results"]["model"][i]) == 1
-            loss = (
-                f"{sum(lmbda * 255**2 * 10 ** (-r['psnr-rgb'] / 10) + r['bpp'] for r in per) / len(per):.4f}"
-                if unique and per
-                else "—"
+            per = d["per_image"][d["results"]["model"][i]]
+            loss = sum(lmbda * 255**2 * 10 ** (-r["psnr-rgb"] / 10) + r["bpp"] for r in per) / len(
+                per
             )
             decode = d["results"]["decoding_time"][i]
             wall = " + ".join(f"{times[s]:,.0f}" for s in steps.get(arm, []) if s in times)
             lines.append(f"| {codec.removeprefix('bmshj2018-')} | {names[arm]} | {bpp:.4f} | "
-                         f"{psnr:.3f} | {loss} | {decode:.3f} | {wall or '—'} |")  # fmt: skip
+                         f"{psnr:.3f} | {loss:.4f} | {decode:.3f} | {wall or '—'} |")  # fmt: skip
     lines += ["", "| BD-rate (PSNR / MS-SSIM) | value |", "|---|---|"]
     for cand, ref in PAIRS:
         f = out / f"{family}-{cand}-vs-{ref}.json"

@@ -217,7 +217,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..images import MS_SSIM_MIN_SIDE, list_images
     from ..integrations.codec_file import resolve_codec
-    from .rd import dumps_json, evaluate_model, results_json, write_json
+    from .rd import distinct_labels, dumps_json, evaluate_model, results_json, write_json
 
     resolve_device(
         args.device
@@ -243,17 +243,18 @@ def _eval(args: argparse.Namespace) -> int:
         for m in args.models
     ]
     curve = _one_curve(loaded)  # before any image is coded
+    labels = distinct_labels([lm.name for lm in loaded], [lm.source for lm in loaded])
     runs = []
-    for lm in loaded:
-        res = evaluate_model(lm.net, images, progress=not args.no_progress, desc=lm.name)
-        runs.append({"model": lm.name, "quality": lm.quality, **res})
+    for lm, label in zip(loaded, labels, strict=True):
+        res = evaluate_model(lm.net, images, progress=not args.no_progress, desc=label)
+        runs.append({"model": label, "quality": lm.quality, **res})
         m = res["mean"]
         ms = m["ms-ssim-rgb"]
         ms_text = (
             f"n/a (an image side below {MS_SSIM_MIN_SIDE} px)" if math.isnan(ms) else f"{ms:.4f}"
         )
         print(
-            f"{lm.name}: bpp {m['bpp']:.4f} (estimated {m['bpp_estimated']:.4f}), PSNR-RGB {m['psnr-rgb']:.3f} dB, "
+            f"{label}: bpp {m['bpp']:.4f} (estimated {m['bpp_estimated']:.4f}), PSNR-RGB {m['psnr-rgb']:.3f} dB, "
             f"MS-SSIM {ms_text}, enc {1000 * m['encoding_time']:.1f} ms, "
             f"dec {1000 * m['decoding_time']:.1f} ms ({len(images)} images; decoded = forward "
             f"bit for bit: {sum(r['decoded_equals_forward'] for r in res['images'])}/{len(images)})",

@@ -36,6 +36,7 @@ from ..images import (
 
 __all__ = [
     "count_bytes",
+    "distinct_labels",
     "dumps_json",
     "evaluate_image",
     "evaluate_model",
@@ -276,6 +277,37 @@ def _is_nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+def distinct_labels(names: Sequence[str], sources: Sequence[str]) -> list[str]:
+    """One label per model for the results' ``model`` list and ``per_image`` keys, all distinct.
+
+    A name shared by several models (``a-frozen`` in ``q1/`` and ``q2/``) becomes the shortest tail
+    of each one's source path that tells them apart (``q1/a-frozen``, ``q2/a-frozen``); other names
+    stay as they are. ``InputError`` if one source is given twice, which no tail can tell apart.
+    """
+    if len(names) != len(sources):
+        raise ValueError(f"{len(names)} names for {len(sources)} sources")
+    given = [s for s in sources if s]
+    for s in given:
+        if given.count(s) > 1:
+            raise InputError(f"{s} is given twice: give each model once")
+    labels = list(names)
+    clash = [i for i, n in enumerate(names) if names.count(n) > 1]
+    parts = {i: Path(sources[i]).with_suffix("").parts for i in clash}
+    depth = 1
+    while clash:
+        depth += 1
+        tails = {i: "/".join(parts[i][-depth:]) for i in clash}
+        for i in clash:
+            labels[i] = tails[i]
+        left = [i for i in clash if list(tails.values()).count(tails[i]) > 1]
+        if left and all(depth >= len(parts[i]) for i in left):
+            for i in left:  # the same path but its suffix (a.pt, a.pth), or no source at all
+                labels[i] = sources[i] or f"{names[i]} ({i + 1})"
+            break
+        clash = left
+    return labels
+
+
 def results_json(
     runs: Sequence[dict[str, Any]],
     name: str,
@@ -291,6 +323,11 @@ def results_json(
     ``"undefined"`` says why (``{"ms-ssim-rgb": reason}``); the result is strict JSON for
     ``dumps_json`` (a NaN without a reason is refused there).
     """
+    labels = [run["model"] for run in runs]
+    if len(set(labels)) < len(labels):  # per_image is keyed by label: a repeat would drop rows
+        raise ValueError(
+            f"model labels repeat ({labels}); make them distinct first (distinct_labels)"
+        )
     results: dict[str, list[Any]] = {k: [] for k in METRICS}
     results.update({"bpp_estimated": [], "bits": [], "model": [], "quality": []})
     undefined: dict[str, str] = {}

@@ -11,8 +11,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pc_prior.cli import main
-from pc_prior.errors import ModelLoadError
-from pc_prior.eval.rd import count_bytes, evaluate_image, evaluate_model
+from pc_prior.errors import InputError, ModelLoadError
+from pc_prior.eval.rd import (
+    count_bytes,
+    distinct_labels,
+    evaluate_image,
+    evaluate_model,
+    results_json,
+)
 from pc_prior.images import list_images, load_image
 from pc_prior.integrations import resolve_codec
 
@@ -268,6 +274,51 @@ def _eval_json(ckpts, data, out, capsys, *extra) -> dict:
     assert main(argv + ["--output", str(out), "--no-progress", *extra]) == 0, capsys.readouterr()
     capsys.readouterr()
     return _strict(out.read_text())
+
+
+def test_distinct_labels_tell_same_named_files_apart():
+    names = ["a-frozen", "a-frozen", "base", "a-frozen"]
+    sources = ["runs/q1/a-frozen.pt", "runs/q2/a-frozen.pt", "x/base.pt", "old/q1/a-frozen.pt"]
+    # the shortest path tail that tells each one apart; a name nobody shares stays
+    assert distinct_labels(names, sources) == [
+        "runs/q1/a-frozen",
+        "q2/a-frozen",
+        "base",
+        "old/q1/a-frozen",
+    ]
+    assert distinct_labels(["m", "m"], ["d/m.pt", "d/m.pth"]) == ["d/m.pt", "d/m.pth"]
+    assert distinct_labels(["tiny"], ["t/tiny.pth"]) == ["tiny"]
+    with pytest.raises(InputError, match=r"d/m.pt is given twice"):
+        distinct_labels(["m", "m"], ["d/m.pt", "d/m.pt"])
+
+
+def test_results_json_refuses_labels_that_would_drop_rows():
+    run = {"model": "m", "quality": 1, "mean": {}, "images": []}
+    with pytest.raises(ValueError, match="labels repeat"):
+        results_json([run, dict(run)], name="c")
+
+
+def test_eval_keeps_every_same_named_models_rows(image_dir, tmp_path, capsys):
+    """Two runs' ``a.pth`` (q1/, q2/): both keep their per-image rows, under distinct labels."""
+    from compressai.models import FactorizedPrior
+
+    paths = []
+    for seed, q in enumerate(("q1", "q2")):
+        torch.manual_seed(seed)  # two different codecs, so their rows differ
+        net = FactorizedPrior(N=8, M=12)
+        net.update(force=True)
+        (tmp_path / q).mkdir()
+        paths.append(tmp_path / q / "a.pth")
+        torch.save(net.state_dict(), paths[-1])
+    data = _eval_json(paths, image_dir, tmp_path / "r.json", capsys)
+    labels = ["q1/a", "q2/a"]
+    assert data["results"]["model"] == labels and set(data["per_image"]) == set(labels)
+    bits = [[r["bits"] for r in data["per_image"][label]] for label in labels]
+    assert bits[0] != bits[1]
+    for i in range(2):
+        assert sum(bits[i]) / len(bits[i]) == pytest.approx(data["results"]["bits"][i])
+    argv = ["eval", str(paths[0]), str(paths[0]), "--arch", "bmshj2018-factorized"]
+    assert "is given twice" in _err(argv + ["--data", str(image_dir)], capsys)
 
 
 def test_results_json_below_161_px_is_strict_with_reasons(tiny_ckpt, plain_ckpt, tmp_path, capsys):
