@@ -77,8 +77,12 @@ def sh(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
-def run(codec: str, runs: Path, extra: list[str]) -> None:
-    """The three arms of one codec (each step skipped when done)."""
+STEPS = ("a-frozen.pt", "b-codec.pt", "b-frozen-plus.pt", "c-joint.pt")  # run's order
+
+
+def run(codec: str, runs: Path, extra: list[str], until: str = STEPS[-1]) -> None:
+    """The three arms of one codec (each step skipped when done), up to the step ``until``: a
+    session too short for all of them stops between steps, where no step's time is lost."""
     base = SHARED / "models" / f"{codec}.pt"
     train, val = SHARED / "data" / "bsds500" / "train", SHARED / "data" / "bsds500" / "test"
     out = runs / codec
@@ -94,7 +98,8 @@ def run(codec: str, runs: Path, extra: list[str]) -> None:
         "b-frozen-plus.pt": ["prior", "fit", str(out / "b-codec.pt"), "--data", str(train), *fit],
         "c-joint.pt": finetune,
     }
-    for name, args in steps.items():
+    assert tuple(steps) == STEPS
+    for name, args in list(steps.items())[: STEPS.index(until) + 1]:
         if (out / name).exists():
             print(f"{out / name}: done", flush=True)
             continue
@@ -245,6 +250,7 @@ def main() -> None:
     r = sub.add_parser("run", help="the three arms of one shared codec")
     r.add_argument("codec", choices=[c for cs in FAMILIES.values() for c in cs])
     r.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
+    r.add_argument("--until", choices=STEPS, default=STEPS[-1], help="stop after this step")
     r.add_argument("finetune", nargs=argparse.REMAINDER, help="more codec finetune options")
     e = sub.add_parser("eval", help="Kodak results and BD-rates of a family's arms")
     e.add_argument("family", choices=sorted(FAMILIES))
@@ -268,7 +274,7 @@ def main() -> None:
     elif args.what == "table":
         print(table(args.family, args.out, args.qualities))
     elif args.what == "run":
-        run(args.codec, args.runs, args.finetune)
+        run(args.codec, args.runs, args.finetune, args.until)
     else:
         evaluate(args.family, args.runs, args.out, args.limit, args.qualities)
 
