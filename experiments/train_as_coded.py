@@ -1,4 +1,4 @@
-"""Joint fine-tuning at real scale on the shared codecs: three arms, then Kodak (issue 31, item 4).
+"""Joint fine-tuning at real scale on the shared codecs: three arms and a refit, then Kodak (issue 31, item 4).
 
 For one shared codec (``run CODEC``), with ``pc-prior``'s own commands and their defaults
 (``settings.Finetune``: 600 steps of 8 crops of 256² on a CPU), training on bsds500/train and
@@ -7,7 +7,9 @@ validating on bsds500/test (never Kodak):
 - (a) *frozen*: ``pc-prior prior fit BASE`` (the default PC priors on the frozen codec);
 - (b) *frozen+*: ``pc-prior codec finetune BASE --own-entropy-models`` (the codec trained alone
   with its own entropy models, same crops, steps and learning rates), then ``prior fit`` on it;
-- (c) *joint*: ``pc-prior codec finetune BASE`` (codec and PC priors trained together).
+- (c) *joint*: ``pc-prior codec finetune BASE`` (codec and PC priors trained together);
+- (d) *joint, refit*: ``prior fit`` on (c)'s codec: its jointly trained priors replaced by a
+  default fit, as (b) refits its codec. (d) against (b) compares the two codecs alone.
 
 Each step is skipped when its output exists, and ``codec finetune`` resumes an interrupted run,
 so the same command again goes on where a session stopped. Outputs and wall times go to
@@ -47,10 +49,11 @@ ARMS = {  # name in the results -> file in the codec's run folder
     "base-plus": "b-codec.pt",
     "frozen-plus": "b-frozen-plus.pt",
     "joint": "c-joint.pt",
+    "joint-refit": "d-joint-refit.pt",
 }
 
 PAIRS = [("joint", "frozen-plus"), ("frozen-plus", "base"), ("joint", "base"), ("frozen", "base"),
-         ("base-plus", "base")]  # fmt: skip  # (candidate, reference) of the BD-rates
+         ("base-plus", "base"), ("joint-refit", "frozen-plus"), ("joint-refit", "joint")]  # fmt: skip  # (candidate, reference) of the BD-rates
 
 
 def quality(codec: str) -> int:
@@ -77,11 +80,17 @@ def sh(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
-STEPS = ("a-frozen.pt", "b-codec.pt", "b-frozen-plus.pt", "c-joint.pt")  # run's order
+STEPS = (
+    "a-frozen.pt",
+    "b-codec.pt",
+    "b-frozen-plus.pt",
+    "c-joint.pt",
+    "d-joint-refit.pt",
+)  # run's order
 
 
 def run(codec: str, runs: Path, extra: list[str], until: str = STEPS[-1]) -> None:
-    """The three arms of one codec (each step skipped when done), up to the step ``until``: a
+    """The arms of one codec (each step skipped when done), up to the step ``until``: a
     session too short for all of them stops between steps, where no step's time is lost."""
     base = SHARED / "models" / f"{codec}.pt"
     train, val = SHARED / "data" / "bsds500" / "train", SHARED / "data" / "bsds500" / "test"
@@ -97,6 +106,7 @@ def run(codec: str, runs: Path, extra: list[str], until: str = STEPS[-1]) -> Non
         "b-codec.pt": [*finetune, "--own-entropy-models"],
         "b-frozen-plus.pt": ["prior", "fit", str(out / "b-codec.pt"), "--data", str(train), *fit],
         "c-joint.pt": finetune,
+        "d-joint-refit.pt": ["prior", "fit", str(out / "c-joint.pt"), "--data", str(train), *fit],
     }
     assert tuple(steps) == STEPS
     for name, args in list(steps.items())[: STEPS.index(until) + 1]:
@@ -163,9 +173,10 @@ def table(family: str, out: Path, qualities: list[int] | None) -> str:
 
     codecs, family = select(family, qualities)
     names = {"base": "base codec", "frozen": "(a) frozen", "base-plus": "base+ (own entropy models)",
-             "frozen-plus": "(b) frozen+", "joint": "(c) joint"}  # fmt: skip
+             "frozen-plus": "(b) frozen+", "joint": "(c) joint", "joint-refit": "(d) joint, refit"}  # fmt: skip
     steps = {"frozen": ["a-frozen.pt"], "base-plus": ["b-codec.pt"],
-             "frozen-plus": ["b-codec.pt", "b-frozen-plus.pt"], "joint": ["c-joint.pt"]}  # fmt: skip
+             "frozen-plus": ["b-codec.pt", "b-frozen-plus.pt"], "joint": ["c-joint.pt"],
+             "joint-refit": ["c-joint.pt", "d-joint-refit.pt"]}  # fmt: skip
     lines = ["| codec | arm | bpp | PSNR (dB) | RD loss | decode (s) | wall time (s) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for i, codec in enumerate(codecs):
@@ -247,7 +258,7 @@ def choose(lrs: list[float], steps: int, runs: Path, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
-    r = sub.add_parser("run", help="the three arms of one shared codec")
+    r = sub.add_parser("run", help="the arms of one shared codec")
     r.add_argument("codec", choices=[c for cs in FAMILIES.values() for c in cs])
     r.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
     r.add_argument("--until", choices=STEPS, default=STEPS[-1], help="stop after this step")
