@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -262,7 +263,8 @@ def main() -> None:
     r.add_argument("codec", choices=[c for cs in FAMILIES.values() for c in cs])
     r.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
     r.add_argument("--until", choices=STEPS, default=STEPS[-1], help="stop after this step")
-    r.add_argument("finetune", nargs=argparse.REMAINDER, help="more codec finetune options")
+    r.add_argument("--finetune-args", default="", metavar="ARGS",
+                   help="more codec finetune options, one string: --finetune-args='--steps 300'")  # fmt: skip
     e = sub.add_parser("eval", help="Kodak results and BD-rates of a family's arms")
     e.add_argument("family", choices=sorted(FAMILIES))
     e.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
@@ -285,7 +287,7 @@ def main() -> None:
     elif args.what == "table":
         print(table(args.family, args.out, args.qualities))
     elif args.what == "run":
-        run(args.codec, args.runs, args.finetune, args.until)
+        run(args.codec, args.runs, shlex.split(args.finetune_args), args.until)
     else:
         evaluate(args.family, args.runs, args.out, args.limit, args.qualities)
 
