@@ -121,14 +121,22 @@ def run(codec: str, runs: Path, extra: list[str], until: str = STEPS[-1]) -> Non
 
 
 def evaluate(
-    family: str, runs: Path, out: Path, limit: int | None, qualities: list[int] | None
+    family: str,
+    runs: Path,
+    out: Path,
+    limit: int | None,
+    qualities: list[int] | None,
+    data: Path = SHARED / "data" / "kodak",
+    arms: list[str] | None = None,
 ) -> None:
-    """Kodak results of every arm over the family's qualities (``qualities``: only those, files
-    named ``FAMILY-qN-...``), and the BD-rates (or, for one quality, the savings) between them."""
+    """Results on ``data`` (Kodak) of every arm (or ``arms``) over the family's qualities
+    (``qualities``: only those, files named ``FAMILY-qN-...``), and the BD-rates (or, for one
+    quality, the savings) between them."""
     out.mkdir(parents=True, exist_ok=True)
-    kodak = SHARED / "data" / "kodak"
     codecs, family = select(family, qualities)
     for arm, file in ARMS.items():
+        if arms and arm not in arms:
+            continue
         models = [
             str(SHARED / "models" / f"{c}.pt") if file is None else str(runs / c / file)
             for c in codecs
@@ -138,7 +146,7 @@ def evaluate(
             print(f"{family} {arm}: missing {', '.join(missing)}; run them first", flush=True)
             continue
         target = out / f"{family}-{arm}.json"
-        cmd = [sys.executable, "-m", "pc_prior.cli", "eval", *models, "--data", str(kodak),
+        cmd = [sys.executable, "-m", "pc_prior.cli", "eval", *models, "--data", str(data),
                "--name", f"{family} {arm}", "-o", str(target), "--no-progress"]  # fmt: skip
         if limit:
             cmd += ["--limit", str(limit)]
@@ -269,7 +277,14 @@ def main() -> None:
     e.add_argument("family", choices=sorted(FAMILIES))
     e.add_argument("--runs", type=Path, default=Path.home() / "runs" / "train_as_coded")
     e.add_argument("--out", type=Path, default=Path("docs/results/train-as-coded"))
-    e.add_argument("--limit", type=int, help="only the first N Kodak images (a quick look)")
+    e.add_argument("--limit", type=int, help="only the first N images (a quick look)")
+    e.add_argument(
+        "--data",
+        type=Path,
+        default=SHARED / "data" / "kodak",
+        help="the images (default Kodak, the test set; bsds500/test to validate)",
+    )
+    e.add_argument("--arms", nargs="+", choices=list(ARMS), help="only these arms")  # fmt: skip
     e.add_argument("--qualities", type=int, nargs="+", help="only these qualities (done so far)")
     t = sub.add_parser("table", help="the docs' Markdown table of eval's files")
     t.add_argument("family", choices=sorted(FAMILIES))
@@ -289,7 +304,7 @@ def main() -> None:
     elif args.what == "run":
         run(args.codec, args.runs, shlex.split(args.finetune_args), args.until)
     else:
-        evaluate(args.family, args.runs, args.out, args.limit, args.qualities)
+        evaluate(args.family, args.runs, args.out, args.limit, args.qualities, args.data, args.arms)
 
 
 if __name__ == "__main__":
