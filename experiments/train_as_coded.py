@@ -1,4 +1,4 @@
-"""Joint fine-tuning at real scale on the shared codecs: three arms and a refit, then Kodak (issue 31, item 4).
+"""Joint fine-tuning at real scale on the shared codecs: the arms, then Kodak (issue 31, item 4).
 
 For one shared codec (``run CODEC``), with ``pc-prior``'s own commands and their defaults
 (``settings.Finetune``: 600 steps of 8 crops of 256² on a CPU), training on bsds500/train and
@@ -81,13 +81,8 @@ def sh(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
-STEPS = (
-    "a-frozen.pt",
-    "b-codec.pt",
-    "b-frozen-plus.pt",
-    "c-joint.pt",
-    "d-joint-refit.pt",
-)  # run's order
+STEPS = tuple(f for f in ARMS.values() if f)  # run's steps, in order: one file each
+FITTED_ON = {"b-frozen-plus.pt": "b-codec.pt", "d-joint-refit.pt": "c-joint.pt"}  # refit -> codec
 
 
 def run(codec: str, runs: Path, extra: list[str], until: str = STEPS[-1]) -> None:
@@ -102,15 +97,12 @@ def run(codec: str, runs: Path, extra: list[str], until: str = STEPS[-1]) -> Non
     fit = ["--conditional"] if "hyperprior" in codec else []
     finetune = ["codec", "finetune", str(base), "--data", str(train), "--val", str(val)]
     finetune += ["--device", "cpu", *extra]
-    steps = {
-        "a-frozen.pt": ["prior", "fit", str(base), "--data", str(train), *fit],
-        "b-codec.pt": [*finetune, "--own-entropy-models"],
-        "b-frozen-plus.pt": ["prior", "fit", str(out / "b-codec.pt"), "--data", str(train), *fit],
-        "c-joint.pt": finetune,
-        "d-joint-refit.pt": ["prior", "fit", str(out / "c-joint.pt"), "--data", str(train), *fit],
-    }
-    assert tuple(steps) == STEPS
-    for name, args in list(steps.items())[: STEPS.index(until) + 1]:
+    steps = {"a-frozen.pt": ["prior", "fit", str(base), "--data", str(train), *fit],
+             "b-codec.pt": [*finetune, "--own-entropy-models"], "c-joint.pt": finetune}  # fmt: skip
+    for refit, codec_file in FITTED_ON.items():
+        steps[refit] = ["prior", "fit", str(out / codec_file), "--data", str(train), *fit]
+    for name in STEPS[: STEPS.index(until) + 1]:
+        args = steps[name]
         if (out / name).exists():
             print(f"{out / name}: done", flush=True)
             continue
@@ -183,9 +175,6 @@ def table(family: str, out: Path, qualities: list[int] | None) -> str:
     codecs, family = select(family, qualities)
     names = {"base": "base codec", "frozen": "(a) frozen", "base-plus": "base+ (own entropy models)",
              "frozen-plus": "(b) frozen+", "joint": "(c) joint", "joint-refit": "(d) joint, refit"}  # fmt: skip
-    steps = {"frozen": ["a-frozen.pt"], "base-plus": ["b-codec.pt"],
-             "frozen-plus": ["b-codec.pt", "b-frozen-plus.pt"], "joint": ["c-joint.pt"],
-             "joint-refit": ["c-joint.pt", "d-joint-refit.pt"]}  # fmt: skip
     lines = ["| codec | arm | bpp | PSNR (dB) | RD loss | decode (s) | wall time (s) |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for i, codec in enumerate(codecs):
@@ -203,7 +192,9 @@ def table(family: str, out: Path, qualities: list[int] | None) -> str:
                 per
             )
             decode = d["results"]["decoding_time"][i]
-            wall = " + ".join(f"{times[s]:,.0f}" for s in steps.get(arm, []) if s in times)
+            file = ARMS[arm]
+            steps = [FITTED_ON[file], file] if file in FITTED_ON else [file] if file else []
+            wall = " + ".join(f"{times[s]:,.0f}" for s in steps if s in times)
             lines.append(f"| {codec.removeprefix('bmshj2018-')} | {names[arm]} | {bpp:.4f} | "
                          f"{psnr:.3f} | {loss:.4f} | {decode:.3f} | {wall or '—'} |")  # fmt: skip
     lines += ["", "| BD-rate (PSNR / MS-SSIM) | value |", "|---|---|"]
