@@ -217,7 +217,14 @@ def _eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..images import MS_SSIM_MIN_SIDE, list_images
     from ..integrations.codec_file import resolve_codec
-    from .rd import distinct_labels, dumps_json, evaluate_model, results_json, write_json
+    from .rd import (
+        distinct_labels,
+        dumps_json,
+        evaluate_model,
+        refuse_repeats,
+        results_json,
+        write_json,
+    )
 
     resolve_device(
         args.device
@@ -238,6 +245,7 @@ def _eval(args: argparse.Namespace) -> int:
                 f"{', '.join(compressai.available_entropy_coders())}"
             )
         compressai.set_entropy_coder(args.entropy_coder)
+    refuse_repeats(args.models)  # before loading any model
     loaded = [
         resolve_codec(m, arch=args.arch, device=args.device, metric=args.metric)
         for m in args.models

@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_image",
     "evaluate_model",
     "pixel_sha256",
+    "refuse_repeats",
     "results_json",
     "write_json",
 ]
@@ -277,6 +278,18 @@ def _is_nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+def refuse_repeats(sources: Sequence[str | Path]) -> None:
+    """``InputError`` naming the first model source given more than once (paths are compared
+    resolved, so ``a.pt`` and ``./dir/../a.pt`` are one file). ``pc-prior eval`` calls it on the
+    command line's models before loading any of them."""
+    seen: set[str] = set()
+    for s in sources:
+        key = str(Path(s).expanduser().resolve())  # a zoo name stays one name
+        if key in seen:
+            raise InputError(f"{s} is given twice: give each model once")
+        seen.add(key)
+
+
 def distinct_labels(names: Sequence[str], sources: Sequence[str]) -> list[str]:
     """One label per model for the results' ``model`` list and ``per_image`` keys, all distinct.
 
@@ -286,10 +299,7 @@ def distinct_labels(names: Sequence[str], sources: Sequence[str]) -> list[str]:
     """
     if len(names) != len(sources):
         raise ValueError(f"{len(names)} names for {len(sources)} sources")
-    given = [s for s in sources if s]
-    for s in given:
-        if given.count(s) > 1:
-            raise InputError(f"{s} is given twice: give each model once")
+    refuse_repeats([s for s in sources if s])
     labels = list(names)
     clash = [i for i, n in enumerate(names) if names.count(n) > 1]
     parts = {i: Path(sources[i]).with_suffix("").parts for i in clash}

@@ -17,6 +17,7 @@ from pc_prior.eval.rd import (
     distinct_labels,
     evaluate_image,
     evaluate_model,
+    refuse_repeats,
     results_json,
 )
 from pc_prior.images import list_images, load_image
@@ -319,6 +320,19 @@ def test_eval_keeps_every_same_named_models_rows(image_dir, tmp_path, capsys):
         assert sum(bits[i]) / len(bits[i]) == pytest.approx(data["results"]["bits"][i])
     argv = ["eval", str(paths[0]), str(paths[0]), "--arch", "bmshj2018-factorized"]
     assert "is given twice" in _err(argv + ["--data", str(image_dir)], capsys)
+
+
+def test_eval_refuses_a_repeated_model_before_loading_any(image_dir, tmp_path, capsys, monkeypatch):
+    """The same file twice, spelled two ways, is refused before it is read (it is no codec at all,
+    so loading it first would fail with another error)."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "m.pt").write_bytes(b"not a codec")
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "d/m.pt", str(tmp_path / "d" / ".." / "d" / "m.pt"), "--data", str(image_dir)]
+    assert "is given twice" in _err(argv, capsys)
+    with pytest.raises(InputError, match="zoo-x:q1 is given twice"):
+        refuse_repeats(["zoo-x:q1", "zoo-x:q1"])
+    refuse_repeats(["zoo-x:q1", "zoo-x:q2", "d/m.pt"])  # distinct: no error
 
 
 def test_results_json_below_161_px_is_strict_with_reasons(tiny_ckpt, plain_ckpt, tmp_path, capsys):
