@@ -5,7 +5,9 @@ parameter except the entropy bottlenecks' ``quantiles``, an auxiliary Adam on th
 clipping on the main parameters. The main and auxiliary losses touch disjoint parameters, so one
 backward of their sum gives both optimizers exactly their gradients (and lets DDP reduce them in
 one pass). Manual optimization; the auxiliary optimizer steps without counting, so
-``trainer.global_step`` counts batches. The optimizers, schedule, step, logging, validation and
+``trainer.global_step`` counts batches. A batch whose gradients are not finite is skipped with a
+warning, as if it had not been drawn (no step, so it does not count in ``global_step``;
+``train_skipped_steps`` counts them), and 20 in a row end the run. The optimizers, schedule, step, logging, validation and
 export hook live in :class:`RDTrainingModule`, which :class:`CodecModule` (codec from scratch) and
 ``pc_prior.train.rd.RDModule`` (codec + PC prior fine-tuned jointly) share.
 """
@@ -21,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from compressai.losses import RateDistortionLoss
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ..images import crop_padding, ms_ssim, pad_to_multiple, psnr
@@ -196,6 +199,10 @@ def _resize_coder_buffers(
             resize_buffers(owner, state_dict, key[: len(key) - len(leaf)], [leaf])
 
 
+#: ``RDTrainingModule`` skips a step whose gradients are not finite; this many in a row end the run.
+MAX_SKIPPED_IN_A_ROW = 20
+
+
 class RDTrainingModule(pl.LightningModule):
     """Rate-distortion training of ``self.net`` (a CompressAI codec) shared by the codec modules.
 
@@ -214,6 +221,7 @@ class RDTrainingModule(pl.LightningModule):
 
     def _init_rd(self) -> None:
         self.automatic_optimization = False
+        self._skipped_total = self._skipped_in_a_row = 0  # non-finite steps (_skip_nonfinite)
         self.rd_loss = RateDistortionLoss(
             lmbda=self.lmbda, metric=self.metric
         )  # CompressAI's own loss
@@ -282,19 +290,24 @@ class RDTrainingModule(pl.LightningModule):
         opt.zero_grad()
         aux_opt.zero_grad()
         self.manual_backward(loss + aux_loss)
-        if self.hparams.clip_max_norm > 0:
-            self.clip_gradients(
-                opt, gradient_clip_val=self.hparams.clip_max_norm, gradient_clip_algorithm="norm"
-            )
-        opt.step()
-        aux_opt.optimizer.step()  # raw step: global_step counts batches, not optimizer calls
-        self.lr_schedulers().step()
+        skipped = self._skip_nonfinite()
+        if not skipped:
+            if self.hparams.clip_max_norm > 0:
+                self.clip_gradients(
+                    opt,
+                    gradient_clip_val=self.hparams.clip_max_norm,
+                    gradient_clip_algorithm="norm",
+                )
+            opt.step()
+            aux_opt.optimizer.step()  # raw step: global_step counts main steps only
+            self.lr_schedulers().step()
         mse = (
             losses["mse_loss"].detach()
             if "mse_loss" in losses
             else F.mse_loss(out["x_hat"].detach(), x)
         )
         m = {
+            "skipped_steps": torch.tensor(float(self._skipped_total)),
             "loss": losses["loss"].detach(),
             "bpp": losses["bpp_loss"].detach(),
             "mse": mse,
@@ -305,6 +318,34 @@ class RDTrainingModule(pl.LightningModule):
         if "ms_ssim_loss" in losses:
             m["ms_ssim"] = losses["ms_ssim_loss"].detach()
         return m
+
+    def _skip_nonfinite(self) -> bool:
+        """Whether this step's gradients hold a NaN or an infinity (after DDP's reduction, so
+        every rank agrees). Such a step is skipped: clipping would turn an infinite gradient into
+        NaN parameters, and one NaN step ruins every later one. A warning names the step;
+        ``MAX_SKIPPED_IN_A_ROW`` skips in a row raise ``FloatingPointError`` (the run diverged)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        finite = (
+            bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        )
+        if finite:
+            self._skipped_in_a_row = 0
+            return False
+        self._skipped_total += 1
+        self._skipped_in_a_row += 1
+        for p in self.parameters():
+            p.grad = None
+        if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise FloatingPointError(
+                f"training diverged: {self._skipped_in_a_row} steps in a row up to step "
+                f"{self.global_step} had a non-finite loss or gradient; lower the learning rate "
+                "(--lr) or resume from an earlier checkpoint"
+            )
+        rank_zero_warn(
+            f"step {self.global_step}: non-finite loss or gradient, step skipped (parameters "
+            f"unchanged; {self._skipped_total} skipped so far)"
+        )
+        return True
 
     def on_fit_start(self) -> None:
         """Refuse 16-bit mixed precision, whose scaler needs every step counted (32 and bf16-mixed

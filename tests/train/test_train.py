@@ -173,6 +173,57 @@ def test_codec_module_trains_and_exports(tmp_path):
     assert torch.allclose(net(x)["x_hat"], model.net(x)["x_hat"], atol=1e-5)
 
 
+class _NaNLossAt(torch.nn.Module):
+    """The codec's rate-distortion loss, NaN at the given (1-based) calls."""
+
+    def __init__(self, loss: torch.nn.Module, bad: set[int] | None = None) -> None:
+        super().__init__()
+        self.loss, self.bad, self.calls = loss, bad, 0
+
+    def forward(self, out, x):
+        self.calls += 1
+        losses = self.loss(out, x)
+        if self.bad is None or self.calls in self.bad:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+
+def _tiny_codec_run(tmp_path, bad: set[int] | None, steps: int):
+    torch.manual_seed(0)
+    dm = ImageFolderDataModule(
+        str(make_pngs(tmp_path / "train", 8)), None, patch_size=64, batch_size=2,
+        num_workers=0, pin_memory=False,
+    )  # fmt: skip
+    model = CodecModule(arch="FactorizedPrior", net_kwargs={"N": 8, "M": 12}, quality=2,
+                        lr=1e-2, export_path="")  # fmt: skip
+    model.rd_loss = _NaNLossAt(model.rd_loss, bad)
+    trainer = tiny_trainer(max_steps=steps, limit_val_batches=0)
+    return model, trainer, dm
+
+
+def test_a_nonfinite_step_is_skipped_and_training_goes_on(tmp_path):
+    """Clipping an infinite gradient gives NaN parameters; the step is skipped instead."""
+    model, trainer, dm = _tiny_codec_run(tmp_path, {2}, 4)
+    with pytest.warns(UserWarning, match="step 1: non-finite loss or gradient, step skipped"):
+        trainer.fit(model, dm)
+    assert trainer.global_step == 4  # a skipped batch is no step: 5 batches were drawn
+    assert model.rd_loss.calls == 5
+    assert trainer.callback_metrics["train_skipped_steps"].item() == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])  # step 4 trained
+
+
+def test_a_diverged_run_stops_with_a_clear_error(tmp_path, monkeypatch):
+    import pc_prior.train.codec as codec
+
+    monkeypatch.setattr(codec, "MAX_SKIPPED_IN_A_ROW", 3)
+    model, trainer, dm = _tiny_codec_run(tmp_path, None, 30)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="3 steps in a row .* lower the learning rate"):
+        trainer.fit(model, dm)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 def test_zoo_codec_builds_without_weights_and_pad():
     m = CodecModule(arch="bmshj2018-factorized", quality=1)
     assert m.lmbda == 0.0018 and m.net.N == 128
