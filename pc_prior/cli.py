@@ -551,6 +551,7 @@ FINETUNE_OPTIONS = (
     "checkpoints",
     "num_workers",
     "seed",
+    "refit",
 )  #: the settings.Finetune fields 'codec finetune MODEL --data DIR -o OUT' exposes
 FINETUNE_USAGE = (
     "%(prog)s MODEL --data DIR -o OUTPUT [--val DIR] [--device {auto,cpu,cuda}] [options]\n"

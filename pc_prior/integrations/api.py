@@ -28,11 +28,18 @@ from ..settings import (
     pop_warm_start,
 )
 from .base import position_rows
+from .codec_file import read_codec_file, save_codec
 from .conditional import PCConditional
 from .entropy_models import PCEntropyBottleneck
 from .swap import PC_MODULES, _parent_and_attr, swap_entropy_model
 
-__all__ = ["adapt_prior", "collect_conditional_inputs", "collect_latents", "fit_prior"]
+__all__ = [
+    "adapt_prior",
+    "collect_conditional_inputs",
+    "collect_latents",
+    "fit_prior",
+    "fit_prior_file",
+]
 
 
 class _Stop(Exception):
@@ -340,6 +347,63 @@ def adapt_prior(
         adapting=True,
         bottleneck_fields=bool(fields),
     )
+
+
+#: what a codec file says about itself that ``fit_prior_file`` keeps (its weights, format and PC
+#: modules are written anew; a ``prior fit`` history is replaced)
+_KEPT_FIELDS = ("net_kwargs", "lmbda", "metric", "steps", "start")
+
+
+def fit_prior_file(
+    model: str | Path,
+    images: str | Path,
+    output: str | Path,
+    *,
+    name: str | Sequence[str] | None = None,
+    adapt: bool = False,
+    bottleneck: BottleneckFit | None = None,
+    conditional: ConditionalFit | None = None,
+    multiple: int = ImageFit.multiple,
+    max_images: int | None = ImageFit.max_images,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, list[dict]]:
+    """``pc-prior prior fit|adapt`` as a function: read the codec file ``model``, fit its PC
+    entropy models on the image folder ``images`` (``fit_prior``; ``adapt``: continue the fitted
+    ones, ``adapt_prior``) and write the codec file ``output``; returns the fit histories.
+
+    ``name``: the modules to fit (None: the file's PC entropy models, or its bottleneck when it has
+    none; with ``adapt``, always the fitted ones). What the file says of its codec (λ, metric,
+    steps trained, start, constructor arguments) is kept. ``pc-prior codec finetune`` refits its
+    output with this, so its priors are exactly ``prior fit``'s on the fine-tuned codec.
+    """
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)  # before anything is loaded
+    net, ck = read_codec_file(model)
+    net.to(dev).eval()
+    fitted = tuple(n for n, m in net.named_modules() if isinstance(m, PC_MODULES))
+    if adapt and not fitted:
+        raise InputError(
+            f"{model} holds no PC entropy model to continue: fit one first "
+            f"(pc-prior prior fit {model} --data DIR -o OUT)"
+        )
+    if adapt or name is None:
+        name = fitted if adapt or fitted else ("entropy_bottleneck",)
+    step = adapt_prior if adapt else fit_prior
+    hist = step(
+        net,
+        images,
+        name=name,
+        bottleneck=bottleneck,
+        conditional=conditional,
+        multiple=multiple,
+        max_images=max_images,
+        progress=progress,
+    )
+    kept = {k: ck[k] for k in _KEPT_FIELDS if ck.get(k) is not None}
+    save_codec(net, output, ck["arch"], ck["quality"], fit_history=hist, **kept)
+    return hist
 
 
 def _conditional_settings(conditional: Any, adapting: bool = False) -> ConditionalFit:

@@ -30,48 +30,34 @@ def prior_fit(args: argparse.Namespace) -> int:
     """``prior fit`` (``args.adapt`` false) and ``prior adapt`` (true; also the old ``--init``)."""
     import torch
 
-    from ..devices import resolve_device
-    from .api import PC_MODULES, adapt_prior, fit_prior
-    from .codec_file import read_codec_file, save_codec
+    from .api import fit_prior_file
 
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    options: tuple[str, ...]
-    cond_options: tuple[str, ...]
-    dev = resolve_device(args.device)  # before anything is loaded
-    net, ck = read_codec_file(args.model)
-    net.to(dev).eval()
-    if args.adapt:  # every fitted PC entropy model of the file, continued
-        names = tuple(n for n, m in net.named_modules() if isinstance(m, PC_MODULES))
-        if not names:
-            raise InputError(
-                f"{args.model} holds no PC entropy model to continue: fit one first "
-                f"(pc-prior prior fit {args.model} --data DIR -o OUT)"
-            )
-        options, cond_options = ADAPT_OPTIONS, ADAPT_CONDITIONAL_OPTIONS
-    else:
-        names = (
-            ("entropy_bottleneck", "gaussian_conditional")
-            if args.conditional
-            else ("entropy_bottleneck",)
-        )
-        options, cond_options = BOTTLENECK_OPTIONS, CONDITIONAL_OPTIONS
-    bottleneck = from_args(BottleneckFit(seed=args.seed), args, options)
-    cond = from_args(ConditionalFit(seed=args.seed), args, cond_options, prefix="cond-")
-    step = adapt_prior if args.adapt else fit_prior
-    hist = step(
-        net,
+    options, cond_options = (
+        (ADAPT_OPTIONS, ADAPT_CONDITIONAL_OPTIONS)
+        if args.adapt
+        else (BOTTLENECK_OPTIONS, CONDITIONAL_OPTIONS)
+    )
+    names = (  # prior adapt continues the file's fitted ones
+        ("entropy_bottleneck", "gaussian_conditional")
+        if getattr(args, "conditional", False)
+        else ("entropy_bottleneck",)
+    )
+    hist = fit_prior_file(
+        args.model,
         args.data,
+        args.output,
         name=names,
-        bottleneck=bottleneck,
-        conditional=cond,
+        adapt=args.adapt,
+        bottleneck=from_args(BottleneckFit(seed=args.seed), args, options),
+        conditional=from_args(ConditionalFit(seed=args.seed), args, cond_options, prefix="cond-"),
         multiple=args.multiple,
         max_images=args.limit,
+        device=args.device,
     )
-    kept = {k: ck[k] for k in ("net_kwargs", "lmbda", "metric") if ck.get(k) is not None}
-    save_codec(net, args.output, ck["arch"], ck["quality"], fit_history=hist, **kept)
     report: dict[str, object] = {"out": args.output}  # the key scripts read since 0.1
     if "entropy_bottleneck" in hist:
         report["train_bpd"] = hist["entropy_bottleneck"][-1]["train_bpd"]

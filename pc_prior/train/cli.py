@@ -5,7 +5,9 @@ Three commands, one LightningCLI, which fits the model on the data module:
 - ``codec train``: ``CodecModule`` on ``ImageFolderDataModule`` (a CompressAI codec from scratch;
   was ``train-codec``);
 - ``codec finetune``: ``RDModule`` on ``ImageFolderDataModule`` (joint rate-distortion fine-tuning
-  of a trained codec and a PC prior; was ``fit --config configs/rd_factorized.yaml``);
+  of a trained codec and a PC prior; was ``fit --config configs/rd_factorized.yaml``); its short
+  form ``MODEL --data DIR -o OUTPUT`` then refits the priors (``Refit``: ``prior fit``'s default
+  fit on the fine-tuned codec), unless ``--no-refit``;
 - ``lightning fit``: any ``LightningModule`` on any ``LightningDataModule``, chosen by
   ``class_path`` in a config (e.g. ``PriorModule`` on MNIST; was ``fit``).
 
@@ -34,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "Refit",
     "codec_finetune",
     "codec_train",
     "finetune_cli_args",
@@ -185,19 +189,55 @@ def codec_finetune(args: argparse.Namespace) -> int:
     if not given or given[0].startswith("-"):
         run_lightning_cli(given, RDModule, ImageFolderDataModule, prog)
         return 0
-    given, own = finetune_cli_args(given, prog)
+    given, own, refit = finetune_cli_args(given, prog)
     cli = run_lightning_cli(given, CodecModule if own else RDModule, ImageFolderDataModule, prog)
     last = cli.trainer.checkpoint_callback.dirpath
     # the final step too (optimizer states included), so a longer rerun goes on from it
     cli.trainer.save_checkpoint(f"{last}/last.ckpt", weights_only=False)
+    if refit is not None and cli.trainer.is_global_zero:
+        refit.run()
     return 0
+
+
+@dataclass(frozen=True)
+class Refit:
+    """The last step of ``codec finetune`` (``settings.Finetune.refit``): the jointly trained codec
+    (``trained``, in the run folder) gets default priors fitted on its latents of the training
+    folder (``pc_prior.integrations.api.fit_prior_file``, what ``pc-prior prior fit`` does),
+    written to the command's OUTPUT."""
+
+    trained: str
+    data: str
+    output: str
+    device: str
+    seed: int
+
+    def run(self) -> None:
+        from ..integrations.api import fit_prior_file
+        from ..settings import BottleneckFit, ConditionalFit
+
+        print(
+            f"refitting the priors of {self.trained} on {self.data} (default fit; "
+            f"--no-refit keeps the jointly trained ones) -> {self.output}",
+            flush=True,
+        )
+        fit_prior_file(
+            self.trained,
+            self.data,
+            self.output,
+            bottleneck=BottleneckFit(seed=self.seed),
+            conditional=ConditionalFit(seed=self.seed),
+            device=self.device,
+        )
 
 
 def finetune_cli_args(
     argv: list[str], prog: str = "pc-prior codec finetune"
-) -> tuple[list[str], bool]:
-    """LightningCLI's arguments for ``codec finetune MODEL --data DIR -o OUTPUT [options]``, and
-    whether the codec keeps its own entropy models (``--own-entropy-models``: ``CodecModule``).
+) -> tuple[list[str], bool, Refit | None]:
+    """LightningCLI's arguments for ``codec finetune MODEL --data DIR -o OUTPUT [options]``,
+    whether the codec keeps its own entropy models (``--own-entropy-models``: ``CodecModule``), and
+    the refit that follows joint training (None with ``--no-refit`` or own entropy models; the
+    trained codec is then exported to OUTPUT itself, else to ``joint.pt`` in the run folder).
 
     The defaults are ``settings.Finetune`` (a CPU) or ``settings.FINETUNE_GPU`` (``--device cuda``,
     or ``auto`` with a GPU). The run folder is OUTPUT with the suffix ``.run`` (checkpoints, logs,
@@ -227,12 +267,16 @@ def finetune_cli_args(
     out = Path(opts.output)
     run = out.with_suffix(".run")
     every = max(1, s.steps // s.checkpoints)
+    refit = None
+    if s.refit and not opts.own_entropy_models:
+        where = "cuda" if gpu else "cpu"
+        refit = Refit(str(run / "joint.pt"), opts.data, str(out), where, s.seed)
     args = [
         f"--seed_everything={s.seed}",
         f"--model.codec={opts.model}",
         f"--model.lr={s.lr}",
         f"--model.aux_lr={s.aux_lr}",
-        f"--model.export_path={out}",
+        f"--model.export_path={refit.trained if refit else out}",
         f"--model.coded_val_batches={s.val_images if opts.val else 0}",
         f"--data.train_dir={opts.data}",
         f"--data.patch_size={s.patch_size}",
@@ -273,10 +317,11 @@ def finetune_cli_args(
     print(
         f"{prog}: {opts.model} {what}, {s.steps} steps of {s.batch_size} crops of "
         f"{s.patch_size}² from {opts.data} ({'GPU' if gpu else 'CPU'} defaults); run folder {run}"
-        + (f", resuming from {last}" if resume else ""),
+        + (f", resuming from {last}" if resume else "")
+        + ("; then the priors are refitted (default fit)" if refit else ""),
         flush=True,
     )
-    return args, bool(opts.own_entropy_models)
+    return args, bool(opts.own_entropy_models), refit
 
 
 def lightning_fit(args: argparse.Namespace) -> int:

@@ -296,3 +296,16 @@ def test_cli_fits_conditional_with_and_without_context(tmp_path, capsys, context
     assert main(["eval", str(out), "--data", str(imgs), "--no-progress"]) == 0
     rows = json.loads(capsys.readouterr().out)["per_image"][out.stem]
     assert len(rows) == 2 and all(r["decoded_equals_forward"] for r in rows)
+    if context == "none":  # a refit of a file with both PC models refits both, context kept
+        from pc_prior.integrations.api import fit_prior_file
+        from pc_prior.settings import BottleneckFit, ConditionalFit
+
+        small = BottleneckFit(num_latents=2, epochs=1, full_batch_epochs=0, max_items=500)
+        hist = fit_prior_file(
+            out, imgs, tmp_path / "refit.pt", bottleneck=small,
+            conditional=ConditionalFit(num_latents=2, steps=3, context=None), progress=False,
+        )  # fmt: skip
+        assert set(hist) == {"entropy_bottleneck", "gaussian_conditional"}
+        refit = torch.load(tmp_path / "refit.pt", weights_only=True)
+        assert refit["pc_modules"] == ["entropy_bottleneck", "gaussian_conditional"]
+        assert isinstance(load_codec(tmp_path / "refit.pt").gaussian_conditional, PCConditional)

@@ -111,9 +111,11 @@ def test_codec_module_refuses_a_pc_codec(setup):
 def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
     tmp = setup
     argv = [str(tmp / "base.pt"), "--data", str(tmp / "train"), "-o", str(tmp / "x.pt")]
-    args, own = finetune_cli_args([*argv, "--device", "cpu"])
+    args, own, refit = finetune_cli_args([*argv, "--device", "cpu"])
     s = Finetune()
-    assert not own
+    assert not own and s.refit
+    assert refit is not None and refit.output == str(tmp / "x.pt") and refit.seed == s.seed
+    assert f"--model.export_path={tmp / 'x.run' / 'joint.pt'}" in args  # trained, then refitted
     for expected in (
         f"--trainer.max_steps={s.steps}",
         f"--data.batch_size={s.batch_size}",
@@ -127,7 +129,8 @@ def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
     ):
         assert expected in args
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args, _ = finetune_cli_args(argv)  # auto, with a GPU: the GPU preset
+    args, _, refit = finetune_cli_args(argv)  # auto, with a GPU: the GPU preset
+    assert refit is not None and refit.device == "cuda"
     assert f"--trainer.max_steps={FINETUNE_GPU.steps}" in args
     assert "--trainer.accelerator=gpu" in args
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -135,6 +138,33 @@ def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
         finetune_cli_args([*argv, "--device", "cuda"])
     with pytest.raises(InputError, match="--steps must be at least 1"):
         finetune_cli_args([*argv, "--steps", "0"])
+
+
+def test_refit_is_prior_fit_on_the_trained_codec_and_no_refit_keeps_it(setup, capsys):
+    """The default output's priors are exactly ``prior fit``'s on the jointly trained codec
+    (``joint.pt`` in the run folder); ``--no-refit`` writes that trained codec as the output."""
+    tmp = setup
+    assert main(short(tmp, "ft.pt", 2)) == 0
+    assert "refitting the priors" in capsys.readouterr().out
+    trained = tmp / "ft.run" / "joint.pt"
+    fit = ["prior", "fit", str(trained), "--data", str(tmp / "train"), "-o", str(tmp / "pf.pt")]
+    assert main(fit) == 0
+    out, ref = (torch.load(tmp / f, weights_only=True) for f in ("ft.pt", "pf.pt"))
+    assert out["steps"] == ref["steps"] == 2 and out["lmbda"] == 0.0035
+    assert out["state_dict"].keys() == ref["state_dict"].keys()
+    for k, v in out["state_dict"].items():
+        assert torch.equal(v, ref["state_dict"][k]), k
+    joint = torch.load(trained, weights_only=True)["state_dict"]
+    assert any(not torch.equal(v, joint[k]) for k, v in out["state_dict"].items() if k in joint)
+    net = load_codec(tmp / "ft.pt")
+    assert_round_trip(net, torch.rand(1, 3, 64, 64))
+
+    assert main(short(tmp, "nr.pt", 2, "--no-refit")) == 0
+    assert "refitting" not in capsys.readouterr().out
+    assert not (tmp / "nr.run" / "joint.pt").exists()
+    kept = torch.load(tmp / "nr.pt", weights_only=True)["state_dict"]
+    for k, v in joint.items():  # the same training (same seed): the trained codec as it is
+        assert torch.equal(v, kept[k]), k
 
 
 def test_short_form_errors_are_clear(setup, capsys):
