@@ -57,7 +57,8 @@ ARMS = {  # name in the results -> file in the codec's run folder
 }
 
 PAIRS = [("joint", "frozen-plus"), ("frozen-plus", "base"), ("joint", "base"), ("frozen", "base"),
-         ("base-plus", "base"), ("joint-refit", "frozen-plus"), ("joint-refit", "joint")]  # fmt: skip  # (candidate, reference) of the BD-rates
+         ("base-plus", "base"), ("joint-refit", "frozen-plus"), ("joint-refit", "joint"),
+         ("joint-refit", "base")]  # fmt: skip  # (candidate, reference) of the BD-rates
 
 
 def quality(codec: str) -> int:
