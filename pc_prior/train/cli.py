@@ -213,6 +213,7 @@ class Refit:
     seed: int
 
     def run(self) -> None:
+        """Fit the default priors into ``trained`` (progress shown) and write ``output``."""
         from ..integrations.api import fit_prior_file
         from ..settings import BottleneckFit, ConditionalFit
 
