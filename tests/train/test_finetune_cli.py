@@ -113,7 +113,9 @@ def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
     argv = [str(tmp / "base.pt"), "--data", str(tmp / "train"), "-o", str(tmp / "x.pt")]
     args, own, refit = finetune_cli_args([*argv, "--device", "cpu"])
     s = Finetune()
-    assert not own and s.refit
+    assert not own and refit is None and not s.refit
+    assert f"--model.export_path={tmp / 'x.pt'}" in args
+    args, _, refit = finetune_cli_args([*argv, "--device", "cpu", "--refit"])
     assert refit is not None and refit.output == str(tmp / "x.pt") and refit.seed == s.seed
     assert f"--model.export_path={tmp / 'x.run' / 'joint.pt'}" in args  # trained, then refitted
     for expected in (
@@ -129,7 +131,7 @@ def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
     ):
         assert expected in args
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args, _, refit = finetune_cli_args(argv)  # auto, with a GPU: the GPU preset
+    args, _, refit = finetune_cli_args([*argv, "--refit"])  # auto, with a GPU: the GPU preset
     assert refit is not None and refit.device == "cuda"
     assert f"--trainer.max_steps={FINETUNE_GPU.steps}" in args
     assert "--trainer.accelerator=gpu" in args
@@ -141,10 +143,10 @@ def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
 
 
 def test_refit_is_prior_fit_on_the_trained_codec_and_no_refit_keeps_it(setup, capsys):
-    """The default output's priors are exactly ``prior fit``'s on the jointly trained codec
-    (``joint.pt`` in the run folder); ``--no-refit`` writes that trained codec as the output."""
+    """``--refit``'s output priors are exactly ``prior fit``'s on the jointly trained codec
+    (``joint.pt`` in the run folder); without it, that trained codec is the output."""
     tmp = setup
-    assert main(short(tmp, "ft.pt", 2)) == 0
+    assert main(short(tmp, "ft.pt", 2, "--refit")) == 0
     assert "refitting the priors" in capsys.readouterr().out
     trained = tmp / "ft.run" / "joint.pt"
     fit = ["prior", "fit", str(trained), "--data", str(tmp / "train"), "-o", str(tmp / "pf.pt")]
