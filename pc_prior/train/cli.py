@@ -154,7 +154,15 @@ def run_lightning_cli(
         while cause.__cause__ is not None:  # the class's own message, not jsonargparse's wrapping
             cause = cause.__cause__
         raise InputError(f"an argument was refused: {cause}") from e
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
+    ckpt = cli.config.get("ckpt_path")
+    dirpath = getattr(cli.trainer.checkpoint_callback, "dirpath", None)
+    if ckpt == "last" and dirpath is not None:
+        ckpt = os.path.join(dirpath, "last.ckpt")
+    if ckpt in (None, "last", "best", "hpc", "registry"):  # Lightning resolves these names
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    else:  # set before fit, so that setup() sees it (RDModule then skips its initial prior fit)
+        cli.trainer.ckpt_path = ckpt
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli
 
 

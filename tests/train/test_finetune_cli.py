@@ -67,7 +67,12 @@ def last_step(tmp: Path, out: str) -> int:
     return int(ck["global_step"])
 
 
-def test_short_form_fine_tunes_exports_and_resumes(setup, capsys):
+def test_short_form_fine_tunes_exports_and_resumes(setup, capsys, monkeypatch):
+    from pc_prior.train.rd import RDModule
+
+    fits = []
+    fit_prior = RDModule.fit_prior
+    monkeypatch.setattr(RDModule, "fit_prior", lambda self: fits.append(1) or fit_prior(self))
     tmp = setup
     base = load_codec(tmp / "base.pt")
     assert main(short(tmp, "out/ft.pt", 3, "--val", str(tmp / "val"))) == 0
@@ -80,8 +85,10 @@ def test_short_form_fine_tunes_exports_and_resumes(setup, capsys):
     assert last_step(tmp, "out/ft.pt") == 3
     assert list((tmp / "out" / "ft.run" / "csv").rglob("metrics.csv"))
 
+    assert len(fits) == 1
     assert main(short(tmp, "out/ft.pt", 5)) == 0  # the same command, more steps: goes on
     assert "resuming from" in capsys.readouterr().out
+    assert len(fits) == 1  # the checkpoint holds the circuits: no second initial fit
     assert last_step(tmp, "out/ft.pt") == 5
     assert torch.load(tmp / "out" / "ft.pt", weights_only=True)["steps"] == 5
 
