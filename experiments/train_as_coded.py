@@ -11,7 +11,7 @@ validating on bsds500/test (never Kodak):
   together, the priors as trained);
 - (d) *joint, refit*: ``prior fit`` on (c)'s codec: its jointly trained priors replaced by a
   default fit, as (b) refits its codec. (d) against (b) compares the two codecs alone. It is
-  what ``codec finetune BASE --refit`` writes (its refit is this same fit, bit for bit); it stays
+  what ``codec finetune BASE`` writes by default (its refit is this same fit, bit for bit); it stays
   a step here so that (c) and (d) share one training.
 
 Each step is skipped when its output exists, and ``codec finetune`` resumes an interrupted run,

@@ -6,8 +6,8 @@ Three commands, one LightningCLI, which fits the model on the data module:
   was ``train-codec``);
 - ``codec finetune``: ``RDModule`` on ``ImageFolderDataModule`` (joint rate-distortion fine-tuning
   of a trained codec and a PC prior; was ``fit --config configs/rd_factorized.yaml``); its short
-  form ``MODEL --data DIR -o OUTPUT --refit`` then refits the priors (``Refit``: ``prior fit``'s
-  default fit on the fine-tuned codec);
+  form ``MODEL --data DIR -o OUTPUT`` then refits the priors (``Refit``: ``prior fit``'s default
+  fit on the fine-tuned codec; ``--no-refit`` keeps the jointly trained ones);
 - ``lightning fit``: any ``LightningModule`` on any ``LightningDataModule``, chosen by
   ``class_path`` in a config (e.g. ``PriorModule`` on MNIST; was ``fit``).
 
@@ -226,8 +226,8 @@ class Refit:
         from ..settings import BottleneckFit, ConditionalFit
 
         print(
-            f"refitting the priors of {self.trained} on {self.data} (--refit: the default "
-            f"fit) -> {self.output}",
+            f"refitting the priors of {self.trained} on {self.data} (the default fit; "
+            f"--no-refit skips it) -> {self.output}",
             flush=True,
         )
         fit_prior_file(
@@ -245,7 +245,7 @@ def finetune_cli_args(
 ) -> tuple[list[str], bool, Refit | None]:
     """LightningCLI's arguments for ``codec finetune MODEL --data DIR -o OUTPUT [options]``,
     whether the codec keeps its own entropy models (``--own-entropy-models``: ``CodecModule``), and
-    the refit that follows joint training (None without ``--refit`` or with own entropy models; the
+    the refit that follows joint training (None with ``--no-refit`` or own entropy models; the
     trained codec is then exported to OUTPUT itself, else to ``joint.pt`` in the run folder).
 
     The defaults are ``settings.Finetune`` (a CPU) or ``settings.FINETUNE_GPU`` (``--device cuda``,

@@ -24,10 +24,10 @@ bottleneck's leaves are first put back on their stored grid (``snap_leaves``: co
 alphabets, medians and contexts fixed by the first fit stay; latents that drift outside an
 alphabet are coded exactly through the escape path, only at a higher cost.
 
-The module exports the circuits as trained; ``pc-prior codec finetune MODEL --data DIR -o OUT
---refit`` then refits them (``pc_prior.train.cli.Refit``: ``prior fit``'s default fit on the
+The module exports the circuits as trained; ``pc-prior codec finetune MODEL --data DIR -o OUT``
+then refits them by default (``pc_prior.train.cli.Refit``: ``prior fit``'s default fit on the
 fine-tuned codec), which coded about 1% smaller on validation data than the jointly trained ones
-(factorized codecs). ``pc-prior prior fit`` on any run's output is the same refit.
+(factorized q1-q4, hyperprior q1). ``pc-prior prior fit`` on any run's output is the same refit.
 
 Loss, as CompressAI's ``examples/train.py``: ``λ·255²·MSE + bpp`` or ``λ·(1 − MS-SSIM) + bpp``;
 main Adam (codec at ``lr``, the circuit at ``prior_lr``), auxiliary Adam on the ``.quantiles``,

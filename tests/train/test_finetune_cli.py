@@ -118,13 +118,15 @@ def test_codec_module_refuses_a_pc_codec(setup):
 def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
     tmp = setup
     argv = [str(tmp / "base.pt"), "--data", str(tmp / "train"), "-o", str(tmp / "x.pt")]
-    args, own, refit = finetune_cli_args([*argv, "--device", "cpu"])
+    args, own, refit = finetune_cli_args([*argv, "--device", "cpu", "--no-refit"])
     s = Finetune()
-    assert not own and refit is None and not s.refit
+    assert not own and refit is None and s.refit
     assert f"--model.export_path={tmp / 'x.pt'}" in args
-    args, _, refit = finetune_cli_args([*argv, "--device", "cpu", "--refit"])
+    args, _, refit = finetune_cli_args([*argv, "--device", "cpu"])  # the default: a refit
     assert refit is not None and refit.output == str(tmp / "x.pt") and refit.seed == s.seed
     assert f"--model.export_path={tmp / 'x.run' / 'joint.pt'}" in args  # trained, then refitted
+    _, _, refit = finetune_cli_args([*argv, "--device", "cpu", "--own-entropy-models"])
+    assert refit is None  # nothing to refit: the codec's own entropy models
     for expected in (
         f"--trainer.max_steps={s.steps}",
         f"--data.batch_size={s.batch_size}",
@@ -138,7 +140,7 @@ def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
     ):
         assert expected in args
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args, _, refit = finetune_cli_args([*argv, "--refit"])  # auto, with a GPU: the GPU preset
+    args, _, refit = finetune_cli_args(argv)  # auto, with a GPU: the GPU preset
     assert refit is not None and refit.device == "cuda"
     assert f"--trainer.max_steps={FINETUNE_GPU.steps}" in args
     assert "--trainer.accelerator=gpu" in args
@@ -150,10 +152,11 @@ def test_defaults_are_the_settings_and_devices_pick_them(setup, monkeypatch):
 
 
 def test_refit_is_prior_fit_on_the_trained_codec_and_no_refit_keeps_it(setup, capsys):
-    """``--refit``'s output priors are exactly ``prior fit``'s on the jointly trained codec
-    (``joint.pt`` in the run folder); without it, that trained codec is the output."""
+    """The refit's (the default's) output priors are exactly ``prior fit``'s on the jointly
+    trained codec (``joint.pt`` in the run folder); with ``--no-refit``, that trained codec is
+    the output."""
     tmp = setup
-    assert main(short(tmp, "ft.pt", 2, "--refit")) == 0
+    assert main(short(tmp, "ft.pt", 2)) == 0
     assert "refitting the priors" in capsys.readouterr().out
     trained = tmp / "ft.run" / "joint.pt"
     fit = ["prior", "fit", str(trained), "--data", str(tmp / "train"), "-o", str(tmp / "pf.pt")]
