@@ -293,6 +293,11 @@ class PCEntropyModel(NoCdfTables):
         """Whether the module holds a circuit (fitted, or loaded with a state dict)."""
         return self.pc is not None
 
+    def untrained_parameters(self) -> list[Any]:
+        """The circuit's parameters that the coded rate (and so the training-mode rate) does not
+        depend on under the fitted contexts: training leaves them as they are. None by default."""
+        return []
+
     def _require_fitted(self) -> Any:
         if self.pc is None:
             raise NotFittedError(

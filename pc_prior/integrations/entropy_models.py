@@ -160,6 +160,11 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         neighbours' states (``_state_roots``), else None."""
         return "neighbours" if self._state_roots.numel() else None
 
+    def untrained_parameters(self) -> list[Any]:
+        """With a state context, the circuit's root prior: every position codes under its
+        state id's prior (``_state_roots``) instead."""
+        return [self.pc.root_logits] if self.pc is not None and self.state_context else []
+
     def _groups(self, s: Tensor) -> Tensor:
         """Leaf groups [B, C, H, W] of symbol maps under the fitted schedule (all 0 without one)."""
         return leaf_groups(s, self.schedule, self._leaf_edges)

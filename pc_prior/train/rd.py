@@ -184,6 +184,7 @@ class RDModule(RDTrainingModule):
         self.net = net
         self.plain_bottleneck = plain
         self._init_rd()
+        self.register_load_state_dict_post_hook(RDModule._after_load)
 
     # -- the circuit ----------------------------------------------------------------------------
     @property
@@ -294,11 +295,24 @@ class RDModule(RDTrainingModule):
         latents of the training crops, or give a fitted one-pass bottleneck logistic leaves when
         ``leaves="logistic"``."""
         if stage != "fit" or self.trainer.ckpt_path is not None:
-            return  # resuming: the checkpoint holds the circuits
+            return  # resuming: the checkpoint holds the circuits (frozen as they load)
         if any(not m.fitted for m in self.pc_modules.values()):
             self.net.to(self.trainer.strategy.root_device)
             self.fit_history = self.fit_prior()
         self._convert_leaves()
+        self._freeze_untrained()
+
+    @staticmethod
+    def _after_load(module: RDModule, _incompatible: Any) -> None:
+        module._freeze_untrained()  # a resumed run's circuits come from its checkpoint
+
+    def _freeze_untrained(self) -> None:
+        """The PC entropy models' ``untrained_parameters`` get no gradient (``requires_grad``
+        off): the rate does not depend on them, and DDP requires a gradient for every parameter
+        that wants one. Done after the initial fit and after a checkpoint loads its circuits."""
+        for m in self.pc_modules.values():
+            for p in m.untrained_parameters():
+                p.requires_grad_(False)
 
     # -- training -------------------------------------------------------------------------------
     def param_groups(self, main: list[nn.Parameter]) -> list[dict[str, Any]]:
@@ -311,7 +325,12 @@ class RDModule(RDTrainingModule):
             id(p) for m in self.pc_modules.values() for p in m.parameters()
         }
         codec = [p for p in main if id(p) not in density]
-        prior = [p for p in main if id(p) in density]
+        # every circuit parameter, the untrained ones too (no gradient: Adam leaves them), so the
+        # optimizer's state keeps one layout for any context and checkpoints resume across them
+        kept = {id(p) for p in main} | {
+            id(p) for m in self.pc_modules.values() for p in m.untrained_parameters()
+        }
+        prior = [p for p in self.parameters() if id(p) in density and id(p) in kept]
         return [{"params": codec}, {"params": prior, "lr": prior_lr}]
 
     def configure_optimizers(self):

@@ -10,7 +10,14 @@ import torch
 import torch.distributed as dist
 from helpers import make_mnist, make_pngs
 
-from pc_prior.train import CodecModule, ImageFolderDataModule, MNISTDataModule, PriorModule
+from pc_prior.integrations import PCConditional, PCEntropyBottleneck
+from pc_prior.train import (
+    CodecModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    PriorModule,
+    RDModule,
+)
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"
@@ -22,12 +29,16 @@ class SaveParams(pl.Callback):
 
     def __init__(self, out: str) -> None:
         self.out = out
+        self.start: dict = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
 
     def on_train_end(self, trainer, pl_module) -> None:
         params = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
         digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in params.values())).hexdigest()
         torch.save(
-            {"params": params, "sha": digest, "step": trainer.global_step},
+            {"params": params, "sha": digest, "step": trainer.global_step, "start": self.start},
             f"{self.out}/rank{trainer.global_rank}.pt",
         )
 
@@ -83,3 +94,38 @@ def test_ddp_codec_ranks_agree(tmp_path):
     assert r0["sha"] == r1["sha"]
     # aux parameters were trained (and kept in sync)
     assert not torch.equal(r0["params"]["net.entropy_bottleneck.quantiles"], q0)
+
+
+def test_ddp_joint_fine_tuning_ranks_agree(tmp_path):
+    """RDModule under DDP: every rank fits the same initial priors (the same seeded crops), then
+    codec and both PC entropy models train in sync."""
+    dm = ImageFolderDataModule(
+        str(make_pngs(tmp_path / "train", 4, (64, 64))),
+        patch_size=64,
+        batch_size=2,
+        num_workers=0,
+        pin_memory=False,
+    )
+    model = RDModule(
+        arch="MeanScaleHyperprior",
+        net_kwargs={"N": 8, "M": 12},
+        quality=2,
+        num_latents=2,
+        prior_max_images=4,
+        prior_epochs=1,
+        prior_finetune_steps=5,
+        conditional_fit={"num_latents": 2, "steps": 5},
+        lr=1e-2,
+        prior_lr=1e-2,
+        export_path="",
+    )
+    assert isinstance(model.net.entropy_bottleneck, PCEntropyBottleneck)
+    assert isinstance(model.net.gaussian_conditional, PCConditional)
+    r0, r1 = run_ddp(tmp_path, model, dm, max_steps=2)
+    assert r0["step"] == r1["step"] == 2
+    assert r0["sha"] == r1["sha"]
+    start = r0["start"]  # after setup's initial fit, the same on both ranks
+    assert all(torch.equal(v, r1["start"][k]) for k, v in start.items())
+    changed = {k for k, v in r0["params"].items() if not torch.equal(v, start[k])}
+    for prefix in ("net.g_a.", "net.entropy_bottleneck.pc.", "net.gaussian_conditional.pc."):
+        assert any(k.startswith(prefix) for k in changed), prefix

@@ -94,6 +94,20 @@ def test_joint_steps_change_codec_and_circuit(tmp_path):
     assert len(main_ids) == len(set(main_ids)) and not aux & set(main_ids)
     assert set(main_ids) | aux == {id(p) for p in model.parameters()}
     assert [g["lr"] for g in opt.optimizer.param_groups] == [1e-2, 1e-2]
+    # under the state context every position codes with its state id's prior, not the root's:
+    # the root gets no gradient (DDP needs that said), and stays as fitted
+    eb = model.pc_bottleneck
+    assert eb.state_context and [id(p) for p in eb.untrained_parameters()] == [
+        id(eb.pc.root_logits)
+    ]
+    assert not eb.pc.root_logits.requires_grad
+    assert "net.entropy_bottleneck.pc.root_logits" not in changed
+    fresh = RDModule(**TINY, **FAST_PRIOR, export_path="")
+    checkpoint = {"state_dict": model.state_dict()}  # as Lightning resumes a run
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])  # its circuits come from the checkpoint
+    assert not fresh.pc_bottleneck.pc.root_logits.requires_grad
+    assert fresh.pc_bottleneck.pc.emission_logits.requires_grad
 
 
 def test_rate_gradient_reaches_the_encoder(tmp_path):
