@@ -293,7 +293,7 @@ class PCEntropyModel(NoCdfTables):
         """Whether the module holds a circuit (fitted, or loaded with a state dict)."""
         return self.pc is not None
 
-    def untrained_parameters(self) -> list[Any]:
+    def untrained_parameters(self) -> list[nn.Parameter]:
         """The circuit's parameters that the coded rate (and so the training-mode rate) does not
         depend on under the fitted contexts: training leaves them as they are. None by default."""
         return []

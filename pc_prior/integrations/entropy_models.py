@@ -160,7 +160,7 @@ class PCEntropyBottleneck(BottleneckState, BottleneckFitting, PCEntropyModel, En
         neighbours' states (``_state_roots``), else None."""
         return "neighbours" if self._state_roots.numel() else None
 
-    def untrained_parameters(self) -> list[Any]:
+    def untrained_parameters(self) -> list[torch.nn.Parameter]:
         """With a state context, the circuit's root prior: every position codes under its
         state id's prior (``_state_roots``) instead."""
         return [self.pc.root_logits] if self.pc is not None and self.state_context else []

@@ -318,6 +318,12 @@ class RDModule(RDTrainingModule):
     def param_groups(self, main: list[nn.Parameter]) -> list[dict[str, Any]]:
         """The main optimizer's groups: the codec at ``lr`` and the PC prior at ``prior_lr`` (one
         group when that is None)."""
+        # the untrained circuit parameters too, in place (no gradient: Adam leaves them), so the
+        # optimizer's state keeps one layout for any context and checkpoints resume across them
+        kept = {id(p) for p in main} | {
+            id(p) for m in self.pc_modules.values() for p in m.untrained_parameters()
+        }
+        main = [p for p in self.parameters() if id(p) in kept]
         prior_lr = self.hparams.prior_lr
         if prior_lr is None:
             return [{"params": main}]
@@ -325,12 +331,7 @@ class RDModule(RDTrainingModule):
             id(p) for m in self.pc_modules.values() for p in m.parameters()
         }
         codec = [p for p in main if id(p) not in density]
-        # every circuit parameter, the untrained ones too (no gradient: Adam leaves them), so the
-        # optimizer's state keeps one layout for any context and checkpoints resume across them
-        kept = {id(p) for p in main} | {
-            id(p) for m in self.pc_modules.values() for p in m.untrained_parameters()
-        }
-        prior = [p for p in self.parameters() if id(p) in density and id(p) in kept]
+        prior = [p for p in main if id(p) in density]
         return [{"params": codec}, {"params": prior, "lr": prior_lr}]
 
     def configure_optimizers(self):

@@ -25,7 +25,7 @@ from pc_prior.integrations import (
 )
 from pc_prior.integrations.bottleneck_state import LEAF_FLOOR, LEAF_STEP, LEVELS_KEY
 from pc_prior.train import ImageFolderDataModule, RDModule
-from pc_prior.train.codec import export_codec, load_start_codec
+from pc_prior.train.codec import export_codec, load_start_codec, split_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"arch": "FactorizedPrior", "net_kwargs": {"N": 8, "M": 12}, "quality": 2}
@@ -51,6 +51,11 @@ def datamodule(
         num_workers=0,
         pin_memory=False,
     )
+
+
+def main_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Every parameter but the ``.quantiles`` (the aux optimizer's), in order."""
+    return [p for n, p in module.named_parameters() if not n.endswith(".quantiles")]
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -108,6 +113,15 @@ def test_joint_steps_change_codec_and_circuit(tmp_path):
     fresh.load_state_dict(checkpoint["state_dict"])  # its circuits come from the checkpoint
     assert not fresh.pc_bottleneck.pc.root_logits.requires_grad
     assert fresh.pc_bottleneck.pc.emission_logits.requires_grad
+    # the frozen root keeps its place in the optimizer (old checkpoints' layout), one group or two
+    main = split_parameters(fresh)[0]
+    assert id(fresh.pc_bottleneck.pc.root_logits) not in {id(p) for p in main}
+    for prior_lr, group in ((1e-2, 1), (None, 0)):
+        fresh.hparams.prior_lr = prior_lr
+        groups = fresh.param_groups(main)
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in main_params(fresh)}
+        assert any(p is fresh.pc_bottleneck.pc.root_logits for p in groups[group]["params"])
 
 
 def test_rate_gradient_reaches_the_encoder(tmp_path):
